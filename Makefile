@@ -1,0 +1,61 @@
+# tunnelop — every entry point a developer or CI needs. Runs the same in a terminal, in the
+# background and in CI (no prompts, progress on stderr).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+include hack/versions.env
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS_PATH = $(shell hack/tools.sh path)
+export KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@echo ">> creating $(VENV) and installing tunnelop with its test extras"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## create .venv with tunnelop and its test extras
+
+.PHONY: tools
+tools: ## build the pinned test-ground tools from source (cached by version outside the checkout)
+	hack/tools.sh all
+
+.PHONY: cluster
+cluster: tools ## start the local cluster (loopback only); writes .cluster/kubeconfig
+	hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster and every process it started
+	hack/cluster.sh down
+
+.PHONY: lint
+lint: venv ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: fmt
+fmt: venv ## format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+.PHONY: test-unit
+test-unit: venv ## the fast pure tests (no cluster, no tools)
+	$(BIN)/pytest tests/unit
+
+.PHONY: test
+test: venv tools lint ## everything: lint, unit, integration and end-to-end tests
+	$(BIN)/pytest tests
+
+.PHONY: demo
+demo: venv tools ## start the local cluster, install the CRDs and show what runs
+	hack/demo.sh

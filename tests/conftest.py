@@ -1,0 +1,76 @@
+"""Shared fixtures: the local cluster, an async API client, per-test namespaces, and the
+relay-pod runner. Tests under tests/unit need none of them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes.aio import client, config
+from support import cluster as local_cluster
+from support import tools
+from support.relay_runner import RelayPodRunner
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The directory says what a test needs; the marker lets `-m` select by it.
+    for item in items:
+        parts = Path(item.fspath).relative_to(HERE).parts
+        if parts[0] == "integration":
+            item.add_marker(pytest.mark.integration)
+        elif parts[0] == "e2e":
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[local_cluster.LocalCluster]:
+    """The local cluster: reused when running, else started now and stopped at the end."""
+    running = local_cluster.ensure_cluster()
+    yield running
+    local_cluster.teardown(running)
+
+
+@pytest.fixture(scope="session")
+async def kube(cluster: local_cluster.LocalCluster) -> AsyncIterator[client.ApiClient]:
+    """An async API client (kubernetes.aio) for the local cluster."""
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
+    api = client.ApiClient(cfg)
+    yield api
+    await api.close()
+
+
+@pytest.fixture
+async def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    core = client.CoreV1Api(kube)
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    await core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+async def relay_runner(
+    cluster: local_cluster.LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RelayPodRunner]:
+    """Plays kubelet for relay pods: runs their containers locally on 127.0.0.x."""
+    runner = RelayPodRunner(cluster.kubeconfig, tmp_path_factory.mktemp("relay-pods"))
+    await runner.start()
+    yield runner
+    await runner.stop()
+
+
+@pytest.fixture
+def kubectl(cluster: local_cluster.LocalCluster):
+    """kubectl from the tool cache, bound to the local cluster."""
+
+    def run(*args: str, **kwargs):
+        return tools.kubectl(*args, kubeconfig=cluster.kubeconfig, **kwargs)
+
+    return run

@@ -1,0 +1,99 @@
+"""Paths of the cached test-ground tools and small helpers to run them.
+
+The tools are built by `make tools` (hack/tools.sh) and cached by version outside the
+checkout; `hack/tools.sh path` is the single place that knows where.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS_SCRIPT = REPO / "hack" / "tools.sh"
+KUBECONFIG = REPO / ".cluster" / "kubeconfig"
+
+
+class ToolMissing(RuntimeError):
+    """A cached tool is not built yet: run `make tools`."""
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """The pinned tool versions (hack/versions.env), e.g. versions()["FRP_VERSION"]."""
+    pairs = {}
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+@functools.cache
+def tools_path() -> list[Path]:
+    out = subprocess.run(
+        [str(TOOLS_SCRIPT), "path"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return [Path(p) for p in out.split(":") if p]
+
+
+def tool(name: str) -> Path:
+    """The cached binary called `name` (kubectl, helm, frps, frpc, etcd, kwokctl, ...)."""
+    for directory in tools_path():
+        candidate = directory / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise ToolMissing(f"{name} is not in the tool cache; run `make tools` first")
+
+
+def env_with_tools(**extra: str) -> dict[str, str]:
+    """The current environment with the cached tools first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([*(str(p) for p in tools_path()), env.get("PATH", "")])
+    env.update(extra)
+    return env
+
+
+def run(
+    name: str,
+    *args: str,
+    kubeconfig: Path | None = KUBECONFIG,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a cached tool to completion and return its result (text mode)."""
+    env = env_with_tools()
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    result = subprocess.run(
+        [str(tool(name)), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise subprocess.CalledProcessError(
+            result.returncode, result.args, result.stdout, result.stderr
+        )
+    return result
+
+
+def kubectl(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return run("kubectl", *args, **kwargs)
+
+
+def helm(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return run("helm", *args, **kwargs)
+
+
+def which(name: str) -> str | None:
+    try:
+        return str(tool(name))
+    except ToolMissing:
+        return shutil.which(name)
