@@ -1,0 +1,1 @@
+"""The tunnelop API: typed models of the custom resources and the CRDs generated from them."""
