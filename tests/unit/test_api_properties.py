@@ -251,3 +251,23 @@ def test_braces_in_input_do_not_break_messages(value: str) -> None:
     with pytest.raises(ValidationError) as caught:
         Tunnel.model_validate(tunnel({"protocol": "http", "subdomain": value, "bandwidth": value}))
     assert any(value in message for message in error_messages(caught.value))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    whole=st.integers(min_value=0, max_value=10**9),
+    fraction=st.text(alphabet="0123456789", max_size=3),
+    suffix=st.sampled_from(["k", "M", "G", "T", "P", "E"]),
+)
+def test_decimal_quantities_convert_exactly(whole: int, fraction: str, suffix: str) -> None:
+    # Up to three decimal places fit every decimal suffix, as in Kubernetes ("1.5k" is 1500).
+    text = f"{whole}.{fraction}{suffix}" if fraction else f"{whole}{suffix}"
+    exponent = {"k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}[suffix]
+    expected = (whole * 10 ** len(fraction) + int(fraction or "0")) * 10 ** (
+        exponent - len(fraction)
+    )
+    if expected <= 2**63 - 1:
+        assert bits_per_second(text) == expected
+    else:
+        with pytest.raises(ValueError, match="at most"):
+            bits_per_second(text)

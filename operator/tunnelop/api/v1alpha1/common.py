@@ -304,6 +304,10 @@ def error_messages(error: ValidationError) -> list[str]:
     lines = []
     for detail in error.errors(include_url=False, include_context=False, include_input=False):
         message = _FRIENDLIER.get(detail["type"], detail["msg"])
-        path = error_path(detail["loc"])
+        loc = detail["loc"]
+        if detail["type"] != "extra_forbidden":
+            # pydantic names a defaulted field by its Python name; users know the JSON name.
+            loc = tuple(to_camel(p) if isinstance(p, str) and "_" in p else p for p in loc)
+        path = error_path(loc)
         lines.append(f"{path}: {message}" if path else message)
     return lines
