@@ -415,7 +415,7 @@ def test_exposure_and_template() -> None:
 @pytest.mark.parametrize("name", ["Relay-1", "1relay", "relay.one", "r" * 64])
 def test_relay_node_names_are_dns_1035_labels(name: str) -> None:
     (message,) = messages(RelayNode, relay_node(name=name))
-    assert message.startswith("metadata: name must be a DNS-1035 label")
+    assert message.startswith("metadata.name: must be a DNS-1035 label: at most 63")
 
 
 # RelayPool -----------------------------------------------------------------------------------

@@ -95,13 +95,14 @@ def relay_name_rule(max_length: int) -> dict[str, str]:
     )
 
 
-def check_relay_name(name: str | None, max_length: int) -> None:
+def check_relay_name(name: str | None, max_length: int) -> str | None:
     """The same rule in Python (the name is unset on objects built in code before creation)."""
     if name is not None:
         try:
             check_dns_1035_label(name, max_length)
         except ValueError as exc:
-            raise PydanticCustomError("relay_name", f"name {exc}") from None
+            raise PydanticCustomError("relay_name", str(exc)) from None
+    return name
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

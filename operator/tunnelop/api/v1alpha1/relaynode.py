@@ -301,6 +301,15 @@ class RelayNodeStatus(StatusModel):
 RELAY_NODE_NAME_MAX = 63
 
 
+class RelayNodeMeta(ObjectMeta):
+    """Metadata of a RelayNode, whose name becomes Service and Pod names."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_dns_1035_label(cls, name: str | None) -> str | None:
+        return check_relay_name(name, RELAY_NODE_NAME_MAX)
+
+
 class RelayNode(Resource):
     """One relay: an frps with its relay agent and one public address, run by the operator.
     Tunnels are scheduled to RelayNodes the way Pods are scheduled to Nodes."""
@@ -330,14 +339,9 @@ class RelayNode(Resource):
     )
 
     kind: Literal["RelayNode"] = Field(default="RelayNode", description="RelayNode.")
+    metadata: RelayNodeMeta = Field(default_factory=RelayNodeMeta)
     spec: RelayNodeSpec = Field(description="The desired relay.")
     status: RelayNodeStatus = Field(
         default_factory=RelayNodeStatus,
         description="Written by the operator; read-only for users.",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _name_is_dns_1035_label(cls, metadata: ObjectMeta) -> ObjectMeta:
-        check_relay_name(metadata.name, RELAY_NODE_NAME_MAX)
-        return metadata

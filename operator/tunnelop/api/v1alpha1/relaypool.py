@@ -30,6 +30,15 @@ RELAY_POOL_NAME_MAX = 57
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
 
+class RelayPoolMeta(ObjectMeta):
+    """Metadata of a RelayPool, whose name prefixes its RelayNodes' names."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_dns_1035_label(cls, name: str | None) -> str | None:
+        return check_relay_name(name, RELAY_POOL_NAME_MAX)
+
+
 class RelayNodeTemplateMetadata(ApiModel):
     """Metadata given to every RelayNode of the pool."""
 
@@ -180,14 +189,9 @@ class RelayPool(Resource):
     )
 
     kind: Literal["RelayPool"] = Field(default="RelayPool", description="RelayPool.")
+    metadata: RelayPoolMeta = Field(default_factory=RelayPoolMeta)
     spec: RelayPoolSpec = Field(description="The desired pool.")
     status: RelayPoolStatus = Field(
         default_factory=RelayPoolStatus,
         description="Written by the operator; read-only for users.",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _name_is_dns_1035_label(cls, metadata: ObjectMeta) -> ObjectMeta:
-        check_relay_name(metadata.name, RELAY_POOL_NAME_MAX)
-        return metadata
