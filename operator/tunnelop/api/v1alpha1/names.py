@@ -89,8 +89,9 @@ def relay_name_rule(max_length: int) -> dict[str, str]:
     return cel_rule(
         f"size(self.metadata.name) <= {max_length}"
         f" && self.metadata.name.matches(r'{DNS_1035_LABEL_PATTERN}')",
-        # No fieldPath: the schema does not describe metadata, so the path is named here.
-        f"metadata.name {message}",
+        # The schema does not describe metadata.name, so the error is reported on metadata.
+        f"name {message}",
+        field_path=".metadata",
         reason="FieldValueInvalid",
     )
 
