@@ -38,10 +38,15 @@ cluster: tools ## start the local cluster (loopback only); writes .cluster/kubec
 cluster-down: ## stop the local cluster and every process it started
 	hack/cluster.sh down
 
+.PHONY: crds
+crds: venv ## regenerate crds/ from the API models
+	$(BIN)/tunnelop crds --output-dir crds
+
 .PHONY: lint
-lint: venv ## ruff
+lint: venv ## ruff, and crds/ in step with the models
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/tunnelop crds --check --output-dir crds
 
 .PHONY: fmt
 fmt: venv ## format the code

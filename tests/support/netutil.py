@@ -57,3 +57,17 @@ async def wait_for_echo(host: str, port: int, payload: bytes, timeout: float = 3
             if loop.time() > deadline:
                 raise TimeoutError(f"no echo through {host}:{port} within {timeout}s") from None
             await asyncio.sleep(0.3)
+
+
+async def port_closes(host: str, port: int, timeout: float = 15) -> bool:
+    """True once nothing accepts connections on host:port, False if still open at timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            return True
+        writer.close()
+        await asyncio.sleep(0.2)
+    return False

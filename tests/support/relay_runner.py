@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import ctypes
 import ipaddress
 import logging
 import os
@@ -171,13 +172,13 @@ class RelayPodRunner:
                 for uid in set(self.pods) - seen:
                     await self._stop_pod(uid)
                 self._synced.set()
-                stream = watch.Watch().stream(
-                    core.list_pod_for_all_namespaces,
-                    label_selector=self.label,
-                    resource_version=listing.metadata.resource_version,
-                    timeout_seconds=300,
-                )
-                async with contextlib.aclosing(stream) as events:
+                async with watch.Watch() as w:
+                    events = w.stream(
+                        core.list_pod_for_all_namespaces,
+                        label_selector=self.label,
+                        resource_version=listing.metadata.resource_version,
+                        timeout_seconds=300,
+                    )
                     async for event in events:
                         pod = event["object"]
                         if event["type"] == "DELETED":
@@ -249,6 +250,7 @@ class RelayPodRunner:
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own process group, killed as a whole
+                    preexec_fn=_die_with_parent,
                 )
             code = await container.process.wait()
             if pod.stopping:
@@ -465,6 +467,12 @@ def _field_value(pod: Any, field_path: str, address: str) -> str:
             key = field_path[len(prefix) + 2 : -2]
             return (mapping or {}).get(key, "")
     return ""
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the runner dies, so no container outlives it."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def _terminate(container: Container, grace: float = 5.0) -> None:
