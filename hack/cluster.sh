@@ -67,10 +67,10 @@ up() {
     write_config
     local start=$SECONDS
     log "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok"
-    kwokctl create cluster --name "$name" --config "$state/kwok.yaml" \
+    kwokctl -v=WARN create cluster --name "$name" --config "$state/kwok.yaml" \
       --kubeconfig "$kubeconfig" --wait 2m >&2
     log "adding $nodes fake nodes"
-    kwokctl scale node --name "$name" --replicas "$nodes" >&2
+    kwokctl -v=WARN scale node --name "$name" --replicas "$nodes" >&2
     kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node --all --timeout=120s >&2
     # The default ServiceAccount must exist before Pods can be created in a namespace.
     until kubectl --kubeconfig "$kubeconfig" get serviceaccount default -n default >/dev/null 2>&1; do
@@ -92,7 +92,7 @@ MSG
 down() {
   if kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
     log "stopping the cluster"
-    kwokctl delete cluster --name "$name" >&2
+    kwokctl -v=WARN delete cluster --name "$name" >&2
   else
     log "no cluster to stop"
   fi

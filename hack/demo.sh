@@ -17,8 +17,7 @@ hack/cluster.sh up
 if compgen -G "crds/*.yaml" >/dev/null; then
   step "Installing the tunnelop CRDs"
   kubectl apply --server-side -f crds/
-  kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=tunnelop --timeout=60s 2>/dev/null ||
-    kubectl wait --for=condition=Established -f crds/ --timeout=60s
+  kubectl wait --for=condition=Established -f crds/ --timeout=60s
 fi
 
 step "What is running"
