@@ -11,6 +11,7 @@ import pytest
 from kubernetes.aio import client, config
 from support import cluster as local_cluster
 from support import tools
+from support.operator import OperatorProcess
 from support.relay_runner import RelayPodRunner
 
 HERE = Path(__file__).parent
@@ -74,3 +75,30 @@ def kubectl(cluster: local_cluster.LocalCluster):
         return tools.kubectl(*args, kubeconfig=cluster.kubeconfig, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: local_cluster.LocalCluster) -> Path:
+    """tunnelop's CRDs, applied from crds/ and Established."""
+    crd_dir = tools.REPO / "crds"
+    tools.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
+    tools.kubectl("wait", "--for=condition=Established", "-f", str(crd_dir), "--timeout=60s")
+    return crd_dir
+
+
+@pytest.fixture(scope="session")
+async def operator(
+    cluster: local_cluster.LocalCluster, crds: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[OperatorProcess]:
+    """`tunnelop run` as a real process, with its admission webhook registered."""
+    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "log")
+    await process.start()
+    yield process
+    await process.stop()
+    tools.kubectl(
+        "delete",
+        "validatingwebhookconfiguration",
+        "tunnelop.dev",
+        "--ignore-not-found",
+        check=False,
+    )

@@ -36,6 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 and print a diff if the files are not what the models generate",
     )
+    run = sub.add_parser(
+        "run",
+        help="run the operator against the current kubeconfig (or in-cluster config)",
+        description="Run the operator: scheduling, allocation, relays and admission webhook.",
+    )
+    run.add_argument(
+        "--relay-namespace",
+        default="tunnelop-system",
+        help="namespace of the relay workloads (default: tunnelop-system)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="json or console; auto (default) is json unless stderr is a terminal",
+    )
+    run.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
+    run.add_argument(
+        "--webhook-host",
+        default="127.0.0.1",
+        help="address the admission webhook listens on and is called at (default: 127.0.0.1)",
+    )
+    run.add_argument("--webhook-port", type=int, default=9443, help="webhook port (default: 9443)")
+    run.add_argument("--no-webhook", action="store_true", help="run without the admission webhook")
     return parser
 
 
@@ -68,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "crds":
         return run_crds(args.output_dir, args.check)
+    if args.command == "run":
+        from tunnelop import manager
+
+        return manager.main(
+            manager.Options(
+                relay_namespace=args.relay_namespace,
+                webhook_host=args.webhook_host,
+                webhook_port=args.webhook_port,
+                webhook=not args.no_webhook,
+                log_format=args.log_format,
+                log_level=args.log_level.upper(),
+            )
+        )
     parser.print_help(sys.stderr)
     return 2
 

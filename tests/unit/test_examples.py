@@ -43,11 +43,11 @@ def test_examples_show_the_documented_features() -> None:
         return parse_object(yaml.safe_load((EXAMPLES / name).read_text()))
 
     assert load("tunnel-http-site.yaml").spec.subdomain == "blog"
-    assert load("tunnel-pinned-port.yaml").spec.remote_port == 25565
+    assert load("tunnel-pinned-port.yaml").spec.remote_port == 24565
     assert load("tunnel-udp.yaml").spec.protocol == "udp"
     assert load("relaynode-tcp-udp-only.yaml").spec.protocols == ["tcp", "udp"]
     relay = load("relaynode-tcp-udp-only.yaml").spec.ports
-    assert not relay.allocatable(25565) and relay.pinnable(25565)
+    assert relay.allocatable(20000) and not relay.allocatable(25565)
     assert "http" in load("relaynode-http.yaml").spec.protocols
 
 

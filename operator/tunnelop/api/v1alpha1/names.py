@@ -90,7 +90,7 @@ def relay_name_rule(max_length: int) -> dict[str, str]:
         f"size(self.metadata.name) <= {max_length}"
         f" && self.metadata.name.matches(r'{DNS_1035_LABEL_PATTERN}')",
         # The schema does not describe metadata.name, so the error is reported on metadata.
-        f"name {message}",
+        f"metadata.name {message}",
         field_path=".metadata",
         reason="FieldValueInvalid",
     )

@@ -59,9 +59,9 @@ class RelayPorts(ApiModel):
     reserved: Annotated[list[PortOrRange], Field(max_length=64)] = Field(
         default_factory=list,
         description=(
-            "Ports never allocated automatically, as numbers or 'first-last' ranges, e.g. "
-            "[25565, '27015-27030']. A Tunnel may still pin one with spec.remotePort. At most "
-            "64 entries."
+            "Ports kept out of tunnels' reach, e.g. for the provider's own services: never "
+            "allocated and refused when a Tunnel asks for one with spec.remotePort. Numbers or "
+            "'first-last' ranges, e.g. [25565, '27015-27030']. At most 64 entries."
         ),
     )
     blocked: Annotated[list[PortOrRange], Field(max_length=64)] = Field(
@@ -83,16 +83,13 @@ class RelayPorts(ApiModel):
         return merge_spans(parse_port_span(item) for item in self.blocked)
 
     def allocatable(self, port: int) -> bool:
-        """Whether the allocator may hand out `port` without being asked for it."""
+        """Whether a tunnel may have `port`, allocated or requested: inside the range, and
+        neither reserved nor blocked."""
         return (
             port in self.span()
             and not any(port in s for s in self.reserved_spans())
             and not any(port in s for s in self.blocked_spans())
         )
-
-    def pinnable(self, port: int) -> bool:
-        """Whether a Tunnel may ask for `port` with spec.remotePort."""
-        return port in self.span() and not any(port in s for s in self.blocked_spans())
 
 
 class RelayCapacity(ApiModel):

@@ -1,0 +1,1 @@
+"""kopf handlers, one module per concern. Importing a module registers its handlers."""

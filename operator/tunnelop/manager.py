@@ -1,0 +1,71 @@
+"""Runs the operator: kopf with tunnelop's handlers, settings and admission webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import kopf
+
+from tunnelop import certs, logs
+
+WEBHOOK_CONFIGURATION = "tunnelop.dev"
+
+
+@dataclass(frozen=True)
+class Options:
+    relay_namespace: str = "tunnelop-system"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 9443
+    webhook: bool = True
+    log_format: str = "auto"
+    log_level: str = "INFO"
+
+
+def _register_handlers() -> kopf.OperatorRegistry:
+    # Importing the controller modules registers their handlers in kopf's default registry.
+    from tunnelop.controllers import webhook  # noqa: F401
+
+    return kopf.get_default_registry()
+
+
+def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.level = 20  # Events for INFO and above
+    if options.webhook:
+        cert = certs.issue_webhook_certificate(
+            workdir / "webhook", [options.webhook_host, "localhost"]
+        )
+        settings.admission.server = kopf.WebhookServer(
+            addr=options.webhook_host,
+            port=options.webhook_port,
+            host=options.webhook_host,
+            certfile=str(cert.cert_file),
+            pkeyfile=str(cert.key_file),
+            cadata=cert.ca_pem,
+        )
+        settings.admission.managed = WEBHOOK_CONFIGURATION
+    return settings
+
+
+async def run(options: Options) -> None:
+    logs.configure(options.log_format, options.log_level)
+    registry = _register_handlers()
+    with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
+        settings = build_settings(options, Path(workdir))
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            clusterwide=True,
+            standalone=True,
+        )
+
+
+def main(options: Options) -> int:
+    try:
+        asyncio.run(run(options))
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,478 @@
+"""Bad input is rejected by the real API server — by the schema, by CEL, or by tunnelop's
+admission webhook — with a message that names the offending field."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from support import tools
+
+RUN = uuid.uuid4().hex[:6]
+TCP_RELAY = f"adm-{RUN}-tcp"
+WEB_RELAY = f"adm-{RUN}-web"
+WEB_DOMAIN = f"web-{RUN}.example.test"
+ONLY_OURS = {"tunnelop.test/run": RUN}  # keeps other tests' relays out of these tunnels' way
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    layer: str  # schema | cel | webhook
+    field: str  # the field the message must name
+    manifest: dict[str, Any]
+
+
+def tunnel(spec: dict[str, Any], name: str = "t") -> dict[str, Any]:
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "Tunnel",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def relay(spec: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    spec = {"ports": {"range": "40000-40999"}, **spec}
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "RelayNode",
+        "metadata": {"name": name or f"bad-{RUN}"},
+        "spec": spec,
+    }
+
+
+def pool(spec: dict[str, Any]) -> dict[str, Any]:
+    template = {"spec": {"ports": {"range": "40000-40999"}}}
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "RelayPool",
+        "metadata": {"name": f"bad-{RUN}"},
+        "spec": {"template": template, **spec},
+    }
+
+
+def quota(hard: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "TunnelQuota",
+        "metadata": {"name": "q"},
+        "spec": {"hard": hard},
+    }
+
+
+on_tcp_relay = {"relay": {"node": TCP_RELAY}}
+on_ours = {"relay": {"nodeSelector": ONLY_OURS}}
+
+CASES = [
+    # --- schema: types, ranges, formats
+    Case("protocol-missing", "schema", "spec.protocol", tunnel({"remotePort": 20000})),
+    Case("protocol-unknown", "schema", "spec.protocol", tunnel({"protocol": "ftp"})),
+    Case("protocol-uppercase", "schema", "spec.protocol", tunnel({"protocol": "TCP"})),
+    Case(
+        "remote-port-zero",
+        "schema",
+        "spec.remotePort",
+        tunnel({"protocol": "tcp", "remotePort": 0}),
+    ),
+    Case(
+        "remote-port-too-big",
+        "schema",
+        "spec.remotePort",
+        tunnel({"protocol": "tcp", "remotePort": 70000}),
+    ),
+    Case(
+        "remote-port-string",
+        "schema",
+        "spec.remotePort",
+        tunnel({"protocol": "tcp", "remotePort": "http"}),
+    ),
+    Case(
+        "remote-port-typo", "schema", "remotPort", tunnel({"protocol": "tcp", "remotPort": 20000})
+    ),
+    Case(
+        "subdomain-not-dns-label",
+        "schema",
+        "spec.subdomain",
+        tunnel({"protocol": "http", "subdomain": "My_Site"}),
+    ),
+    Case(
+        "subdomain-too-long",
+        "schema",
+        "spec.subdomain",
+        tunnel({"protocol": "http", "subdomain": "a" * 64}),
+    ),
+    Case(
+        "custom-domain-wildcard",
+        "schema",
+        "spec.customDomains",
+        tunnel({"protocol": "http", "customDomains": ["*.example.com"]}),
+    ),
+    Case(
+        "custom-domain-space",
+        "schema",
+        "spec.customDomains",
+        tunnel({"protocol": "https", "customDomains": ["my site.example.com"]}),
+    ),
+    Case(
+        "bandwidth-unit",
+        "schema",
+        "spec.bandwidth",
+        tunnel({"protocol": "tcp", "bandwidth": "10Mbps"}),
+    ),
+    Case(
+        "bandwidth-negative",
+        "schema",
+        "spec.bandwidth",
+        tunnel({"protocol": "tcp", "bandwidth": "-5M"}),
+    ),
+    Case(
+        "cidr-prefix-too-long",
+        "schema",
+        "spec.allowSourceRanges",
+        tunnel({"protocol": "tcp", "allowSourceRanges": ["10.0.0.0/33"]}),
+    ),
+    Case(
+        "cidr-garbage",
+        "schema",
+        "spec.allowSourceRanges",
+        tunnel({"protocol": "tcp", "allowSourceRanges": ["office"]}),
+    ),
+    Case(
+        "suspended-string",
+        "schema",
+        "spec.suspended",
+        tunnel({"protocol": "tcp", "suspended": "yes"}),
+    ),
+    Case(
+        "client-type-unknown",
+        "schema",
+        "spec.client.type",
+        tunnel({"protocol": "tcp", "client": {"type": "Sidecar"}}),
+    ),
+    Case(
+        "relay-node-bad-name",
+        "schema",
+        "spec.relay.node",
+        tunnel({"protocol": "tcp", "relay": {"node": "Relay_1"}}),
+    ),
+    # --- CEL: cross-field rules
+    Case(
+        "subdomain-on-tcp",
+        "cel",
+        "spec.subdomain",
+        tunnel({"protocol": "tcp", "subdomain": "blog"}),
+    ),
+    Case(
+        "remote-port-on-http",
+        "cel",
+        "spec.remotePort",
+        tunnel({"protocol": "http", "remotePort": 20000}),
+    ),
+    Case(
+        "custom-domains-on-udp",
+        "cel",
+        "spec.customDomains",
+        tunnel({"protocol": "udp", "customDomains": ["a.example.com"]}),
+    ),
+    Case(
+        "target-on-external",
+        "cel",
+        "spec.client.target",
+        tunnel(
+            {
+                "protocol": "tcp",
+                "client": {"type": "External", "target": {"service": "web", "port": 80}},
+            }
+        ),
+    ),
+    Case(
+        "in-cluster-without-target",
+        "cel",
+        "spec.client.target",
+        tunnel({"protocol": "tcp", "client": {"type": "InCluster"}}),
+    ),
+    Case(
+        "target-port-zero",
+        "schema",
+        "spec.client.target.port",
+        tunnel(
+            {
+                "protocol": "tcp",
+                "client": {"type": "InCluster", "target": {"service": "web", "port": 0}},
+            }
+        ),
+    ),
+    Case(
+        "port-range-inverted", "cel", "spec.ports.range", relay({"ports": {"range": "30000-20000"}})
+    ),
+    Case(
+        "port-range-from-zero", "schema", "spec.ports.range", relay({"ports": {"range": "0-100"}})
+    ),
+    Case(
+        "port-range-past-65535",
+        "cel",
+        "spec.ports.range",
+        relay({"ports": {"range": "20000-70000"}}),
+    ),
+    Case("port-range-garbage", "schema", "spec.ports.range", relay({"ports": {"range": "lots"}})),
+    Case(
+        "reserved-inverted",
+        "cel",
+        "spec.ports.reserved",
+        relay({"ports": {"range": "40000-40999", "reserved": ["5-3"]}}),
+    ),
+    Case(
+        "blocked-too-big",
+        "schema",
+        "spec.ports.blocked",
+        relay({"ports": {"range": "40000-40999", "blocked": [70000]}}),
+    ),
+    Case(
+        "relay-protocol-unknown", "schema", "spec.protocols", relay({"protocols": ["tcp", "ftp"]})
+    ),
+    Case(
+        "relay-http-without-domain", "cel", "spec.httpDomain", relay({"protocols": ["tcp", "http"]})
+    ),
+    Case(
+        "relay-wildcard-domain",
+        "schema",
+        "spec.httpDomain",
+        relay({"protocols": ["http"], "httpDomain": "*.example.com"}),
+    ),
+    Case(
+        "relay-exposure-unknown",
+        "schema",
+        "spec.exposure.type",
+        relay({"exposure": {"type": "Ingress"}}),
+    ),
+    Case(
+        "relay-capacity-negative",
+        "schema",
+        "spec.capacity.tunnels",
+        relay({"capacity": {"tunnels": -1}}),
+    ),
+    Case("relay-name-not-dns-1035", "cel", "metadata.name", relay({}, name=f"1relay-{RUN}")),
+    Case(
+        "pool-min-above-max",
+        "cel",
+        "spec.autoscaling",
+        pool({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+    ),
+    Case(
+        "pool-utilization-percent",
+        "schema",
+        "spec.autoscaling.targetUtilization",
+        pool({"autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetUtilization": 150}}),
+    ),
+    Case("pool-replicas-negative", "schema", "spec.replicas", pool({"replicas": -1})),
+    Case("quota-tunnels-negative", "schema", "spec.hard.tunnels", quota({"tunnels": -1})),
+    Case(
+        "quota-traffic-garbage",
+        "schema",
+        "spec.hard.monthlyTraffic",
+        quota({"monthlyTraffic": "lots"}),
+    ),
+    Case("quota-protocol-unknown", "schema", "spec.hard.protocols", quota({"protocols": ["smtp"]})),
+    # --- webhook: rules that depend on other objects
+    Case(
+        "port-reserved",
+        "webhook",
+        "spec.remotePort",
+        tunnel({"protocol": "tcp", "remotePort": 20001, **on_ours}),
+    ),
+    Case(
+        "port-in-reserved-range",
+        "webhook",
+        "spec.remotePort",
+        tunnel({"protocol": "tcp", "remotePort": 20505, **on_ours}),
+    ),
+    Case(
+        "port-blocked",
+        "webhook",
+        "spec.remotePort",
+        tunnel({"protocol": "udp", "remotePort": 20150, **on_ours}),
+    ),
+    Case(
+        "port-outside-every-range",
+        "webhook",
+        "spec.remotePort",
+        tunnel({"protocol": "tcp", "remotePort": 30000, **on_ours}),
+    ),
+    Case(
+        "http-on-tcp-only-relay",
+        "webhook",
+        "spec.protocol",
+        tunnel({"protocol": "http", **on_tcp_relay}),
+    ),
+    Case(
+        "udp-on-web-relay",
+        "webhook",
+        "spec.protocol",
+        tunnel({"protocol": "udp", "relay": {"node": WEB_RELAY}}),
+    ),
+    Case(
+        "subdomain-taken-across-namespaces",
+        "webhook",
+        "spec.subdomain",
+        tunnel({"protocol": "http", "subdomain": "taken", **on_ours}),
+    ),
+]
+
+
+def apply(manifest: dict[str, Any], namespace: str | None, dry_run: bool = True):
+    args = ["create", "-f", "-", "-o", "name"]
+    if dry_run:
+        args.append("--dry-run=server")
+    if namespace and manifest["kind"] in ("Tunnel", "TunnelQuota"):
+        args += ["-n", namespace]
+    return tools.kubectl(*args, input=json.dumps(manifest), check=False)
+
+
+@pytest.fixture(scope="module")
+async def admission_world(operator, kube):
+    """Two relays with known ports and protocols, and a tunnel holding subdomain 'taken'."""
+    relays = [
+        relay(
+            {
+                "ports": {
+                    "range": "20000-20999",
+                    "reserved": [20001, "20500-20509"],
+                    "blocked": ["20100-20199"],
+                },
+            },
+            name=TCP_RELAY,
+        ),
+        relay(
+            {
+                "ports": {"range": "21000-21999"},
+                "protocols": ["tcp", "http", "https"],
+                "httpDomain": WEB_DOMAIN,
+            },
+            name=WEB_RELAY,
+        ),
+    ]
+    for r in relays:
+        r["metadata"]["labels"] = dict(ONLY_OURS)
+        result = apply(r, None, dry_run=False)
+        assert result.returncode == 0, result.stderr
+    holder_ns = f"adm-holder-{RUN}"
+    tools.kubectl("create", "namespace", holder_ns)
+    holder = tunnel({"protocol": "http", "subdomain": "taken", **on_ours}, name="holder")
+    result = apply(holder, holder_ns, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    # The webhook learns of new objects through its watches: wait until it knows them.
+    probe = tunnel({"protocol": "tcp", "remotePort": 20001, **on_ours})
+    probe_sub = tunnel({"protocol": "http", "subdomain": "taken", **on_ours})
+    for _ in range(100):
+        if (
+            "denied" in apply(probe, "default").stderr
+            and "denied" in apply(probe_sub, "default").stderr
+        ):
+            break
+        await asyncio.sleep(0.1)
+    yield
+    tools.kubectl("delete", "namespace", holder_ns, "--wait=false")
+    tools.kubectl("delete", "relaynode", TCP_RELAY, WEB_RELAY, "--ignore-not-found")
+
+
+def test_at_least_forty_cases_across_three_layers() -> None:
+    assert len(CASES) >= 40
+    assert {c.layer for c in CASES} == {"schema", "cel", "webhook"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_invalid_manifest_is_rejected_naming_the_field(
+    case: Case, admission_world, namespace
+) -> None:
+    result = apply(case.manifest, namespace)
+    assert result.returncode != 0, f"{case.id} was admitted: {result.stdout}"
+    message = result.stderr
+    assert case.field in message, f"{case.id}: message does not name {case.field}: {message}"
+    from_webhook = "admission webhook" in message
+    assert from_webhook == (case.layer == "webhook"), message
+
+
+async def test_valid_tunnels_on_those_relays_are_admitted(admission_world, namespace) -> None:
+    for spec in (
+        {"protocol": "tcp", "remotePort": 20002, **on_ours},
+        {
+            "protocol": "tcp",
+            "remotePort": 21150,
+            **on_ours,
+        },  # blocked on one relay, free on the other
+        {"protocol": "udp", "remotePort": 20999, **on_tcp_relay},
+        {"protocol": "http", "subdomain": f"free-{RUN}", **on_ours},
+        {"protocol": "tcp"},
+    ):
+        result = apply(tunnel(spec), namespace)
+        assert result.returncode == 0, f"{spec}: {result.stderr}"
+
+
+async def test_unrelated_update_is_admitted_after_the_relay_blocks_the_port(
+    admission_world, namespace
+) -> None:
+    """A tenant can still suspend a tunnel whose pinned port the provider blocked later."""
+    name = f"late-block-{RUN}"
+    pinned = relay({"ports": {"range": "22000-22099"}}, name=name)
+    pinned["metadata"]["labels"] = {"tunnelop.test/late": RUN}
+    assert apply(pinned, None, dry_run=False).returncode == 0
+    try:
+        spec = {"protocol": "tcp", "remotePort": 22010, "relay": {"node": name}}
+        for _ in range(50):  # until the webhook has seen the new relay
+            created = apply(tunnel(spec, name="game"), namespace, dry_run=False)
+            if created.returncode == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert created.returncode == 0, created.stderr
+        tools.kubectl(
+            "patch",
+            "relaynode",
+            name,
+            "--type=merge",
+            "-p",
+            '{"spec":{"ports":{"blocked":[22010]}}}',
+        )
+        denied = None
+        for _ in range(50):  # the webhook now refuses the port to new tunnels...
+            denied = apply(tunnel(spec, name="game2"), namespace)
+            if denied.returncode != 0:
+                break
+            await asyncio.sleep(0.1)
+        assert denied.returncode != 0 and "spec.remotePort" in denied.stderr
+        # ...but an update that does not touch the port goes through.
+        suspended = tools.kubectl(
+            "patch",
+            "tunnel",
+            "game",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"suspended":true}}',
+            check=False,
+        )
+        assert suspended.returncode == 0, suspended.stderr
+    finally:
+        tools.kubectl("delete", "relaynode", name, "--ignore-not-found")
+
+
+def test_documented_examples_apply_cleanly(admission_world, namespace) -> None:
+    examples = sorted((tools.REPO / "docs" / "examples").glob("*.yaml"))
+    assert len(examples) >= 9
+    kinds = {p: yaml.safe_load(p.read_text())["kind"] for p in examples}
+    cluster_scoped = [p for p in examples if kinds[p] in ("RelayNode", "RelayPool")]
+    namespaced = [p for p in examples if p not in cluster_scoped]
+    try:
+        for path in cluster_scoped + namespaced:
+            args = ["apply", "-f", str(path)] + (["-n", namespace] if path in namespaced else [])
+            result = tools.kubectl(*args, check=False)
+            assert result.returncode == 0, f"{path.name}: {result.stderr}"
+    finally:
+        for path in cluster_scoped:
+            tools.kubectl("delete", "-f", str(path), "--ignore-not-found", check=False)

@@ -1,0 +1,94 @@
+"""The operator as a real process (`tunnelop run`), for tests that need it running — and
+killing: stop() sends SIGTERM, kill() sends SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from support import tools
+from support.netutil import free_port
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_path: Path, *extra_args: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.webhook_port = free_port()
+        self.extra_args = extra_args
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        entry = Path(sys.executable).parent / "tunnelop"
+        return [
+            str(entry),
+            "run",
+            "--log-format",
+            "json",
+            "--webhook-port",
+            str(self.webhook_port),
+            *self.extra_args,
+        ]
+
+    async def start(self) -> None:
+        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig))
+        with self.log_path.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                env=env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        await self._wait_for_webhook()
+
+    async def _wait_for_webhook(self, timeout: float = 60) -> None:
+        """Until the webhook configuration points at this process and its port answers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        url = f"https://127.0.0.1:{self.webhook_port}/"
+        while loop.time() < deadline:
+            if self.process and self.process.returncode is not None:
+                raise RuntimeError(
+                    f"operator exited with {self.process.returncode}:\n{self.logs()}"
+                )
+            result = tools.kubectl(
+                "get",
+                "validatingwebhookconfiguration",
+                "tunnelop.dev",
+                "-o",
+                "jsonpath={.webhooks[*].clientConfig.url}",
+                kubeconfig=self.kubeconfig,
+                check=False,
+            )
+            if url in result.stdout:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.webhook_port)
+                    writer.close()
+                    return
+                except OSError:
+                    pass
+            await asyncio.sleep(0.3)
+        raise TimeoutError(f"the operator's webhook did not come up:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye, as a crashed or evicted operator."""
+        if self.process and self.process.returncode is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
