@@ -86,12 +86,26 @@ def crds(cluster: local_cluster.LocalCluster) -> Path:
     return crd_dir
 
 
+RELAY_NAMESPACE = "tunnelop-system"
+
+
+@pytest.fixture(scope="session")
+def relay_namespace() -> str:
+    """Where the operator runs relay workloads."""
+    return RELAY_NAMESPACE
+
+
 @pytest.fixture(scope="session")
 async def operator(
     cluster: local_cluster.LocalCluster, crds: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[OperatorProcess]:
     """`tunnelop run` as a real process, with its admission webhook registered."""
-    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "log")
+    process = OperatorProcess(
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("operator") / "log",
+        "--relay-namespace",
+        RELAY_NAMESPACE,
+    )
     await process.start()
     yield process
     await process.stop()

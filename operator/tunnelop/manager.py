@@ -21,19 +21,40 @@ class Options:
     webhook_port: int = 9443
     webhook: bool = True
     log_format: str = "auto"
+    workers: int = 32
     log_level: str = "INFO"
 
 
-def _register_handlers() -> kopf.OperatorRegistry:
+def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
-    from tunnelop.controllers import webhook  # noqa: F401
+    from tunnelop.controllers import informers, webhook  # noqa: F401
+
+    @kopf.on.startup()
+    async def start_runtime(memo: kopf.Memo, **_: object) -> None:
+        await informers.start(memo, options.relay_namespace, options.workers)
+
+    @kopf.on.cleanup()
+    async def stop_runtime(memo: kopf.Memo, **_: object) -> None:
+        runtime = getattr(memo, "runtime", None)
+        if runtime is not None:
+            await runtime.stop()
 
     return kopf.get_default_registry()
 
 
 def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    settings.posting.level = 20  # Events for INFO and above
+    # The controllers post their own Events; kopf's per-handler Events would be noise.
+    settings.posting.enabled = False
+    # kopf's own bookkeeping, should any handler need it, lives in status, never in
+    # annotations: Git owns metadata and spec (invariant 5).
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    settings.persistence.finalizer = "tunnelop.dev/kopf"
+    # Watch only what is ours among Secrets and Deployments (server-side filtering).
+    settings.watching.label_selectors["v1", "secrets"] = "tunnelop.dev/tunnel"
+    settings.watching.label_selectors["apps", "deployments"] = "tunnelop.dev/relay"
+    settings.watching.server_timeout = 300
     if options.webhook:
         cert = certs.issue_webhook_certificate(
             workdir / "webhook", [options.webhook_host, "localhost"]
@@ -52,7 +73,7 @@ def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
 
 async def run(options: Options) -> None:
     logs.configure(options.log_format, options.log_level)
-    registry = _register_handlers()
+    registry = _register_handlers(options)
     with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
         settings = build_settings(options, Path(workdir))
         await kopf.operator(

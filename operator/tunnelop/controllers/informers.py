@@ -1,0 +1,200 @@
+"""kopf watches feed the caches and the work queues; they decide nothing themselves.
+
+At start-up the allocation table is rebuilt from the API before any tunnel is reconciled:
+the ports and subdomains recorded in Tunnel statuses are taken back as they were, so a Ready
+tunnel's endpoint never changes on restart and nothing is allocated twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import kopf
+
+from tunnelop import conditions, logs
+from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
+from tunnelop.builders import names
+from tunnelop.builders.relay import config_checksum
+from tunnelop.controllers import relays, tunnels
+from tunnelop.kube import GROUP_VERSION, Kube
+from tunnelop.relays import RelayView
+from tunnelop.runtime import RelayTables, Runtime, parse_table
+from tunnelop.scheduling import Allocation
+from tunnelop.workqueue import WorkQueue
+
+log = logs.get(__name__)
+TUNNEL_LABEL = "tunnelop.dev/tunnel"
+
+
+async def start(memo: kopf.Memo, relay_namespace: str, workers: int) -> Runtime:
+    kube = await Kube.connect()
+    rt = Runtime(kube=kube, relay_namespace=relay_namespace)
+    rt.tables = RelayTables(rt)
+    rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
+    rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
+    await _ensure_namespace(kube, relay_namespace)
+    await restore(rt)
+    rt.relay_queue.start()
+    rt.tunnel_queue.start()
+    memo.runtime = rt
+    return rt
+
+
+async def _ensure_namespace(kube: Kube, name: str) -> None:
+    if await kube.get("v1", "Namespace", name) is None:
+        await kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+async def restore(rt: Runtime) -> None:
+    """Rebuild caches and the allocation table from the API (one list per kind)."""
+    for body in await rt.kube.list(GROUP_VERSION, "RelayNode"):
+        name = body["metadata"]["name"]
+        rt.relays[name] = body
+        try:
+            model = RelayNode.model_validate(body)
+        except ValueError:
+            continue
+        ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
+        rt.table.upsert_relay(RelayView.from_model(model, ready=ready))
+    for body in await rt.kube.list(
+        "apps/v1", "Deployment", rt.relay_namespace, labels=names.RELAY_LABEL
+    ):
+        relay = body["metadata"].get("labels", {}).get(names.RELAY_LABEL)
+        if relay:
+            rt.deployments[relay] = body
+    for body in await rt.kube.list("v1", "Secret", labels=TUNNEL_LABEL):
+        _remember_credentials(rt, body)
+    restored = conflicts = 0
+    for body in await rt.kube.list(GROUP_VERSION, "Tunnel"):
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        rt.tunnels[key] = body
+        alloc = _recorded_allocation(rt, body)
+        if alloc is None:
+            continue
+        if rt.table.restore(alloc):
+            restored += 1
+        else:
+            conflicts += 1  # rescheduled by its reconcile, with an Event
+    assert rt.tables is not None
+    for body in await rt.kube.list("v1", "Secret", rt.relay_namespace, labels=names.RELAY_LABEL):
+        _remember_table(rt.tables, body)
+    log.info(
+        "allocation table restored",
+        relays=len(rt.relays),
+        tunnels=len(rt.tunnels),
+        restored=restored,
+        conflicts=conflicts,
+    )
+
+
+def _recorded_allocation(rt: Runtime, body: dict[str, Any]) -> Allocation | None:
+    status = body.get("status") or {}
+    relay = status.get("relayNode")
+    if not relay or not conditions.is_true(status.get("conditions"), "Scheduled"):
+        return None
+    try:
+        tunnel = Tunnel.model_validate(body)
+    except ValueError:
+        return None
+    view = next((r for r in rt.table.relays() if r.name == relay), None)
+    return Allocation(
+        key=(body["metadata"]["namespace"], body["metadata"]["name"]),
+        relay=relay,
+        protocol=tunnel.spec.protocol,
+        port=status.get("remotePort"),
+        subdomain=status.get("subdomain"),
+        http_domain=view.http_domain if view and status.get("subdomain") else None,
+        bandwidth=tunnels.bandwidth_of(tunnel),
+    )
+
+
+def _remember_credentials(rt: Runtime, body: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    tunnel = (meta.get("labels") or {}).get(TUNNEL_LABEL)
+    if not tunnel:
+        return
+    key = (meta["namespace"], tunnel)
+    data = body.get("data") or {}
+    try:
+        token = base64.b64decode(data["token"]).decode()
+        frpc_toml = base64.b64decode(data["frpc.toml"]).decode()
+    except (KeyError, ValueError):
+        return
+    rt.tokens[key] = token
+    rt.credential_checksums[key] = config_checksum(frpc_toml, token)
+
+
+def _remember_table(tables: RelayTables, body: dict[str, Any]) -> None:
+    """What a relay's table Secret already holds, so that a restart rewrites nothing."""
+    relay = (body["metadata"].get("labels") or {}).get(names.RELAY_LABEL)
+    raw = (body.get("data") or {}).get("table.json")
+    if not relay or not raw or body["metadata"]["name"] != names.table_secret_name(relay):
+        return
+    try:
+        entries = parse_table(json.loads(base64.b64decode(raw)))
+    except (ValueError, KeyError, TypeError):
+        return
+    tables.remember_written(relay, {(e.namespace, e.name): e for e in entries})
+
+
+# ---- watches ------------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "tunnels")
+async def tunnel_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    body = event["object"]
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if event["type"] == "DELETED":
+        rt.tunnels.pop(key, None)
+    else:
+        rt.tunnels[key] = body
+    assert rt.tunnel_queue is not None
+    rt.tunnel_queue.add(key)
+
+
+@kopf.on.event(GROUP, VERSION, "relaynodes")
+async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    body = event["object"]
+    name = body["metadata"]["name"]
+    if event["type"] == "DELETED":
+        rt.relays.pop(name, None)
+    else:
+        rt.relays[name] = body
+    assert rt.relay_queue is not None
+    rt.relay_queue.add(name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={names.RELAY_LABEL: kopf.PRESENT})
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    body = event["object"]
+    if body["metadata"].get("namespace") != rt.relay_namespace:
+        return
+    relay = body["metadata"]["labels"][names.RELAY_LABEL]
+    if event["type"] == "DELETED":
+        rt.deployments.pop(relay, None)
+    else:
+        rt.deployments[relay] = body
+    assert rt.relay_queue is not None
+    rt.relay_queue.add(relay)
+
+
+@kopf.on.event("", "v1", "secrets", labels={TUNNEL_LABEL: kopf.PRESENT})
+async def credentials_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Deleting a tunnel's credentials Secret rotates its token: forget it and reconcile."""
+    rt: Runtime = memo.runtime
+    body = event["object"]
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["labels"][TUNNEL_LABEL])
+    if event["type"] == "DELETED":
+        rt.tokens.pop(key, None)
+        rt.credential_checksums.pop(key, None)
+        assert rt.tunnel_queue is not None
+        if key in rt.tunnels:
+            rt.tunnel_queue.add(key)
+    else:
+        _remember_credentials(rt, body)

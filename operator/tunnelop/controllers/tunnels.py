@@ -1,0 +1,287 @@
+"""The Tunnel controller: bind a tunnel to a relay, keep its credentials Secret and its entry
+in the relay's table, and report status. Read, compute, apply, report — nothing else.
+
+It writes only the tunnel's status and its finalizer (invariant 5): Git stays the source of
+truth of the spec, and the operator's bookkeeping lives in status.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import ValidationError
+
+from tunnelop import conditions, logs
+from tunnelop.api.v1alpha1 import Tunnel, bits_per_second, error_messages
+from tunnelop.builders import names
+from tunnelop.builders.frpc import build_frpc_config, endpoint
+from tunnelop.builders.relay import TableEntry, build_credentials_secret, config_checksum
+from tunnelop.runtime import FINALIZER, Runtime, token_digest
+from tunnelop.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
+from tunnelop.workqueue import Requeue
+
+log = logs.get(__name__)
+LOCAL_PORT_PLACEHOLDER = {"tcp": 22, "udp": 27015, "http": 8080, "https": 8443}
+
+
+async def reconcile(rt: Runtime, key: TunnelKey) -> None:
+    body = rt.tunnels.get(key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        await _release(rt, key, body)
+        return
+    body = await _ensure_finalizer(rt, body)
+    generation = body["metadata"].get("generation")
+    status = body.get("status") or {}
+    try:
+        tunnel = Tunnel.model_validate(body)
+    except ValidationError as error:  # admitted before a rule existed, or webhook bypassed
+        await _report(
+            rt,
+            body,
+            _unbound_status(status, generation, "InvalidSpec", "; ".join(error_messages(error))),
+        )
+        return
+
+    previous = rt.table.allocation_of(key)
+    result = rt.table.schedule(
+        TunnelRequest.from_tunnel(tunnel), prefer=_from_status(key, status, tunnel.spec.protocol)
+    )
+    if isinstance(result, Unschedulable):
+        rt.unschedulable.add(key)
+        if previous is not None and rt.tables:
+            rt.tables.drop_entry(previous.relay, key)
+            await rt.tables.flush(previous.relay)
+        new = _unbound_status(status, generation, result.reason, result.message)
+        if new != status:
+            await _report(rt, body, new)
+            if conditions.find(status.get("conditions"), "Scheduled") != conditions.find(
+                new["conditions"], "Scheduled"
+            ):
+                await _event(rt, body, "Warning", result.reason, result.message)
+        return
+    rt.unschedulable.discard(key)
+
+    relay = rt.relays.get(result.relay, {})
+    relay_status = relay.get("status") or {}
+    address = relay_status.get("publicAddress")
+    relay_secrets = rt.relay_secrets.get(result.relay)
+    if not address or relay_secrets is None:
+        raise Requeue(0.5)  # the relay controller has not set it up yet
+
+    token = await _ensure_credentials(rt, tunnel, result, address, relay_secrets.token)
+    assert rt.tables is not None
+    rt.tables.set_entry(result.relay, _table_entry(tunnel, result, token))
+    if previous is not None and previous.relay != result.relay:
+        rt.tables.drop_entry(previous.relay, key)
+        await rt.tables.flush(previous.relay)
+    await rt.tables.flush(result.relay)
+
+    relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
+    new = _bound_status(status, generation, tunnel, result, address, relay_ready)
+    if new != status:
+        await _report(rt, body, new)
+        old_relay, old_port = status.get("relayNode"), status.get("remotePort")
+        if old_relay is None:
+            where = (
+                f"{result.relay}:{result.port}"
+                if result.port
+                else f"{result.relay} ({new['endpoint']})"
+            )
+            await _event(rt, body, "Normal", "Scheduled", f"Bound to relay {where}")
+        elif (old_relay, old_port) != (result.relay, result.port):
+            await _event(
+                rt,
+                body,
+                "Normal",
+                "Moved",
+                f"Moved from {old_relay}:{old_port} to {result.relay}:{result.port}; new endpoint {new['endpoint']}",
+            )
+
+
+# ---- pieces ------------------------------------------------------------------------------
+
+
+def _from_status(key: TunnelKey, status: dict[str, Any], protocol: str) -> Allocation | None:
+    """The binding recorded in status: kept across restarts and moves when still possible."""
+    relay = status.get("relayNode")
+    if not relay:
+        return None
+    return Allocation(
+        key=key,
+        relay=relay,
+        protocol=protocol,
+        port=status.get("remotePort"),
+        subdomain=status.get("subdomain"),
+        http_domain=None,
+        bandwidth=None,
+    )
+
+
+def bandwidth_of(tunnel: Tunnel) -> int | None:
+    bandwidth = tunnel.spec.bandwidth
+    return bits_per_second(bandwidth) if bandwidth is not None else None
+
+
+def _table_entry(tunnel: Tunnel, alloc: Allocation, token: str) -> TableEntry:
+    spec = tunnel.spec
+    return TableEntry(
+        namespace=tunnel.metadata.namespace or "",
+        name=tunnel.metadata.name or "",
+        token_sha256=token_digest(token),
+        protocol=spec.protocol,
+        remote_port=alloc.port,
+        subdomain=alloc.subdomain,
+        custom_domains=tuple(spec.custom_domains),
+        bandwidth_bps=bandwidth_of(tunnel),
+        allow_source_ranges=tuple(spec.allow_source_ranges),
+        suspended=spec.suspended,
+    )
+
+
+async def _ensure_credentials(
+    rt: Runtime, tunnel: Tunnel, alloc: Allocation, address: str, relay_token: str
+) -> str:
+    """The `<tunnel>-frpc` Secret, with a token that stays until the Secret is deleted."""
+    key = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
+    token = rt.tokens.get(key) or secrets.token_urlsafe(24)
+    frpc_toml = build_frpc_config(
+        namespace=key[0],
+        tunnel_name=key[1],
+        protocol=tunnel.spec.protocol,
+        server_addr=address,
+        server_port=names.CONTROL_PORT,
+        relay_token=relay_token,
+        tunnel_token=token,
+        remote_port=alloc.port,
+        subdomain=alloc.subdomain,
+        custom_domains=tuple(tunnel.spec.custom_domains),
+        local_port_placeholder=LOCAL_PORT_PLACEHOLDER[tunnel.spec.protocol],
+    )
+    checksum = config_checksum(frpc_toml, token)
+    if rt.credential_checksums.get(key) != checksum:
+        secret = build_credentials_secret(
+            key[0], key[1], tunnel.metadata.uid or "", frpc_toml=frpc_toml, token=token
+        )
+        await rt.kube.apply(secret)
+        rt.tokens[key] = token
+        rt.credential_checksums[key] = checksum
+    return token
+
+
+def _bound_status(
+    status: dict[str, Any],
+    generation: int | None,
+    tunnel: Tunnel,
+    alloc: Allocation,
+    address: str,
+    relay_ready: bool,
+) -> dict[str, Any]:
+    visitors = endpoint(
+        tunnel.spec.protocol, address, alloc.port, alloc.subdomain, alloc.http_domain
+    )
+    ready = conditions.condition(
+        "Ready",
+        relay_ready,
+        "TunnelReady" if relay_ready else "RelayNotReady",
+        f"Visitors connect to {visitors}"
+        if relay_ready
+        else f"Relay {alloc.relay} is not ready yet",
+        generation,
+    )
+    scheduled = conditions.condition(
+        "Scheduled", True, "Scheduled", f"Bound to relay {alloc.relay}", generation
+    )
+    new = {
+        **status,
+        "observedGeneration": generation,
+        "relayNode": alloc.relay,
+        "remotePort": alloc.port,
+        "subdomain": alloc.subdomain,
+        "endpoint": visitors,
+        "url": visitors if tunnel.spec.protocol in ("http", "https") else None,
+        "credentialsSecret": names.credentials_secret_name(tunnel.metadata.name or ""),
+        "conditions": conditions.merge(status.get("conditions"), scheduled, ready),
+    }
+    return {k: v for k, v in new.items() if v is not None}
+
+
+def _unbound_status(
+    status: dict[str, Any], generation: int | None, reason: str, message: str
+) -> dict[str, Any]:
+    scheduled = conditions.condition("Scheduled", False, reason, message, generation)
+    ready = conditions.condition("Ready", False, reason, message, generation)
+    keep = {k: v for k, v in status.items() if k in ("traffic", "credentialsSecret")}
+    return {
+        **keep,
+        "observedGeneration": generation,
+        "conditions": conditions.merge(status.get("conditions"), scheduled, ready),
+    }
+
+
+async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    # Merge patch: fields dropped from status must be nulled explicitly.
+    patch = {k: status.get(k) for k in set(status) | set(body.get("status") or {})}
+    result = await rt.kube.patch_status("Tunnel", meta["name"], meta["namespace"], patch)
+    if result:
+        rt.tunnels[(meta["namespace"], meta["name"])] = result
+
+
+async def _event(rt: Runtime, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    try:
+        await rt.kube.event(
+            body,
+            type_=type_,
+            reason=reason,
+            message=message,
+            namespace=body["metadata"]["namespace"],
+        )
+    except Exception as exc:  # an Event is a courtesy; never fail a reconcile for it
+        log.warning("cannot post event", reason=reason, error=str(exc))
+
+
+async def _ensure_finalizer(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    finalizers = meta.get("finalizers") or []
+    if FINALIZER in finalizers:
+        return body
+    updated = await rt.kube.set_finalizers(
+        "Tunnel", meta["name"], meta["namespace"], [*finalizers, FINALIZER], meta["resourceVersion"]
+    )
+    if updated:
+        rt.tunnels[(meta["namespace"], meta["name"])] = updated
+        return updated
+    return body
+
+
+async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> None:
+    """Free the port or subdomain, take the tunnel out of its relay's table, then let the
+    tunnel go (finalizer)."""
+    rt.unschedulable.discard(key)
+    released = rt.table.release(key)
+    if released is not None and rt.tables:
+        rt.tables.drop_entry(released.relay, key)
+        await rt.tables.flush(released.relay)
+    rt.tokens.pop(key, None)
+    rt.credential_checksums.pop(key, None)
+    if body is None:
+        return
+    meta = body["metadata"]
+    finalizers = meta.get("finalizers") or []
+    if FINALIZER in finalizers:
+        await rt.kube.set_finalizers(
+            "Tunnel",
+            meta["name"],
+            meta["namespace"],
+            [f for f in finalizers if f != FINALIZER],
+            meta["resourceVersion"],
+        )
+        if released is not None:
+            await _event(
+                rt,
+                body,
+                "Normal",
+                "Released",
+                f"Released {released.relay}:{released.port or released.subdomain}",
+            )

@@ -1,0 +1,200 @@
+"""A small async door to the Kubernetes API, on the kubernetes.aio client: plain dicts in and
+out, server-side apply for what the operator owns, merge patches for status and finalizers.
+
+The generated typed methods are avoided on the hot path: every object here is a dict built by
+the pure builders, and (de)serialising through generated models would cost more than the
+request itself at thousands of tunnels.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from typing import Any
+
+from kubernetes.aio import client, config
+from kubernetes.aio.client.exceptions import ApiException
+
+FIELD_MANAGER = "tunnelop"
+GROUP_VERSION = "tunnelop.dev/v1alpha1"
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _path(api_version: str, plural: str, name: str | None, namespace: str | None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    ns = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{ns}/{plural}" + (f"/{name}" if name else "")
+
+
+PLURALS = {
+    "Secret": "secrets",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Deployment": "deployments",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Namespace": "namespaces",
+    "Pod": "pods",
+    "Node": "nodes",
+    "Tunnel": "tunnels",
+    "RelayNode": "relaynodes",
+}
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+        cfg = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        # Thousands of tunnels are reconciled concurrently: allow enough parallel requests.
+        cfg.connection_pool_maxsize = 64
+        return cls(client.ApiClient(cfg))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        params = await self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = await self.api.call_api(*params, _request_timeout=30)
+            data = await response.read()
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, str(exc.reason)) from exc
+        if response.status >= 400:
+            try:
+                message = json.loads(data).get("message", "")
+            except ValueError:
+                message = data.decode(errors="replace")
+            raise KubeError(response.status, message)
+        return json.loads(data) if data else None
+
+    # ---- objects ------------------------------------------------------------------------
+
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", _path(api_version, PLURALS[kind], name, namespace))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None = None, *, labels: str = ""
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", labels)] if labels else []
+        result = await self.request(
+            "GET", _path(api_version, PLURALS[kind], None, namespace), query=query
+        )
+        return (result or {}).get("items", [])
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply of an object the operator owns (idempotent, conflict-free)."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], PLURALS[obj["kind"]], meta["name"], meta.get("namespace"))
+        return await self.request(
+            "PATCH",
+            path,
+            obj,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> None:
+        try:
+            await self.request("DELETE", _path(api_version, PLURALS[kind], name, namespace))
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    async def patch_status(
+        self, kind: str, name: str, namespace: str | None, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status subresource of a tunnelop object."""
+        path = _path(GROUP_VERSION, PLURALS[kind], name, namespace) + "/status"
+        return await self.request(
+            "PATCH", path, {"status": status}, content_type="application/merge-patch+json"
+        )
+
+    async def set_finalizers(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        finalizers: list[str],
+        resource_version: str,
+    ) -> dict[str, Any] | None:
+        """Replace metadata.finalizers, guarded by resourceVersion (optimistic locking)."""
+        path = _path(GROUP_VERSION, PLURALS[kind], name, namespace)
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+    async def event(
+        self,
+        regarding: dict[str, Any],
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+        namespace: str,
+    ) -> None:
+        """Post a core/v1 Event about an object (shown by `kubectl describe`)."""
+        meta = regarding["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": regarding.get("apiVersion", GROUP_VERSION),
+                "kind": regarding["kind"],
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "tunnelop"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "tunnelop",
+        }
+        await self.request("POST", f"/api/v1/namespaces/{namespace}/events", event)

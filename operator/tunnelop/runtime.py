@@ -1,0 +1,173 @@
+"""The operator's in-memory state, shared by its controllers: the latest objects seen by the
+watches (the caches), the allocation table, the work queues, and the writer of each relay's
+allocation table Secret.
+
+One process owns it and one event loop mutates it, so the allocation table needs no locks:
+every scheduling decision is taken synchronously between two awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunnelop import logs
+from tunnelop.builders import names
+from tunnelop.builders.relay import TableEntry, build_service, build_table_secret
+from tunnelop.kube import Kube
+from tunnelop.scheduling import AllocationTable, TunnelKey
+from tunnelop.workqueue import WorkQueue
+
+log = logs.get(__name__)
+FINALIZER = "tunnelop.dev/finalizer"
+
+
+@dataclass
+class RelaySecrets:
+    """The relay-wide frps token and dashboard password, kept in its config Secret."""
+
+    token: str
+    dashboard_password: str
+
+
+@dataclass
+class Runtime:
+    kube: Kube
+    relay_namespace: str
+    table: AllocationTable = field(default_factory=AllocationTable)
+    tunnels: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
+    relays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)
+    # Tunnel credentials as read from their Secrets: token, and the frpc.toml checksum.
+    tokens: dict[TunnelKey, str] = field(default_factory=dict)
+    credential_checksums: dict[TunnelKey, str] = field(default_factory=dict)
+    # Tunnels that fit nowhere: retried when a relay changes, not by polling.
+    unschedulable: set[TunnelKey] = field(default_factory=set)
+    tunnel_queue: WorkQueue[TunnelKey] | None = None
+    relay_queue: WorkQueue[str] | None = None
+    tables: RelayTables | None = None
+
+    async def stop(self) -> None:
+        for queue in (self.tunnel_queue, self.relay_queue):
+            if queue is not None:
+                await queue.stop()
+        await self.kube.close()
+
+    def retry_unschedulable(self) -> None:
+        assert self.tunnel_queue is not None
+        for key in list(self.unschedulable):
+            self.tunnel_queue.add(key)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class RelayTables:
+    """Writes each relay's allocation table Secret (what its agent enforces) and the ports of
+    its Service, coalescing bursts: a tunnel reconcile sets its entry and awaits the write
+    that includes it, and many tunnels share one write."""
+
+    def __init__(self, runtime: Runtime, debounce: float = 0.05) -> None:
+        self.runtime = runtime
+        self.debounce = debounce
+        self.desired: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self._written: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self._written_ports: dict[str, list[tuple[int, str]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    def set_entry(self, relay: str, entry: TableEntry) -> None:
+        self.desired.setdefault(relay, {})[(entry.namespace, entry.name)] = entry
+
+    def drop_entry(self, relay: str, key: TunnelKey) -> None:
+        self.desired.get(relay, {}).pop(key, None)
+
+    def in_sync(self, relay: str, key: TunnelKey) -> bool:
+        return self._written.get(relay, {}).get(key) == self.desired.get(relay, {}).get(key)
+
+    def remember_written(self, relay: str, entries: dict[TunnelKey, TableEntry]) -> None:
+        """At start-up: what the relay's Secret holds already (so no rewrite is needed)."""
+        self._written[relay] = dict(entries)
+        self.desired[relay] = dict(entries)
+
+    def forget(self, relay: str) -> None:
+        self.desired.pop(relay, None)
+        self._written.pop(relay, None)
+        self._written_ports.pop(relay, None)
+
+    async def flush(self, relay: str) -> None:
+        """Return once the relay's table Secret holds everything set before this call."""
+        if self._written.get(relay) == self.desired.get(relay, {}) and relay in self._written:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(relay, []).append(future)
+        if relay not in self._writers or self._writers[relay].done():
+            self._writers[relay] = asyncio.create_task(self._write_loop(relay))
+        await future
+
+    async def _write_loop(self, relay: str) -> None:
+        while self._waiters.get(relay):
+            await asyncio.sleep(self.debounce)  # let a burst of tunnels join this write
+            waiters, self._waiters[relay] = self._waiters[relay], []
+            snapshot = dict(self.desired.get(relay, {}))
+            try:
+                await self._write(relay, snapshot)
+            except Exception as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+                continue
+            self._written[relay] = snapshot
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def _write(self, relay: str, entries: dict[TunnelKey, TableEntry]) -> None:
+        rt = self.runtime
+        relay_body = rt.relays.get(relay)
+        if relay_body is None:
+            return  # the relay is gone; its table went with it
+        from tunnelop.api.v1alpha1 import RelayNode
+
+        model = RelayNode.model_validate(relay_body)
+        await rt.kube.apply(build_table_secret(model, rt.relay_namespace, list(entries.values())))
+        ports = sorted(
+            {
+                (e.remote_port, "UDP" if e.protocol == "udp" else "TCP")
+                for e in entries.values()
+                if e.remote_port
+            }
+        )
+        if ports != self._written_ports.get(relay):
+            service = build_service(model, rt.relay_namespace, allocated_ports=ports)
+            if service is not None:
+                await rt.kube.apply(service)
+            self._written_ports[relay] = ports
+        log.debug("relay table written", relay=relay, tunnels=len(entries))
+
+
+def relay_name_of(obj: dict[str, Any]) -> str | None:
+    return (obj.get("metadata", {}).get("labels") or {}).get(names.RELAY_LABEL)
+
+
+def parse_table(data: dict[str, Any]) -> list[TableEntry]:
+    """The inverse of build_table_secret's table.json."""
+    return [
+        TableEntry(
+            namespace=t["namespace"],
+            name=t["name"],
+            token_sha256=t["tokenSha256"],
+            protocol=t["protocol"],
+            remote_port=t.get("remotePort"),
+            subdomain=t.get("subdomain"),
+            custom_domains=tuple(t.get("customDomains") or ()),
+            bandwidth_bps=t.get("bandwidthBps"),
+            allow_source_ranges=tuple(t.get("allowSourceRanges") or ()),
+            suspended=bool(t.get("suspended")),
+        )
+        for t in data.get("tunnels", [])
+    ]

@@ -1,0 +1,227 @@
+"""Tunnels and relays against the real API server with the operator running: a relay gets
+its workload, a tunnel gets a relay, a port and ready-to-run credentials; unschedulable
+tunnels say why; deletion releases; a deleted relay's tunnels move."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from support import objects, tools
+from support.objects import relay_node, tunnel, wait_condition
+
+RUN = uuid.uuid4().hex[:6]
+
+
+@pytest.fixture
+def relay_label() -> dict[str, str]:
+    """A label only this test's relays carry, so its tunnels land only there."""
+    return {"tunnelop.test/case": uuid.uuid4().hex[:8]}
+
+
+@pytest.fixture
+def cleanup_relays():
+    names: list[str] = []
+    yield names
+    if names:
+        tools.kubectl("delete", "relaynode", *names, "--ignore-not-found", "--wait=false")
+
+
+async def test_relay_gets_its_workload_and_becomes_ready(
+    operator, relay_namespace, cleanup_relays
+) -> None:
+    name = f"rw-{RUN}"
+    cleanup_relays.append(name)
+    objects.apply(
+        relay_node(
+            name, exposure={"type": "NodePort", "address": "203.0.113.7"}, ports="30000-30099"
+        )
+    )
+    relay = await wait_condition("relaynode", name, None, "Ready", timeout=60)
+    assert relay["status"]["publicAddress"] == "203.0.113.7"
+    ns = relay_namespace
+    deployment = objects.get("deployment", f"relay-{name}", ns)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    containers = {c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert containers == {"frps", "agent"}
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("RelayNode", name)
+    service = objects.get("service", f"relay-{name}", ns)
+    assert service["spec"]["type"] == "NodePort"
+    assert 7000 in {p["port"] for p in service["spec"]["ports"]}
+    role = objects.get("role", f"relay-{name}", ns)
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [f"relay-{name}-table"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    config = objects.secret_data(f"relay-{name}-config", ns)
+    assert "frps.toml" in config and "allowPorts" in config["frps.toml"]
+
+
+async def test_tunnel_gets_a_port_credentials_and_ready(
+    operator, namespace, relay_label, cleanup_relays
+) -> None:
+    name = f"tr-{RUN}"
+    cleanup_relays.append(name)
+    objects.apply(relay_node(name, labels=relay_label, ports="21000-21009"))
+    await wait_condition("relaynode", name, None, "Ready")
+    objects.apply(tunnel("ssh", relay={"nodeSelector": relay_label}), namespace)
+    tools.kubectl("wait", "-n", namespace, "tunnel/ssh", "--for=condition=Ready", "--timeout=60s")
+    ssh = objects.get("tunnel", "ssh", namespace)
+    status = ssh["status"]
+    assert status["relayNode"] == name
+    assert 21000 <= status["remotePort"] <= 21009
+    assert status["endpoint"] == f"{name}.relays.example.test:{status['remotePort']}"
+    assert status["credentialsSecret"] == "ssh-frpc"
+    scheduled = objects.condition(ssh, "Scheduled")
+    assert (
+        scheduled["status"] == "True"
+        and scheduled["observedGeneration"] == ssh["metadata"]["generation"]
+    )
+    frpc = objects.frpc_config("ssh", namespace)
+    assert frpc["serverAddr"] == f"{name}.relays.example.test"
+    assert frpc["proxies"][0]["remotePort"] == status["remotePort"]
+    assert frpc["proxies"][0]["type"] == "tcp"
+    token = objects.secret_data("ssh-frpc", namespace)["token"]
+    assert frpc["metadatas"]["token"] == token
+    # The operator wrote only status and its finalizer: no annotations on the user's object.
+    assert not (ssh["metadata"].get("annotations") or {})
+    assert ssh["metadata"]["finalizers"] == ["tunnelop.dev/finalizer"]
+    events = tools.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=ssh",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ).stdout
+    assert "Scheduled" in events.split()
+
+    # Deleting the Secret rotates the token.
+    tools.kubectl("delete", "secret", "ssh-frpc", "-n", namespace)
+    rotated = await objects.wait_for(
+        lambda: (
+            (objects.secret_data("ssh-frpc", namespace) or {}).get("token") not in (None, token)
+        ),
+        what="a new token",
+    )
+    assert rotated
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["NoRelayMatches", "PortTaken", "CapacityExhausted", "ProtocolNotAllowed"],
+)
+async def test_unschedulable_tunnels_say_why(
+    case, operator, namespace, relay_label, cleanup_relays
+) -> None:
+    name = f"un-{case.lower()}-{RUN}"
+    cleanup_relays.append(name)
+    placement = {"relay": {"nodeSelector": relay_label}}
+    objects.apply(
+        relay_node(name, labels=relay_label, ports="22000-22009", capacity={"tunnels": 1})
+    )
+    await wait_condition("relaynode", name, None, "Ready")
+    if case == "NoRelayMatches":
+        objects.apply(
+            tunnel("lost", relay={"nodeSelector": {"tunnelop.test/none": "x"}}), namespace
+        )
+    elif case == "PortTaken":
+        objects.apply(tunnel("first", remotePort=22005, **placement), namespace)
+        await wait_condition("tunnel", "first", namespace, "Ready")
+        objects.apply(tunnel("lost", remotePort=22005, **placement), namespace)
+    elif case == "CapacityExhausted":
+        objects.apply(tunnel("first", **placement), namespace)
+        await wait_condition("tunnel", "first", namespace, "Ready")
+        objects.apply(tunnel("lost", **placement), namespace)
+    else:  # http asked of a relay that allows tcp and udp only: the seed case of HTTP abuse
+        other = {"tunnelop.test/case": uuid.uuid4().hex[:8]}
+        objects.apply(tunnel("lost", "http", relay={"nodeSelector": other}), namespace)
+        await wait_condition("tunnel", "lost", namespace, "Scheduled", "False", "NoRelayMatches")
+        extra = f"un-http-{RUN}"
+        cleanup_relays.append(extra)
+        objects.apply(
+            relay_node(extra, labels=other, ports="22100-22109")
+        )  # retried on relay change
+    lost = await wait_condition("tunnel", "lost", namespace, "Scheduled", "False", case, timeout=60)
+    message = objects.condition(lost, "Scheduled")["message"]
+    assert message and "spec." in message, message
+    ready = objects.condition(lost, "Ready")
+    assert ready["status"] == "False"
+    reasons = tools.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=lost",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ).stdout
+    assert case in reasons.split()
+
+
+async def test_deleting_a_tunnel_releases_its_port(
+    operator, namespace, relay_namespace, relay_label, cleanup_relays
+) -> None:
+    name = f"rel-{RUN}"
+    cleanup_relays.append(name)
+    placement = {"relay": {"nodeSelector": relay_label}}
+    objects.apply(relay_node(name, labels=relay_label, ports="23000-23009"))
+    await wait_condition("relaynode", name, None, "Ready")
+    objects.apply(tunnel("a", remotePort=23003, **placement), namespace)
+    await wait_condition("tunnel", "a", namespace, "Ready")
+    objects.apply(tunnel("b", remotePort=23003, **placement), namespace)
+    await wait_condition("tunnel", "b", namespace, "Scheduled", "False", "PortTaken")
+    tools.kubectl("delete", "tunnel", "a", "-n", namespace, "--timeout=30s")
+    b = await wait_condition("tunnel", "b", namespace, "Ready")
+    assert b["status"]["remotePort"] == 23003
+    table = objects.secret_data(f"relay-{name}-table", relay_namespace)
+    names = [t["name"] for t in json.loads(table["table.json"])["tunnels"]]
+    assert names == ["b"]
+
+
+async def test_deleting_a_relay_moves_its_tunnels_keeping_ports(
+    operator, namespace, relay_label, cleanup_relays
+) -> None:
+    first, second = f"mv1-{RUN}", f"mv2-{RUN}"
+    cleanup_relays.extend([first, second])
+    placement = {"relay": {"nodeSelector": relay_label}}
+    objects.apply(relay_node(first, labels=relay_label, ports="24000-24099"))
+    await wait_condition("relaynode", first, None, "Ready")
+    objects.apply([tunnel(f"t{i}", **placement) for i in range(5)], namespace)
+    before = {}
+    for i in range(5):
+        t = await wait_condition("tunnel", f"t{i}", namespace, "Ready")
+        before[f"t{i}"] = t["status"]["remotePort"]
+    objects.apply(relay_node(second, labels=relay_label, ports="24000-24099"))
+    await wait_condition("relaynode", second, None, "Ready")
+    tools.kubectl("delete", "relaynode", first, "--wait=false")
+
+    def moved():
+        ts = [objects.get("tunnel", f"t{i}", namespace) for i in range(5)]
+        return (
+            ts
+            if all(
+                t["status"].get("relayNode") == second
+                and objects.condition(t, "Ready")["status"] == "True"
+                for t in ts
+            )
+            else None
+        )
+
+    after = await objects.wait_for(moved, timeout=60, what="tunnels moved to the second relay")
+    assert {t["metadata"]["name"]: t["status"]["remotePort"] for t in after} == before
+    reasons = tools.kubectl(
+        "get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}"
+    ).stdout.split()
+    assert "Moved" in reasons
+    await objects.wait_for(lambda: objects.get("relaynode", first) is None, what="relay gone")

@@ -1,0 +1,115 @@
+"""Manifests and waits shared by the scheduling, relay and end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import tomllib
+from typing import Any
+
+from support import tools
+
+GROUP_VERSION = "tunnelop.dev/v1alpha1"
+
+
+def relay_node(
+    name: str,
+    *,
+    ports: str = "20000-20999",
+    protocols: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    exposure: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"ports": {"range": ports}, **spec}
+    if protocols:
+        body["protocols"] = protocols
+    body["exposure"] = exposure or {"type": "HostNetwork", "address": f"{name}.relays.example.test"}
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "RelayNode",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": body,
+    }
+
+
+def tunnel(name: str, protocol: str = "tcp", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Tunnel",
+        "metadata": {"name": name},
+        "spec": {"protocol": protocol, **spec},
+    }
+
+
+def apply(obj: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None) -> None:
+    items = obj if isinstance(obj, list) else [obj]
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    args = ["apply", "--server-side", "-f", "-"]
+    if namespace:
+        args += ["-n", namespace]
+    tools.kubectl(*args, input=doc)
+
+
+def get(kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+    result = tools.kubectl(*args, check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def list_objects(
+    kind: str, namespace: str | None = None, selector: str = ""
+) -> list[dict[str, Any]]:
+    args = ["get", kind, "-o", "json"] + (["-n", namespace] if namespace else ["-A"])
+    if selector:
+        args += ["-l", selector]
+    return json.loads(tools.kubectl(*args, timeout=300).stdout)["items"]
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return None
+
+
+async def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
+    """Poll `predicate()` until it returns something truthy; return that value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def wait_condition(
+    kind: str,
+    name: str,
+    namespace: str | None,
+    type_: str,
+    status: str = "True",
+    reason: str | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    def check():
+        obj = get(kind, name, namespace)
+        c = condition(obj, type_)
+        if c and c["status"] == status and (reason is None or c["reason"] == reason):
+            return obj
+        return None
+
+    return await wait_for(check, timeout, what=f"{kind}/{name} {type_}={status} {reason or ''}")
+
+
+def secret_data(name: str, namespace: str) -> dict[str, str]:
+    secret = get("secret", name, namespace) or {}
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def frpc_config(tunnel_name: str, namespace: str) -> dict[str, Any]:
+    return tomllib.loads(secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"])
