@@ -1,0 +1,49 @@
+"""Pure builders: RelayNodes and tunnel allocations in, frp configs and Kubernetes objects
+(plain dicts, as `kubectl apply` takes them) out. No I/O and no API calls, so the
+reconcilers stay thin and every output is checked against golden files."""
+
+from tunnelop.builders.frpc import LOCAL_PORT_COMMENT, build_frpc_config, endpoint
+from tunnelop.builders.frps import (
+    allowed_port_spans,
+    build_frps_config,
+    relay_listen_ports,
+    vhost_ports,
+)
+from tunnelop.builders.relay import (
+    TableEntry,
+    build_config_secret,
+    build_credentials_secret,
+    build_deployment,
+    build_role,
+    build_role_binding,
+    build_service,
+    build_service_account,
+    build_table_secret,
+    config_checksum,
+    relay_owner_reference,
+    table_json,
+    token_sha256,
+)
+
+__all__ = [
+    "LOCAL_PORT_COMMENT",
+    "TableEntry",
+    "allowed_port_spans",
+    "build_config_secret",
+    "build_credentials_secret",
+    "build_deployment",
+    "build_frpc_config",
+    "build_frps_config",
+    "build_role",
+    "build_role_binding",
+    "build_service",
+    "build_service_account",
+    "build_table_secret",
+    "config_checksum",
+    "endpoint",
+    "relay_listen_ports",
+    "relay_owner_reference",
+    "table_json",
+    "token_sha256",
+    "vhost_ports",
+]

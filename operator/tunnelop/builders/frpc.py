@@ -1,0 +1,122 @@
+"""The ready-to-run frpc config handed to a tenant, and the endpoint visitors use."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, PORT_PROTOCOLS
+from tunnelop.builders import _toml as toml
+from tunnelop.builders.frps import CLIENT_HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT
+
+# The one line a user edits; tests (and documentation) find it by this comment.
+LOCAL_PORT_COMMENT = "# edit: the port of your service on this machine"
+
+_PROTOCOL_NOTES = {
+    "tcp": ("Visitors connect to the relay on remotePort; frpc forwards to localIP:localPort.",),
+    "udp": ("Visitors send to the relay's remotePort; frpc forwards to localIP:localPort.",),
+    "http": ("Visitors reach your HTTP service by host name through the relay.",),
+    "https": (
+        "The relay routes by TLS server name and passes the TLS through: your service",
+        "must serve HTTPS itself, with a certificate for these host names.",
+    ),
+}
+
+
+def build_frpc_config(
+    *,
+    namespace: str,
+    tunnel_name: str,
+    protocol: str,
+    server_addr: str,
+    server_port: int,
+    relay_token: str,
+    tunnel_token: str,
+    remote_port: int | None = None,
+    subdomain: str | None = None,
+    custom_domains: Sequence[str] = (),
+    local_port_placeholder: int,
+) -> str:
+    """frpc.toml for one tunnel: complete and ready to run once localPort is edited.
+
+    tcp and udp need `remote_port` (always allocated by the operator: frps would pick a random
+    one for 0); http and https need `subdomain` or `custom_domains`."""
+    if protocol in PORT_PROTOCOLS:
+        if remote_port is None:
+            raise ValueError(f"remote_port is required for protocol {protocol}")
+        if subdomain is not None or custom_domains:
+            raise ValueError(f"subdomain and custom_domains are for http and https, not {protocol}")
+    elif protocol in HTTP_PROTOCOLS:
+        if remote_port is not None:
+            raise ValueError(f"remote_port is for tcp and udp, not {protocol}")
+        if subdomain is None and not custom_domains:
+            raise ValueError(f"subdomain or custom_domains is required for protocol {protocol}")
+    else:
+        raise ValueError(f"protocol must be one of tcp, udp, http, https, got {protocol!r}")
+
+    lines = [
+        f"# frpc config of Tunnel {namespace}/{tunnel_name}, written by tunnelop.",
+        "# Run it with: frpc -c frpc.toml",
+        "# Set localPort below to your service's port (and localIP if it runs on another",
+        "# machine); leave the rest as it is. Keep this file secret: its tokens are the tunnel's.",
+        "",
+        f"serverAddr = {toml.string(server_addr)}",
+        f"serverPort = {toml.integer(server_port)}",
+        "",
+        "# The relay's token lets frpc connect; the relay then checks this tunnel's own token.",
+        'auth.method = "token"',
+        f"auth.token = {toml.string(relay_token)}",
+        "# The relay names the proxy <user>.<name>, i.e. after the namespace and the Tunnel.",
+        f"user = {toml.string(namespace)}",
+        f"metadatas.token = {toml.string(tunnel_token)}",
+        f"metadatas.tunnel = {toml.string(f'{namespace}/{tunnel_name}')}",
+        "",
+        "# Keep retrying while the relay is unreachable or refuses the tunnel (e.g. suspended).",
+        "loginFailExit = false",
+        "transport.tls.enable = true",
+        "# Regular heartbeats let the relay apply a suspension within seconds.",
+        f"transport.heartbeatInterval = {toml.integer(CLIENT_HEARTBEAT_INTERVAL)}",
+        f"transport.heartbeatTimeout = {toml.integer(HEARTBEAT_TIMEOUT)}",
+        "",
+        *(f"# {line}" for line in _PROTOCOL_NOTES[protocol]),
+        "[[proxies]]",
+        f"name = {toml.string(tunnel_name)}",
+        f"type = {toml.string(protocol)}",
+        'localIP = "127.0.0.1"',
+        f"localPort = {toml.integer(local_port_placeholder)}  {LOCAL_PORT_COMMENT}",
+    ]
+    if remote_port is not None:
+        lines.append(f"remotePort = {toml.integer(remote_port)}")
+    if subdomain is not None:
+        lines.append(f"subdomain = {toml.string(subdomain)}")
+    if custom_domains:
+        lines.append(f"customDomains = {toml.strings(custom_domains)}")
+    return "\n".join(lines) + "\n"
+
+
+def endpoint(
+    protocol: str,
+    public_address: str,
+    remote_port: int | None,
+    subdomain: str | None,
+    http_domain: str | None,
+) -> str:
+    """Where visitors connect: "host:port" for tcp and udp (an IPv6 address in brackets),
+    "http://sub.domain" or "https://sub.domain" for http and https."""
+    if protocol in PORT_PROTOCOLS:
+        if remote_port is None:
+            raise ValueError(f"remote_port is required for protocol {protocol}")
+        return f"{_host(public_address)}:{remote_port}"
+    if protocol in HTTP_PROTOCOLS:
+        if not subdomain or not http_domain:
+            raise ValueError(f"subdomain and http_domain are required for protocol {protocol}")
+        return f"{protocol}://{subdomain}.{http_domain}"
+    raise ValueError(f"protocol must be one of tcp, udp, http, https, got {protocol!r}")
+
+
+def _host(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # a DNS name
+    return f"[{ip}]" if ip.version == 6 else str(ip)

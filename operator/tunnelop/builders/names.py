@@ -1,0 +1,105 @@
+"""Names, labels, ports and images of the objects the operator creates for relays and tunnels.
+
+The reconcilers, the relay agent and the test-side pod runner all rely on these, so they
+live in one place.
+"""
+
+from __future__ import annotations
+
+import tunnelop
+from tunnelop.api.v1alpha1 import API_VERSION
+
+# On every object of a relay and on its pod template; the value is the RelayNode's name.
+RELAY_LABEL = "tunnelop.dev/relay"
+# On a tunnel's credentials Secret; the value is the Tunnel's name.
+TUNNEL_LABEL = "tunnelop.dev/tunnel"
+# Pod annotation: a digest of the frps config. frps has no hot reload, so a new config must
+# roll the pod, and a changed pod template is what makes the Deployment roll it.
+CONFIG_CHECKSUM_ANNOTATION = "tunnelop.dev/config-checksum"
+
+MANAGED_BY = "tunnelop"
+RELAY_APP = "tunnelop-relay"
+
+OWNER_API_VERSION = API_VERSION
+
+# Ports of the relay pod.
+CONTROL_PORT = 7000  # frps: where frpc logs in (public)
+PLUGIN_PORT = 7400  # agent: frps server-plugin calls (localhost only)
+AGENT_HEALTH_PORT = 7401  # agent: /healthz and /readyz for the kubelet (pod address)
+DASHBOARD_PORT = 7500  # frps: dashboard API the agent meters traffic with (localhost only)
+LOCALHOST = "127.0.0.1"
+
+# frps listens for http/https tunnels on unprivileged ports behind a Service (which maps the
+# public 80/443 to them), and on 80/443 directly with HostNetwork, where nothing maps ports.
+VHOST_HTTP_PORT = 8080
+VHOST_HTTPS_PORT = 8443
+HOST_NETWORK_HTTP_PORT = 80
+HOST_NETWORK_HTTPS_PORT = 443
+PUBLIC_HTTP_PORT = 80
+PUBLIC_HTTPS_PORT = 443
+
+DEFAULT_FRPS_IMAGE = "docker.io/fatedier/frps:v0.71.0"
+DEFAULT_AGENT_IMAGE = f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}"
+
+# Paths inside the relay pod.
+FRPS_CONFIG_DIR = "/etc/frp"
+FRPS_CONFIG_KEY = "frps.toml"
+AGENT_STATE_DIR = "/var/lib/tunnelop"  # the agent keeps its last known table here
+
+# Keys of the relay's config Secret and table Secret, and of a tunnel's credentials Secret.
+TOKEN_KEY = "token"
+DASHBOARD_PASSWORD_KEY = "dashboard-password"
+TABLE_KEY = "table.json"
+FRPC_CONFIG_KEY = "frpc.toml"
+
+DASHBOARD_USER = "admin"
+AGENT_PLUGIN_NAME = "tunnelop-agent"
+AGENT_PLUGIN_PATH = "/handler"
+# The frps server-plugin operations the agent decides on (NewWorkConn carries nothing it needs).
+AGENT_PLUGIN_OPS = ("Login", "NewProxy", "CloseProxy", "Ping", "NewUserConn")
+
+# Environment variables of the relay containers.
+POD_IP_ENV = "TUNNELOP_POD_IP"
+DASHBOARD_PASSWORD_ENV = "TUNNELOP_DASHBOARD_PASSWORD"
+STATE_DIR_ENV = "TUNNELOP_STATE_DIR"
+
+
+def common_labels(relay: str) -> dict[str, str]:
+    """The recommended app.kubernetes.io labels of a relay's objects."""
+    return {
+        "app.kubernetes.io/name": RELAY_APP,
+        "app.kubernetes.io/instance": relay,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "tunnelop",
+    }
+
+
+def relay_labels(relay: str) -> dict[str, str]:
+    """Labels of every object of a relay and of its pod: the common ones and RELAY_LABEL."""
+    return {**common_labels(relay), RELAY_LABEL: relay}
+
+
+def relay_selector(relay: str) -> dict[str, str]:
+    """The relay pod's selector (Deployment and Service). A Deployment's selector is immutable,
+    so it holds only labels that never change for a relay."""
+    return {"app.kubernetes.io/name": RELAY_APP, RELAY_LABEL: relay}
+
+
+def relay_object_name(relay: str) -> str:
+    """Deployment, Service, ServiceAccount, Role and RoleBinding of a relay."""
+    return f"relay-{relay}"
+
+
+def config_secret_name(relay: str) -> str:
+    """The relay's frps config, shared token and dashboard password."""
+    return f"relay-{relay}-config"
+
+
+def table_secret_name(relay: str) -> str:
+    """The relay's allocation table, the only object its agent may read."""
+    return f"relay-{relay}-table"
+
+
+def credentials_secret_name(tunnel: str) -> str:
+    """A tunnel's token and ready-to-run frpc config, in the tenant's namespace."""
+    return f"{tunnel}-frpc"
