@@ -14,6 +14,10 @@ What differs from a kubelet, and why:
   resolve to it, so a process that binds to its pod IP binds to that address.
 - Volume mount paths are rewritten: every mountPath that appears in a container's command,
   args, env values or in a materialized text file is replaced by the local directory.
+- A pod has a network namespace of its own, and so a localhost of its own: 127.0.0.1 in
+  args, env values and materialized files becomes the relay's address, so two relays'
+  localhost-only ports (frps's plugin and dashboard ports) do not collide.
+- $(VAR) references in args are expanded from the container's env, as the kubelet does.
 - A container that exits is restarted with a capped back-off, as with restartPolicy Always.
 
 Run it inside a test (see the `relay_runner` fixture) or on its own:
@@ -45,6 +49,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from support import tools
 
 RELAY_LABEL = "tunnelop.dev/relay"
+LOCALHOST = "127.0.0.1"
 log = logging.getLogger("relay-runner")
 
 
@@ -227,9 +232,11 @@ class RelayPodRunner:
                 for m in spec.volume_mounts or []
                 if m.name in mounts_by_volume
             }
+            # A pod's localhost is its own; here its own is the relay's loopback address.
+            path_map[LOCALHOST] = address
             env = await self._container_env(pod, spec, address, path_map)
             argv = _argv(binary, spec.command, spec.args)
-            argv = [argv[0], *(_rewrite(a, path_map) for a in argv[1:])]
+            argv = [argv[0], *(_rewrite(_expand(a, env), path_map) for a in argv[1:])]
             container = Container(spec.name, argv, env, root / f"{spec.name}.log")
             running.containers.append(container)
             container.supervisor = asyncio.create_task(
@@ -312,6 +319,9 @@ class RelayPodRunner:
             for m in spec.volume_mounts or []
             if m.name in out
         }
+        path_map[LOCALHOST] = self.address_of(
+            (pod.metadata.labels or {}).get(self.label) or pod.metadata.name
+        )
         for directory in out.values():
             for path in directory.rglob("*"):
                 if path.is_file():
@@ -371,15 +381,16 @@ class RelayPodRunner:
     ) -> dict[str, str]:
         core = client.CoreV1Api(self._api)
         ns = pod.metadata.namespace
-        env = {
+        # What the kubelet injects; the API server is outside the pod, so not rewritten.
+        injected = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.workdir),
             "HOSTNAME": pod.metadata.name,
         }
         if self._server:
-            # What a kubelet injects for in-cluster clients.
-            env["KUBERNETES_SERVICE_HOST"], port = self._server[0], self._server[1]
-            env["KUBERNETES_SERVICE_PORT"] = str(port)
+            injected["KUBERNETES_SERVICE_HOST"] = self._server[0]
+            injected["KUBERNETES_SERVICE_PORT"] = str(self._server[1])
+        env: dict[str, str] = {}
         for source in spec.env_from or []:
             prefix = source.prefix or ""
             if source.secret_ref:
@@ -391,7 +402,7 @@ class RelayPodRunner:
                 env.update({prefix + k: v for k, v in (cm.data or {}).items()})
         for var in spec.env or []:
             if var.value_from is None:
-                env[var.name] = _expand(var.value or "", env)
+                env[var.name] = _expand(var.value or "", {**injected, **env})
                 continue
             ref = var.value_from
             if ref.field_ref:
@@ -406,7 +417,7 @@ class RelayPodRunner:
                 value = (cm.data or {}).get(ref.config_map_key_ref.key)
                 if value is not None:
                     env[var.name] = value
-        return {k: _rewrite(v, path_map) for k, v in env.items()}
+        return {**injected, **{k: _rewrite(v, path_map) for k, v in env.items()}}
 
 
 # ---- helpers (pure) ------------------------------------------------------------------

@@ -411,10 +411,10 @@ def test_exposure_and_template() -> None:
     assert message.startswith("spec.template.nodeSelector: label keys are")
 
 
-@pytest.mark.parametrize("name", ["Relay-1", "1relay", "relay.one", "r" * 64])
+@pytest.mark.parametrize("name", ["Relay-1", "1relay", "relay.one", "r" * 58])
 def test_relay_node_names_are_dns_1035_labels(name: str) -> None:
     (message,) = messages(RelayNode, relay_node(name=name))
-    assert message.startswith("metadata.name: must be a DNS-1035 label: at most 63")
+    assert message.startswith("metadata.name: must be a DNS-1035 label: at most 57")
 
 
 # RelayPool -----------------------------------------------------------------------------------

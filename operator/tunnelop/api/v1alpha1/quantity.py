@@ -67,11 +67,11 @@ def _check_kubernetes_can_count(value: str, number: str, suffix: str, unit: str)
     whole, _, fraction = number.partition(".")
     if len(whole) + len(fraction) > MAX_DIGITS:
         raise ValueError(
-            f"must have at most {MAX_DIGITS} digits, got '{value}'; use a larger suffix"
+            f"must have at most {MAX_DIGITS} digits, got {value!r}; use a larger suffix"
         )
     if fraction and suffix.endswith("i"):
         raise ValueError(
-            f"must not combine decimal places with a binary suffix, got '{value}'; write a "
+            f"must not combine decimal places with a binary suffix, got {value!r}; write a "
             f"whole number ('1536Mi') or use a decimal suffix ('1.5G')"
         )
     places = DECIMAL_PLACES.get(suffix, 0)
@@ -81,7 +81,7 @@ def _check_kubernetes_can_count(value: str, number: str, suffix: str, unit: str)
             if places
             else ("no decimal places" + (f" with suffix '{suffix}'" if suffix else ""))
         )
-        raise ValueError(f"must be a whole number of {unit} with {allowed}, got '{value}'")
+        raise ValueError(f"must be a whole number of {unit} with {allowed}, got {value!r}")
 
 
 def parse_quantity(value: object, *, unit: str, example: str) -> int:
@@ -99,7 +99,7 @@ def parse_quantity(value: object, *, unit: str, example: str) -> int:
             shown = value if len(value) <= 40 else value[:37] + "..."
             raise ValueError(
                 f"must be a quantity of {unit} like '{example}': a number with an optional "
-                f"suffix ({SUFFIX_HELP}), got '{shown}'{_hint(value)}"
+                f"suffix ({SUFFIX_HELP}), got {shown!r}{_hint(value)}"
             )
         number, suffix = match.group("number"), match.group("suffix") or ""
         _check_kubernetes_can_count(value, number, suffix, unit)
@@ -108,7 +108,7 @@ def parse_quantity(value: object, *, unit: str, example: str) -> int:
     if amount < 0:
         raise ValueError(f"must not be negative, got {value}")
     if amount > INT64_MAX:
-        raise ValueError(f"must be at most {INT64_MAX} {unit}, got '{value}'")
+        raise ValueError(f"must be at most {INT64_MAX} {unit}, got {value!r}")
     return amount
 
 

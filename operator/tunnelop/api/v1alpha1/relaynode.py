@@ -295,7 +295,8 @@ class RelayNodeStatus(StatusModel):
     )
 
 
-RELAY_NODE_NAME_MAX = 63
+# The relay's objects are named "relay-<name>" (Service names are DNS labels of at most 63).
+RELAY_NODE_NAME_MAX = 57
 
 
 class RelayNodeMeta(ObjectMeta):

@@ -25,8 +25,9 @@ from tunnelop.api.v1alpha1.common import (
 from tunnelop.api.v1alpha1.names import LabelMap, check_relay_name, relay_name_rule
 from tunnelop.api.v1alpha1.relaynode import RelayNodeSpec
 
-# The pool's RelayNodes are named "<pool>-<5 characters>", which must stay within 63.
-RELAY_POOL_NAME_MAX = 57
+# The pool's RelayNodes are named "<pool>-<5 characters>", which must stay a valid RelayNode
+# name.
+RELAY_POOL_NAME_MAX = 51
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
 
