@@ -103,7 +103,11 @@ async def wait_condition(
             return obj
         return None
 
-    return await wait_for(check, timeout, what=f"{kind}/{name} {type_}={status} {reason or ''}")
+    try:
+        return await wait_for(check, timeout, what=f"{kind}/{name} {type_}={status} {reason or ''}")
+    except TimeoutError as exc:
+        last = (get(kind, name, namespace) or {}).get("status")
+        raise TimeoutError(f"{exc}; last status: {json.dumps(last)}") from None
 
 
 def secret_data(name: str, namespace: str) -> dict[str, str]:
