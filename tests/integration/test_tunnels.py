@@ -126,9 +126,8 @@ async def test_unschedulable_tunnels_say_why(
     name = f"un-{case.lower()}-{RUN}"
     cleanup_relays.append(name)
     placement = {"relay": {"nodeSelector": relay_label}}
-    objects.apply(
-        relay_node(name, labels=relay_label, ports="22000-22009", capacity={"tunnels": 1})
-    )
+    capacity = {"capacity": {"tunnels": 1}} if case == "CapacityExhausted" else {}
+    objects.apply(relay_node(name, labels=relay_label, ports="22000-22009", **capacity))
     await wait_condition("relaynode", name, None, "Ready")
     if case == "NoRelayMatches":
         objects.apply(

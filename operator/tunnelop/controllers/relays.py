@@ -82,9 +82,11 @@ async def reconcile(rt: Runtime, name: str) -> None:
 
     ready, reason, message = _readiness(rt.deployments.get(name))
     address = await _public_address(rt, relay, service)
-    rt.table.upsert_relay(RelayView.from_model(relay, ready=ready and address is not None))
+    view = RelayView.from_model(relay, ready=ready and address is not None)
+    rt.table.upsert_relay(view)
     new = _status(body, reason, message, address, ready=ready)
     new["allocated"] = _allocated(rt, name)
+    new["capacity"] = _capacity(relay, view)
     if new != (body.get("status") or {}):
         await _report(rt, body, new)
     # A relay that appeared, recovered or grew may fit tunnels that fit nowhere before.
@@ -139,6 +141,14 @@ def _allocated(rt: Runtime, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {"tunnels": usage.tunnels, "ports": usage.ports}
     if usage.bandwidth:
         out["bandwidth"] = str(usage.bandwidth)
+    return out
+
+
+def _capacity(relay: RelayNode, view: RelayView) -> dict[str, Any]:
+    ports = view.allowed_port_count()
+    out: dict[str, Any] = {"ports": ports, "tunnels": relay.spec.capacity.tunnels or ports}
+    if relay.spec.capacity.bandwidth is not None:
+        out["bandwidth"] = relay.spec.capacity.bandwidth
     return out
 
 
