@@ -58,8 +58,10 @@ def configure(fmt: str = "auto", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp's access log of the webhook server is noise at INFO.
+    # aiohttp's access log of the webhook server, and kopf's line per handler call, are
+    # noise at INFO (thousands of lines per burst of tunnels).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").setLevel(max(root.level, logging.WARNING))
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

@@ -50,6 +50,25 @@ class Runtime:
     relay_queue: WorkQueue[str] | None = None
     tables: RelayTables | None = None
 
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        async def post() -> None:
+            try:
+                await self.kube.event(
+                    body,
+                    type_=type_,
+                    reason=reason,
+                    message=message,
+                    namespace=body["metadata"].get("namespace") or self.relay_namespace,
+                )
+            except Exception as exc:
+                log.warning("cannot post event", reason=reason, error=str(exc))
+
+        task = asyncio.create_task(post())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def stop(self) -> None:
         for queue in (self.tunnel_queue, self.relay_queue):
             if queue is not None:
