@@ -21,7 +21,7 @@ class Options:
     webhook_port: int = 9443
     webhook: bool = True
     log_format: str = "auto"
-    workers: int = 32
+    workers: int = 64
     log_level: str = "INFO"
 
 

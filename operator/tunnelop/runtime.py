@@ -49,6 +49,36 @@ class Runtime:
     tunnel_queue: WorkQueue[TunnelKey] | None = None
     relay_queue: WorkQueue[str] | None = None
     tables: RelayTables | None = None
+    informers: list[Any] = field(default_factory=list)
+    # subdomain -> tunnels that ask for or hold it (for the webhook's uniqueness check)
+    subdomains: dict[str, set[TunnelKey]] = field(default_factory=dict)
+
+    def remember_tunnel(self, key: TunnelKey, body: dict[str, Any]) -> None:
+        self._index_subdomain(key, self.tunnels.get(key), remove=True)
+        self.tunnels[key] = body
+        self._index_subdomain(key, body)
+
+    def forget_tunnel(self, key: TunnelKey) -> None:
+        self._index_subdomain(key, self.tunnels.pop(key, None), remove=True)
+
+    def _index_subdomain(
+        self, key: TunnelKey, body: dict[str, Any] | None, remove: bool = False
+    ) -> None:
+        if not body:
+            return
+        for sub in {
+            (body.get("spec") or {}).get("subdomain"),
+            (body.get("status") or {}).get("subdomain"),
+        }:
+            if not isinstance(sub, str):
+                continue
+            holders = self.subdomains.setdefault(sub, set())
+            if remove:
+                holders.discard(key)
+                if not holders:
+                    del self.subdomains[sub]
+            else:
+                holders.add(key)
 
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -70,6 +100,8 @@ class Runtime:
         task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
+        for informer in self.informers:
+            await informer.stop()
         for queue in (self.tunnel_queue, self.relay_queue):
             if queue is not None:
                 await queue.stop()
@@ -118,10 +150,15 @@ class RelayTables:
         self._written.pop(relay, None)
         self._written_ports.pop(relay, None)
 
+    async def sync(self, relay: str, key: TunnelKey) -> None:
+        """Return once the relay's table Secret holds the key's current entry (or its
+        absence); free when it already does."""
+        if relay in self._written and self.in_sync(relay, key):
+            return
+        await self.flush(relay)
+
     async def flush(self, relay: str) -> None:
         """Return once the relay's table Secret holds everything set before this call."""
-        if self._written.get(relay) == self.desired.get(relay, {}) and relay in self._written:
-            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(relay, []).append(future)
         if relay not in self._writers or self._writers[relay].done():

@@ -57,7 +57,9 @@ async def test_sigkill_during_creation_loses_nothing_and_moves_nothing(
     await _wait_relays_ready(names)
     # The session's operator steps aside; this test kills its own, again and again.
     await operator.stop()
-    victim = OperatorProcess(cluster.kubeconfig, tmp_path / "victim.log", "--relay-namespace", relay_namespace)
+    victim = OperatorProcess(
+        cluster.kubeconfig, tmp_path / "victim.log", "--relay-namespace", relay_namespace
+    )
     await victim.start()
     ready_ports: dict[str, tuple[str, int]] = {}
     violations: list[str] = []
@@ -76,7 +78,9 @@ async def test_sigkill_during_creation_loses_nothing_and_moves_nothing(
 
     watcher = asyncio.create_task(watch_ports())
     creating = asyncio.create_task(
-        load.create_tunnels(kube, namespace, 2000, placement={"nodeSelector": label}, concurrency=16)
+        load.create_tunnels(
+            kube, namespace, 2000, placement={"nodeSelector": label}, concurrency=16
+        )
     )
     try:
         for _ in range(5):

@@ -18,6 +18,7 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
 from tunnelop.builders import names
 from tunnelop.builders.relay import config_checksum
 from tunnelop.controllers import relays, tunnels
+from tunnelop.informer import Informer
 from tunnelop.kube import GROUP_VERSION, Kube
 from tunnelop.relays import RelayView
 from tunnelop.runtime import RelayTables, Runtime, parse_table
@@ -36,6 +37,14 @@ async def start(memo: kopf.Memo, relay_namespace: str, workers: int) -> Runtime:
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     await _ensure_namespace(kube, relay_namespace)
     await restore(rt)
+    rt.informers = [
+        Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)),
+        Informer(
+            kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
+        ),
+    ]
+    for informer in rt.informers:
+        informer.start()
     rt.relay_queue.start()
     rt.tunnel_queue.start()
     memo.runtime = rt
@@ -69,7 +78,7 @@ async def restore(rt: Runtime) -> None:
     restored = conflicts = 0
     for body in await rt.kube.list(GROUP_VERSION, "Tunnel"):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        rt.tunnels[key] = body
+        rt.remember_tunnel(key, body)
         alloc = _recorded_allocation(rt, body)
         if alloc is None:
             continue
@@ -142,19 +151,6 @@ def _remember_table(tables: RelayTables, body: dict[str, Any]) -> None:
 # ---- watches ------------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, "tunnels")
-async def tunnel_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    rt: Runtime = memo.runtime
-    body = event["object"]
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    if event["type"] == "DELETED":
-        rt.tunnels.pop(key, None)
-    else:
-        rt.tunnels[key] = body
-    assert rt.tunnel_queue is not None
-    rt.tunnel_queue.add(key)
-
-
 @kopf.on.event(GROUP, VERSION, "relaynodes")
 async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
@@ -183,14 +179,24 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     rt.relay_queue.add(relay)
 
 
-@kopf.on.event("", "v1", "secrets", labels={TUNNEL_LABEL: kopf.PRESENT})
-async def credentials_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if kind == "DELETED":
+        rt.forget_tunnel(key)
+    else:
+        rt.remember_tunnel(key, body)
+    assert rt.tunnel_queue is not None
+    rt.tunnel_queue.add(key)
+
+
+def on_credentials(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     """Deleting a tunnel's credentials Secret rotates its token: forget it and reconcile."""
-    rt: Runtime = memo.runtime
-    body = event["object"]
     meta = body["metadata"]
-    key = (meta["namespace"], meta["labels"][TUNNEL_LABEL])
-    if event["type"] == "DELETED":
+    tunnel = (meta.get("labels") or {}).get(TUNNEL_LABEL)
+    if not tunnel:
+        return
+    key = (meta["namespace"], tunnel)
+    if kind == "DELETED":
         rt.tokens.pop(key, None)
         rt.credential_checksums.pop(key, None)
         assert rt.tunnel_queue is not None

@@ -51,7 +51,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         rt.unschedulable.add(key)
         if previous is not None and rt.tables:
             rt.tables.drop_entry(previous.relay, key)
-            await rt.tables.flush(previous.relay)
+            await rt.tables.sync(previous.relay, key)
         new = _unbound_status(status, generation, result.reason, result.message)
         if new != status:
             await _report(rt, body, new)
@@ -74,8 +74,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     rt.tables.set_entry(result.relay, _table_entry(tunnel, result, token))
     if previous is not None and previous.relay != result.relay:
         rt.tables.drop_entry(previous.relay, key)
-        await rt.tables.flush(previous.relay)
-    await rt.tables.flush(result.relay)
+        await rt.tables.sync(previous.relay, key)
+    await rt.tables.sync(result.relay, key)
 
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready)
@@ -225,7 +225,7 @@ async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> 
     patch = {k: status.get(k) for k in set(status) | set(body.get("status") or {})}
     result = await rt.kube.patch_status("Tunnel", meta["name"], meta["namespace"], patch)
     if result:
-        rt.tunnels[(meta["namespace"], meta["name"])] = result
+        rt.remember_tunnel((meta["namespace"], meta["name"]), result)
 
 
 async def _event(rt: Runtime, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -250,7 +250,7 @@ async def _ensure_finalizer(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]
         "Tunnel", meta["name"], meta["namespace"], [*finalizers, FINALIZER], meta["resourceVersion"]
     )
     if updated:
-        rt.tunnels[(meta["namespace"], meta["name"])] = updated
+        rt.remember_tunnel((meta["namespace"], meta["name"]), updated)
         return updated
     return body
 
@@ -262,7 +262,7 @@ async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> 
     released = rt.table.release(key)
     if released is not None and rt.tables:
         rt.tables.drop_entry(released.relay, key)
-        await rt.tables.flush(released.relay)
+        await rt.tables.sync(released.relay, key)
     rt.tokens.pop(key, None)
     rt.credential_checksums.pop(key, None)
     if body is None:
