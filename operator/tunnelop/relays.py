@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement
+from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, merge_spans
 
 POOL_LABEL = "tunnelop.dev/pool"
 
@@ -75,3 +75,22 @@ class RelayView:
         if self.blocked:
             notes.append("blocked " + ", ".join(str(s) for s in self.blocked))
         return f"{self.port_range} except {' and '.join(notes)}" if notes else str(self.port_range)
+
+    def allowed_spans(self) -> list[PortSpan]:
+        """The ports tunnels may have here, as sorted runs: the range minus reserved and
+        blocked ports."""
+        allowed = []
+        next_port = self.port_range.first
+        for hole in merge_spans((*self.reserved, *self.blocked)):
+            if hole.last < next_port or hole.first > self.port_range.last:
+                continue
+            if hole.first > next_port:
+                allowed.append(PortSpan(next_port, hole.first - 1))
+            next_port = max(next_port, hole.last + 1)
+        if next_port <= self.port_range.last:
+            allowed.append(PortSpan(next_port, self.port_range.last))
+        return allowed
+
+    def allowed_port_count(self) -> int:
+        """How many ports tunnels may have here (per protocol family: tcp and udp each)."""
+        return sum(len(span) for span in self.allowed_spans())
