@@ -61,6 +61,11 @@ test-unit: venv ## the fast pure tests (no cluster, no tools)
 test: venv tools lint ## everything: lint, unit, integration and end-to-end tests
 	$(BIN)/pytest tests
 
+.PHONY: bench
+bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in bench/results
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
+
 .PHONY: demo
 demo: venv tools ## start the local cluster, install the CRDs and show what runs
 	hack/demo.sh

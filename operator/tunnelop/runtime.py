@@ -122,7 +122,7 @@ class RelayTables:
     its Service, coalescing bursts: a tunnel reconcile sets its entry and awaits the write
     that includes it, and many tunnels share one write."""
 
-    def __init__(self, runtime: Runtime, debounce: float = 0.05) -> None:
+    def __init__(self, runtime: Runtime, debounce: float = 0.2) -> None:
         self.runtime = runtime
         self.debounce = debounce
         self.desired: dict[str, dict[TunnelKey, TableEntry]] = {}

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tunnelop import admission, logs
 from tunnelop.api.v1alpha1 import GROUP, VERSION, Tunnel
 from tunnelop.relays import RelayView
-from tunnelop.runtime import Runtime
+from tunnelop.runtime import FINALIZER, Runtime
 
 log = logs.get(__name__)
 
@@ -73,3 +73,18 @@ async def validate_tunnel(
         return
     if denials:
         raise kopf.AdmissionError("; ".join(denials), code=422)
+
+
+@kopf.on.mutate(
+    GROUP,
+    VERSION,
+    "tunnels",
+    id="add-finalizer",
+    operations=["CREATE"],
+    ignore_failures=True,  # without it the controller adds the finalizer itself, one write later
+)
+async def add_finalizer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """The release finalizer, set at creation: it saves a write and a reconcile per tunnel."""
+    finalizers = list(body.get("metadata", {}).get("finalizers") or [])
+    if FINALIZER not in finalizers:
+        patch.metadata["finalizers"] = [*finalizers, FINALIZER]
