@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes.aio import client, config
+
 from support import cluster as local_cluster
 from support import tools
 from support.operator import OperatorProcess

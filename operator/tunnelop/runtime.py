@@ -203,27 +203,21 @@ class RelayTables:
             if service is not None:
                 await rt.kube.apply(service)
             self._written_ports[relay] = ports
+        await self._report_allocated(relay, relay_body)
         log.debug("relay table written", relay=relay, tunnels=len(entries))
+
+    async def _report_allocated(self, relay: str, body: dict[str, Any]) -> None:
+        """Keep RelayNode status.allocated in step with the table (one write per batch)."""
+        rt = self.runtime
+        usage = rt.table.usage(relay)
+        allocated: dict[str, Any] = {"tunnels": usage.tunnels, "ports": usage.ports}
+        if usage.bandwidth:
+            allocated["bandwidth"] = str(usage.bandwidth)
+        if (body.get("status") or {}).get("allocated") != allocated:
+            result = await rt.kube.patch_status("RelayNode", relay, None, {"allocated": allocated})
+            if result:
+                rt.relays[relay] = result
 
 
 def relay_name_of(obj: dict[str, Any]) -> str | None:
     return (obj.get("metadata", {}).get("labels") or {}).get(names.RELAY_LABEL)
-
-
-def parse_table(data: dict[str, Any]) -> list[TableEntry]:
-    """The inverse of build_table_secret's table.json."""
-    return [
-        TableEntry(
-            namespace=t["namespace"],
-            name=t["name"],
-            token_sha256=t["tokenSha256"],
-            protocol=t["protocol"],
-            remote_port=t.get("remotePort"),
-            subdomain=t.get("subdomain"),
-            custom_domains=tuple(t.get("customDomains") or ()),
-            bandwidth_bps=t.get("bandwidthBps"),
-            allow_source_ranges=tuple(t.get("allowSourceRanges") or ()),
-            suspended=bool(t.get("suspended")),
-        )
-        for t in data.get("tunnels", [])
-    ]

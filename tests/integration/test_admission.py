@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
+
 from support import tools
 from support.strategies import junk, sometimes, tunnel_specs
 

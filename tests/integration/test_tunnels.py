@@ -4,10 +4,12 @@ tunnels say why; deletion releases; a deleted relay's tunnels move."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
 import pytest
+
 from support import objects, tools
 from support.objects import relay_node, tunnel, wait_condition
 
@@ -224,3 +226,33 @@ async def test_deleting_a_relay_moves_its_tunnels_keeping_ports(
     ).stdout.split()
     assert "Moved" in reasons
     await objects.wait_for(lambda: objects.get("relaynode", first) is None, what="relay gone")
+
+
+async def test_restart_with_everything_in_place_writes_nothing(
+    operator, namespace, relay_namespace, relay_label, cleanup_relays
+) -> None:
+    name = f"rs-{RUN}"
+    cleanup_relays.append(name)
+    placement = {"relay": {"nodeSelector": relay_label}}
+    objects.apply(relay_node(name, labels=relay_label, ports="25000-25099"))
+    await wait_condition("relaynode", name, None, "Ready")
+    objects.apply([tunnel(f"t{i}", **placement) for i in range(5)], namespace)
+    for i in range(5):
+        await wait_condition("tunnel", f"t{i}", namespace, "Ready")
+
+    def versions() -> dict[str, str]:
+        watched = objects.list_objects("tunnel", namespace) + objects.list_objects(
+            "secret", namespace, "tunnelop.dev/tunnel"
+        )
+        watched.append(objects.get("secret", f"relay-{name}-table", relay_namespace))
+        watched.append(objects.get("relaynode", name))
+        return {
+            f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+            for o in watched
+        }
+
+    before = versions()
+    await operator.stop()
+    await operator.start()
+    await asyncio.sleep(5)  # time to reconcile everything again
+    assert versions() == before

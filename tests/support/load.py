@@ -103,7 +103,9 @@ async def relay_tables(api: client.ApiClient, relay_namespace: str) -> dict[str,
     import json
 
     core = client.CoreV1Api(api)
-    secrets = await core.list_namespaced_secret(relay_namespace, label_selector="tunnelop.dev/relay")
+    secrets = await core.list_namespaced_secret(
+        relay_namespace, label_selector="tunnelop.dev/relay"
+    )
     tables = {}
     for s in secrets.items:
         if not s.metadata.name.endswith("-table"):

@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from support.strategies import junk, sometimes, tunnel_specs
 from tunnelop.admission import SubdomainClaim, possible_http_domains, review
 from tunnelop.api.v1alpha1 import PortSpan, Tunnel

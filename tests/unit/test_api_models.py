@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+
 from tunnelop.api.v1alpha1 import (
     API_VERSION,
     Condition,

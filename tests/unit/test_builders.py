@@ -23,6 +23,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes.client import ApiClient
+
 from support import tools
 from tunnelop.api.v1alpha1 import API_VERSION, RelayNode
 from tunnelop.builders import (

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tunnelop.api import crdgen
 from tunnelop.cli import main
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tunnelop.api.v1alpha1 import RelayNode, RelayPool, Tunnel, TunnelQuota, parse_object
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"

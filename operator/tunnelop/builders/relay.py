@@ -478,6 +478,28 @@ class TableEntry:
             entry["suspended"] = True
         return entry
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> TableEntry:
+        """The inverse of to_json."""
+        return cls(
+            namespace=entry["namespace"],
+            name=entry["name"],
+            token_sha256=entry["tokenSha256"],
+            protocol=entry["protocol"],
+            remote_port=entry.get("remotePort"),
+            subdomain=entry.get("subdomain"),
+            custom_domains=tuple(entry.get("customDomains") or ()),
+            bandwidth_bps=entry.get("bandwidthBps"),
+            allow_source_ranges=tuple(entry.get("allowSourceRanges") or ()),
+            suspended=bool(entry.get("suspended")),
+        )
+
+
+def parse_table_json(text: str | bytes) -> tuple[str, list[TableEntry]]:
+    """table.json -> (relay name, entries); the inverse of table_json."""
+    data = json.loads(text)
+    return data["relay"], [TableEntry.from_json(t) for t in data["tunnels"]]
+
 
 _SHA256_HEX = frozenset("0123456789abcdef")
 

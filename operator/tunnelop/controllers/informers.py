@@ -8,7 +8,6 @@ tunnel's endpoint never changes on restart and nothing is allocated twice.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import kopf
@@ -16,12 +15,12 @@ import kopf
 from tunnelop import conditions, logs
 from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
 from tunnelop.builders import names
-from tunnelop.builders.relay import config_checksum
+from tunnelop.builders.relay import config_checksum, parse_table_json
 from tunnelop.controllers import relays, tunnels
 from tunnelop.informer import Informer
 from tunnelop.kube import GROUP_VERSION, Kube
 from tunnelop.relays import RelayView
-from tunnelop.runtime import RelayTables, Runtime, parse_table
+from tunnelop.runtime import RelayTables, Runtime
 from tunnelop.scheduling import Allocation
 from tunnelop.workqueue import WorkQueue
 
@@ -142,7 +141,7 @@ def _remember_table(tables: RelayTables, body: dict[str, Any]) -> None:
     if not relay or not raw or body["metadata"]["name"] != names.table_secret_name(relay):
         return
     try:
-        entries = parse_table(json.loads(base64.b64decode(raw)))
+        _, entries = parse_table_json(base64.b64decode(raw))
     except (ValueError, KeyError, TypeError):
         return
     tables.remember_written(relay, {(e.namespace, e.name): e for e in entries})

@@ -85,7 +85,6 @@ async def reconcile(rt: Runtime, name: str) -> None:
     view = RelayView.from_model(relay, ready=ready and address is not None)
     rt.table.upsert_relay(view)
     new = _status(body, reason, message, address, ready=ready)
-    new["allocated"] = _allocated(rt, name)
     new["capacity"] = _capacity(relay, view)
     if new != (body.get("status") or {}):
         await _report(rt, body, new)
@@ -134,14 +133,6 @@ async def _public_address(
         if host_ip:
             return host_ip
     return None
-
-
-def _allocated(rt: Runtime, name: str) -> dict[str, Any]:
-    usage = rt.table.usage(name)
-    out: dict[str, Any] = {"tunnels": usage.tunnels, "ports": usage.ports}
-    if usage.bandwidth:
-        out["bandwidth"] = str(usage.bandwidth)
-    return out
 
 
 def _capacity(relay: RelayNode, view: RelayView) -> dict[str, Any]:

@@ -132,9 +132,10 @@ def _table_entry(tunnel: Tunnel, alloc: Allocation, token: str) -> TableEntry:
         protocol=spec.protocol,
         remote_port=alloc.port,
         subdomain=alloc.subdomain,
-        custom_domains=tuple(spec.custom_domains),
+        # Sorted as the table stores them, so that a read-back table compares equal.
+        custom_domains=tuple(sorted(spec.custom_domains)),
         bandwidth_bps=bandwidth_of(tunnel),
-        allow_source_ranges=tuple(spec.allow_source_ranges),
+        allow_source_ranges=tuple(sorted(spec.allow_source_ranges)),
         suspended=spec.suspended,
     )
 
