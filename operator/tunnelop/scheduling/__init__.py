@@ -1,0 +1,41 @@
+"""The scheduler and allocator: binds Tunnels to RelayNodes and hands out ports and
+subdomains. Pure and synchronous: no I/O, no Kubernetes client. The reconcilers feed an
+`AllocationTable` with relays (`RelayView`) and requests (`TunnelRequest`), and write back
+the `Allocation` or the `Unschedulable` it answers.
+"""
+
+from tunnelop.scheduling.model import (
+    CAPACITY_EXHAUSTED,
+    NO_RELAY_MATCHES,
+    NO_RELAY_READY,
+    PORT_NOT_ALLOWED,
+    PORT_TAKEN,
+    PROTOCOL_NOT_ALLOWED,
+    REASONS,
+    SUBDOMAIN_TAKEN,
+    Allocation,
+    RelayUsage,
+    TunnelKey,
+    TunnelRequest,
+    Unschedulable,
+)
+from tunnelop.scheduling.subdomains import subdomain_candidates
+from tunnelop.scheduling.table import AllocationTable
+
+__all__ = [
+    "CAPACITY_EXHAUSTED",
+    "NO_RELAY_MATCHES",
+    "NO_RELAY_READY",
+    "PORT_NOT_ALLOWED",
+    "PORT_TAKEN",
+    "PROTOCOL_NOT_ALLOWED",
+    "REASONS",
+    "SUBDOMAIN_TAKEN",
+    "Allocation",
+    "AllocationTable",
+    "RelayUsage",
+    "TunnelKey",
+    "TunnelRequest",
+    "Unschedulable",
+    "subdomain_candidates",
+]

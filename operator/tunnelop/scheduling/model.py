@@ -1,0 +1,110 @@
+"""The scheduler's vocabulary: what a tunnel asks for, what it gets, and why it gets nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, PORT_PROTOCOLS, RelayPlacement, Tunnel
+
+TunnelKey = tuple[str, str]  # (namespace, name)
+
+# Reasons of Unschedulable, from "nothing even matches" to "almost fitted". When relays fail
+# for different reasons, the one that came closest names the result.
+NO_RELAY_MATCHES = "NoRelayMatches"
+PROTOCOL_NOT_ALLOWED = "ProtocolNotAllowed"
+PORT_NOT_ALLOWED = "PortNotAllowed"
+NO_RELAY_READY = "NoRelayReady"
+CAPACITY_EXHAUSTED = "CapacityExhausted"
+PORT_TAKEN = "PortTaken"
+SUBDOMAIN_TAKEN = "SubdomainTaken"
+REASONS = (
+    NO_RELAY_MATCHES,
+    PROTOCOL_NOT_ALLOWED,
+    PORT_NOT_ALLOWED,
+    NO_RELAY_READY,
+    CAPACITY_EXHAUSTED,
+    PORT_TAKEN,
+    SUBDOMAIN_TAKEN,
+)
+
+
+def uses_port(protocol: str) -> bool:
+    """tcp and udp tunnels get a port of the relay; each is its own port family."""
+    return protocol in PORT_PROTOCOLS
+
+
+def uses_subdomain(protocol: str) -> bool:
+    """http and https tunnels get a subdomain of the relay's httpDomain, and no port."""
+    return protocol in HTTP_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class TunnelRequest:
+    """What a Tunnel asks of the scheduler. A requested port is ignored for http(s) and a
+    requested subdomain for tcp/udp (admission rejects both combinations anyway)."""
+
+    key: TunnelKey
+    protocol: str  # tcp | udp | http | https
+    placement: RelayPlacement = field(default_factory=RelayPlacement, hash=False)
+    remote_port: int | None = None  # tcp/udp only
+    subdomain: str | None = None  # http/https only
+    bandwidth: int | None = None  # bits/s; counts against the relay's capacity_bandwidth
+
+    @classmethod
+    def from_tunnel(cls, tunnel: Tunnel) -> TunnelRequest:
+        """The request of a Tunnel's spec. spec.bandwidth is taken as written: a caller that
+        applies a TunnelQuota default does so with dataclasses.replace."""
+        spec = tunnel.spec
+        return cls(
+            key=(tunnel.metadata.namespace or "", tunnel.metadata.name or ""),
+            protocol=spec.protocol,
+            placement=spec.relay,
+            remote_port=spec.remote_port,
+            subdomain=spec.subdomain,
+            bandwidth=spec.bandwidth_bps,
+        )
+
+    @property
+    def wanted_port(self) -> int | None:
+        return self.remote_port if uses_port(self.protocol) else None
+
+    @property
+    def wanted_subdomain(self) -> str | None:
+        return self.subdomain if uses_subdomain(self.protocol) else None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A tunnel bound to a relay, with its port (tcp/udp) or subdomain (http/https)."""
+
+    key: TunnelKey
+    relay: str
+    protocol: str
+    port: int | None = None  # tcp/udp
+    subdomain: str | None = None  # http/https
+    http_domain: str | None = None  # the relay's httpDomain, for http/https
+    bandwidth: int | None = None
+
+    @property
+    def host(self) -> str | None:
+        """The host name of an http(s) tunnel: subdomain.httpDomain."""
+        if self.subdomain and self.http_domain:
+            return f"{self.subdomain}.{self.http_domain}"
+        return None
+
+
+@dataclass(frozen=True)
+class Unschedulable:
+    """Why no relay takes the tunnel, and what the user should change."""
+
+    reason: str  # one of REASONS
+    message: str
+
+
+@dataclass(frozen=True)
+class RelayUsage:
+    """What the tunnels on one relay use."""
+
+    tunnels: int = 0
+    ports: int = 0  # tcp and udp ports together
+    bandwidth: int = 0  # sum of the tunnels' bandwidth in bits/s; unlimited ones count 0

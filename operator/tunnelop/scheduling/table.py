@@ -1,0 +1,423 @@
+"""The allocation table: which tunnel runs on which relay, with which port or subdomain.
+
+It is the scheduler's memory and the guarantee of invariant 1 (never two tunnels on one
+relay port of a protocol family, never two on one subdomain of an httpDomain). It lives in
+the operator's memory, is written by one event loop only, and is rebuilt at start-up from
+the Tunnels' statuses with `restore`. It does no I/O: the reconcilers feed it relays and
+requests and write back what it decides.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+
+from tunnelop.api.v1alpha1 import PORT_PROTOCOLS
+from tunnelop.relays import RelayView
+from tunnelop.scheduling import explain
+from tunnelop.scheduling.freeports import FreePorts
+from tunnelop.scheduling.model import (
+    Allocation,
+    RelayUsage,
+    TunnelKey,
+    TunnelRequest,
+    Unschedulable,
+    uses_port,
+    uses_subdomain,
+)
+from tunnelop.scheduling.subdomains import subdomain_candidates
+
+SubdomainKey = tuple[str, str]  # (http_domain, subdomain)
+DeferredRefusal = Callable[[], explain.Refusal]
+
+
+class _RelayState:
+    """One relay's view and what is allocated on it."""
+
+    def __init__(self, view: RelayView) -> None:
+        self.view = view
+        self.tunnels: dict[TunnelKey, Allocation] = {}
+        self.bandwidth = 0  # sum of the tunnels' limits
+        # Per port family (tcp, udp): who holds which port, and the allowed ports nobody
+        # holds. A held port may lie outside the allowed ones after the relay changed.
+        self.holders: dict[str, dict[int, TunnelKey]] = {f: {} for f in PORT_PROTOCOLS}
+        self.free: dict[str, FreePorts] = {}
+        self.allowed_ports = 0  # per family
+        self.rebuild_free_ports()
+
+    def rebuild_free_ports(self) -> None:
+        """Recompute the free ports after the range, reserved or blocked ports changed.
+        Held ports stay held wherever they are; the cursors stay where they were."""
+        allowed = self.view.allowed_spans()
+        self.allowed_ports = sum(len(span) for span in allowed)
+        for family in PORT_PROTOCOLS:
+            free = FreePorts(self.view.port_range, allowed)
+            for port in self.holders[family]:
+                free.discard(port)
+            if family in self.free:
+                free.resume_at(self.free[family].cursor)
+            self.free[family] = free
+
+    def load(self) -> float:
+        """Tunnels per effective capacity: capacity.tunnels, or else the relay's size in
+        ports, so that relays without an explicit capacity still fill evenly."""
+        capacity = self.view.capacity_tunnels
+        if capacity is None:
+            capacity = self.allowed_ports
+        return len(self.tunnels) / max(capacity, 1)
+
+
+class AllocationTable:
+    """Cluster-wide, in-memory; single writer (the operator's event loop); rebuilt from the
+    API at start-up."""
+
+    def __init__(self) -> None:
+        self._relays: dict[str, _RelayState] = {}
+        self._names: list[str] = []  # sorted, so that every decision is deterministic
+        self._allocations: dict[TunnelKey, Allocation] = {}
+        self._subdomains: dict[SubdomainKey, TunnelKey] = {}
+
+    # Relays -----------------------------------------------------------------------------------
+
+    def upsert_relay(self, view: RelayView) -> None:
+        """Add a relay or update it. Allocations stay recorded even where the relay no longer
+        allows them (port now blocked, protocol dropped): `misplaced()` reports those, and the
+        reconciler moves them and tells the users."""
+        state = self._relays.get(view.name)
+        if state is None:
+            self._relays[view.name] = _RelayState(view)
+            bisect.insort(self._names, view.name)
+            return
+        old = state.view
+        state.view = view
+        if (old.port_range, old.reserved, old.blocked) != (
+            view.port_range,
+            view.reserved,
+            view.blocked,
+        ):
+            state.rebuild_free_ports()
+
+    def remove_relay(self, name: str) -> list[Allocation]:
+        """Forget a relay; returns the allocations that were on it, now released."""
+        state = self._relays.pop(name, None)
+        if state is None:
+            return []
+        self._names.remove(name)
+        released = sorted(state.tunnels.values(), key=lambda a: a.key)
+        for allocation in released:
+            self._allocations.pop(allocation.key, None)
+            self._free_subdomain(allocation)
+        return released
+
+    def relays(self) -> list[RelayView]:
+        return [self._relays[name].view for name in self._names]
+
+    # Reading ----------------------------------------------------------------------------------
+
+    def allocation_of(self, key: TunnelKey) -> Allocation | None:
+        return self._allocations.get(key)
+
+    def allocations(self) -> list[Allocation]:
+        """Every allocation, by key."""
+        return [self._allocations[key] for key in sorted(self._allocations)]
+
+    def allocations_on(self, relay: str) -> list[Allocation]:
+        state = self._relays.get(relay)
+        if state is None:
+            return []
+        return sorted(state.tunnels.values(), key=lambda a: a.key)
+
+    def usage(self, relay: str) -> RelayUsage:
+        state = self._relays.get(relay)
+        if state is None:
+            return RelayUsage()
+        ports = sum(len(held) for held in state.holders.values())
+        return RelayUsage(tunnels=len(state.tunnels), ports=ports, bandwidth=state.bandwidth)
+
+    def misplaced(self, relay: str | None = None) -> list[Allocation]:
+        """Allocations their relay no longer allows (port outside the range, reserved or
+        blocked; protocol dropped; httpDomain changed) or whose relay is gone, all or on one
+        relay: the reconciler moves them, keeping the port or subdomain where it can."""
+        candidates = self.allocations() if relay is None else self.allocations_on(relay)
+        return [a for a in candidates if self._misplacement(a) is not None]
+
+    def misplacement(self, key: TunnelKey) -> str | None:
+        """Why the key's allocation must move, for the Event that reports the move; None when
+        it may stay (or there is none)."""
+        allocation = self._allocations.get(key)
+        return None if allocation is None else self._misplacement(allocation)
+
+    # Writing ----------------------------------------------------------------------------------
+
+    def restore(self, alloc: Allocation) -> bool:
+        """Record an allocation read back from a Tunnel's status at start-up, as it is, even
+        where the relay no longer allows it (`misplaced()` reports that). False, recording
+        nothing, when its relay is unknown, it is incomplete, or its port or subdomain is
+        held by another key: the caller schedules that tunnel afresh."""
+        state = self._relays.get(alloc.relay)
+        if state is None or not _complete(alloc):
+            return False
+        current = self._allocations.get(alloc.key)
+        if current == alloc:
+            return True
+        if uses_port(alloc.protocol):
+            holder = state.holders[alloc.protocol].get(alloc.port)
+        else:
+            holder = self._subdomains.get((alloc.http_domain, alloc.subdomain))
+        if holder not in (None, alloc.key):
+            return False
+        if current is not None:
+            self.release(alloc.key)
+        self._record(alloc)
+        return True
+
+    def release(self, key: TunnelKey) -> Allocation | None:
+        """Forget the key's allocation; its port or subdomain is free again."""
+        allocation = self._allocations.pop(key, None)
+        if allocation is None:
+            return None
+        state = self._relays.get(allocation.relay)
+        if state is not None:
+            del state.tunnels[key]
+            state.bandwidth -= allocation.bandwidth or 0
+            if allocation.port is not None and uses_port(allocation.protocol):
+                del state.holders[allocation.protocol][allocation.port]
+                if state.view.port_allowed(allocation.port):
+                    state.free[allocation.protocol].add(allocation.port)
+        self._free_subdomain(allocation)
+        return allocation
+
+    def schedule(
+        self, request: TunnelRequest, prefer: Allocation | None = None
+    ) -> Allocation | Unschedulable:
+        """Bind the request to a relay, or say why no relay takes it.
+
+        Idempotent: an allocation that still satisfies the request is returned unchanged
+        (invariant 2), whatever `prefer` says; a changed bandwidth is applied in place when
+        the relay has room for it. Otherwise the old allocation is released and a new one
+        found, trying first to keep the relay and port or subdomain of `prefer` (or of the
+        old allocation).
+        """
+        current = self._allocations.get(request.key)
+        if current is not None and self._satisfies(current, request):
+            if current.bandwidth == request.bandwidth:
+                return current
+            if self._bandwidth_fits_in_place(current, request.bandwidth):
+                self.release(request.key)
+                updated = replace(current, bandwidth=request.bandwidth)
+                self._record(updated)
+                return updated
+        if current is not None:
+            self.release(request.key)
+            prefer = prefer or current
+        return self._place(request, prefer)
+
+    # Internals --------------------------------------------------------------------------------
+
+    def _record(self, alloc: Allocation) -> None:
+        state = self._relays[alloc.relay]
+        self._allocations[alloc.key] = alloc
+        state.tunnels[alloc.key] = alloc
+        state.bandwidth += alloc.bandwidth or 0
+        if alloc.port is not None and uses_port(alloc.protocol):
+            state.holders[alloc.protocol][alloc.port] = alloc.key
+            state.free[alloc.protocol].discard(alloc.port)
+        if _holds_subdomain(alloc):
+            self._subdomains[(alloc.http_domain, alloc.subdomain)] = alloc.key
+
+    def _free_subdomain(self, alloc: Allocation) -> None:
+        if _holds_subdomain(alloc):
+            subdomain = (alloc.http_domain, alloc.subdomain)
+            if self._subdomains.get(subdomain) == alloc.key:
+                del self._subdomains[subdomain]
+
+    def _misplacement(self, alloc: Allocation) -> str | None:
+        state = self._relays.get(alloc.relay)
+        if state is None:
+            return f"RelayNode {alloc.relay} is gone"
+        view = state.view
+        if alloc.protocol not in view.protocols:
+            return f"RelayNode {view.name} no longer allows {alloc.protocol}"
+        if alloc.port is not None and uses_port(alloc.protocol):
+            why = view.port_refusal(alloc.port)
+            if why is not None:
+                return f"port {alloc.port} is {why} on RelayNode {view.name}"
+        if uses_subdomain(alloc.protocol) and alloc.http_domain != view.http_domain:
+            return (
+                f"RelayNode {view.name} serves httpDomain {view.http_domain} instead of "
+                f"{alloc.http_domain}"
+            )
+        return None
+
+    def _satisfies(self, alloc: Allocation, request: TunnelRequest) -> bool:
+        """Whether the allocation may stay as the answer to the request (bandwidth aside)."""
+        state = self._relays.get(alloc.relay)
+        return (
+            state is not None
+            and alloc.protocol == request.protocol
+            and state.view.matches(request.placement)
+            and request.wanted_port in (None, alloc.port)
+            and request.wanted_subdomain in (None, alloc.subdomain)
+            and self._misplacement(alloc) is None
+        )
+
+    def _bandwidth_fits_in_place(self, alloc: Allocation, bandwidth: int | None) -> bool:
+        """A lower or removed limit always fits; a higher one if capacity.bandwidth allows it
+        (readiness and cordon do not matter: the tunnel is there already)."""
+        state = self._relays[alloc.relay]
+        limit = state.view.capacity_bandwidth
+        if bandwidth is None or limit is None or bandwidth <= (alloc.bandwidth or 0):
+            return True
+        return state.bandwidth - (alloc.bandwidth or 0) + bandwidth <= limit
+
+    def _place(
+        self, request: TunnelRequest, prefer: Allocation | None
+    ) -> Allocation | Unschedulable:
+        wish = _Wish.of(request, prefer)
+        refusals: list[tuple[str, DeferredRefusal]] = []
+        best: tuple[tuple[int, float, str], _RelayState] | None = None
+        for name in self._names:
+            state = self._relays[name]
+            refusal = self._refusal(state, request)
+            if refusal is not None:
+                refusals.append((name, refusal))
+                continue
+            rank = (self._preference(state, wish), state.load(), name)
+            if best is None or rank < best[0]:
+                best = (rank, state)
+        if best is None:
+            return explain.explain(len(self._names), [(n, why()) for n, why in refusals])
+        allocation = self._allocate(best[1], request, wish)
+        self._record(allocation)
+        return allocation
+
+    def _refusal(self, state: _RelayState, request: TunnelRequest) -> DeferredRefusal | None:
+        """Why this relay cannot take the request, checked from the most static reason to the
+        most transient; None if it can. The Refusal is built only if no relay fits, so that
+        the message text costs nothing when the tunnel is placed."""
+        view = state.view
+        protocol = request.protocol
+        port = request.wanted_port
+        if not view.matches(request.placement):
+            node = request.placement.node
+            return partial(explain.not_matching, request.placement, node in self._relays)
+        if protocol not in view.protocols:
+            return partial(explain.protocol_not_allowed, protocol, view)
+        if uses_subdomain(protocol) and not view.http_domain:
+            return partial(explain.no_http_domain, protocol)
+        if port is not None and not view.port_allowed(port):
+            return partial(explain.port_not_allowed, port, view)
+        if view.unschedulable:
+            return explain.cordoned
+        if not view.ready:
+            return explain.not_ready
+        if view.capacity_tunnels is not None and len(state.tunnels) >= view.capacity_tunnels:
+            return explain.full
+        bandwidth_limit = view.capacity_bandwidth
+        if request.bandwidth and bandwidth_limit is not None:
+            if state.bandwidth + request.bandwidth > bandwidth_limit:
+                return partial(explain.bandwidth_short, request.bandwidth)
+        if uses_port(protocol):
+            if port is None:
+                return None if state.free[protocol] else partial(explain.no_free_port, protocol)
+            holder = state.holders[protocol].get(port)
+            if holder not in (None, request.key):
+                return partial(explain.port_taken, port, protocol, holder, request.key)
+        subdomain = request.wanted_subdomain
+        if uses_subdomain(protocol) and subdomain is not None:
+            holder = self._subdomains.get((view.http_domain, subdomain))
+            if holder not in (None, request.key):
+                return partial(
+                    explain.subdomain_taken, subdomain, view.http_domain, holder, request.key
+                )
+        return None
+
+    def _preference(self, state: _RelayState, wish: _Wish) -> int:
+        """0: the preferred relay, keeping the endpoint; 1: another relay keeping the port (or
+        the URL, for relays sharing the httpDomain); 2: the preferred relay; 3: any other."""
+        keeps = self._keeps(state, wish)
+        same_relay = state.view.name == wish.relay
+        if keeps:
+            return 0 if same_relay else 1
+        return 2 if same_relay else 3
+
+    def _keeps(self, state: _RelayState, wish: _Wish) -> bool:
+        if wish.port is not None:
+            return wish.port in state.free[wish.protocol]
+        if wish.subdomain is not None:
+            # The same URL: the subdomain, free under the same httpDomain (when known).
+            domain = state.view.http_domain
+            return wish.http_domain in (None, domain) and self._subdomain_free(
+                domain, wish.subdomain
+            )
+        return False
+
+    def _subdomain_free(self, http_domain: str | None, subdomain: str) -> bool:
+        return http_domain is not None and (http_domain, subdomain) not in self._subdomains
+
+    def _allocate(self, state: _RelayState, request: TunnelRequest, wish: _Wish) -> Allocation:
+        view = state.view
+        if uses_port(request.protocol):
+            free = state.free[request.protocol]
+            port = request.wanted_port
+            if port is None and wish.port is not None and wish.port in free:
+                port = wish.port
+            if port is None:
+                port = free.next_fit()
+            return Allocation(
+                request.key, view.name, request.protocol, port=port, bandwidth=request.bandwidth
+            )
+        subdomain = request.wanted_subdomain
+        if subdomain is None and wish.subdomain is not None:
+            if self._subdomain_free(view.http_domain, wish.subdomain):
+                subdomain = wish.subdomain
+        if subdomain is None:
+            subdomain = next(
+                candidate
+                for candidate in subdomain_candidates(request.key)
+                if self._subdomain_free(view.http_domain, candidate)
+            )
+        return Allocation(
+            request.key,
+            view.name,
+            request.protocol,
+            subdomain=subdomain,
+            http_domain=view.http_domain,
+            bandwidth=request.bandwidth,
+        )
+
+
+@dataclass(frozen=True)
+class _Wish:
+    """What of a preferred allocation the request lets us keep: the relay always, the port
+    or subdomain only when the request does not pin its own."""
+
+    protocol: str
+    relay: str | None = None
+    port: int | None = None
+    subdomain: str | None = None
+    http_domain: str | None = None
+
+    @classmethod
+    def of(cls, request: TunnelRequest, prefer: Allocation | None) -> _Wish:
+        if prefer is None:
+            return cls(request.protocol)
+        port = subdomain = None
+        if uses_port(request.protocol) and request.wanted_port is None:
+            port = prefer.port
+        if uses_subdomain(request.protocol) and request.wanted_subdomain is None:
+            subdomain = prefer.subdomain
+        return cls(request.protocol, prefer.relay, port, subdomain, prefer.http_domain)
+
+
+def _holds_subdomain(alloc: Allocation) -> bool:
+    return uses_subdomain(alloc.protocol) and bool(alloc.subdomain) and bool(alloc.http_domain)
+
+
+def _complete(alloc: Allocation) -> bool:
+    """Whether an allocation read from a status has what its protocol needs."""
+    if uses_port(alloc.protocol):
+        return alloc.port is not None and 1 <= alloc.port <= 65535
+    return _holds_subdomain(alloc)
