@@ -1,0 +1,520 @@
+"""The scheduler and allocator by example: where tunnels go, which port or subdomain they get,
+what stays put, and what users are told when nothing fits."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+
+import pytest
+
+from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, Tunnel
+from tunnelop.relays import RelayView
+from tunnelop.scheduling import (
+    CAPACITY_EXHAUSTED,
+    NO_RELAY_MATCHES,
+    NO_RELAY_READY,
+    PORT_NOT_ALLOWED,
+    PORT_TAKEN,
+    PROTOCOL_NOT_ALLOWED,
+    SUBDOMAIN_TAKEN,
+    Allocation,
+    AllocationTable,
+    RelayUsage,
+    TunnelRequest,
+    Unschedulable,
+    subdomain_candidates,
+)
+from tunnelop.scheduling.freeports import FreePorts
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def relay(name: str = "relay-1", first: int = 20000, last: int = 20099, **fields) -> RelayView:
+    return RelayView(name=name, port_range=PortSpan(first, last), **fields)
+
+
+def web_relay(name: str, domain: str = "example.com", **fields) -> RelayView:
+    return relay(name, protocols=("tcp", "http", "https"), http_domain=domain, **fields)
+
+
+def request(name: str = "t", protocol: str = "tcp", namespace: str = "tenant", **fields):
+    return TunnelRequest(key=(namespace, name), protocol=protocol, **fields)
+
+
+def node(name: str) -> RelayPlacement:
+    return RelayPlacement(node=name)
+
+
+def table_with(*relays: RelayView) -> AllocationTable:
+    table = AllocationTable()
+    for view in relays:
+        table.upsert_relay(view)
+    return table
+
+
+def allocated(result: Allocation | Unschedulable) -> Allocation:
+    assert isinstance(result, Allocation), result
+    return result
+
+
+def refused(result: Allocation | Unschedulable) -> Unschedulable:
+    assert isinstance(result, Unschedulable), result
+    return result
+
+
+# Requests from Tunnels -------------------------------------------------------------------------
+
+
+def test_request_from_tunnel() -> None:
+    tunnel = Tunnel.model_validate(
+        {
+            "kind": "Tunnel",
+            "metadata": {"name": "game", "namespace": "alice"},
+            "spec": {
+                "protocol": "udp",
+                "remotePort": 25565,
+                "bandwidth": "10M",
+                "relay": {"pool": "eu", "nodeSelector": {"tier": "paid"}},
+            },
+        }
+    )
+    req = TunnelRequest.from_tunnel(tunnel)
+    assert req.key == ("alice", "game")
+    assert (req.protocol, req.remote_port, req.subdomain) == ("udp", 25565, None)
+    assert req.bandwidth == 10_000_000
+    assert req.placement == RelayPlacement(pool="eu", node_selector={"tier": "paid"})
+    assert hash(req) == hash(dataclasses.replace(req))  # usable as a dict key
+
+
+def test_relay_view_counts_allowed_ports() -> None:
+    view = relay(
+        first=100,
+        last=119,
+        reserved=(PortSpan(90, 100), PortSpan(105, 105)),
+        blocked=(PortSpan(104, 106), PortSpan(118, 130)),
+    )
+    assert view.allowed_spans() == [PortSpan(101, 103), PortSpan(107, 117)]
+    assert view.allowed_port_count() == 14
+    model = RelayNode.model_validate(
+        {"kind": "RelayNode", "metadata": {"name": "r"}, "spec": {"ports": {"range": "1-10"}}}
+    )
+    assert RelayView.from_model(model).allowed_port_count() == 10
+
+
+# Ports -----------------------------------------------------------------------------------------
+
+
+def test_ports_are_handed_out_in_order_and_rescheduling_changes_nothing() -> None:
+    table = table_with(relay())
+    first = allocated(table.schedule(request("a")))
+    second = allocated(table.schedule(request("b")))
+    assert (first.relay, first.port, second.port) == ("relay-1", 20000, 20001)
+    assert table.schedule(request("a")) is first
+    # A preference does not move a tunnel that is fine where it is.
+    assert table.schedule(request("a"), prefer=dataclasses.replace(first, port=20050)) is first
+
+
+def test_tcp_and_udp_are_separate_port_families() -> None:
+    table = table_with(relay())
+    tcp = allocated(table.schedule(request("a", "tcp", remote_port=20007)))
+    udp = allocated(table.schedule(request("b", "udp", remote_port=20007)))
+    assert (tcp.port, udp.port) == (20007, 20007)
+    assert table.usage("relay-1") == RelayUsage(tunnels=2, ports=2, bandwidth=0)
+
+
+def test_released_ports_are_reused_only_after_the_rest_of_the_range() -> None:
+    table = table_with(relay(first=100, last=103))
+    ports = [allocated(table.schedule(request(f"t{i}"))).port for i in range(3)]
+    assert ports == [100, 101, 102]
+    table.release(("tenant", "t0"))
+    assert allocated(table.schedule(request("t3"))).port == 103
+    assert allocated(table.schedule(request("t4"))).port == 100  # wrapped around
+
+
+def test_reserved_and_blocked_ports_are_never_handed_out() -> None:
+    view = relay(first=100, last=109, reserved=(PortSpan(100, 101),), blocked=(PortSpan(104, 107),))
+    table = table_with(view)
+    ports = [allocated(table.schedule(request(f"t{i}"))).port for i in range(4)]
+    assert ports == [102, 103, 108, 109]
+    assert refused(table.schedule(request("t5"))).reason == CAPACITY_EXHAUSTED
+
+
+def test_requested_port_taken_names_the_relay_and_suggests_omitting_remote_port() -> None:
+    table = table_with(relay("relay-1"))
+    allocated(table.schedule(request("minecraft", namespace="bob", remote_port=20065)))
+    result = refused(table.schedule(request("mine", namespace="alice", remote_port=20065)))
+    assert result == Unschedulable(
+        PORT_TAKEN,
+        "0/1 RelayNodes fit: 1 (relay-1) has tcp port 20065 taken by a tunnel of another "
+        "namespace. Choose another spec.remotePort or omit spec.remotePort to get a free port "
+        "allocated.",
+    )
+    # Within the namespace, the holder is named; the other family is free.
+    same = refused(table.schedule(request("mine", namespace="bob", remote_port=20065)))
+    assert "taken by tunnel minecraft of this namespace" in same.message
+    assert allocated(table.schedule(request("mine", "udp", "alice", remote_port=20065)))
+
+
+def test_requested_port_not_allowed() -> None:
+    view = relay(first=20000, last=20099, reserved=(PortSpan(20001, 20001),))
+    table = table_with(view)
+    result = refused(table.schedule(request(remote_port=20001)))
+    assert result == Unschedulable(
+        PORT_NOT_ALLOWED,
+        "0/1 RelayNodes fit: 1 (relay-1) refuses spec.remotePort 20001 (reserved; allowed "
+        "20000-20099 except reserved 20001). Choose a spec.remotePort the relay allows or "
+        "omit spec.remotePort to get a free port allocated.",
+    )
+    outside = refused(table.schedule(request(remote_port=22)))
+    assert "refuses spec.remotePort 22 (outside 20000-20099;" in outside.message
+
+
+def test_no_free_port_left() -> None:
+    table = table_with(relay(first=100, last=100))
+    allocated(table.schedule(request("a")))
+    assert refused(table.schedule(request("b"))) == Unschedulable(
+        CAPACITY_EXHAUSTED,
+        "0/1 RelayNodes fit: 1 (relay-1) has no free tcp port. Wait for tunnels to be removed "
+        "or ask the provider for more ports.",
+    )
+    assert allocated(table.schedule(request("b", "udp"))).port == 100
+
+
+# Placement and the other reasons ----------------------------------------------------------------
+
+
+def test_no_relay_matches_placement() -> None:
+    table = table_with(relay("us-1", labels={"region": "us"}), relay("us-2"))
+    placement = RelayPlacement(node_selector={"region": "eu"})
+    assert refused(table.schedule(request(placement=placement))) == Unschedulable(
+        NO_RELAY_MATCHES,
+        "0/2 RelayNodes fit: 2 do not match spec.relay (nodeSelector region=eu). "
+        "Change spec.relay.",
+    )
+    missing = refused(table.schedule(request(placement=node("eu-9"))))
+    assert missing.message == (
+        "0/2 RelayNodes fit: 2 do not match spec.relay (node eu-9). "
+        "Change spec.relay.node (there is no RelayNode eu-9)."
+    )
+
+
+def test_no_relays_at_all() -> None:
+    result = refused(AllocationTable().schedule(request()))
+    assert result.reason == NO_RELAY_MATCHES
+    assert result.message.startswith("0/0 RelayNodes fit: there are no RelayNodes.")
+
+
+def test_pool_placement() -> None:
+    pooled = relay("b-relay", labels={"tunnelop.dev/pool": "gold"})
+    table = table_with(relay("a-relay"), pooled)
+    result = allocated(table.schedule(request(placement=RelayPlacement(pool="gold"))))
+    assert result.relay == "b-relay"
+
+
+def test_protocol_not_allowed_says_what_to_change() -> None:
+    table = table_with(
+        relay("eu-1", labels={"region": "eu"}),
+        relay("us-1", labels={"region": "us"}, protocols=("tcp", "http"), http_domain="us.dev"),
+        relay("us-2", labels={"region": "us"}),
+    )
+    placement = RelayPlacement(node_selector={"region": "eu"})
+    assert refused(table.schedule(request(protocol="http", placement=placement))) == Unschedulable(
+        PROTOCOL_NOT_ALLOWED,
+        "0/3 RelayNodes fit: 2 do not match spec.relay (nodeSelector region=eu), 1 (eu-1) does "
+        "not allow protocol http (allows tcp, udp). Change spec.protocol, ask the provider to "
+        "enable http on a relay or change spec.relay.",
+    )
+
+
+def test_relay_without_http_domain_takes_no_http_tunnels() -> None:
+    table = table_with(relay(protocols=("http",)))
+    result = refused(table.schedule(request(protocol="http")))
+    assert result.reason == PROTOCOL_NOT_ALLOWED
+    assert "has no httpDomain" in result.message
+
+
+def test_cordoned_and_unready_relays_take_no_new_tunnels() -> None:
+    table = table_with(relay("a", unschedulable=True), relay("b", ready=False))
+    assert refused(table.schedule(request())) == Unschedulable(
+        NO_RELAY_READY,
+        "0/2 RelayNodes fit: 1 (a) is cordoned (unschedulable), 1 (b) is not ready. "
+        "Wait for a relay to become ready or wait for the provider to uncordon a relay.",
+    )
+
+
+def test_cordon_and_readiness_do_not_move_existing_tunnels() -> None:
+    table = table_with(relay("a"))
+    existing = allocated(table.schedule(request()))
+    table.upsert_relay(relay("a", unschedulable=True, ready=False))
+    assert table.misplaced() == []
+    assert table.schedule(request()) is existing
+
+
+def test_the_closest_relay_names_the_reason() -> None:
+    table = table_with(relay("a", ready=False), relay("b", protocols=("udp",)), relay("c"))
+    allocated(table.schedule(request("holder", remote_port=20001)))
+    result = refused(table.schedule(request("t", remote_port=20001)))
+    assert result.reason == PORT_TAKEN
+    assert result.message.startswith(
+        "0/3 RelayNodes fit: 1 (b) does not allow protocol tcp (allows udp), 1 (a) is not "
+        "ready, 1 (c) has tcp port 20001 taken by tunnel holder of this namespace. "
+        "Choose another spec.remotePort"
+    )
+
+
+# Capacity and spread -----------------------------------------------------------------------------
+
+
+def test_capacity_by_tunnels() -> None:
+    table = table_with(relay(capacity_tunnels=2))
+    allocated(table.schedule(request("a")))
+    allocated(table.schedule(request("b", "udp")))
+    assert refused(table.schedule(request("c"))) == Unschedulable(
+        CAPACITY_EXHAUSTED,
+        "0/1 RelayNodes fit: 1 (relay-1) is full (capacity.tunnels). Wait for tunnels to be "
+        "removed or ask the provider for more capacity.",
+    )
+    table.release(("tenant", "a"))
+    assert allocated(table.schedule(request("c")))
+
+
+def test_capacity_by_bandwidth() -> None:
+    table = table_with(relay(capacity_bandwidth=100_000_000))
+    allocated(table.schedule(request("a", bandwidth=60_000_000)))
+    allocated(table.schedule(request("unlimited")))  # no limit: does not count
+    assert table.usage("relay-1") == RelayUsage(tunnels=2, ports=2, bandwidth=60_000_000)
+    assert refused(table.schedule(request("b", bandwidth=50_000_000))) == Unschedulable(
+        CAPACITY_EXHAUSTED,
+        "0/1 RelayNodes fit: 1 (relay-1) has less than spec.bandwidth 50M left of "
+        "capacity.bandwidth. Lower spec.bandwidth or ask the provider for more capacity.",
+    )
+    assert allocated(table.schedule(request("b", bandwidth=40_000_000)))
+
+
+def test_bandwidth_change_stays_in_place_when_it_fits() -> None:
+    table = table_with(relay("a", capacity_bandwidth=100), relay("b"))
+    first = allocated(table.schedule(request(bandwidth=50)))
+    assert first.relay == "a"
+    table.upsert_relay(relay("a", capacity_bandwidth=100, unschedulable=True))
+    raised = allocated(table.schedule(request(bandwidth=90)))
+    assert (raised.relay, raised.port, raised.bandwidth) == ("a", first.port, 90)
+    assert table.usage("a").bandwidth == 90
+    # Too much for relay a: the tunnel moves, keeping its port where that is free.
+    moved = allocated(table.schedule(request(bandwidth=200)))
+    assert (moved.relay, moved.port, moved.bandwidth) == ("b", first.port, 200)
+    assert table.usage("a") == RelayUsage()
+
+
+def test_spread_to_the_least_allocated_relay() -> None:
+    table = table_with(relay("a"), relay("b"), relay("c"))
+    relays = [allocated(table.schedule(request(f"t{i}"))).relay for i in range(6)]
+    assert relays == ["a", "b", "c", "a", "b", "c"]
+    # Load is relative to capacity: a relay twice as big gets twice the tunnels.
+    table = table_with(relay("big", capacity_tunnels=20), relay("small", capacity_tunnels=10))
+    relays = [allocated(table.schedule(request(f"t{i}"))).relay for i in range(15)]
+    assert relays.count("big") == 10 and relays.count("small") == 5
+    # Without capacity.tunnels, the size in ports counts.
+    table = table_with(relay("wide", first=1000, last=1399), relay("narrow", first=1, last=100))
+    relays = [allocated(table.schedule(request(f"t{i}"))).relay for i in range(50)]
+    assert relays.count("wide") == 40 and relays.count("narrow") == 10
+
+
+# Subdomains --------------------------------------------------------------------------------------
+
+
+def test_generated_subdomain_is_readable_and_unique() -> None:
+    table = table_with(web_relay("web-1"))
+    blog = allocated(table.schedule(request("blog", "http", "alice")))
+    assert (blog.subdomain, blog.http_domain, blog.port) == ("blog-alice", "example.com", None)
+    assert blog.host == "blog-alice.example.com"
+    # Tunnel "blog" of namespace "alice-x" would like it too: a hash makes it unique.
+    taken = allocated(table.schedule(request("blog-alice", "http", "x")))
+    assert taken.subdomain == "blog-alice-x"
+    taken = allocated(table.schedule(request("blog", "https", "alice-x")))
+    assert taken.subdomain != "blog-alice"
+    assert DNS_LABEL.fullmatch(taken.subdomain) and taken.subdomain.startswith("blog-alice-")
+
+
+def test_generated_subdomains_are_valid_dns_labels() -> None:
+    for key in [("ns", "a" * 253), ("Odd.NS", "x.y_z"), ("", "-"), ("ns", "web")]:
+        candidates = subdomain_candidates(key)
+        labels = [next(candidates) for _ in range(3)]
+        assert len(set(labels)) == 3
+        for label in labels:
+            assert len(label) <= 63 and DNS_LABEL.fullmatch(label), label
+        assert labels == [next(c) for c in [subdomain_candidates(key)] for _ in range(3)]
+
+
+def test_subdomain_taken_across_relays_sharing_the_http_domain() -> None:
+    table = table_with(web_relay("web-1"), web_relay("web-2"), web_relay("other", "other.dev"))
+    on_one = allocated(table.schedule(request("blog", "http", "bob", subdomain="blog")))
+    assert on_one.relay == "other"  # all empty: ties go by name
+    allocated(
+        table.schedule(request("shop", "http", "bob", subdomain="shop", placement=node("web-1")))
+    )
+    result = refused(
+        table.schedule(request("shop", "https", "alice", subdomain="shop", placement=node("web-2")))
+    )
+    assert result == Unschedulable(
+        SUBDOMAIN_TAKEN,
+        "0/3 RelayNodes fit: 2 do not match spec.relay (node web-2), 1 (web-2) serves "
+        "example.com, where spec.subdomain shop is taken by a tunnel of another namespace. "
+        "Choose another spec.subdomain, omit spec.subdomain to get one generated or change "
+        "spec.relay.",
+    )
+    # Without the node constraint, the relay with another httpDomain takes it.
+    elsewhere = allocated(table.schedule(request("shop", "https", "alice", subdomain="shop")))
+    assert (elsewhere.relay, elsewhere.http_domain) == ("other", "other.dev")
+
+
+# Moves, misplacement and restore ---------------------------------------------------------------
+
+
+def test_blocked_port_is_reported_and_moved_keeping_the_port_elsewhere() -> None:
+    table = table_with(relay("a"), relay("b"))
+    game = allocated(table.schedule(request("game", remote_port=None)))
+    assert (game.relay, game.port) == ("a", 20000)
+    table.upsert_relay(relay("a", blocked=(PortSpan(20000, 20009),)))
+    assert table.misplaced() == [game]
+    assert table.misplaced("b") == []
+    assert table.misplacement(game.key) == "port 20000 is blocked on RelayNode a"
+    # The reconciler's move: release, then schedule preferring the old allocation.
+    table.release(game.key)
+    moved = allocated(table.schedule(request("game"), prefer=game))
+    assert (moved.relay, moved.port) == ("b", 20000)
+    assert table.misplaced() == []
+
+
+def test_schedule_itself_moves_a_misplaced_allocation() -> None:
+    table = table_with(relay("a"))
+    game = allocated(table.schedule(request("game")))
+    table.upsert_relay(relay("a", first=30000, last=30010))
+    assert table.misplacement(game.key) == "port 20000 is outside 30000-30010 on RelayNode a"
+    moved = allocated(table.schedule(request("game")))
+    assert (moved.relay, moved.port) == ("a", 30000)
+    assert table.usage("a").ports == 1
+
+
+def test_dropped_protocol_and_changed_http_domain_are_misplacements() -> None:
+    table = table_with(web_relay("web-1"))
+    site = allocated(table.schedule(request("site", "http")))
+    table.upsert_relay(web_relay("web-1", "new.dev"))
+    assert table.misplacement(site.key) == (
+        "RelayNode web-1 serves httpDomain new.dev instead of example.com"
+    )
+    table.upsert_relay(relay("web-1", protocols=("tcp",)))
+    assert table.misplacement(site.key) == "RelayNode web-1 no longer allows http"
+    assert refused(table.schedule(request("site", "http"))).reason == PROTOCOL_NOT_ALLOWED
+    assert table.allocation_of(site.key) is None
+
+
+def test_moved_http_tunnel_keeps_its_url_on_a_relay_of_the_same_domain() -> None:
+    table = table_with(web_relay("web-1"), web_relay("web-2"))
+    site = allocated(table.schedule(request("site", "http")))
+    assert site.relay == "web-1"
+    released = table.remove_relay("web-1")
+    assert released == [site]
+    moved = allocated(table.schedule(request("site", "http"), prefer=site))
+    assert (moved.relay, moved.host) == ("web-2", site.host)
+    # A preference read from status has no httpDomain: the subdomain is kept all the same.
+    table = table_with(web_relay("web-1"), web_relay("web-2"))
+    from_status = Allocation(site.key, "web-3", "http", subdomain="kept")
+    kept = allocated(table.schedule(request("site", "http"), prefer=from_status))
+    assert kept.host == "kept.example.com"
+
+
+def test_remove_relay_releases_its_allocations() -> None:
+    table = table_with(relay("a"), relay("b"))
+    on_a = allocated(table.schedule(request("x", remote_port=20003, placement=node("a"))))
+    allocated(table.schedule(request("y", placement=node("b"))))
+    assert table.remove_relay("a") == [on_a]
+    assert table.allocation_of(on_a.key) is None
+    assert [v.name for v in table.relays()] == ["b"]
+    assert table.usage("a") == RelayUsage()
+    assert table.remove_relay("a") == []
+
+
+def test_changing_the_requested_port_moves_within_the_relay() -> None:
+    table = table_with(relay("a"), relay("b"))
+    first = allocated(table.schedule(request("t")))
+    allocated(table.schedule(request("u")))  # b
+    allocated(table.schedule(request("v")))  # a, 20001: a and b are even again
+    changed = allocated(table.schedule(request("t", remote_port=20050)))
+    assert (changed.relay, changed.port) == (first.relay, 20050)
+    assert table.allocation_of(first.key) == changed
+    assert 20000 not in {a.port for a in table.allocations_on("a")}
+
+
+def test_restore_records_what_statuses_say() -> None:
+    table = table_with(relay("a"), web_relay("w"))
+    game = Allocation(("alice", "game"), "a", "tcp", port=20042)
+    site = Allocation(("alice", "site"), "w", "http", subdomain="blog", http_domain="example.com")
+    assert table.restore(game) and table.restore(site)
+    assert table.restore(game)  # again: nothing changes
+    # Conflicts: the caller schedules those tunnels afresh.
+    assert not table.restore(dataclasses.replace(game, key=("bob", "game")))
+    assert not table.restore(dataclasses.replace(site, key=("bob", "site"), relay="a"))
+    assert not table.restore(dataclasses.replace(game, key=("bob", "x"), relay="gone"))
+    assert not table.restore(Allocation(("bob", "y"), "a", "tcp"))  # no port
+    assert table.restore(dataclasses.replace(game, key=("bob", "game"), protocol="udp"))
+    # Restored allocations are kept as they are, and rescheduling keeps them.
+    assert table.schedule(request("game", namespace="alice")) == game
+    assert table.schedule(request("site", "http", "alice")) == site
+    taken = refused(table.schedule(request("n", "http", "bob", subdomain="blog")))
+    assert taken.reason == SUBDOMAIN_TAKEN
+    # A new tunnel does not get a restored port.
+    assert allocated(table.schedule(request("new", placement=node("a")))).port == 20000
+
+
+def test_restore_keeps_a_now_blocked_port_until_it_is_moved() -> None:
+    table = table_with(relay("a", blocked=(PortSpan(20042, 20042),)))
+    game = Allocation(("alice", "game"), "a", "tcp", port=20042)
+    assert table.restore(game)
+    assert table.misplaced() == [game]
+    assert table.usage("a").ports == 1
+    table.release(game.key)
+    assert refused(table.schedule(request(remote_port=20042))).reason == PORT_NOT_ALLOWED
+
+
+def test_restore_replaces_the_keys_previous_allocation() -> None:
+    table = table_with(relay("a"))
+    old = allocated(table.schedule(request("t")))
+    assert table.restore(dataclasses.replace(old, port=20010))
+    assert table.usage("a").ports == 1
+    assert allocated(table.schedule(request("u", remote_port=20000)))  # given back
+    assert refused(table.schedule(request("v", remote_port=20010))).reason == PORT_TAKEN
+
+
+# Scale ------------------------------------------------------------------------------------------
+
+
+def test_ten_thousand_tunnels_fill_ten_thousand_ports() -> None:
+    table = table_with(relay("big", first=20000, last=29999))
+    ports = [allocated(table.schedule(request(f"t{i}"))).port for i in range(10_000)]
+    assert ports == list(range(20000, 30000))
+    assert table.usage("big") == RelayUsage(tunnels=10_000, ports=10_000, bandwidth=0)
+    assert refused(table.schedule(request("one-more"))).reason == CAPACITY_EXHAUSTED
+    freed = random.Random(7).sample(range(10_000), 100)
+    for i in freed:
+        table.release(("tenant", f"t{i}"))
+    refilled = {allocated(table.schedule(request(f"new{i}"))).port for i in range(100)}
+    assert refilled == {20000 + i for i in freed}
+    assert refused(table.schedule(request("one-more"))).reason == CAPACITY_EXHAUSTED
+
+
+# Free ports --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("span", [PortSpan(1, 1), PortSpan(1000, 3100), PortSpan(1, 65535)])
+def test_free_ports_across_block_boundaries(span: PortSpan) -> None:
+    free = FreePorts(span, [span])
+    assert len(free) == len(span)
+    assert free.next_fit() == span.first
+    for port in (span.first, span.last, (span.first + span.last) // 2):
+        free.discard(port)
+    assert span.first not in free and span.last not in free
+    free.resume_at(span.last)
+    expected = span.first + 1 if len(span) > 3 else None
+    assert free.next_fit() == expected
