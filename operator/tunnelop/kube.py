@@ -195,6 +195,31 @@ class Kube:
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
         return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
 
+    async def add_finalizer(
+        self, kind: str, body: dict[str, Any], finalizer: str
+    ) -> dict[str, Any]:
+        """The object with `finalizer` added (a no-op when present)."""
+        return await self._set_finalizer(kind, body, finalizer, present=True)
+
+    async def remove_finalizer(
+        self, kind: str, body: dict[str, Any], finalizer: str
+    ) -> dict[str, Any]:
+        """The object with `finalizer` removed (a no-op when absent)."""
+        return await self._set_finalizer(kind, body, finalizer, present=False)
+
+    async def _set_finalizer(
+        self, kind: str, body: dict[str, Any], finalizer: str, *, present: bool
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        current = meta.get("finalizers") or []
+        if (finalizer in current) == present:
+            return body
+        wanted = [*current, finalizer] if present else [f for f in current if f != finalizer]
+        updated = await self.set_finalizers(
+            kind, meta["name"], meta.get("namespace"), wanted, meta["resourceVersion"]
+        )
+        return updated or body
+
     async def event(
         self,
         regarding: dict[str, Any],

@@ -92,8 +92,8 @@ class Runtime:
                     message=message,
                     namespace=body["metadata"].get("namespace") or self.relay_namespace,
                 )
-            except Exception as exc:
-                log.warning("cannot post event", reason=reason, error=str(exc))
+            except Exception as exc:  # e.g. the namespace is being deleted
+                log.debug("cannot post event", reason=reason, error=str(exc))
 
         task = asyncio.create_task(post())
         self._background.add(task)

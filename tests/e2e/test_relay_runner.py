@@ -9,6 +9,7 @@ import textwrap
 import uuid
 
 from kubernetes.aio import client
+
 from support import tools
 from support.netutil import echo_server, port_closes, wait_for_echo
 from support.relay_runner import RELAY_LABEL, RelayPodRunner

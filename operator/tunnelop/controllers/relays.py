@@ -38,7 +38,8 @@ async def reconcile(rt: Runtime, name: str) -> None:
     if meta.get("deletionTimestamp"):
         await _drain_and_release(rt, body)
         return
-    body = await _ensure_finalizer(rt, body)
+    body = await rt.kube.add_finalizer("RelayNode", body, FINALIZER)
+    rt.relays[name] = body
     try:
         relay = RelayNode.model_validate(body)
     except ValidationError as error:
@@ -180,48 +181,23 @@ async def _relay_secrets(rt: Runtime, name: str) -> RelaySecrets:
     return found
 
 
-async def _ensure_finalizer(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    finalizers = meta.get("finalizers") or []
-    if FINALIZER in finalizers:
-        return body
-    updated = await rt.kube.set_finalizers(
-        "RelayNode", meta["name"], None, [*finalizers, FINALIZER], meta["resourceVersion"]
-    )
-    if updated:
-        rt.relays[meta["name"]] = updated
-        return updated
-    return body
-
-
 async def _drain_and_release(rt: Runtime, body: dict[str, Any]) -> None:
     """Before the relay's workload goes (garbage collection, by owner references), its
     tunnels are rescheduled elsewhere, keeping their ports where free."""
     name = body["metadata"]["name"]
-    moved = rt.table.remove_relay(name)
+    moved = _forget(rt, name)
+    await rt.kube.remove_finalizer("RelayNode", body, FINALIZER)
+    log.info("relay removed; its tunnels are being moved", relay=name, tunnels=moved)
+
+
+def _forget(rt: Runtime, name: str) -> int:
+    """Drop the relay from the table and caches; its tunnels are queued to move."""
+    known = any(r.name == name for r in rt.table.relays())
+    moved = rt.table.remove_relay(name) if known else []
     assert rt.tunnel_queue is not None
     for alloc in moved:
         rt.tunnel_queue.add(alloc.key)
     if rt.tables:
         rt.tables.forget(name)
     rt.relay_secrets.pop(name, None)
-    finalizers = body["metadata"].get("finalizers") or []
-    if FINALIZER in finalizers:
-        await rt.kube.set_finalizers(
-            "RelayNode",
-            name,
-            None,
-            [f for f in finalizers if f != FINALIZER],
-            body["metadata"]["resourceVersion"],
-        )
-    log.info("relay removed; its tunnels are being moved", relay=name, tunnels=len(moved))
-
-
-def _forget(rt: Runtime, name: str) -> None:
-    moved = rt.table.remove_relay(name) if any(r.name == name for r in rt.table.relays()) else []
-    assert rt.tunnel_queue is not None
-    for alloc in moved:
-        rt.tunnel_queue.add(alloc.key)
-    if rt.tables:
-        rt.tables.forget(name)
-    rt.relay_secrets.pop(name, None)
+    return len(moved)

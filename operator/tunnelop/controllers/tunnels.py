@@ -30,7 +30,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         await _release(rt, key, body)
         return
-    body = await _ensure_finalizer(rt, body)
+    body = await rt.kube.add_finalizer("Tunnel", body, FINALIZER)  # normally set at admission
+    rt.remember_tunnel(key, body)
     generation = body["metadata"].get("generation")
     status = body.get("status") or {}
     try:
@@ -58,7 +59,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
             if conditions.find(status.get("conditions"), "Scheduled") != conditions.find(
                 new["conditions"], "Scheduled"
             ):
-                await _event(rt, body, "Warning", result.reason, result.message)
+                _event(rt, body, "Warning", result.reason, result.message)
         return
     rt.unschedulable.discard(key)
 
@@ -88,9 +89,9 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
                 if result.port
                 else f"{result.relay} ({new['endpoint']})"
             )
-            await _event(rt, body, "Normal", "Scheduled", f"Bound to relay {where}")
+            _event(rt, body, "Normal", "Scheduled", f"Bound to relay {where}")
         elif (old_relay, old_port) != (result.relay, result.port):
-            await _event(
+            _event(
                 rt,
                 body,
                 "Normal",
@@ -229,31 +230,9 @@ async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> 
         rt.remember_tunnel((meta["namespace"], meta["name"]), result)
 
 
-async def _event(rt: Runtime, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        await rt.kube.event(
-            body,
-            type_=type_,
-            reason=reason,
-            message=message,
-            namespace=body["metadata"]["namespace"],
-        )
-    except Exception as exc:  # an Event is a courtesy; never fail a reconcile for it
-        log.warning("cannot post event", reason=reason, error=str(exc))
-
-
-async def _ensure_finalizer(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    finalizers = meta.get("finalizers") or []
-    if FINALIZER in finalizers:
-        return body
-    updated = await rt.kube.set_finalizers(
-        "Tunnel", meta["name"], meta["namespace"], [*finalizers, FINALIZER], meta["resourceVersion"]
-    )
-    if updated:
-        rt.remember_tunnel((meta["namespace"], meta["name"]), updated)
-        return updated
-    return body
+def _event(rt: Runtime, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Posted in the background: an Event informs, it must not slow or fail a reconcile."""
+    rt.post_event(body, type_, reason, message)
 
 
 async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> None:
@@ -268,21 +247,7 @@ async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> 
     rt.credential_checksums.pop(key, None)
     if body is None:
         return
-    meta = body["metadata"]
-    finalizers = meta.get("finalizers") or []
-    if FINALIZER in finalizers:
-        await rt.kube.set_finalizers(
-            "Tunnel",
-            meta["name"],
-            meta["namespace"],
-            [f for f in finalizers if f != FINALIZER],
-            meta["resourceVersion"],
-        )
-        if released is not None:
-            await _event(
-                rt,
-                body,
-                "Normal",
-                "Released",
-                f"Released {released.relay}:{released.port or released.subdomain}",
-            )
+    await rt.kube.remove_finalizer("Tunnel", body, FINALIZER)
+    if released is not None:
+        target = released.port or released.subdomain
+        _event(rt, body, "Normal", "Released", f"Released {released.relay}:{target}")
