@@ -8,6 +8,7 @@ request itself at thousands of tunnels.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import uuid
@@ -18,6 +19,7 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
 FIELD_MANAGER = "tunnelop"
+TOO_MANY_REQUESTS_RETRIES = 20
 GROUP_VERSION = "tunnelop.dev/v1alpha1"
 
 
@@ -26,6 +28,13 @@ class KubeError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        return min(2.0, max(0.1, float(headers.get("Retry-After", "0.5"))))
+    except (TypeError, ValueError):
+        return 0.5
 
 
 def _path(api_version: str, plural: str, name: str | None, namespace: str | None) -> str:
@@ -89,11 +98,17 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        try:
-            response = await self.api.call_api(*params, _request_timeout=30)
-            data = await response.read()
-        except ApiException as exc:
-            raise KubeError(exc.status or 0, str(exc.reason)) from exc
+        for attempt in range(TOO_MANY_REQUESTS_RETRIES + 1):
+            try:
+                response = await self.api.call_api(*params, _request_timeout=30)
+                data = await response.read()
+            except ApiException as exc:
+                raise KubeError(exc.status or 0, str(exc.reason)) from exc
+            # 429: the API server asks to come back (priority and fairness, or a new CRD's
+            # storage still initializing); it says when.
+            if response.status != 429 or attempt == TOO_MANY_REQUESTS_RETRIES:
+                break
+            await asyncio.sleep(_retry_after(response.headers))
         if response.status >= 400:
             try:
                 message = json.loads(data).get("message", "")

@@ -29,7 +29,7 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
     from tunnelop.controllers import informers, webhook  # noqa: F401
 
-    @kopf.on.startup()
+    @kopf.on.startup(backoff=1)
     async def start_runtime(memo: kopf.Memo, **_: object) -> None:
         await informers.start(memo, options.relay_namespace, options.workers)
 
