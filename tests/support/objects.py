@@ -117,3 +117,17 @@ def secret_data(name: str, namespace: str) -> dict[str, str]:
 
 def frpc_config(tunnel_name: str, namespace: str) -> dict[str, Any]:
     return tomllib.loads(secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"])
+
+
+def event_reasons(namespace: str, name: str) -> list[str]:
+    """The reasons of the Events about object `name` in `namespace`."""
+    return tools.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name}",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ).stdout.split()
