@@ -85,6 +85,14 @@ class StatusModel(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ObservedStatus(StatusModel):
+    """Base of a kind's top-level status: which generation of the spec it describes."""
+
+    observed_generation: Int64 | None = Field(
+        default=None, description="The metadata.generation this status describes."
+    )
+
+
 def cel_rule(
     rule: str,
     message: str,

@@ -11,10 +11,10 @@ from tunnelop.api.v1alpha1.common import (
     AGE_COLUMN,
     ApiModel,
     Condition,
-    Int64,
     KindInfo,
     NonNegativeInt,
     ObjectMeta,
+    ObservedStatus,
     PrinterColumn,
     Resource,
     StatusModel,
@@ -272,12 +272,9 @@ class RelayCapacityStatus(StatusModel):
     )
 
 
-class RelayNodeStatus(StatusModel):
+class RelayNodeStatus(ObservedStatus):
     """What the operator observed of the relay."""
 
-    observed_generation: Int64 | None = Field(
-        default=None, description="The metadata.generation this status describes."
-    )
     conditions: list[Condition] = conditions_field(
         "Ready (frps and the agent serve on the public address) and other conditions, each "
         "with a CamelCase reason."

@@ -11,13 +11,12 @@ from tunnelop.api.v1alpha1.common import (
     AGE_COLUMN,
     ApiModel,
     Condition,
-    Int64,
     KindInfo,
     NonNegativeInt,
     ObjectMeta,
+    ObservedStatus,
     PrinterColumn,
     Resource,
-    StatusModel,
     cel_rule,
     conditions_field,
     crd_rules,
@@ -128,12 +127,9 @@ class RelayPoolSpec(ApiModel):
     )
 
 
-class RelayPoolStatus(StatusModel):
+class RelayPoolStatus(ObservedStatus):
     """What the operator observed of the pool."""
 
-    observed_generation: Int64 | None = Field(
-        default=None, description="The metadata.generation this status describes."
-    )
     replicas: NonNegativeInt | None = Field(
         default=None, description="RelayNodes that belong to the pool now."
     )

@@ -15,6 +15,7 @@ from tunnelop.api.v1alpha1.common import (
     Int64,
     KindInfo,
     NonNegativeInt,
+    ObservedStatus,
     PrinterColumn,
     Resource,
     StatusModel,
@@ -285,12 +286,9 @@ class TunnelTraffic(StatusModel):
     )
 
 
-class TunnelStatus(StatusModel):
+class TunnelStatus(ObservedStatus):
     """What the operator observed and allocated."""
 
-    observed_generation: Int64 | None = Field(
-        default=None, description="The metadata.generation this status describes."
-    )
     conditions: list[Condition] = conditions_field(
         "Ready (usable by visitors), Scheduled (bound to a RelayNode), Admitted (accepted by "
         "the namespace's TunnelQuota) and ClientConnected (frpc is logged in), each with a "

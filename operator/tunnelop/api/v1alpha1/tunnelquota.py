@@ -11,9 +11,9 @@ from tunnelop.api.v1alpha1.common import (
     AGE_COLUMN,
     ApiModel,
     Condition,
-    Int64,
     KindInfo,
     NonNegativeInt,
+    ObservedStatus,
     PrinterColumn,
     Resource,
     StatusModel,
@@ -100,12 +100,9 @@ class QuotaUsage(StatusModel):
     )
 
 
-class TunnelQuotaStatus(StatusModel):
+class TunnelQuotaStatus(ObservedStatus):
     """What the operator counted."""
 
-    observed_generation: Int64 | None = Field(
-        default=None, description="The metadata.generation this status describes."
-    )
     used: QuotaUsage = Field(default_factory=QuotaUsage, description="Current usage.")
     period_start: datetime | None = Field(
         default=None, description="The start of the traffic period status.used.traffic covers."
