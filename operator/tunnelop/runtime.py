@@ -17,6 +17,7 @@ from tunnelop import logs
 from tunnelop.builders import names
 from tunnelop.builders.relay import TableEntry, build_service, build_table_secret
 from tunnelop.kube import Kube
+from tunnelop.relays import RelayView
 from tunnelop.scheduling import AllocationTable, TunnelKey
 from tunnelop.workqueue import WorkQueue
 
@@ -50,6 +51,9 @@ class Runtime:
     relay_queue: WorkQueue[str] | None = None
     tables: RelayTables | None = None
     informers: list[Any] = field(default_factory=list)
+    # Every RelayNode as last seen, for admission: known as soon as it is watched, before the
+    # relay controller has run its workload.
+    relay_views: dict[str, RelayView] = field(default_factory=dict)
     # subdomain -> tunnels that ask for or hold it (for the webhook's uniqueness check)
     subdomains: dict[str, set[TunnelKey]] = field(default_factory=dict)
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 
-from support import tools
+from support import objects, tools
 from support.strategies import junk, sometimes, tunnel_specs
 
 RUN = uuid.uuid4().hex[:6]
@@ -364,6 +364,8 @@ async def admission_world(operator, kube):
         r["metadata"]["labels"] = dict(ONLY_OURS)
         result = apply(r, None, dry_run=False)
         assert result.returncode == 0, result.stderr
+    for r in relays:
+        await objects.wait_condition("relaynode", r["metadata"]["name"], None, "Ready")
     holder_ns = f"adm-holder-{RUN}"
     tools.kubectl("create", "namespace", holder_ns)
     holder = tunnel({"protocol": "http", "subdomain": "taken", **on_ours}, name="holder")

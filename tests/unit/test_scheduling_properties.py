@@ -228,6 +228,30 @@ class TableMachine(RuleBasedStateMachine):
     def schedule(self, req: TunnelRequest) -> None:
         self._schedule(req)
 
+    @precondition(lambda self: self.table.allocations())
+    @rule(data=st.data(), key=st.sampled_from(KEYS))
+    def ask_for_what_another_holds(self, data: st.DataObject, key: tuple[str, str]) -> None:
+        """Request the port or subdomain some tunnel holds (the race admission cannot stop)."""
+        held = data.draw(st.sampled_from(self.table.allocations()))
+        self._schedule(
+            TunnelRequest(key, held.protocol, remote_port=held.port, subdomain=held.subdomain)
+        )
+
+    @precondition(lambda self: any(v.capacity_bandwidth for v in self.views.values()))
+    @rule(data=st.data(), key=st.sampled_from(KEYS), slack=st.sampled_from([0, 1]))
+    def fill_bandwidth(self, data: st.DataObject, key: tuple[str, str], slack: int) -> None:
+        """Ask for exactly the bandwidth a relay has left, or one bit/s more."""
+        relay = data.draw(
+            st.sampled_from(sorted(n for n, v in self.views.items() if v.capacity_bandwidth))
+        )
+        left = self.views[relay].capacity_bandwidth - self.table.usage(relay).bandwidth
+        mine = self.table.allocation_of(key)
+        if mine is not None and mine.relay == relay:
+            left += mine.bandwidth or 0
+        if left + slack > 0:
+            placement = RelayPlacement(node=relay)
+            self._schedule(TunnelRequest(key, "tcp", placement, bandwidth=left + slack))
+
     @precondition(lambda self: self.requests)
     @rule(data=st.data())
     def change_request(self, data: st.DataObject) -> None:

@@ -58,14 +58,10 @@ async def _ensure_namespace(kube: Kube, name: str) -> None:
 async def restore(rt: Runtime) -> None:
     """Rebuild caches and the allocation table from the API (one list per kind)."""
     for body in await rt.kube.list(GROUP_VERSION, "RelayNode"):
-        name = body["metadata"]["name"]
-        rt.relays[name] = body
-        try:
-            model = RelayNode.model_validate(body)
-        except ValueError:
-            continue
-        ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
-        rt.table.upsert_relay(RelayView.from_model(model, ready=ready))
+        rt.relays[body["metadata"]["name"]] = body
+        view = _remember_view(rt, body)
+        if view is not None:
+            rt.table.upsert_relay(view)
     for body in await rt.kube.list(
         "apps/v1", "Deployment", rt.relay_namespace, labels=names.RELAY_LABEL
     ):
@@ -157,10 +153,24 @@ async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     name = body["metadata"]["name"]
     if event["type"] == "DELETED":
         rt.relays.pop(name, None)
+        rt.relay_views.pop(name, None)
     else:
         rt.relays[name] = body
+        _remember_view(rt, body)
     assert rt.relay_queue is not None
     rt.relay_queue.add(name)
+
+
+def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
+    try:
+        model = RelayNode.model_validate(body)
+    except ValueError:
+        rt.relay_views.pop(body["metadata"]["name"], None)
+        return None
+    ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
+    view = RelayView.from_model(model, ready=ready)
+    rt.relay_views[view.name] = view
+    return view
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={names.RELAY_LABEL: kopf.PRESENT})

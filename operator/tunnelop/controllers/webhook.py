@@ -1,6 +1,5 @@
-"""The validating admission webhook for Tunnels: thin glue between the operator's caches
-(relays in the allocation table, tunnels by subdomain) and the pure rules in
-tunnelop.admission."""
+"""The admission webhooks for Tunnels: thin glue between the operator's caches (relays as
+watched, tunnels by subdomain) and the pure rules in tunnelop.admission."""
 
 from __future__ import annotations
 
@@ -62,7 +61,7 @@ async def validate_tunnel(
         return  # starting up: the scheduler will answer in status
     obj = dict(body)
     try:
-        relays = {view.name: view for view in rt.table.relays()}
+        relays = rt.relay_views
         subdomain = (obj.get("spec") or {}).get("subdomain")
         claims = _claims(rt, subdomain, relays) if isinstance(subdomain, str) else []
         denials = admission.review(obj, dict(old) if old else None, relays.values(), claims)
