@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunnelop import logs
+from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders import names
 from tunnelop.builders.relay import TableEntry, build_service, build_table_secret
 from tunnelop.kube import Kube
@@ -191,8 +192,6 @@ class RelayTables:
         relay_body = rt.relays.get(relay)
         if relay_body is None:
             return  # the relay is gone; its table went with it
-        from tunnelop.api.v1alpha1 import RelayNode
-
         model = RelayNode.model_validate(relay_body)
         await rt.kube.apply(build_table_secret(model, rt.relay_namespace, list(entries.values())))
         ports = sorted(

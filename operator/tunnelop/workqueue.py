@@ -39,8 +39,6 @@ class WorkQueue(Generic[K]):
         self._active: set[K] = set()  # being reconciled
         self._dirty: set[K] = set()  # changed again while active: run once more after
         self._failures: dict[K, int] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def add(self, key: K) -> None:
@@ -50,7 +48,6 @@ class WorkQueue(Generic[K]):
         if key in self._pending:
             return
         self._pending.add(key)
-        self._idle.clear()
         self._queue.put_nowait(key)
 
     def add_after(self, key: K, delay: float) -> None:
@@ -69,10 +66,6 @@ class WorkQueue(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._pending) + len(self._active)
-
-    async def wait_idle(self) -> None:
-        """Until nothing is queued or being reconciled (for start-up and tests)."""
-        await self._idle.wait()
 
     async def _work(self) -> None:
         while True:
@@ -104,5 +97,3 @@ class WorkQueue(Generic[K]):
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
-                if not self._pending and not self._active:
-                    self._idle.set()
