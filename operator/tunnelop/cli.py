@@ -47,20 +47,84 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the relay workloads (default: tunnelop-system)",
     )
     run.add_argument(
-        "--log-format",
-        choices=["auto", "json", "console"],
-        default="auto",
-        help="json or console; auto (default) is json unless stderr is a terminal",
-    )
-    run.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
-    run.add_argument(
         "--webhook-host",
         default="127.0.0.1",
         help="address the admission webhook listens on and is called at (default: 127.0.0.1)",
     )
     run.add_argument("--webhook-port", type=int, default=9443, help="webhook port (default: 9443)")
     run.add_argument("--no-webhook", action="store_true", help="run without the admission webhook")
+    agent = sub.add_parser(
+        "agent",
+        help="run the relay agent (the sidecar of a relay pod)",
+        description=(
+            "Run the relay agent: frps's server plugin, answering from the relay's allocation "
+            "table, plus traffic metering and health endpoints."
+        ),
+    )
+    agent.add_argument("--relay", required=True, help="name of the RelayNode")
+    agent.add_argument("--namespace", required=True, help="namespace of the table Secret")
+    agent.add_argument("--table-secret", required=True, help="name of the table Secret")
+    agent.add_argument(
+        "--listen", default="127.0.0.1:7400", help="plugin endpoint (default: 127.0.0.1:7400)"
+    )
+    agent.add_argument(
+        "--health-listen",
+        default="127.0.0.1:7401",
+        help="/healthz, /readyz and /metrics (default: 127.0.0.1:7401)",
+    )
+    agent.add_argument(
+        "--frps-dashboard",
+        default="http://127.0.0.1:7500",
+        help="frps dashboard URL, for metering (default: http://127.0.0.1:7500)",
+    )
+    agent.add_argument(
+        "--service-account-dir",
+        default=None,
+        help="where the pod's ServiceAccount token and CA are mounted (default: the usual place)",
+    )
+    agent.add_argument("--kubeconfig", default=None, help="kubeconfig, when not in a pod")
+    agent.add_argument(
+        "--meter-interval",
+        type=float,
+        default=5.0,
+        help="seconds between readings of frps's traffic figures (default: 5)",
+    )
+    for command in (run, agent):
+        command.add_argument(
+            "--log-format",
+            choices=["auto", "json", "console"],
+            default="auto",
+            help="json or console; auto (default) is json unless stderr is a terminal",
+        )
+        command.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
     return parser
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from tunnelop import logs
+    from tunnelop.agent.server import AgentOptions, serve
+    from tunnelop.builders.names import DASHBOARD_PASSWORD_ENV, STATE_DIR_ENV
+
+    logs.configure(args.log_format, args.log_level.upper())
+    state_dir = os.environ.get(STATE_DIR_ENV)
+    options = AgentOptions(
+        relay=args.relay,
+        namespace=args.namespace,
+        table_secret=args.table_secret,
+        listen=args.listen,
+        health_listen=args.health_listen,
+        frps_dashboard=args.frps_dashboard,
+        dashboard_password=os.environ.get(DASHBOARD_PASSWORD_ENV) or None,
+        state_dir=Path(state_dir) if state_dir else None,
+        service_account_dir=args.service_account_dir,
+        kubeconfig=args.kubeconfig,
+        meter_interval=args.meter_interval,
+    )
+    asyncio.run(serve(options))
+    return 0
 
 
 def run_crds(output_dir: Path, check: bool) -> int:
@@ -92,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "crds":
         return run_crds(args.output_dir, args.check)
+    if args.command == "agent":
+        return run_agent(args)
     if args.command == "run":
         from tunnelop import manager
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
+from kubernetes.aio.config import incluster_config
 
 FIELD_MANAGER = "tunnelop"
 TOO_MANY_REQUESTS_RETRIES = 20
@@ -59,16 +60,31 @@ PLURALS = {
 }
 
 
+def _load_incluster(cfg: client.Configuration, service_account_dir: str | None) -> None:
+    if service_account_dir is None:
+        config.load_incluster_config(client_configuration=cfg)
+        return
+    loader = incluster_config.InClusterConfigLoader(
+        token_filename=f"{service_account_dir}/token",
+        cert_filename=f"{service_account_dir}/ca.crt",
+    )
+    loader.load_and_set(cfg)
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None) -> Kube:
-        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    async def connect(
+        cls, kubeconfig: str | None = None, service_account_dir: str | None = None
+    ) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG).
+        `service_account_dir` is where the pod's token and CA are mounted, when not at the
+        usual place."""
         cfg = client.Configuration()
         try:
-            config.load_incluster_config(client_configuration=cfg)
+            _load_incluster(cfg, service_account_dir)
         except config.ConfigException:
             await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         # Thousands of tunnels are reconciled concurrently: allow enough parallel requests.
@@ -118,7 +134,13 @@ class Kube:
         return json.loads(data) if data else None
 
     async def watch(
-        self, path: str, *, resource_version: str, labels: str = "", timeout: int = 300
+        self,
+        path: str,
+        *,
+        resource_version: str,
+        labels: str = "",
+        fields: str = "",
+        timeout: int = 300,
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of one watch request, as they arrive (ends when the server closes it)."""
         query = [
@@ -129,6 +151,8 @@ class Kube:
         ]
         if labels:
             query.append(("labelSelector", labels))
+        if fields:
+            query.append(("fieldSelector", fields))
         params = await self.api.param_serialize(
             method="GET",
             resource_path=path,

@@ -162,6 +162,12 @@ class RelayTables:
             return
         await self.flush(relay)
 
+    async def ensure(self, relay: str) -> None:
+        """Write the relay's table once if it never was: a new relay's agent needs a table,
+        even an empty one, to know it is not missing one."""
+        if relay not in self._written:
+            await self.flush(relay)
+
     async def flush(self, relay: str) -> None:
         """Return once the relay's table Secret holds everything set before this call."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -11,7 +11,8 @@ What differs from a kubelet, and why:
   project's own entry point for tunnelop images), since nothing is pulled here.
 - Each relay (the label's value) gets its own loopback address, 127.0.0.2, 127.0.0.3, ...,
   stable across pod re-creation; `status.podIP` and `status.hostIP` in the downward API
-  resolve to it, so a process that binds to its pod IP binds to that address.
+  resolve to it, so a process that binds to its pod IP binds to that address, and the runner
+  reports it as the pod's `status.podIP`, so that others reach the pod by its IP.
 - Volume mount paths are rewritten: every mountPath that appears in a container's command,
   args, env values or in a materialized text file is replaced by the local directory.
 - A pod has a network namespace of its own, and so a localhost of its own: 127.0.0.1 in
@@ -242,7 +243,22 @@ class RelayPodRunner:
             container.supervisor = asyncio.create_task(
                 self._supervise(running, container), name=f"{meta.name}/{spec.name}"
             )
+        await self._report_pod_ip(pod, address)
         log.info("running pod %s/%s for relay %s on %s", meta.namespace, meta.name, relay, address)
+
+    async def _report_pod_ip(self, pod: Any, address: str) -> None:
+        """Report the relay's address as the pod's IP, as a kubelet reports the IP it gave the
+        pod: whoever reaches the pod by its IP (the operator scraping the agent) reaches the
+        processes run here. kwok's fake IP is replaced; kwok does not set it again."""
+        core = client.CoreV1Api(self._api)
+        status: dict[str, Any] = {"podIP": address, "podIPs": [{"ip": address}]}
+        if pod.spec.host_network:  # the API server wants the pod IP to be the host's then
+            status.update(hostIP=address, hostIPs=[{"ip": address}])
+        body = {"status": status}
+        try:
+            await core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, body)
+        except ApiException as exc:
+            log.warning("cannot report the IP of pod %s: %s", pod.metadata.name, exc.reason)
 
     async def _supervise(self, pod: RunningPod, container: Container) -> None:
         """Run a container and restart it when it exits, with a capped back-off."""

@@ -410,7 +410,7 @@ def test_frpc_config_keys(case: str) -> None:
     assert config["loginFailExit"] is False
     assert config["transport"] == {
         "tls": {"enable": True},
-        "heartbeatInterval": 10,
+        "heartbeatInterval": 3,
         "heartbeatTimeout": 30,
     }
     (proxy,) = config["proxies"]
@@ -655,6 +655,8 @@ def test_deployment_pod() -> None:
         "$(TUNNELOP_POD_IP):7401",
         "--frps-dashboard",
         "http://127.0.0.1:7500",
+        "--service-account-dir",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
     ]
     for container in (frps, agent):
         env = {e["name"]: e for e in container["env"]}

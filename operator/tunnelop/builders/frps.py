@@ -25,10 +25,12 @@ from tunnelop.builders.names import (
 # address from the downward API, so frps binds the pod address and nothing else.
 POD_IP_TEMPLATE = "{{ .Envs." + POD_IP_ENV + " }}"
 
-# Server-side heartbeat timeout, in seconds. Clients ping every 10 s; when the agent rejects a
-# Ping (tunnel suspended or deleted), frps stops counting it and drops the client after this.
+# Clients ping every CLIENT_HEARTBEAT_INTERVAL seconds. A rejected Ping (tunnel suspended or
+# deleted) is answered with an error, and frpc closes its session at once: this interval bounds
+# how fast a suspension kicks a client (target: 5 s). A client that stops pinging (say, its
+# config was edited) is dropped by frps after HEARTBEAT_TIMEOUT.
 HEARTBEAT_TIMEOUT = 30
-CLIENT_HEARTBEAT_INTERVAL = 10
+CLIENT_HEARTBEAT_INTERVAL = 3
 
 
 def vhost_ports(spec: RelayNodeSpec) -> dict[str, int]:
@@ -115,8 +117,8 @@ def build_frps_config(relay: RelayNode, *, token: str, dashboard_password: str) 
         "",
         "# Clients must speak TLS.",
         "transport.tls.force = true",
-        f"# Clients ping every {CLIENT_HEARTBEAT_INTERVAL}s; one whose pings the agent rejects",
-        "# (suspended, deleted) is dropped after this many seconds.",
+        f"# Clients ping every {CLIENT_HEARTBEAT_INTERVAL}s (the agent kicks a suspended one on its",
+        "# next ping); one that stops pinging is dropped after this many seconds.",
         f"transport.heartbeatTimeout = {toml.integer(HEARTBEAT_TIMEOUT)}",
         "",
         "# Ports tunnels may bind: spec.ports.range minus reserved and blocked ports.",

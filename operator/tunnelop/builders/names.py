@@ -45,6 +45,9 @@ DEFAULT_AGENT_IMAGE = f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}"
 FRPS_CONFIG_DIR = "/etc/frp"
 FRPS_CONFIG_KEY = "frps.toml"
 AGENT_STATE_DIR = "/var/lib/tunnelop"  # the agent keeps its last known table here
+# Where the kubelet mounts the pod's ServiceAccount token; named in the agent's args so that
+# the path is visible in the pod spec (and follows a remapped mount).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # Keys of the relay's config Secret and table Secret, and of a tunnel's credentials Secret.
 TOKEN_KEY = "token"

@@ -70,6 +70,8 @@ async def reconcile(rt: Runtime, name: str) -> None:
         build_deployment(relay, ns, config_checksum=checksum),
     ):
         await rt.kube.apply(obj)
+    assert rt.tables is not None
+    await rt.tables.ensure(name)
     service = None
     if relay.spec.exposure.type != "HostNetwork":
         allocated = sorted(

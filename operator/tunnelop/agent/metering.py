@@ -1,0 +1,183 @@
+"""Per-tunnel traffic, read from the local frps and exported as `tunnelop_tunnel_*` metrics.
+
+frps's own Prometheus metrics (its dashboard port, localhost only) carry, per proxy:
+`frp_server_traffic_in` / `_out` (bytes), `frp_server_connection_counts` (open visitor
+connections) and `frp_server_proxy_counts_detailed` (1 while the proxy is registered).
+
+Two properties of frps shape what the figures mean:
+- frps adds a TCP connection's bytes when the connection closes (UDP and HTTP count as they
+  go), so a long-lived TCP connection shows no traffic until it ends; activeConnections is what
+  shows it live.
+- frps's counters start from zero when frps restarts. The agent keeps its own totals, adding
+  what frps counted since the last reading, so `tunnelop_tunnel_*_bytes_total` only grows
+  (they start again only when the agent itself restarts, which a Prometheus counter allows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from tunnelop.agent.table import TableIndex, split_proxy_name
+
+TRAFFIC_IN = "frp_server_traffic_in"
+TRAFFIC_OUT = "frp_server_traffic_out"
+CONNECTIONS = "frp_server_connection_counts"
+PROXY_ONLINE = "frp_server_proxy_counts_detailed"
+
+LABELS = ("namespace", "tunnel", "relay")
+
+
+@dataclass
+class FrpsProxy:
+    """One proxy as frps reports it."""
+
+    bytes_in: float = 0.0
+    bytes_out: float = 0.0
+    connections: float = 0.0
+    online: bool = False
+
+
+def parse_frps_metrics(text: str) -> dict[str, FrpsProxy]:
+    """frps's /metrics text -> proxy name -> figures. Unknown families are ignored."""
+    proxies: dict[str, FrpsProxy] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.labels.get("name")
+            if not name:
+                continue
+            proxy = proxies.setdefault(name, FrpsProxy())
+            # The parser names counter samples with _total; frps's have no suffix.
+            metric = sample.name.removesuffix("_total")
+            if metric == TRAFFIC_IN:
+                proxy.bytes_in += sample.value
+            elif metric == TRAFFIC_OUT:
+                proxy.bytes_out += sample.value
+            elif metric == CONNECTIONS:
+                proxy.connections += sample.value
+            elif metric == PROXY_ONLINE:
+                proxy.online = proxy.online or sample.value > 0
+    return proxies
+
+
+@dataclass
+class TunnelTraffic:
+    """What the agent reports for one tunnel."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    active_connections: int = 0
+    online: bool = False
+    last_seen: float | None = None  # unix time the client was last seen alive
+    # The last frps readings, to add only what is new (and to notice an frps restart).
+    _frps_in: float = 0.0
+    _frps_out: float = 0.0
+
+
+@dataclass
+class Meter:
+    """Totals per tunnel ("namespace/name"), fed by frps readings and by plugin calls."""
+
+    relay: str
+    tunnels: dict[str, TunnelTraffic] = field(default_factory=dict)
+    readings: int = 0
+
+    def observe_frps(self, proxies: dict[str, FrpsProxy], index: TableIndex | None) -> None:
+        """Add one frps reading. Proxies of tunnels not in the table (anymore) are ignored."""
+        self.readings += 1
+        seen: set[str] = set()
+        for name, proxy in proxies.items():
+            parts = split_proxy_name(name)
+            if parts is None:
+                continue
+            key = "/".join(parts)
+            if index is not None and key not in index.by_tunnel:
+                continue
+            seen.add(key)
+            traffic = self.tunnels.setdefault(key, TunnelTraffic())
+            traffic.bytes_in += int(_delta(traffic._frps_in, proxy.bytes_in))
+            traffic.bytes_out += int(_delta(traffic._frps_out, proxy.bytes_out))
+            traffic._frps_in, traffic._frps_out = proxy.bytes_in, proxy.bytes_out
+            traffic.active_connections = int(proxy.connections)
+            traffic.online = proxy.online
+            if proxy.online:
+                traffic.last_seen = time.time()
+        for key, traffic in self.tunnels.items():
+            if key not in seen:  # frps forgot it (restarted): offline, counting from zero
+                traffic.online, traffic.active_connections = False, 0
+                traffic._frps_in = traffic._frps_out = 0.0
+
+    def observe_client(self, key: str, *, alive: bool, online: bool | None) -> None:
+        """A plugin call about a tunnel's client: a login, proxy or heartbeat that passed, or
+        a proxy that closed."""
+        traffic = self.tunnels.setdefault(key, TunnelTraffic())
+        if alive:
+            traffic.last_seen = time.time()
+        if online is not None:
+            traffic.online = online
+            if not online:
+                traffic.active_connections = 0
+
+    def retain(self, index: TableIndex) -> None:
+        """Forget tunnels that left the table."""
+        for key in [k for k in self.tunnels if k not in index.by_tunnel]:
+            del self.tunnels[key]
+
+
+def _delta(previous: float, current: float) -> float:
+    """What frps counted since the previous reading; all of it after an frps restart."""
+    return current - previous if current >= previous else current
+
+
+class TunnelCollector:
+    """Exports a Meter as `tunnelop_tunnel_*` (read at scrape time, so tunnels that leave the
+    table leave the metrics)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        bytes_in = CounterMetricFamily(
+            "tunnelop_tunnel_bytes_in",
+            "Bytes from visitors to the tunnel's service, as counted by frps (TCP connections "
+            "count when they close)",
+            labels=LABELS,
+        )
+        bytes_out = CounterMetricFamily(
+            "tunnelop_tunnel_bytes_out",
+            "Bytes from the tunnel's service back to visitors, as counted by frps",
+            labels=LABELS,
+        )
+        connections = GaugeMetricFamily(
+            "tunnelop_tunnel_active_connections",
+            "Visitor connections open through the tunnel",
+            labels=LABELS,
+        )
+        online = GaugeMetricFamily(
+            "tunnelop_tunnel_client_connected",
+            "1 while the tunnel's frpc is connected and its proxy registered",
+            labels=LABELS,
+        )
+        last_seen = GaugeMetricFamily(
+            "tunnelop_tunnel_last_seen_timestamp_seconds",
+            "When the tunnel's client was last seen alive (login, proxy or heartbeat)",
+            labels=LABELS,
+        )
+        relay = self.meter.relay
+        for key, traffic in sorted(self.meter.tunnels.items()):
+            namespace, _, name = key.partition("/")
+            labels = [namespace, name, relay]
+            bytes_in.add_metric(labels, traffic.bytes_in)
+            bytes_out.add_metric(labels, traffic.bytes_out)
+            connections.add_metric(labels, traffic.active_connections)
+            online.add_metric(labels, 1 if traffic.online else 0)
+            if traffic.last_seen is not None:
+                last_seen.add_metric(labels, traffic.last_seen)
+        yield from (bytes_in, bytes_out, connections, online, last_seen)

@@ -1,0 +1,256 @@
+"""The agent process: the plugin endpoint frps calls (localhost), the health and metrics
+endpoint (pod address), the table source and the meter, on one event loop.
+
+Nothing on the plugin path awaits anything but the request body: the table is in memory and
+each answer is computed synchronously (decisions.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from tunnelop import logs
+from tunnelop.agent import decisions
+from tunnelop.agent.metering import Meter, TunnelCollector, parse_frps_metrics
+from tunnelop.agent.source import TableSource
+from tunnelop.agent.table import TableIndex
+from tunnelop.builders.names import AGENT_PLUGIN_PATH, DASHBOARD_USER
+from tunnelop.kube import Kube
+
+log = logs.get(__name__)
+
+
+@dataclass
+class AgentOptions:
+    relay: str
+    namespace: str
+    table_secret: str
+    listen: str  # host:port of the plugin endpoint
+    health_listen: str  # host:port of /healthz, /readyz and /metrics
+    frps_dashboard: str  # base URL of frps's dashboard API
+    dashboard_password: str | None
+    state_dir: Path | None
+    service_account_dir: str | None = None
+    kubeconfig: str | None = None
+    meter_interval: float = 5.0
+
+
+class Agent:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.meter = Meter(options.relay)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tunnelop_agent_plugin_requests",
+            "frps plugin calls answered, by operation and result",
+            ["op", "result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tunnelop_agent_plugin_request_seconds",
+            "Time to answer a plugin call, from request to response",
+            ["op"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+            registry=self.registry,
+        )
+        self.table_tunnels = Gauge(
+            "tunnelop_agent_table_tunnels",
+            "Tunnels in the agent's allocation table",
+            registry=self.registry,
+        )
+        self.table_age = Gauge(
+            "tunnelop_agent_table_sync_age_seconds",
+            "Seconds since the API server last confirmed the table (grows during outages)",
+            registry=self.registry,
+        )
+        self.table_age.set_function(self._table_age)
+        self.meter_errors = Counter(
+            "tunnelop_agent_meter_errors",
+            "frps metric readings that failed",
+            registry=self.registry,
+        )
+        self.registry.register(TunnelCollector(self.meter))
+        self.source = TableSource(
+            lambda: Kube.connect(options.kubeconfig, options.service_account_dir),
+            relay=options.relay,
+            namespace=options.namespace,
+            secret=options.table_secret,
+            state_dir=options.state_dir,
+            on_change=self._on_table,
+        )
+        self._runners: list[web.AppRunner] = []
+        self._meter_task: asyncio.Task[None] | None = None
+
+    def _on_table(self, index: TableIndex) -> None:
+        self.table_tunnels.set(len(index))
+        self.meter.retain(index)
+
+    def _table_age(self) -> float:
+        synced = self.source.synced_at
+        return float("nan") if synced is None else time.monotonic() - synced
+
+    # ---- plugin endpoint ----------------------------------------------------------------
+
+    async def handle_plugin(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        op = request.query.get("op", "")
+        try:
+            body = json.loads(await request.read())
+            content = body.get("content") if isinstance(body, dict) else None
+            op = op or (body.get("op", "") if isinstance(body, dict) else "")
+        except ValueError:
+            content = None
+        index = self.source.index
+        if index is None:
+            # No table yet (first start, API unreachable): refuse, never guess.
+            decision = decisions.reject(
+                f"relay {self.options.relay} is starting and has no allocation table yet; "
+                "frpc retries"
+            )
+        else:
+            decision = decisions.decide(index, op, content)
+        if decision.tunnel and (decision.client_alive or decision.proxy_online is not None):
+            self.meter.observe_client(
+                decision.tunnel, alive=decision.client_alive, online=decision.proxy_online
+            )
+        result = "rejected" if decision.rejected else "accepted"
+        self.requests.labels(op, result).inc()
+        self.latency.labels(op).observe(time.perf_counter() - started)
+        if decision.rejected:
+            namespace, _, name = (decision.tunnel or "/").partition("/")
+            log.info(
+                "refused",
+                op=op,
+                namespace=namespace or None,
+                name=name or None,
+                reason=decision.response.get("reject_reason"),
+            )
+        return web.Response(body=json.dumps(decision.response), content_type="application/json")
+
+    # ---- health and metrics -------------------------------------------------------------
+
+    async def handle_healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def handle_readyz(self, _: web.Request) -> web.Response:
+        if self.source.loaded:
+            return web.Response(text=f"ok: {len(self.source.index or ())} tunnels\n")
+        return web.Response(status=503, text="no allocation table yet\n")
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        # Tenant names and traffic are not public: with HostNetwork this port may face the
+        # internet. Scrapers use the relay's dashboard credentials.
+        if not self._authorized(request.headers.get("Authorization", "")):
+            return web.Response(
+                status=401,
+                text="unauthorized\n",
+                headers={"WWW-Authenticate": 'Basic realm="tunnelop-agent"'},
+            )
+        output = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _authorized(self, header: str) -> bool:
+        password = self.options.dashboard_password
+        if not password:
+            return True
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, given = base64.b64decode(encoded).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return user == DASHBOARD_USER and hmac.compare_digest(given, password)
+
+    # ---- metering -----------------------------------------------------------------------
+
+    async def _meter_forever(self) -> None:
+        auth = (
+            aiohttp.BasicAuth(DASHBOARD_USER, self.options.dashboard_password)
+            if self.options.dashboard_password
+            else None
+        )
+        url = self.options.frps_dashboard.rstrip("/") + "/metrics"
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(auth=auth, timeout=timeout, trust_env=False) as http:
+            while True:
+                try:
+                    async with http.get(url) as response:
+                        response.raise_for_status()
+                        text = await response.text()
+                    proxies = await asyncio.to_thread(parse_frps_metrics, text)
+                    self.meter.observe_frps(proxies, self.source.index)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # frps starting or restarting
+                    self.meter_errors.inc()
+                    log.debug("cannot read frps metrics", error=str(exc))
+                await asyncio.sleep(self.options.meter_interval)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.source.start()
+        plugin = web.Application(client_max_size=1024 * 1024)
+        plugin.router.add_post(AGENT_PLUGIN_PATH, self.handle_plugin)
+        health = web.Application()
+        health.router.add_get("/healthz", self.handle_healthz)
+        health.router.add_get("/readyz", self.handle_readyz)
+        health.router.add_get("/metrics", self.handle_metrics)
+        for app, address in ((plugin, self.options.listen), (health, self.options.health_listen)):
+            host, port = split_address(address)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            self._runners.append(runner)
+        self._meter_task = asyncio.create_task(self._meter_forever(), name="meter")
+        log.info(
+            "agent serving",
+            relay=self.options.relay,
+            plugin=self.options.listen,
+            health=self.options.health_listen,
+        )
+
+    async def stop(self) -> None:
+        if self._meter_task:
+            self._meter_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._meter_task
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.source.stop()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """ "host:port" or "[v6]:port" -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must be host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(options: AgentOptions) -> None:
+    agent = Agent(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()

@@ -1,0 +1,302 @@
+"""The data plane under test: relays run by the relay-pod runner from the pod spec the
+operator wrote, and frpc run from the Secret the operator wrote (only localPort filled in).
+Plus loopback services and visitors: UDP echo, a small HTTP site, throughput."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from support import objects, tools
+from support.objects import relay_node
+from support.relay_runner import RelayPodRunner
+
+LOCAL_PORT_LINE = re.compile(r"^localPort = \d+(?P<comment>\s+# edit:.*)$", re.MULTILINE)
+HOST_NETWORK_HTTP_PORT = 80
+
+
+async def start_relay(
+    runner: RelayPodRunner,
+    name: str,
+    *,
+    ports: str,
+    protocols: list[str] | None = None,
+    http_domain: str | None = None,
+    labels: dict[str, str] | None = None,
+    **spec: Any,
+) -> str:
+    """A RelayNode whose public address is the runner's loopback address for it; returns
+    that address once the operator made it Ready and its agent serves a table."""
+    address = runner.address_of(name)
+    if http_domain:
+        spec["httpDomain"] = http_domain
+    objects.apply(
+        relay_node(
+            name,
+            ports=ports,
+            protocols=protocols,
+            labels=labels,
+            exposure={"type": "HostNetwork", "address": address},
+            **spec,
+        )
+    )
+    await objects.wait_condition("relaynode", name, None, "Ready", timeout=60)
+    await wait_agent_ready(runner, name)
+    return address
+
+
+async def wait_agent_ready(runner: RelayPodRunner, relay: str, timeout: float = 60) -> None:
+    """Until the relay's agent answers /readyz (it has a table) and frps listens."""
+    address = runner.address_of(relay)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"http://{address}:7401/readyz") as response:
+                    if response.status == 200:
+                        _, writer = await asyncio.open_connection(address, 7000)
+                        writer.close()
+                        return
+            except (aiohttp.ClientError, OSError):
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError(f"relay {relay} did not serve:\n{runner.logs(relay)}")
+            await asyncio.sleep(0.3)
+
+
+def frpc_toml_with_local_port(frpc_toml: str, local_port: int) -> str:
+    """The operator's frpc.toml with the one line a user edits filled in."""
+    text, count = LOCAL_PORT_LINE.subn(rf"localPort = {local_port}\g<comment>", frpc_toml)
+    if count != 1:
+        raise AssertionError(f"frpc.toml has no editable localPort line:\n{frpc_toml}")
+    return text
+
+
+class Frpc:
+    """frpc as a tenant runs it, from the tunnel's credentials Secret."""
+
+    def __init__(self, config_text: str, workdir: Path) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / f"frpc-{uuid.uuid4().hex[:6]}.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = self.config_path.with_suffix(".log")
+        self.process: asyncio.subprocess.Process | None = None
+
+    @classmethod
+    def from_secret(cls, tunnel: str, namespace: str, local_port: int, workdir: Path) -> Frpc:
+        frpc_toml = objects.secret_data(f"{tunnel}-frpc", namespace)["frpc.toml"]
+        return cls(frpc_toml_with_local_port(frpc_toml, local_port), workdir)
+
+    async def start(self) -> Frpc:
+        with self.log_path.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                str(tools.tool("frpc")),
+                "-c",
+                str(self.config_path),
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        return self
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def wait_log(self, pattern: str, timeout: float = 30) -> str:
+        """Until frpc's log has a line matching `pattern`; returns that line."""
+        regex = re.compile(pattern)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for line in self.logs().splitlines():
+                if regex.search(line):
+                    return line
+            if loop.time() > deadline:
+                raise TimeoutError(f"frpc never logged {pattern!r}:\n{self.logs()}")
+            await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def running_frpc(
+    tunnel: str, namespace: str, local_port: int, workdir: Path
+) -> AsyncIterator[Frpc]:
+    frpc = await Frpc.from_secret(tunnel, namespace, local_port, workdir).start()
+    try:
+        yield frpc
+    finally:
+        await frpc.stop()
+
+
+# ---- services and visitors ------------------------------------------------------------------
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def udp_echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(host, 0))
+    try:
+        yield transport.get_extra_info("sockname")[1]
+    finally:
+        transport.close()
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.put_nowait(data)
+
+
+async def wait_for_udp_echo(host: str, port: int, payload: bytes, timeout: float = 30) -> bytes:
+    """Send datagrams until one comes back (UDP through frp may drop the first ones)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(_UdpClient, remote_addr=(host, port))
+    deadline = loop.time() + timeout
+    try:
+        while loop.time() < deadline:
+            transport.sendto(payload)
+            try:
+                return await asyncio.wait_for(protocol.received.get(), 0.5)
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"no UDP echo through {host}:{port} within {timeout}s")
+    finally:
+        transport.close()
+
+
+@contextlib.asynccontextmanager
+async def http_site(body: str, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """A tiny HTTP site on loopback that answers every GET with `body`; yields its port."""
+    from aiohttp import web
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=body, headers={"X-Seen-Host": request.host})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def http_get(address: str, host_header: str, port: int = HOST_NETWORK_HTTP_PORT) -> str:
+    """GET / on the relay's vhost port with a Host header, as a browser would by name."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"http://{address}:{port}/",
+            headers={"Host": host_header},
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as response,
+    ):
+        text = await response.text()
+        if response.status != 200:
+            raise ConnectionError(f"HTTP {response.status}: {text[:200]}")
+        return text
+
+
+async def wait_for_http(address: str, host_header: str, timeout: float = 30) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await http_get(address, host_header)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            if loop.time() > deadline:
+                raise TimeoutError(f"no HTTP answer for {host_header} via {address}") from None
+            await asyncio.sleep(0.3)
+
+
+async def connect_refused(
+    host: str, port: int, *, source: str | None = None, payload: bytes = b"ping"
+) -> bool:
+    """True if a TCP visitor gets nothing back: refused, reset or closed without an answer
+    (frps accepts the connection, then closes it when the agent refuses the visitor)."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=(source, 0) if source else None), 5
+        )
+    except OSError:
+        return True
+    try:
+        writer.write(payload)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(len(payload)), 3)
+        return data != payload
+    except (OSError, TimeoutError):
+        return True
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def echo_from(
+    host: str, port: int, payload: bytes, *, source: str, timeout: float = 5
+) -> bytes:
+    """One echo round trip from a given visitor address."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, local_addr=(source, 0)), timeout
+    )
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def sink_server(host: str = "127.0.0.1") -> AsyncIterator[tuple[int, list[float]]]:
+    """A TCP server that reads and discards; yields its port and a list that gets the
+    arrival time of every chunk's last byte count, as (time, total) pairs."""
+    arrivals: list[Any] = []
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        total = 0
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                total += len(data)
+                arrivals.append((time.perf_counter(), total))
+        writer.close()
+
+    server = await asyncio.start_server(sink, host, 0)
+    try:
+        yield server.sockets[0].getsockname()[1], arrivals
+    finally:
+        server.close()
+        await server.wait_closed()
