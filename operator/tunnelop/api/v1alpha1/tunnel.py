@@ -341,6 +341,17 @@ class Tunnel(Resource):
             PrinterColumn("Endpoint", ".status.endpoint", "Where visitors connect."),
             ready_column("Whether visitors can use the tunnel."),
             PrinterColumn(
+                "Client",
+                '.status.conditions[?(@.type=="ClientConnected")].status',
+                "Whether the tunnel's frpc is connected to its relay.",
+            ),
+            PrinterColumn(
+                "In", ".status.traffic.bytesIn", "Bytes from visitors (metered).", "integer"
+            ),
+            PrinterColumn(
+                "Out", ".status.traffic.bytesOut", "Bytes to visitors (metered).", "integer"
+            ),
+            PrinterColumn(
                 "Bandwidth", ".spec.bandwidth", "Speed limit in bits per second.", priority=1
             ),
             PrinterColumn(
