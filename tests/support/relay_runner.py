@@ -256,7 +256,13 @@ class RelayPodRunner:
             status.update(hostIP=address, hostIPs=[{"ip": address}])
         body = {"status": status}
         try:
-            await core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, body)
+            # A merge patch replaces the IP lists (a strategic one would merge them by ip).
+            await core.patch_namespaced_pod_status(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                body,
+                _content_type="application/merge-patch+json",
+            )
         except ApiException as exc:
             log.warning("cannot report the IP of pod %s: %s", pod.metadata.name, exc.reason)
 
