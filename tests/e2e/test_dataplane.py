@@ -49,7 +49,7 @@ async def relay(operator, relay_runner):
         labels={"tunnelop.test/relay": name},
     )
     yield name, address
-    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--wait=false")
+    delete_relay(name)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,24 @@ async def tcp_only_relay(operator, relay_runner):
         relay_runner, name, ports="22000-22099", labels={"tunnelop.test/relay": name}
     )
     yield name, address
-    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--wait=false")
+    delete_relay(name)
+
+
+def delete_relay(name: str) -> None:
+    """Delete a relay and wait until its pod is gone: a HostNetwork relay pod holds its
+    node's ports, and the local cluster has only a few fake nodes."""
+    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--timeout=60s")
+    tools.kubectl(
+        "wait",
+        "--for=delete",
+        "pod",
+        "-n",
+        "tunnelop-system",
+        "-l",
+        f"tunnelop.dev/relay={name}",
+        "--timeout=60s",
+        check=False,
+    )
 
 
 def on(relay_name: str) -> dict:
