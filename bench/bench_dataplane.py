@@ -1181,7 +1181,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     else:
         skipped(tput_ax, "4. throughput")
 
-    fig.suptitle(f"data plane on loopback, {result['machine']['cpus']} CPUs, {result['date']}")
+    machine = result["machine"]
+    fig.suptitle(
+        f"data plane on loopback, {result['date']}: {machine['cpus']} CPUs, load average "
+        f"{machine['loadavg_start'][0]} at the start (other work on the machine skews timings)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
