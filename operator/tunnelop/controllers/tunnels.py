@@ -71,13 +71,19 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     if not address or relay_secrets is None:
         raise Requeue(0.5)  # the relay controller has not set it up yet
 
-    token = await _ensure_credentials(rt, tunnel, result, address, relay_secrets.token)
+    # The token stays until its Secret is deleted (which rotates it).
+    token = rt.tokens.get(key)
+    if token is None:
+        token = rt.tokens[key] = secrets.token_urlsafe(24)
     assert rt.tables is not None
     rt.tables.set_entry(result.relay, _table_entry(tunnel, result, token))
     if previous is not None and previous.relay != result.relay:
         rt.tables.drop_entry(previous.relay, key)
         await rt.tables.sync(previous.relay, key)
     await rt.tables.sync(result.relay, key)
+    # Credentials only once the relay's table has the tunnel: an frpc started from the
+    # Secret at once is let in at its first login, not after frpc's retry back-off.
+    await _write_credentials(rt, tunnel, result, address, relay_secrets.token, token)
 
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready)
@@ -148,12 +154,12 @@ def _table_entry(tunnel: Tunnel, alloc: Allocation, token: str) -> TableEntry:
     )
 
 
-async def _ensure_credentials(
-    rt: Runtime, tunnel: Tunnel, alloc: Allocation, address: str, relay_token: str
-) -> str:
-    """The `<tunnel>-frpc` Secret, with a token that stays until the Secret is deleted."""
+async def _write_credentials(
+    rt: Runtime, tunnel: Tunnel, alloc: Allocation, address: str, relay_token: str, token: str
+) -> None:
+    """The `<tunnel>-frpc` Secret: the token and a ready-to-run frpc.toml (written only
+    when it changes)."""
     key = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
-    token = rt.tokens.get(key) or secrets.token_urlsafe(24)
     frpc_toml = build_frpc_config(
         namespace=key[0],
         tunnel_name=key[1],
@@ -173,9 +179,7 @@ async def _ensure_credentials(
             key[0], key[1], tunnel.metadata.uid or "", frpc_toml=frpc_toml, token=token
         )
         await rt.kube.apply(secret)
-        rt.tokens[key] = token
         rt.credential_checksums[key] = checksum
-    return token
 
 
 def _bound_status(
