@@ -256,7 +256,14 @@ class RelayPodRunner:
             status.update(hostIP=address, hostIPs=[{"ip": address}])
         body = {"status": status}
         try:
-            await core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, body)
+            # A JSON merge patch replaces the lists; a strategic one would add the address to
+            # the fake IPs kwok may have set already, and two IPv4 pod IPs are invalid.
+            await core.patch_namespaced_pod_status(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                body,
+                _content_type="application/merge-patch+json",
+            )
         except ApiException as exc:
             log.warning("cannot report the IP of pod %s: %s", pod.metadata.name, exc.reason)
 
