@@ -105,6 +105,7 @@ class Frpc:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=tools.die_with_parent,
             )
         return self
 
