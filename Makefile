@@ -67,5 +67,5 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
 
 .PHONY: demo
-demo: venv tools ## start the local cluster, install the CRDs and show what runs
-	hack/demo.sh
+demo: venv tools ## tunnelop end to end on this machine, until Ctrl-C (CHECK=1: verify and exit)
+	hack/demo.sh $(if $(filter-out 0 no false,$(CHECK)),--check)
