@@ -108,6 +108,9 @@ async def operator(
         tmp_path_factory.mktemp("operator") / "log",
         "--relay-namespace",
         RELAY_NAMESPACE,
+        # Read relay agents' traffic every second, so tests see it quickly.
+        "--traffic-interval",
+        "1",
     )
     await process.start()
     yield process

@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--webhook-port", type=int, default=9443, help="webhook port (default: 9443)")
     run.add_argument("--no-webhook", action="store_true", help="run without the admission webhook")
+    run.add_argument(
+        "--traffic-interval",
+        type=float,
+        default=10.0,
+        help=(
+            "seconds between readings of the relay agents' traffic metrics (default: 10); a "
+            "tunnel's traffic status is written at most every 3 intervals"
+        ),
+    )
     agent = sub.add_parser(
         "agent",
         help="run the relay agent (the sidecar of a relay pod)",
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 webhook=not args.no_webhook,
                 log_format=args.log_format,
                 log_level=args.log_level.upper(),
+                traffic_interval=args.traffic_interval,
             )
         )
     parser.print_help(sys.stderr)

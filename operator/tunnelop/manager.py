@@ -23,15 +23,22 @@ class Options:
     log_format: str = "auto"
     workers: int = 64
     log_level: str = "INFO"
+    traffic_interval: float = 10.0
 
 
 def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
     from tunnelop.controllers import informers, webhook  # noqa: F401
+    from tunnelop.controllers.traffic import TrafficOptions
 
     @kopf.on.startup(backoff=1)
     async def start_runtime(memo: kopf.Memo, **_: object) -> None:
-        await informers.start(memo, options.relay_namespace, options.workers)
+        traffic = TrafficOptions(
+            interval=options.traffic_interval,
+            # A traffic-only change waits for a few rounds; ClientConnected goes at once.
+            min_write_interval=3 * options.traffic_interval,
+        )
+        await informers.start(memo, options.relay_namespace, options.workers, traffic)
 
     @kopf.on.cleanup()
     async def stop_runtime(memo: kopf.Memo, **_: object) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunnelop import logs
 from tunnelop.api.v1alpha1 import RelayNode
@@ -21,6 +21,9 @@ from tunnelop.kube import Kube
 from tunnelop.relays import RelayView
 from tunnelop.scheduling import AllocationTable, TunnelKey
 from tunnelop.workqueue import WorkQueue
+
+if TYPE_CHECKING:
+    from tunnelop.controllers.traffic import TrafficCollector
 
 log = logs.get(__name__)
 FINALIZER = "tunnelop.dev/finalizer"
@@ -51,6 +54,7 @@ class Runtime:
     tunnel_queue: WorkQueue[TunnelKey] | None = None
     relay_queue: WorkQueue[str] | None = None
     tables: RelayTables | None = None
+    traffic: TrafficCollector | None = None
     informers: list[Any] = field(default_factory=list)
     # Every RelayNode as last seen, for admission: known as soon as it is watched, before the
     # relay controller has run its workload.
@@ -105,6 +109,8 @@ class Runtime:
         task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
+        if self.traffic is not None:
+            await self.traffic.stop()
         for informer in self.informers:
             await informer.stop()
         for queue in (self.tunnel_queue, self.relay_queue):

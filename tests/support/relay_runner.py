@@ -255,8 +255,7 @@ class RelayPodRunner:
             status.update(hostIP=address, hostIPs=[{"ip": address}])
         body = {"status": status}
         try:
-            # A JSON merge patch replaces the lists; a strategic one would add the address to
-            # the fake IPs kwok may have set already, and two IPv4 pod IPs are invalid.
+            # A merge patch replaces the IP lists (a strategic one would merge them by ip).
             await core.patch_namespaced_pod_status(
                 pod.metadata.name,
                 pod.metadata.namespace,

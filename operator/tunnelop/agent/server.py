@@ -8,10 +8,7 @@ each answer is computed synchronously (decisions.py).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
 import json
 import signal
 import time
@@ -23,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from tunnelop import logs
+from tunnelop import basicauth, logs
 from tunnelop.agent import decisions
 from tunnelop.agent.metering import Meter, TunnelCollector, parse_frps_metrics
 from tunnelop.agent.source import TableSource
@@ -165,28 +162,16 @@ class Agent:
 
     def _authorized(self, header: str) -> bool:
         password = self.options.dashboard_password
-        if not password:
-            return True
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, given = base64.b64decode(encoded).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return user == DASHBOARD_USER and hmac.compare_digest(given, password)
+        return not password or basicauth.matches(header, DASHBOARD_USER, password)
 
     # ---- metering -----------------------------------------------------------------------
 
     async def _meter_forever(self) -> None:
-        auth = (
-            aiohttp.BasicAuth(DASHBOARD_USER, self.options.dashboard_password)
-            if self.options.dashboard_password
-            else None
-        )
+        password = self.options.dashboard_password
+        headers = basicauth.header(DASHBOARD_USER, password) if password else {}
         url = self.options.frps_dashboard.rstrip("/") + "/metrics"
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(auth=auth, timeout=timeout, trust_env=False) as http:
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout, trust_env=False) as http:
             while True:
                 try:
                     async with http.get(url) as response:

@@ -17,6 +17,7 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
 from tunnelop.builders import names
 from tunnelop.builders.relay import config_checksum, parse_table_json
 from tunnelop.controllers import relays, tunnels
+from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.informer import Informer
 from tunnelop.kube import GROUP_VERSION, Kube
 from tunnelop.relays import RelayView
@@ -28,7 +29,9 @@ log = logs.get(__name__)
 TUNNEL_LABEL = "tunnelop.dev/tunnel"
 
 
-async def start(memo: kopf.Memo, relay_namespace: str, workers: int) -> Runtime:
+async def start(
+    memo: kopf.Memo, relay_namespace: str, workers: int, traffic: TrafficOptions
+) -> Runtime:
     kube = await Kube.connect()
     rt = Runtime(kube=kube, relay_namespace=relay_namespace)
     rt.tables = RelayTables(rt)
@@ -46,6 +49,8 @@ async def start(memo: kopf.Memo, relay_namespace: str, workers: int) -> Runtime:
         informer.start()
     rt.relay_queue.start()
     rt.tunnel_queue.start()
+    rt.traffic = TrafficCollector(rt, traffic)
+    rt.traffic.start()
     memo.runtime = rt
     return rt
 

@@ -17,6 +17,7 @@ from tunnelop.api.v1alpha1 import Tunnel, bits_per_second, error_messages
 from tunnelop.builders import names
 from tunnelop.builders.frpc import build_frpc_config, endpoint
 from tunnelop.builders.relay import TableEntry, build_credentials_secret, config_checksum
+from tunnelop.controllers.traffic import client_condition
 from tunnelop.runtime import FINALIZER, Runtime, token_digest
 from tunnelop.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
 from tunnelop.workqueue import Requeue
@@ -80,6 +81,12 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
 
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready)
+    observed = rt.traffic.observed.get(key) if rt.traffic else None
+    if observed is not None and observed.relay == result.relay:
+        new["traffic"] = observed.traffic()
+        client = client_condition(observed, tunnel.spec.suspended, key[1], generation)
+        if client is not None:
+            new["conditions"] = conditions.merge(new["conditions"], client)
     if new != status:
         await _report(rt, body, new)
         old_relay, old_port = status.get("relayNode"), status.get("remotePort")
@@ -182,15 +189,24 @@ def _bound_status(
     visitors = endpoint(
         tunnel.spec.protocol, address, alloc.port, alloc.subdomain, alloc.http_domain
     )
-    ready = conditions.condition(
-        "Ready",
-        relay_ready,
-        "TunnelReady" if relay_ready else "RelayNotReady",
-        f"Visitors connect to {visitors}"
-        if relay_ready
-        else f"Relay {alloc.relay} is not ready yet",
-        generation,
-    )
+    if tunnel.spec.suspended:
+        ready = conditions.condition(
+            "Ready",
+            False,
+            "TunnelSuspended",
+            "spec.suspended is true: the relay refuses the tunnel's client and visitors",
+            generation,
+        )
+    else:
+        ready = conditions.condition(
+            "Ready",
+            relay_ready,
+            "TunnelReady" if relay_ready else "RelayNotReady",
+            f"Visitors connect to {visitors}"
+            if relay_ready
+            else f"Relay {alloc.relay} is not ready yet",
+            generation,
+        )
     scheduled = conditions.condition(
         "Scheduled", True, "Scheduled", f"Bound to relay {alloc.relay}", generation
     )

@@ -1,0 +1,191 @@
+"""The traffic controller: reads every relay agent's metrics on an interval and queues the
+tunnels whose status should say something new (ClientConnected flipped, or traffic changed).
+The Tunnel controller writes the status, so each Tunnel keeps a single writer.
+
+Writes are bounded: a ClientConnected change is written at the next reconcile, a traffic-only
+change at most once per `min_write_interval` per tunnel and at most `max_writes_per_second`
+overall, however many bytes move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tunnelop import basicauth, conditions, logs
+from tunnelop.builders import names
+from tunnelop.metering import (
+    AgentReading,
+    Totals,
+    advance,
+    due_writes,
+    parse_agent_metrics,
+    traffic_status,
+)
+from tunnelop.runtime import Runtime
+from tunnelop.scheduling import TunnelKey
+
+log = logs.get(__name__)
+SCRAPE_TIMEOUT = 3.0
+
+
+@dataclass
+class Observed:
+    """A tunnel's traffic as last read from the agent of `relay`."""
+
+    relay: str
+    totals: Totals
+    reading: AgentReading
+
+    def traffic(self) -> dict[str, Any]:
+        return traffic_status(self.totals, self.reading)
+
+
+@dataclass
+class TrafficOptions:
+    interval: float = 10.0
+    min_write_interval: float = 30.0
+    max_writes_per_second: float = 20.0
+
+
+class TrafficCollector:
+    def __init__(self, rt: Runtime, options: TrafficOptions) -> None:
+        self.rt = rt
+        self.options = options
+        self.observed: dict[TunnelKey, Observed] = {}
+        self.written_at: dict[TunnelKey, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever(), name="traffic")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run_forever(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as http:
+            while True:
+                try:
+                    await self.collect_once(http)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the API server away: try again next round
+                    log.warning("traffic round failed", error=str(exc))
+                await asyncio.sleep(self.options.interval)
+
+    async def collect_once(self, http: aiohttp.ClientSession) -> None:
+        rt = self.rt
+        pods = await rt.kube.list("v1", "Pod", rt.relay_namespace, labels=names.RELAY_LABEL)
+        agents = {relay: ip for relay, ip in _agent_addresses(pods).items() if relay in rt.relays}
+        scraped = await asyncio.gather(
+            *(self._scrape(http, relay, ip) for relay, ip in agents.items())
+        )
+        now = time.monotonic()
+        candidates: list[tuple[TunnelKey, bool, float]] = []
+        for relay, readings in zip(agents, scraped, strict=True):
+            if readings is None:
+                continue
+            for alloc in rt.table.allocations_on(relay):
+                change = self._observe(alloc.key, relay, readings.get(alloc.key, AgentReading()))
+                if change is not None:
+                    candidates.append((alloc.key, change, self.written_at.get(alloc.key, 0.0)))
+        budget = int(self.options.max_writes_per_second * self.options.interval)
+        assert rt.tunnel_queue is not None
+        for key in due_writes(candidates, now, self.options.min_write_interval, budget):
+            self.written_at[key] = now
+            rt.tunnel_queue.add(key)
+        for key in [k for k in self.observed if k not in rt.tunnels]:
+            self.observed.pop(key, None)
+            self.written_at.pop(key, None)
+
+    def _observe(self, key: TunnelKey, relay: str, reading: AgentReading) -> bool | None:
+        """Record a reading; None if status already says it all, else whether the change is
+        urgent (ClientConnected flips) rather than traffic only."""
+        status = (self.rt.tunnels.get(key) or {}).get("status") or {}
+        reported = status.get("traffic")
+        previous = self.observed.get(key)
+        totals = None
+        if previous is not None and previous.relay != relay:
+            # Moved: the new relay's agent counts from zero on top of what was counted.
+            t = previous.totals
+            totals = advance(Totals(t.bytes_in, t.bytes_out, 0, 0), reported, reading)
+        else:
+            totals = advance(previous.totals if previous else None, reported, reading)
+        observed = Observed(relay, totals, reading)
+        self.observed[key] = observed
+        shown = conditions.find(status.get("conditions"), "ClientConnected")
+        if shown is None or (shown.get("status") == "True") != reading.connected:
+            return True
+        new = observed.traffic()
+        old = reported or {}
+        if any(new.get(f) != old.get(f) for f in ("bytesIn", "bytesOut", "activeConnections")):
+            return False
+        return None
+
+    async def _scrape(
+        self, http: aiohttp.ClientSession, relay: str, ip: str
+    ) -> dict[TunnelKey, AgentReading] | None:
+        secrets = self.rt.relay_secrets.get(relay)
+        if secrets is None:
+            return None
+        url = f"http://{_host(ip)}:{names.AGENT_HEALTH_PORT}/metrics"
+        auth = basicauth.header(names.DASHBOARD_USER, secrets.dashboard_password)
+        try:
+            async with http.get(url, headers=auth) as response:
+                response.raise_for_status()
+                text = await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.debug("cannot read relay agent metrics", relay=relay, error=str(exc))
+            return None
+        return await asyncio.to_thread(parse_agent_metrics, text)
+
+
+def _agent_addresses(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """relay -> pod IP of its running relay pod."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        relay = (meta.get("labels") or {}).get(names.RELAY_LABEL)
+        if relay and status.get("podIP") and not meta.get("deletionTimestamp"):
+            if status.get("phase") in (None, "Running"):
+                out[relay] = status["podIP"]
+    return out
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def client_condition(
+    observed: Observed | None, suspended: bool, tunnel: str, generation: int | None
+) -> dict[str, Any] | None:
+    """ClientConnected, from the last reading of the tunnel's relay agent (None before one)."""
+    if observed is None:
+        return None
+    relay = observed.relay
+    if observed.reading.connected:
+        return conditions.condition(
+            "ClientConnected",
+            True,
+            "ClientConnected",
+            f"frpc is connected to relay {relay}",
+            generation,
+        )
+    if suspended:
+        reason, message = "TunnelSuspended", "The tunnel is suspended: its client is refused"
+    else:
+        reason = "ClientNotConnected"
+        message = (
+            f"No frpc is connected to relay {relay}: run frpc with the frpc.toml of Secret "
+            f"{names.credentials_secret_name(tunnel)}"
+        )
+    return conditions.condition("ClientConnected", False, reason, message, generation)
