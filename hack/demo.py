@@ -30,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,7 @@ class Demo:
         self.frpc: dict[str, Frpc] = {}
         self.failures: list[str] = []
         self.running = False  # up and waiting for Ctrl-C
+        self.created_namespace = False
 
     def on_cleanup(self, what: str | None, action: Callable[[], Awaitable[None]]) -> None:
         """Register how to undo what was just started or created; undone in reverse order."""
@@ -245,7 +247,7 @@ class Demo:
     async def start_operator(self) -> None:
         args = ["--relay-namespace", RELAY_NAMESPACE, "--traffic-interval", str(TRAFFIC_INTERVAL)]
         step(f"Starting the operator: tunnelop run {' '.join(args)}")
-        relay_namespace_existed = objects.get("namespace", RELAY_NAMESPACE) is not None
+        relay_namespace_existed = await _namespace_exists(RELAY_NAMESPACE)
         operator = OperatorProcess(
             tools.KUBECONFIG, self.workdir / "operator.log", *args, own_process_group=True
         )
@@ -308,15 +310,20 @@ class Demo:
         step("Starting two local services (127.0.0.1 only, nothing public)")
         stack = contextlib.AsyncExitStack()
         self.on_cleanup("local HTTP site and TCP echo stopped", stack.aclose)
-        self.ports["web"] = await stack.enter_async_context(http_site(SITE_BODY))
+        # The site closes its connection after each answer, like `python -m http.server`:
+        # frps counts an HTTP tunnel's bytes when the relay's connection to frpc closes, and
+        # keeps an idle one open for 60 s, so a keep-alive site's traffic would show late.
+        site = http_site(SITE_BODY, keep_alive=False)
+        self.ports["web"] = await stack.enter_async_context(site)
         self.ports["echo"] = await stack.enter_async_context(echo_server())
-        say(f"HTTP site: http://127.0.0.1:{self.ports['web']}/")
+        say(f"HTTP site: http://127.0.0.1:{self.ports['web']}/  (closes after each answer)")
         say(f"TCP echo:  127.0.0.1:{self.ports['echo']}")
 
     async def apply_tunnels(self) -> None:
         step(f"Applying two Tunnels in namespace {NAMESPACE}")
-        if objects.get("namespace", NAMESPACE) is None:
+        if not await _namespace_exists(NAMESPACE):
             tools.kubectl("create", "namespace", NAMESPACE)
+            self.created_namespace = True
             self.on_cleanup(f"namespace {NAMESPACE} deleted", lambda: _delete_namespace(NAMESPACE))
         say(f"$ kubectl apply -n {NAMESPACE} -f - <<EOF")
         say(TUNNELS_YAML + "EOF")
@@ -381,7 +388,12 @@ class Demo:
             raise DemoFailed(
                 f"the echo through {address}:{port} returned {line!r}, not {ECHO_LINE!r}"
             )
-        bulk = await echo_once(address, port, ECHO_BULK, timeout=10)
+        try:
+            bulk = await echo_once(address, port, ECHO_BULK, timeout=10)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            raise DemoFailed(
+                f"64 KiB sent through {address}:{port} did not come back: {exc!r}"
+            ) from None
         if bulk != ECHO_BULK:
             raise DemoFailed(f"64 KiB sent through {address}:{port} came back different")
         say("and 64 KiB of random bytes: back unchanged")
@@ -392,19 +404,13 @@ class Demo:
             f"(the operator reads the agents every {TRAFFIC_INTERVAL} s)"
         )
 
-        async def milestone(name: str, what: str, field_name: str) -> None:
-            try:
+        async def milestone(name: str, what: str) -> None:  # "metered" or "connected"
+            with contextlib.suppress(TimeoutError):
                 at = await self.tunnels.reached(name, what, METERING_TIMEOUT)
-                setattr(self.figures[name], field_name, at)
-            except TimeoutError:
-                pass
+                setattr(self.figures[name], what, at)
 
         await asyncio.gather(
-            *(
-                milestone(name, what, field_name)
-                for name in TUNNELS
-                for what, field_name in (("metered", "metered"), ("connected", "connected"))
-            )
+            *(milestone(name, what) for name in TUNNELS for what in ("metered", "connected"))
         )
         for name in TUNNELS:
             figures, status = self.figures[name], self.tunnels.status(name)
@@ -436,7 +442,9 @@ class Demo:
 
     def show_figures(self, elapsed: float) -> None:
         step("Figures")
-        rows = [("tunnel", "apply->Ready", "Ready->first byte", "byte->metered", "in", "out")]
+        rows = [
+            ("tunnel", "apply->Ready", "Ready->first byte", "->in status", "bytes in", "bytes out")
+        ]
         for name in TUNNELS:
             f, traffic = self.figures[name], self.tunnels.status(name).get("traffic") or {}
             rows.append(
@@ -453,8 +461,9 @@ class Demo:
         for row in rows:
             say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         say(
-            "Ready->first byte includes starting frpc and its login to the relay; byte->metered\n"
-            "is the relay agent reading frps and the operator reading the agent."
+            "\nReady->first byte: frpc started from the Secret, logged in, first visitor answered."
+            "\n->in status: from that first byte until status.traffic showed bytes both ways (the"
+            "\nagent reads frps, the operator reads the agent, then writes the status)."
         )
         say(f"From starting the operator to here: {seconds(elapsed)}")
 
@@ -478,9 +487,12 @@ In another terminal, from this checkout:
   # set localPort in mine.toml to the port of your service on this machine, then:
   frpc -c mine.toml
   kubectl get tun -n {NAMESPACE} mine    # ENDPOINT is where visitors connect
-
-The demo deletes namespace {NAMESPACE}, and your Tunnel with it, when it stops."""
+"""
         )
+        if self.created_namespace:
+            say(
+                f"\nThe demo deletes namespace {NAMESPACE}, and your Tunnel with it, when it stops."
+            )
 
     def report_check(self) -> None:
         if self.failures:
@@ -489,32 +501,45 @@ The demo deletes namespace {NAMESPACE}, and your Tunnel with it, when it stops."
 
     async def keep_running(self) -> None:
         web, echo = self.tunnels.status("web"), self.tunnels.status("echo")
-        say(
-            "Meanwhile, visit the tunnels yourself:\n\n"
-            f"  curl -H 'Host: {web['subdomain']}.{HTTP_DOMAIN}' http://{self.addresses['demo-web']}/\n"
-            f"  nc {echo['endpoint'].replace(':', ' ')}    # type a line, it comes back\n"
-            f"  kubectl get tun,rn -A                       # In and Out grow"
-        )
+        host, port = echo["endpoint"].rsplit(":", 1)
+        tries = [
+            (
+                f"curl -H 'Host: {web['subdomain']}.{HTTP_DOMAIN}' http://{self.addresses['demo-web']}/",
+                "the site",
+            ),
+            (f"nc {host} {port}", "if you have nc: type a line, it comes back"),
+            ("kubectl get tun,rn -A", "In and Out grow (a TCP connection's bytes when it closes)"),
+        ]
+        width = max(len(command) for command, _ in tries)
+        say("Meanwhile, try the tunnels yourself:\n")
+        for command, note in tries:
+            say(f"  {command.ljust(width)}  # {note}")
         step("The demo keeps running until Ctrl-C; then it stops and deletes what it started")
         self.running = True
         await asyncio.Event().wait()
 
     # ---- undoing ------------------------------------------------------------------------
 
-    async def cleanup(self) -> None:
+    async def cleanup(self) -> bool:
+        """Undo everything, in reverse order; False if something could not be undone."""
         step("Cleaning up")
+        clean = True
         while self.cleanups:
             what, action = self.cleanups.pop()
             try:
                 await action()
             except Exception as exc:
+                clean = False
                 say(f"{what or 'cleanup'}: FAILED ({type(exc).__name__}: {exc})")
             else:
                 if what:
                     say(what)
+        return clean
 
     async def _delete_tunnels(self) -> None:
-        tools.kubectl("delete", "tunnel", "-n", NAMESPACE, *TUNNELS, "--ignore-not-found")
+        # In its own namespace, with yours: their finalizers need the operator still running.
+        which = ["--all"] if self.created_namespace else TUNNELS
+        tools.kubectl("delete", "tunnel", "-n", NAMESPACE, *which, "--ignore-not-found")
 
     async def _delete_relays(self) -> None:
         names = [name for name, _, _ in RELAYS]
@@ -530,6 +555,19 @@ The demo deletes namespace {NAMESPACE}, and your Tunnel with it, when it stops."
         )
 
 
+async def _namespace_exists(name: str) -> bool:
+    """Whether the namespace exists, once an earlier run's deletion of it is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (namespace := objects.get("namespace", name)) is not None:
+        if not namespace["metadata"].get("deletionTimestamp"):
+            return True
+        if loop.time() > deadline:
+            raise DemoFailed(f"namespace {name} has been terminating for over a minute")
+        await asyncio.sleep(0.5)
+    return False
+
+
 async def _delete_namespace(name: str) -> None:
     tools.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")
 
@@ -542,9 +580,15 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 
 async def _stop_cluster() -> None:
     down = await asyncio.create_subprocess_exec(
-        str(tools.REPO / "hack" / "cluster.sh"), "down", env=tools.env_with_tools()
+        str(tools.REPO / "hack" / "cluster.sh"),
+        "down",
+        env=tools.env_with_tools(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    await down.wait()
+    output, _ = await down.communicate()
+    if down.returncode != 0:
+        raise RuntimeError(output.decode(errors="replace"))
 
 
 # ---- running it -----------------------------------------------------------------------------
@@ -592,22 +636,26 @@ async def main() -> int:
     except asyncio.CancelledError:
         # Ctrl-C: the end of an interactive demo that was up, else an interruption.
         code = 0 if demo.running and not demo.check else 130
-    except DemoFailed as failure:
-        code = 1
-        print(f"\n{'CHECK ' if args.check else ''}FAILED: {failure}", flush=True)
     except Exception as exc:
-        code = 130 if interrupted else 1
-        if not interrupted:
-            print(f"\nFAILED: {type(exc).__name__}: {exc}", flush=True)
-            if isinstance(exc, subprocess.CalledProcessError):
-                print(exc.stderr, flush=True)
+        code = 130 if interrupted else 1  # a kubectl call gets the terminal's Ctrl-C too
+        failed = f"\n{'CHECK ' if args.check else ''}FAILED:"
+        if interrupted:
+            pass
+        elif isinstance(exc, DemoFailed):
+            print(f"{failed} {exc}", flush=True)
+        else:
+            traceback.print_exception(exc)
+            detail = f"\n{exc.stderr}" if isinstance(exc, subprocess.CalledProcessError) else ""
+            print(f"{failed} {type(exc).__name__}: {exc}{detail}", flush=True)
 
     def still_cleaning() -> None:
         print("(cleaning up; a moment)", flush=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, still_cleaning)
-    await demo.cleanup()
+    if not await demo.cleanup() and code == 0:
+        code = 1
+        print(f"\n{'CHECK ' if args.check else ''}FAILED: cleaning up, as said above", flush=True)
     if code == 0:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
