@@ -656,10 +656,10 @@ async def main() -> int:
     if not await demo.cleanup() and code == 0:
         code = 1
         print(f"\n{'CHECK ' if args.check else ''}FAILED: cleaning up, as said above", flush=True)
-    if code == 0:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
+    if code == 1:
         print(f"\nLogs are kept in {workdir}", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     if code == 130:
         print("Interrupted.", flush=True)
     return code
