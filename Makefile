@@ -68,4 +68,4 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 
 .PHONY: demo
 demo: venv tools ## tunnelop end to end on this machine, until Ctrl-C (CHECK=1: verify and exit)
-	hack/demo.sh $(if $(filter-out 0 no false,$(CHECK)),--check)
+	hack/demo.sh$(if $(filter-out 0 no false,$(CHECK)), --check)
