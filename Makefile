@@ -14,7 +14,7 @@ export KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	@echo ">> creating $(VENV) and installing tunnelop with its test extras"
@@ -65,6 +65,12 @@ test: venv tools lint ## everything: lint, unit, integration and end-to-end test
 bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in bench/results
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
+	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
+
+.PHONY: bench-dataplane
+bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=--help for options)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
 
 .PHONY: demo
 demo: venv tools ## tunnelop end to end on this machine, until Ctrl-C (CHECK=1: verify and exit)

@@ -56,12 +56,12 @@ def reject(reason: str, tunnel: str | None = None) -> Decision:
 def decide(index: TableIndex, op: str, content: Any) -> Decision:
     """The answer to one plugin call. Never raises: malformed content is rejected with a
     reason (except CloseProxy, which is only noted)."""
-    if not isinstance(content, dict):
-        return accept() if op == CLOSE_PROXY else reject("malformed plugin request: no content")
-    handler = _HANDLERS.get(op)
+    handler = _HANDLERS.get(op) if isinstance(op, str) else None
     if handler is None:
         # An op this agent was not configured for: never block frps on it.
         return accept()
+    if not isinstance(content, dict):
+        return accept() if op == CLOSE_PROXY else reject("malformed plugin request: no content")
     try:
         return handler(index, content)
     except (TypeError, ValueError, AttributeError) as exc:

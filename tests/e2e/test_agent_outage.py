@@ -1,0 +1,158 @@
+"""Invariant 3 with the API server unreachable: a relay agent that restarts while it cannot
+reach the API server serves the table it kept on the pod's disk, so known clients reconnect
+and carry bytes. Real frps (config from the operator's builder), the real agent process and
+real frpc (config from the operator's builder); no cluster involved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from support import tools
+from support.dataplane import Frpc
+from support.netutil import echo_server, wait_for_echo
+from tunnelop.api.v1alpha1 import RelayNode
+from tunnelop.builders.frpc import build_frpc_config
+from tunnelop.builders.frps import build_frps_config
+from tunnelop.builders.relay import TableEntry, table_json, token_sha256
+
+ADDRESS = "127.0.0.60"  # this test's relay "pod"
+UNREACHABLE_KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{name: gone, cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}}]
+users: [{name: gone, user: {token: nothing}}]
+contexts: [{name: gone, context: {cluster: gone, user: gone}}]
+current-context: gone
+"""
+
+
+async def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None):
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+
+
+async def stop(process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def agent_ready(timeout: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while loop.time() < deadline:
+            try:
+                async with http.get(f"http://{ADDRESS}:7401/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError("agent not ready")
+
+
+async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path: Path):
+    relay = RelayNode.model_validate(
+        {
+            "apiVersion": "tunnelop.dev/v1alpha1",
+            "kind": "RelayNode",
+            "metadata": {"name": "outage"},
+            "spec": {
+                "ports": {"range": "23000-23099"},
+                "exposure": {"type": "HostNetwork", "address": ADDRESS},
+            },
+        }
+    )
+    frps_toml = build_frps_config(relay, token="relay-token", dashboard_password="dash")
+    # As in the pod: localhost is the pod's own address.
+    (tmp_path / "frps.toml").write_text(frps_toml.replace("127.0.0.1", ADDRESS))
+    state = tmp_path / "state"
+    state.mkdir()
+    entry = TableEntry("team", "ssh", token_sha256("tunnel-token"), "tcp", remote_port=23000)
+    (state / "table.json").write_text(table_json("outage", [entry]))
+    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
+
+    agent_argv = [
+        str(Path(sys.executable).parent / "tunnelop"),
+        "agent",
+        "--relay=outage",
+        "--namespace=tunnelop-system",
+        "--table-secret=relay-outage-table",
+        f"--listen={ADDRESS}:7400",
+        f"--health-listen={ADDRESS}:7401",
+        f"--frps-dashboard=http://{ADDRESS}:7500",
+        f"--kubeconfig={tmp_path / 'kubeconfig'}",
+    ]
+    agent_env = {"TUNNELOP_STATE_DIR": str(state), "TUNNELOP_DASHBOARD_PASSWORD": "dash"}
+    agent = await spawn(agent_argv, tmp_path / "agent.log", agent_env)
+    frps = await spawn(
+        [str(tools.tool("frps")), "-c", str(tmp_path / "frps.toml")],
+        tmp_path / "frps.log",
+        {"TUNNELOP_POD_IP": ADDRESS},
+    )
+    frpc = None
+    try:
+        await agent_ready()
+        async with echo_server() as local:
+            frpc_toml = build_frpc_config(
+                namespace="team",
+                tunnel_name="ssh",
+                protocol="tcp",
+                server_addr=ADDRESS,
+                server_port=7000,
+                relay_token="relay-token",
+                tunnel_token="tunnel-token",
+                remote_port=23000,
+                local_port_placeholder=local,
+            )
+            frpc = await Frpc(frpc_toml, tmp_path).start()
+            payload = os.urandom(32 * 1024)
+
+            def logs() -> str:
+                return "\n".join(
+                    p.read_text(errors="replace")
+                    for p in (tmp_path / "agent.log", tmp_path / "frps.log", frpc.log_path)
+                )
+
+            try:
+                assert await wait_for_echo(ADDRESS, 23000, payload, timeout=20) == payload
+            except TimeoutError:
+                raise AssertionError(logs()) from None
+
+            # The agent dies and comes back; the API server is still unreachable.
+            agent.kill()
+            await agent.wait()
+            agent = await spawn(agent_argv, tmp_path / "agent.log", agent_env)
+            await agent_ready()
+            # The client reconnects through a fresh login, answered from the kept table.
+            await frpc.stop()
+            frpc = await Frpc(frpc_toml, tmp_path).start()
+            try:
+                assert await wait_for_echo(ADDRESS, 23000, payload, timeout=20) == payload
+            except TimeoutError:
+                raise AssertionError(logs()) from None
+            agent_log = (tmp_path / "agent.log").read_text()
+            assert '"source": "state"' in agent_log
+            assert "table watch interrupted; serving the last table" in agent_log
+    finally:
+        if frpc is not None:
+            await frpc.stop()
+        await stop(frps)
+        await stop(agent)

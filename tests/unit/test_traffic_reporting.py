@@ -1,0 +1,137 @@
+"""How the operator turns relay agents' metrics into Tunnel status: parsing, totals that only
+grow across agent and operator restarts, and a bounded write rate."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tunnelop.agent.metering import Meter, TunnelCollector
+from tunnelop.controllers.traffic import Observed, client_condition
+from tunnelop.metering import (
+    AgentReading,
+    Totals,
+    advance,
+    due_writes,
+    parse_agent_metrics,
+    rfc3339,
+    traffic_status,
+)
+
+
+def agent_metrics_text() -> str:
+    """What an agent exports, rendered by the agent's own collector."""
+    meter = Meter("eu-1")
+    meter.observe_client("team-a/web", alive=True, online=True)
+    meter.tunnels["team-a/web"].bytes_in = 1234
+    meter.tunnels["team-a/web"].bytes_out = 99
+    meter.tunnels["team-a/web"].active_connections = 2
+    meter.observe_client("team-b/game.v2", alive=False, online=False)
+    registry = CollectorRegistry()
+    registry.register(TunnelCollector(meter))
+    return generate_latest(registry).decode()
+
+
+def test_the_operator_reads_what_the_agent_exports():
+    readings = parse_agent_metrics(agent_metrics_text())
+    web = readings[("team-a", "web")]
+    assert (web.bytes_in, web.bytes_out, web.active_connections, web.connected) == (
+        1234,
+        99,
+        2,
+        True,
+    )
+    assert web.last_seen is not None
+    game = readings[("team-b", "game.v2")]
+    assert (game.connected, game.bytes_in, game.last_seen) == (False, 0, None)
+
+
+def test_unrelated_series_are_ignored():
+    text = "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 3.5\n"
+    assert parse_agent_metrics(text) == {}
+
+
+def test_first_reading_continues_from_reported_status():
+    reading = AgentReading(bytes_in=100, bytes_out=10)
+    # A restarted operator: status already counted more than this agent's counters show
+    # (the agent restarted earlier); totals never go back.
+    totals = advance(None, {"bytesIn": 5000, "bytesOut": 700}, reading)
+    assert (totals.bytes_in, totals.bytes_out) == (5000, 700)
+    # A fresh tunnel: the agent's counters are the totals.
+    totals = advance(None, None, reading)
+    assert (totals.bytes_in, totals.bytes_out) == (100, 10)
+
+
+def test_agent_restart_counts_the_new_counter_in_full():
+    totals = advance(None, None, AgentReading(bytes_in=1000))
+    totals = advance(totals, None, AgentReading(bytes_in=1500))
+    assert totals.bytes_in == 1500
+    totals = advance(totals, None, AgentReading(bytes_in=200))  # the agent restarted
+    assert totals.bytes_in == 1700
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=30))
+def test_totals_never_decrease(counters):
+    totals = None
+    last_total = 0
+    for value in counters:
+        totals = advance(totals, None, AgentReading(bytes_in=value))
+        assert totals.bytes_in >= last_total
+        last_total = totals.bytes_in
+
+
+def test_traffic_status_shape():
+    totals = Totals(bytes_in=5, bytes_out=6, agent_in=5, agent_out=6)
+    status = traffic_status(totals, AgentReading(active_connections=1, last_seen=1_700_000_000.7))
+    assert status == {
+        "bytesIn": 5,
+        "bytesOut": 6,
+        "activeConnections": 1,
+        "lastSeen": "2023-11-14T22:13:20Z",
+    }
+    assert "lastSeen" not in traffic_status(totals, AgentReading())
+    assert rfc3339(0) == "1970-01-01T00:00:00Z"
+
+
+def test_urgent_writes_always_go_and_routine_ones_are_bounded():
+    a, b, c, d = ("ns", "a"), ("ns", "b"), ("ns", "c"), ("ns", "d")
+    candidates = [
+        (a, True, 99.0),  # ClientConnected flipped just after a write: goes anyway
+        (b, False, 95.0),  # written 5 s ago: too recent
+        (c, False, 10.0),
+        (d, False, 20.0),
+    ]
+    assert due_writes(candidates, now=100.0, min_interval=30.0, budget=1) == [a, c]
+    assert due_writes(candidates, now=100.0, min_interval=30.0, budget=5) == [a, c, d]
+    assert due_writes(candidates, now=100.0, min_interval=30.0, budget=0) == [a]
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.floats(min_value=0, max_value=1000)), min_size=0, max_size=50
+    ),
+    st.integers(min_value=0, max_value=20),
+)
+def test_routine_writes_never_exceed_the_budget(flags, budget):
+    candidates = [(("ns", str(i)), urgent, at) for i, (urgent, at) in enumerate(flags)]
+    due = due_writes(candidates, now=1000.0, min_interval=30.0, budget=budget)
+    urgent = [key for key, is_urgent, _ in candidates if is_urgent]
+    assert set(urgent) <= set(due)
+    assert len(due) - len(urgent) <= budget
+    for key, is_urgent, at in candidates:
+        if key in due and not is_urgent:
+            assert 1000.0 - at >= 30.0
+
+
+def test_client_condition_says_what_to_do():
+    totals = Totals(0, 0, 0, 0)
+    connected = Observed("eu-1", totals, AgentReading(connected=True))
+    condition = client_condition(connected, False, "web", 3)
+    assert (condition["status"], condition["reason"]) == ("True", "ClientConnected")
+    gone = Observed("eu-1", totals, AgentReading(connected=False))
+    condition = client_condition(gone, False, "web", 3)
+    assert (condition["status"], condition["reason"]) == ("False", "ClientNotConnected")
+    assert "web-frpc" in condition["message"]
+    assert client_condition(gone, True, "web", 3)["reason"] == "TunnelSuspended"
+    assert client_condition(None, False, "web", 3) is None
