@@ -73,5 +73,5 @@ bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
 
 .PHONY: demo
-demo: venv tools ## start the local cluster, install the CRDs and show what runs
-	hack/demo.sh
+demo: venv tools ## tunnelop end to end on this machine, until Ctrl-C (CHECK=1: verify and exit)
+	hack/demo.sh$(if $(filter-out 0 no false,$(CHECK)), --check)

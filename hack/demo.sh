@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on a fresh machine. It builds what is missing (make does that
-# before calling this), starts the local cluster, installs the tunnelop CRDs and shows what
-# is running. The operator and its relays join the demo as they land.
+# `make demo`: the main job on a fresh machine. make builds what is missing first (the venv
+# and the tools); this starts the local cluster and installs the tunnelop CRDs, then hands
+# over to hack/demo.py, which runs the operator, relays, tunnels and traffic and cleans up.
+#
+# Usage: hack/demo.sh [--check]
+#   --check   run unattended: verify the traffic, print the figures, clean up, exit 0 or 1
+# The cluster is stopped at the end only if this script started it.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,27 +15,26 @@ export KUBECONFIG=$repo/.cluster/kubeconfig
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
-hack/cluster.sh up
-
-if compgen -G "crds/*.yaml" >/dev/null; then
-  step "Installing the tunnelop CRDs"
-  kubectl apply --server-side -f crds/
-  kubectl wait --for=condition=Established -f crds/ --timeout=60s
+started_cluster=
+if hack/cluster.sh status >/dev/null 2>&1; then
+  step "Using the local cluster that is already running (it is left running afterwards)"
+else
+  step "Starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
+  started_cluster=1
+  # Interrupted before the demo proper takes over: stop what was started.
+  trap 'hack/cluster.sh down' EXIT
+  trap 'exit 130' INT TERM
 fi
+if ! out=$(hack/cluster.sh up 2>&1); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+printf '%s\n' "$out" | grep '^\[cluster' | sed 's/^/    /' || true
 
-step "What is running"
-kubectl version
-kubectl get nodes -o wide
-kubectl get crd 2>/dev/null | grep -E 'NAME|tunnelop' || true
-kubectl api-resources --categories=tunnelop 2>/dev/null || true
+step "Installing the tunnelop CRDs"
+kubectl apply --server-side --force-conflicts -f crds/ | sed 's/^/    /'
+kubectl wait --for=condition=Established -f crds/ --timeout=60s >/dev/null
 
-cat <<MSG
-
-The local cluster keeps running. Try it:
-
-  export KUBECONFIG=$KUBECONFIG PATH=$(hack/tools.sh path):\$PATH
-  kubectl get nodes
-
-Stop it with: make cluster-down
-MSG
+trap - EXIT INT TERM
+export PYTHONPATH=$repo/tests PYTHONUNBUFFERED=1
+exec .venv/bin/python hack/demo.py "$@" ${started_cluster:+--stop-cluster}

@@ -105,6 +105,7 @@ class Frpc:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=tools.die_with_parent,
             )
         return self
 
@@ -192,12 +193,21 @@ async def wait_for_udp_echo(host: str, port: int, payload: bytes, timeout: float
 
 
 @contextlib.asynccontextmanager
-async def http_site(body: str, host: str = "127.0.0.1") -> AsyncIterator[int]:
-    """A tiny HTTP site on loopback that answers every GET with `body`; yields its port."""
+async def http_site(
+    body: str, host: str = "127.0.0.1", *, keep_alive: bool = True
+) -> AsyncIterator[int]:
+    """A tiny HTTP site on loopback that answers every GET with `body`; yields its port.
+
+    keep_alive=False answers with `Connection: close`, as an HTTP/1.0 server does. frps
+    counts an HTTP tunnel's bytes when its connection to frpc closes, and keeps idle ones
+    open for 60 s, so only then does the traffic show at once."""
     from aiohttp import web
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=body, headers={"X-Seen-Host": request.host})
+        response = web.Response(text=body, headers={"X-Seen-Host": request.host})
+        if not keep_alive:
+            response.force_close()
+        return response
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", page)

@@ -14,11 +14,18 @@ from support.netutil import free_port
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path, *extra_args: str) -> None:
+    """`tunnelop run` with `extra_args`, logging to `log_path`. It dies with its parent. With
+    own_process_group, a Ctrl-C in the terminal does not reach it, so that its parent can
+    still delete objects that carry its finalizers before stopping it."""
+
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, *extra_args: str, own_process_group: bool = False
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.webhook_port = free_port()
         self.extra_args = extra_args
+        self.own_process_group = own_process_group
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -43,6 +50,8 @@ class OperatorProcess:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=self.own_process_group,
+                preexec_fn=tools.die_with_parent,
             )
         await self._wait_for_webhook()
 

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
@@ -279,7 +278,7 @@ class RelayPodRunner:
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own process group, killed as a whole
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=tools.die_with_parent,  # no container outlives the runner
                 )
             code = await container.process.wait()
             if pod.stopping:
@@ -500,12 +499,6 @@ def _field_value(pod: Any, field_path: str, address: str) -> str:
             key = field_path[len(prefix) + 2 : -2]
             return (mapping or {}).get(key, "")
     return ""
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the runner dies, so no container outlives it."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def _terminate(container: Container, grace: float = 5.0) -> None:

@@ -6,9 +6,11 @@ checkout; `hack/tools.sh path` is the single place that knows where.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -97,3 +99,10 @@ def which(name: str) -> str | None:
         return str(tool(name))
     except ToolMissing:
         return shutil.which(name)
+
+
+def die_with_parent() -> None:
+    """In a child process (as preexec_fn): get SIGKILL when the parent dies, so that no
+    process started by a test or the demo outlives it."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

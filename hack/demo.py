@@ -1,0 +1,669 @@
+"""`make demo`: tunnelop end to end on this machine, told as a story of steps.
+
+hack/demo.sh has started the local cluster and installed the CRDs. From there this script
+starts the operator, creates two RelayNodes whose pods the relay-pod runner runs as local
+processes (frps and the relay agent, each relay on its own loopback address), starts two local
+services (a small HTTP site and a TCP echo), applies a Tunnel for each, runs frpc from each
+Tunnel's credentials Secret with only localPort filled in, sends visitor traffic through the
+relays and shows the Tunnels' endpoints, client connection and metered traffic.
+
+Then it keeps running until Ctrl-C (or, with --check, verifies what it saw and prints the
+figures), and stops and deletes everything it started or created, in reverse order.
+
+Run it through `make demo` (or `make demo CHECK=1`); it needs PYTHONPATH=tests to reuse the
+test support code (tests/support).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes.aio import client, config, watch
+
+from support import objects, tools
+from support.dataplane import Frpc, http_site, start_relay, wait_for_http
+from support.netutil import echo_once, echo_server, wait_for_echo
+from support.operator import OperatorProcess
+from support.relay_runner import RelayPodRunner
+
+NAMESPACE = "tunnelop-demo"  # the tenant's namespace: the demo's Tunnels and their Secrets
+RELAY_NAMESPACE = "tunnelop-system"  # where the operator puts the relay workloads
+FIRST_ADDRESS = "127.0.100.2"  # relays get 127.0.100.2, .3, ...: apart from the tests' 127.0.0.x
+HTTP_DOMAIN = "tunnels.demo.test"
+TRAFFIC_INTERVAL = 2  # seconds between the operator's readings of the relay agents' metrics
+GROUP, VERSION = objects.GROUP_VERSION.split("/")
+
+READY_TIMEOUT = 60
+VISITOR_TIMEOUT = 30
+METERING_TIMEOUT = 45
+
+SITE_BODY = "<h1>Hello from a web site on this machine, served through tunnelop</h1>\n"
+ECHO_LINE = b"hello through the relay\n"
+ECHO_BULK = os.urandom(64 * 1024)
+
+# (name, protocols, httpDomain or None) of the demo's RelayNodes.
+RELAYS = [
+    ("demo-web", ["http"], HTTP_DOMAIN),
+    ("demo-tcp", ["tcp", "udp"], None),
+]
+RELAY_PORTS = "20000-20099"
+
+TUNNELS_YAML = f"""\
+apiVersion: tunnelop.dev/v1alpha1
+kind: Tunnel
+metadata:
+  name: web
+spec:
+  protocol: http
+  subdomain: web     # visitors open http://web.{HTTP_DOMAIN}
+---
+apiVersion: tunnelop.dev/v1alpha1
+kind: Tunnel
+metadata:
+  name: echo
+spec:
+  protocol: tcp      # visitors connect to <relay address>:<allocated port>
+"""
+TUNNELS = ["web", "echo"]
+
+
+class DemoFailed(Exception):
+    """Something the demo shows did not happen; the message says what."""
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def say(text: str = "", indent: int = 4) -> None:
+    print(textwrap.indent(text.rstrip("\n"), " " * indent) if text else "", flush=True)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.1f} s"
+
+
+def kubectl_shown(*args: str) -> None:
+    """Run kubectl and print the command and its output, as a user would see them."""
+    say(f"$ kubectl {shlex.join(args)}")
+    result = tools.kubectl(*args, check=False)
+    say(result.stdout + result.stderr)
+
+
+# ---- the Tunnels as the API server reports them, as it happens ------------------------------
+
+
+@dataclass
+class TunnelWatch:
+    """Watches the demo's Tunnels and remembers when each first reached a milestone:
+    "ready" (Ready=True), "connected" (ClientConnected=True), "metered" (status.traffic
+    bytesIn and bytesOut both above zero)."""
+
+    api: client.ApiClient
+    namespace: str
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    first: dict[str, dict[str, float]] = field(default_factory=dict)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def run(self) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        args = (GROUP, VERSION, self.namespace, "tunnels")
+        while True:
+            try:
+                listing = await custom.list_namespaced_custom_object(*args)
+                for item in listing["items"]:
+                    await self._seen(item)
+                async with watch.Watch() as w:
+                    version = listing["metadata"]["resourceVersion"]
+                    stream = w.stream(
+                        custom.list_namespaced_custom_object,
+                        *args,
+                        resource_version=version,
+                        timeout_seconds=300,
+                    )
+                    async for event in stream:
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            await self._seen(event["object"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an expired watch, a restarting API server: list again
+                await asyncio.sleep(1)
+
+    async def _seen(self, tunnel: dict[str, Any]) -> None:
+        name = tunnel["metadata"]["name"]
+        now = time.monotonic()
+        self.latest[name] = tunnel
+        firsts = self.first.setdefault(name, {})
+        traffic = (tunnel.get("status") or {}).get("traffic") or {}
+        reached = {
+            "ready": _condition_true(tunnel, "Ready"),
+            "connected": _condition_true(tunnel, "ClientConnected"),
+            "metered": (traffic.get("bytesIn") or 0) > 0 and (traffic.get("bytesOut") or 0) > 0,
+        }
+        for milestone, yes in reached.items():
+            if yes:
+                firsts.setdefault(milestone, now)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def reached(self, name: str, milestone: str, timeout: float) -> float:
+        """When the tunnel first reached the milestone; TimeoutError if not within timeout."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: milestone in self.first.get(name, {}))
+        return self.first[name][milestone]
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.latest.get(name) or {}).get("status") or {}
+
+
+def _condition_true(obj: dict[str, Any], type_: str) -> bool:
+    found = objects.condition(obj, type_)
+    return bool(found and found["status"] == "True")
+
+
+# ---- the demo -------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    applied: float = 0.0
+    ready: float = 0.0
+    first_byte: float = 0.0
+    metered: float | None = None
+    connected: float | None = None
+
+
+class Demo:
+    def __init__(self, check: bool, workdir: Path) -> None:
+        self.check = check
+        self.workdir = workdir
+        self.cleanups: list[tuple[str | None, Callable[[], Awaitable[None]]]] = []
+        self.addresses: dict[str, str] = {}
+        self.ports: dict[str, int] = {}  # local service ports
+        self.figures = {name: Figures() for name in TUNNELS}
+        self.frpc: dict[str, Frpc] = {}
+        self.failures: list[str] = []
+        self.running = False  # up and waiting for Ctrl-C
+        self.created_namespace = False
+
+    def on_cleanup(self, what: str | None, action: Callable[[], Awaitable[None]]) -> None:
+        """Register how to undo what was just started or created; undone in reverse order."""
+        self.cleanups.append((what, action))
+
+    async def run(self) -> None:
+        """The story, top to bottom."""
+        started = time.monotonic()
+        await self.watch_tunnels()
+        await self.start_operator()
+        await self.start_relay_runner()
+        await self.create_relays()
+        await self.start_local_services()
+        await self.apply_tunnels()
+        await self.start_frpc()
+        await self.visit_the_site()
+        await self.talk_to_the_echo_service()
+        await self.wait_for_the_meters()
+        self.show_tunnels_and_relays()
+        self.show_figures(time.monotonic() - started)
+        self.explain_your_own_tunnel()
+        if self.check:
+            self.report_check()
+        else:
+            await self.keep_running()
+
+    # ---- the steps ----------------------------------------------------------------------
+
+    async def watch_tunnels(self) -> None:
+        """Not a step of its own: from here on the demo sees every change of its Tunnels."""
+        cfg = client.Configuration()
+        await config.load_kube_config(config_file=str(tools.KUBECONFIG), client_configuration=cfg)
+        api = client.ApiClient(cfg)
+        self.on_cleanup(None, api.close)
+        self.tunnels = TunnelWatch(api, NAMESPACE)
+        watching = asyncio.create_task(self.tunnels.run(), name="tunnel-watch")
+        self.on_cleanup(None, lambda: _cancel(watching))
+
+    async def start_operator(self) -> None:
+        args = ["--relay-namespace", RELAY_NAMESPACE, "--traffic-interval", str(TRAFFIC_INTERVAL)]
+        step(f"Starting the operator: tunnelop run {' '.join(args)}")
+        relay_namespace_existed = await _namespace_exists(RELAY_NAMESPACE)
+        operator = OperatorProcess(
+            tools.KUBECONFIG, self.workdir / "operator.log", *args, own_process_group=True
+        )
+        if not relay_namespace_existed:  # the operator creates it
+            self.on_cleanup(
+                f"namespace {RELAY_NAMESPACE} deleted", lambda: _delete_namespace(RELAY_NAMESPACE)
+            )
+        self.on_cleanup("operator stopped", lambda: self._stop_operator(operator))
+        try:
+            await operator.start()
+        except (RuntimeError, TimeoutError) as exc:
+            raise DemoFailed(f"the operator did not start: {exc}") from None
+        say(f"running (pid {operator.process.pid}); its admission webhook is registered")
+        say(f"log: {operator.log_path}")
+        self.operator = operator
+
+    async def start_relay_runner(self) -> None:
+        step("Starting the relay-pod runner: it plays kubelet for relay pods")
+        say(
+            "kwok's fake nodes run nothing; the runner runs each relay pod's containers (frps and\n"
+            "the `tunnelop agent` sidecar) as local processes, each relay on its own loopback\n"
+            f"address from {FIRST_ADDRESS} on."
+        )
+        runner = RelayPodRunner(
+            tools.KUBECONFIG, self.workdir / "relay-pods", first_address=FIRST_ADDRESS
+        )
+        self.on_cleanup("relay-pod runner stopped (frps and agents)", runner.stop)
+        await runner.start()
+        self.runner = runner
+
+    async def create_relays(self) -> None:
+        names = ", ".join(name for name, _, _ in RELAYS)
+        step(f"Creating RelayNodes {names}, exposed with HostNetwork on their pods' addresses")
+        self.on_cleanup("RelayNodes deleted", self._delete_relays)
+        started = time.monotonic()
+        try:
+            addresses = await asyncio.gather(
+                *(
+                    start_relay(
+                        self.runner,
+                        name,
+                        ports=RELAY_PORTS,
+                        protocols=protocols,
+                        http_domain=domain,
+                    )
+                    for name, protocols, domain in RELAYS
+                )
+            )
+        except TimeoutError as exc:
+            raise DemoFailed(f"a RelayNode did not become Ready: {exc}") from None
+        for (name, protocols, domain), address in zip(RELAYS, addresses, strict=True):
+            self.addresses[name] = address
+            what = f"http under {domain} (port 80)" if domain else "/".join(protocols)
+            say(f"{name}: Ready at {address}, serving {what}, ports {RELAY_PORTS}")
+        say(
+            f"both Ready, frps and agents serving, {seconds(time.monotonic() - started)} after apply"
+        )
+
+    async def start_local_services(self) -> None:
+        step("Starting two local services (127.0.0.1 only, nothing public)")
+        stack = contextlib.AsyncExitStack()
+        self.on_cleanup("local HTTP site and TCP echo stopped", stack.aclose)
+        # The site closes its connection after each answer, like `python -m http.server`:
+        # frps counts an HTTP tunnel's bytes when the relay's connection to frpc closes, and
+        # keeps an idle one open for 60 s, so a keep-alive site's traffic would show late.
+        site = http_site(SITE_BODY, keep_alive=False)
+        self.ports["web"] = await stack.enter_async_context(site)
+        self.ports["echo"] = await stack.enter_async_context(echo_server())
+        say(f"HTTP site: http://127.0.0.1:{self.ports['web']}/  (closes after each answer)")
+        say(f"TCP echo:  127.0.0.1:{self.ports['echo']}")
+
+    async def apply_tunnels(self) -> None:
+        step(f"Applying two Tunnels in namespace {NAMESPACE}")
+        if not await _namespace_exists(NAMESPACE):
+            tools.kubectl("create", "namespace", NAMESPACE)
+            self.created_namespace = True
+            self.on_cleanup(f"namespace {NAMESPACE} deleted", lambda: _delete_namespace(NAMESPACE))
+        say(f"$ kubectl apply -n {NAMESPACE} -f - <<EOF")
+        say(TUNNELS_YAML + "EOF")
+        self.on_cleanup("Tunnels deleted", self._delete_tunnels)
+        applied = time.monotonic()
+        tools.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=TUNNELS_YAML)
+        for name in TUNNELS:
+            self.figures[name].applied = applied
+            try:
+                self.figures[name].ready = await self.tunnels.reached(name, "ready", READY_TIMEOUT)
+            except TimeoutError:
+                raise DemoFailed(
+                    f"Tunnel {NAMESPACE}/{name} was not Ready {READY_TIMEOUT} s after apply; "
+                    f"its status: {json.dumps(self.tunnels.status(name))}"
+                ) from None
+        for name in TUNNELS:
+            status = self.tunnels.status(name)
+            say(
+                f"{name}: Ready after {seconds(self.figures[name].ready - applied)}, "
+                f"on {status.get('relayNode')}, endpoint {status.get('endpoint')}"
+            )
+
+    async def start_frpc(self) -> None:
+        step("Starting frpc for each Tunnel, from its Secret <name>-frpc (only localPort set)")
+        for name in TUNNELS:
+            frpc = Frpc.from_secret(name, NAMESPACE, self.ports[name], self.workdir)
+            self.on_cleanup(f"frpc for {name} stopped", frpc.stop)
+            await frpc.start()
+            self.frpc[name] = frpc
+            say(f"{name}: frpc -c {frpc.config_path}  (localPort = {self.ports[name]})")
+
+    async def visit_the_site(self) -> None:
+        step("A visitor opens the site through the relay (vhost port 80, by host name)")
+        host = f"web.{HTTP_DOMAIN}"
+        address = self.addresses["demo-web"]
+        say(f"$ curl -H 'Host: {host}' http://{address}/")
+        try:
+            body = await wait_for_http(address, host, timeout=VISITOR_TIMEOUT)
+        except TimeoutError as exc:
+            raise DemoFailed(f"{exc}\nfrpc log of web:\n{self.frpc['web'].logs()}") from None
+        self.figures["web"].first_byte = time.monotonic()
+        say(body)
+        if body != SITE_BODY:
+            raise DemoFailed(
+                f"the relay answered GET http://{address}/ (Host: {host}) with {body!r}, "
+                f"not the local site's page {SITE_BODY!r}"
+            )
+        say("(the local site's page, byte for byte)")
+
+    async def talk_to_the_echo_service(self) -> None:
+        status = self.tunnels.status("echo")
+        address, port = self.addresses[status["relayNode"]], status["remotePort"]
+        step(f"A visitor talks to the echo service through the relay at {address}:{port}")
+        say(f"$ printf {ECHO_LINE.decode()!r} | nc {address} {port}")
+        try:
+            line = await wait_for_echo(address, port, ECHO_LINE, timeout=VISITOR_TIMEOUT)
+        except TimeoutError as exc:
+            raise DemoFailed(f"{exc}\nfrpc log of echo:\n{self.frpc['echo'].logs()}") from None
+        self.figures["echo"].first_byte = time.monotonic()
+        say(line.decode())
+        if line != ECHO_LINE:
+            raise DemoFailed(
+                f"the echo through {address}:{port} returned {line!r}, not {ECHO_LINE!r}"
+            )
+        try:
+            bulk = await echo_once(address, port, ECHO_BULK, timeout=10)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            raise DemoFailed(
+                f"64 KiB sent through {address}:{port} did not come back: {exc!r}"
+            ) from None
+        if bulk != ECHO_BULK:
+            raise DemoFailed(f"64 KiB sent through {address}:{port} came back different")
+        say("and 64 KiB of random bytes: back unchanged")
+
+    async def wait_for_the_meters(self) -> None:
+        step(
+            "Waiting for the relays' meters in the Tunnels' status "
+            f"(the operator reads the agents every {TRAFFIC_INTERVAL} s)"
+        )
+
+        async def milestone(name: str, what: str) -> None:  # "metered" or "connected"
+            with contextlib.suppress(TimeoutError):
+                at = await self.tunnels.reached(name, what, METERING_TIMEOUT)
+                setattr(self.figures[name], what, at)
+
+        await asyncio.gather(
+            *(milestone(name, what) for name in TUNNELS for what in ("metered", "connected"))
+        )
+        for name in TUNNELS:
+            figures, status = self.figures[name], self.tunnels.status(name)
+            traffic = status.get("traffic")
+            client_connected = objects.condition(self.tunnels.latest.get(name), "ClientConnected")
+            if figures.metered is None:
+                self.failures.append(
+                    f"Tunnel {NAMESPACE}/{name}: status.traffic.bytesIn/bytesOut not both above "
+                    f"zero {METERING_TIMEOUT} s after its visitor traffic; status.traffic: "
+                    f"{json.dumps(traffic)}"
+                )
+            if figures.connected is None:
+                self.failures.append(
+                    f"Tunnel {NAMESPACE}/{name}: condition ClientConnected not True "
+                    f"{METERING_TIMEOUT} s after its visitor traffic, with frpc running; "
+                    f"condition: {json.dumps(client_connected)}"
+                )
+            if figures.metered is not None and figures.connected is not None:
+                say(
+                    f"{name}: ClientConnected=True, {traffic.get('bytesIn')} bytes in, "
+                    f"{traffic.get('bytesOut')} bytes out"
+                )
+        for failure in self.failures:
+            say(f"NOT SEEN: {failure}")
+
+    def show_tunnels_and_relays(self) -> None:
+        step("What the cluster says")
+        kubectl_shown("get", "tun,rn", "-A")
+
+    def show_figures(self, elapsed: float) -> None:
+        step("Figures")
+        rows = [
+            ("tunnel", "apply->Ready", "Ready->first byte", "->in status", "bytes in", "bytes out")
+        ]
+        for name in TUNNELS:
+            f, traffic = self.figures[name], self.tunnels.status(name).get("traffic") or {}
+            rows.append(
+                (
+                    name,
+                    seconds(f.ready - f.applied),
+                    seconds(f.first_byte - f.ready),
+                    seconds(max(0.0, f.metered - f.first_byte)) if f.metered else "-",
+                    str(traffic.get("bytesIn", "-")),
+                    str(traffic.get("bytesOut", "-")),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        say(
+            "\nReady->first byte: frpc started from the Secret, logged in, first visitor answered."
+            "\n->in status: from that first byte until status.traffic showed bytes both ways (the"
+            "\nagent reads frps, the operator reads the agent, then writes the status)."
+        )
+        say(f"From starting the operator to here: {seconds(elapsed)}")
+
+    def explain_your_own_tunnel(self) -> None:
+        step("Add your own Tunnel")
+        say(
+            f"""\
+In another terminal, from this checkout:
+
+  export KUBECONFIG=$PWD/.cluster/kubeconfig PATH=$(hack/tools.sh path):$PATH
+  kubectl apply -n {NAMESPACE} -f - <<EOF
+  apiVersion: tunnelop.dev/v1alpha1
+  kind: Tunnel
+  metadata:
+    name: mine
+  spec:
+    protocol: tcp    # or: protocol: http and subdomain: mine, for http://mine.{HTTP_DOMAIN}
+  EOF
+  kubectl wait -n {NAMESPACE} --for=condition=Ready tunnel/mine
+  kubectl get secret -n {NAMESPACE} mine-frpc -o jsonpath='{{.data.frpc\\.toml}}' | base64 -d > mine.toml
+  # set localPort in mine.toml to the port of your service on this machine, then:
+  frpc -c mine.toml
+  kubectl get tun -n {NAMESPACE} mine    # ENDPOINT is where visitors connect
+"""
+        )
+        if self.created_namespace:
+            say(
+                f"\nThe demo deletes namespace {NAMESPACE}, and your Tunnel with it, when it stops."
+            )
+
+    def report_check(self) -> None:
+        if self.failures:
+            raise DemoFailed("".join(f"\n  - {failure}" for failure in self.failures))
+        step("CHECK passed: HTTP body and echo matched, every Tunnel metered and ClientConnected")
+
+    async def keep_running(self) -> None:
+        web, echo = self.tunnels.status("web"), self.tunnels.status("echo")
+        host, port = echo["endpoint"].rsplit(":", 1)
+        tries = [
+            (
+                f"curl -H 'Host: {web['subdomain']}.{HTTP_DOMAIN}' http://{self.addresses['demo-web']}/",
+                "the site",
+            ),
+            (f"nc {host} {port}", "if you have nc: type a line, it comes back"),
+            ("kubectl get tun,rn -A", "In and Out grow (a TCP connection's bytes when it closes)"),
+        ]
+        width = max(len(command) for command, _ in tries)
+        say("Meanwhile, try the tunnels yourself:\n")
+        for command, note in tries:
+            say(f"  {command.ljust(width)}  # {note}")
+        step("The demo keeps running until Ctrl-C; then it stops and deletes what it started")
+        self.running = True
+        await asyncio.Event().wait()
+
+    # ---- undoing ------------------------------------------------------------------------
+
+    async def cleanup(self) -> bool:
+        """Undo everything, in reverse order; False if something could not be undone."""
+        step("Cleaning up")
+        clean = True
+        while self.cleanups:
+            what, action = self.cleanups.pop()
+            try:
+                await action()
+            except Exception as exc:
+                clean = False
+                say(f"{what or 'cleanup'}: FAILED ({type(exc).__name__}: {exc})")
+            else:
+                if what:
+                    say(what)
+        return clean
+
+    async def _delete_tunnels(self) -> None:
+        # In its own namespace, with yours: their finalizers need the operator still running.
+        which = ["--all"] if self.created_namespace else TUNNELS
+        tools.kubectl("delete", "tunnel", "-n", NAMESPACE, *which, "--ignore-not-found")
+
+    async def _delete_relays(self) -> None:
+        names = [name for name, _, _ in RELAYS]
+        tools.kubectl("delete", "relaynode", *names, "--ignore-not-found")
+
+    async def _stop_operator(self, operator: OperatorProcess) -> None:
+        await operator.stop()
+        tools.kubectl(
+            "delete",
+            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+            "tunnelop.dev",
+            "--ignore-not-found",
+        )
+
+
+async def _namespace_exists(name: str) -> bool:
+    """Whether the namespace exists, once an earlier run's deletion of it is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (namespace := objects.get("namespace", name)) is not None:
+        if not namespace["metadata"].get("deletionTimestamp"):
+            return True
+        if loop.time() > deadline:
+            raise DemoFailed(f"namespace {name} has been terminating for over a minute")
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def _delete_namespace(name: str) -> None:
+    tools.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _stop_cluster() -> None:
+    down = await asyncio.create_subprocess_exec(
+        str(tools.REPO / "hack" / "cluster.sh"),
+        "down",
+        env=tools.env_with_tools(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await down.communicate()
+    if down.returncode != 0:
+        raise RuntimeError(output.decode(errors="replace"))
+
+
+# ---- running it -----------------------------------------------------------------------------
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="verify the traffic and print the figures, then clean up and exit (make demo CHECK=1)",
+    )
+    parser.add_argument(
+        "--stop-cluster",
+        action="store_true",
+        help="stop the local cluster at the end (hack/demo.sh passes it when it started it)",
+    )
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="tunnelop-demo-"))
+    logging.basicConfig(
+        filename=workdir / "demo.log",
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    demo = Demo(args.check, workdir)
+    if args.stop_cluster:
+        demo.on_cleanup("local cluster stopped", _stop_cluster)
+
+    loop = asyncio.get_running_loop()
+    story = asyncio.create_task(demo.run(), name="demo")
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        story.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+
+    code = 0
+    try:
+        await story
+    except asyncio.CancelledError:
+        # Ctrl-C: the end of an interactive demo that was up, else an interruption.
+        code = 0 if demo.running and not demo.check else 130
+    except Exception as exc:
+        code = 130 if interrupted else 1  # a kubectl call gets the terminal's Ctrl-C too
+        failed = f"\n{'CHECK ' if args.check else ''}FAILED:"
+        if interrupted:
+            pass
+        elif isinstance(exc, DemoFailed):
+            print(f"{failed} {exc}", flush=True)
+        else:
+            traceback.print_exception(exc)
+            detail = f"\n{exc.stderr}" if isinstance(exc, subprocess.CalledProcessError) else ""
+            print(f"{failed} {type(exc).__name__}: {exc}{detail}", flush=True)
+
+    def still_cleaning() -> None:
+        print("(cleaning up; a moment)", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, still_cleaning)
+    if not await demo.cleanup() and code == 0:
+        code = 1
+        print(f"\n{'CHECK ' if args.check else ''}FAILED: cleaning up, as said above", flush=True)
+    if code == 1:
+        print(f"\nLogs are kept in {workdir}", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if code == 130:
+        print("Interrupted.", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
