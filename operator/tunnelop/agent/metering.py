@@ -5,9 +5,9 @@ frps's own Prometheus metrics (its dashboard port, localhost only) carry, per pr
 connections) and `frp_server_proxy_counts_detailed` (1 while the proxy is registered).
 
 Two properties of frps shape what the figures mean:
-- frps adds a TCP connection's bytes when the connection closes (UDP and HTTP count as they
-  go), so a long-lived TCP connection shows no traffic until it ends; activeConnections is what
-  shows it live.
+- frps adds a connection's bytes when it closes (for http tunnels, its pooled connection to
+  frpc; only udp counts as it goes), so a long-lived connection shows no traffic until it
+  ends; activeConnections is what shows it live.
 - frps's counters start from zero when frps restarts. The agent keeps its own totals, adding
   what frps counted since the last reading, so `tunnelop_tunnel_*_bytes_total` only grows
   (they start again only when the agent itself restarts, which a Prometheus counter allows).
@@ -146,8 +146,8 @@ class TunnelCollector:
     def collect(self) -> Iterator[Metric]:
         bytes_in = CounterMetricFamily(
             "tunnelop_tunnel_bytes_in",
-            "Bytes from visitors to the tunnel's service, as counted by frps (TCP connections "
-            "count when they close)",
+            "Bytes from visitors to the tunnel's service, as counted by frps (a connection "
+            "counts when it closes; udp as it goes)",
             labels=LABELS,
         )
         bytes_out = CounterMetricFamily(
