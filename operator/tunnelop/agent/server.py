@@ -89,7 +89,7 @@ class Agent:
             state_dir=options.state_dir,
             on_change=self._on_table,
         )
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._meter_task: asyncio.Task[None] | None = None
 
     def _on_table(self, index: TableIndex) -> None:
@@ -102,7 +102,12 @@ class Agent:
 
     # ---- plugin endpoint ----------------------------------------------------------------
 
-    async def handle_plugin(self, request: web.Request) -> web.Response:
+    async def _plugin_or_404(self, request: web.BaseRequest) -> web.Response:
+        if request.method != "POST" or request.path != AGENT_PLUGIN_PATH:
+            return web.Response(status=404, text=f"POST {AGENT_PLUGIN_PATH} only\n")
+        return await self.handle_plugin(request)
+
+    async def handle_plugin(self, request: web.BaseRequest) -> web.Response:
         started = time.perf_counter()
         op = request.query.get("op", "")
         try:
@@ -190,15 +195,21 @@ class Agent:
 
     async def start(self) -> None:
         await self.source.start()
-        plugin = web.Application(client_max_size=1024 * 1024)
-        plugin.router.add_post(AGENT_PLUGIN_PATH, self.handle_plugin)
         health = web.Application()
         health.router.add_get("/healthz", self.handle_healthz)
         health.router.add_get("/readyz", self.handle_readyz)
         health.router.add_get("/metrics", self.handle_metrics)
-        for app, address in ((plugin, self.options.listen), (health, self.options.health_listen)):
+        runners: list[tuple[web.BaseRunner, str]] = [
+            # The plugin endpoint serves one path for frps alone: aiohttp's low-level server,
+            # without an application's routing and middleware on every call.
+            (
+                web.ServerRunner(web.Server(self._plugin_or_404), access_log=None),
+                self.options.listen,
+            ),
+            (web.AppRunner(health, access_log=None), self.options.health_listen),
+        ]
+        for runner, address in runners:
             host, port = split_address(address)
-            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host, port).start()
             self._runners.append(runner)
