@@ -191,17 +191,8 @@ class Proc:
         return self.process is not None and self.process.returncode is None
 
     async def stop(self, grace: float = 5) -> None:
-        proc = self.process
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self.process is not None:
+            await tools.terminate_group(self.process, grace)
 
     def logs(self, start: int = 0) -> str:
         if not self.log_path.exists():

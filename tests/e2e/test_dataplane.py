@@ -17,7 +17,6 @@ from support import objects, tools
 from support.dataplane import (
     Frpc,
     connect_refused,
-    echo_from,
     frpc_toml_with_local_port,
     http_site,
     running_frpc,
@@ -27,7 +26,7 @@ from support.dataplane import (
     wait_for_http,
     wait_for_udp_echo,
 )
-from support.netutil import echo_server, wait_for_echo
+from support.netutil import echo_once, echo_server, wait_for_echo
 from support.objects import tunnel, wait_condition, wait_for
 from tunnelop import basicauth
 
@@ -305,16 +304,7 @@ async def test_suspension_refuses_visitors_and_kicks_the_client(
         await wait_condition("tunnel", "game", namespace, "ClientConnected", "True", timeout=15)
         reader, writer = await asyncio.open_connection(address, port)  # a visitor, connected
 
-        tools.kubectl(
-            "patch",
-            "tunnel",
-            "game",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec":{"suspended":true}}',
-        )
+        objects.set_suspended("game", namespace, True)
         # How fast (target: 5 s) is measured by bench/bench_dataplane.py; here the bound
         # only keeps a broken suspension from passing.
         await _until_refused(address, port, timeout=10)
@@ -328,16 +318,7 @@ async def test_suspension_refuses_visitors_and_kicks_the_client(
             "tunnel", "game", namespace, "ClientConnected", "False", "TunnelSuspended", timeout=15
         )
         # Lifting the suspension lets the same frpc back in (it keeps retrying).
-        tools.kubectl(
-            "patch",
-            "tunnel",
-            "game",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec":{"suspended":false}}',
-        )
+        objects.set_suspended("game", namespace, False)
         await assert_echo(address, port, frpc.logs)
 
 
@@ -367,7 +348,7 @@ async def test_visitor_outside_allow_source_ranges_is_refused(relay, namespace, 
 async def assert_echo_from(address: str, port: int, source: str, frpc: Frpc) -> None:
     async def attempt():
         try:
-            return await echo_from(address, port, b"knock", source=source)
+            return await echo_once(address, port, b"knock", source=source)
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             return None
 

@@ -273,23 +273,6 @@ async def connect_refused(
             await writer.wait_closed()
 
 
-async def echo_from(
-    host: str, port: int, payload: bytes, *, source: str, timeout: float = 5
-) -> bytes:
-    """One echo round trip from a given visitor address."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, local_addr=(source, 0)), timeout
-    )
-    try:
-        writer.write(payload)
-        await writer.drain()
-        return await asyncio.wait_for(reader.readexactly(len(payload)), timeout)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
 @contextlib.asynccontextmanager
 async def sink_server(host: str = "127.0.0.1") -> AsyncIterator[tuple[int, list[float]]]:
     """A TCP server that reads and discards; yields its port and a list that gets the

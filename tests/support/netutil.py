@@ -33,9 +33,14 @@ async def echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-async def echo_once(host: str, port: int, payload: bytes, timeout: float = 5) -> bytes:
-    """Send payload, read the same number of bytes back."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+async def echo_once(
+    host: str, port: int, payload: bytes, timeout: float = 5, *, source: str | None = None
+) -> bytes:
+    """Send payload, read the same number of bytes back; from address `source` if given."""
+    local_addr = (source, 0) if source else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, local_addr=local_addr), timeout
+    )
     try:
         writer.write(payload)
         await writer.drain()

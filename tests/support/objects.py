@@ -110,6 +110,12 @@ async def wait_condition(
         raise TimeoutError(f"{exc}; last status: {json.dumps(last)}") from None
 
 
+def set_suspended(tunnel_name: str, namespace: str, suspended: bool) -> None:
+    """Suspend or resume a Tunnel, as a provider would (merge patch of spec.suspended)."""
+    patch = json.dumps({"spec": {"suspended": suspended}})
+    tools.kubectl("patch", "tunnel", tunnel_name, "-n", namespace, "--type=merge", "-p", patch)
+
+
 def secret_data(name: str, namespace: str) -> dict[str, str]:
     secret = get("secret", name, namespace) or {}
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}

@@ -502,17 +502,8 @@ def _field_value(pod: Any, field_path: str, address: str) -> str:
 
 
 async def _terminate(container: Container, grace: float = 5.0) -> None:
-    proc = container.process
-    if proc is None or proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+    if container.process is not None:
+        await tools.terminate_group(container.process, grace)
 
 
 async def _main() -> None:

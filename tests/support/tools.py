@@ -6,6 +6,8 @@ checkout; `hack/tools.sh path` is the single place that knows where.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import functools
 import os
@@ -106,3 +108,18 @@ def die_with_parent() -> None:
     process started by a test or the demo outlives it."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def terminate_group(process: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """SIGTERM to a process started in its own group (start_new_session), SIGKILL after
+    `grace` seconds: a container's or a tool's children go with it."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
