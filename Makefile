@@ -66,6 +66,7 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
+	$(BIN)/python bench/bench_agent.py
 
 .PHONY: bench-dataplane
 bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=--help for options)

@@ -1247,7 +1247,7 @@ async def main() -> int:
     )
     parser.add_argument("--push-mb", type=int, default=200, help="MB per push for 4 (default 200)")
     parser.add_argument(
-        "--repetitions", type=int, default=5, help="pushes per variant for 4 (default 5)"
+        "--repetitions", type=int, default=9, help="pushes per variant for 4 (default 9)"
     )
     parser.add_argument(
         "--relay-address", default="127.0.200.2", help="first loopback address of the relays"
