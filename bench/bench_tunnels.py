@@ -221,11 +221,19 @@ async def main() -> int:
         out.write_text(json.dumps(public, indent=2) + "\n")
         print(json.dumps(public, indent=2))
     finally:
-        await operator.stop()
-        tools.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        # While the operator runs: its finalizers let the Tunnels and RelayNodes go.
+        tools.kubectl("delete", "namespace", namespace, "--timeout=600s", check=False)
         names = result.get("relay_names", []) if "result" in locals() else []
         if names:
-            tools.kubectl("delete", "relaynode", *names, "--wait=false", check=False)
+            tools.kubectl("delete", "relaynode", *names, "--timeout=120s", check=False)
+        await operator.stop()
+        tools.kubectl(
+            "delete",
+            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+            "tunnelop.dev",
+            "--ignore-not-found",
+            check=False,
+        )
         await api.close()
     return 0
 

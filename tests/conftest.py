@@ -117,7 +117,7 @@ async def operator(
     await process.stop()
     tools.kubectl(
         "delete",
-        "validatingwebhookconfiguration",
+        "validatingwebhookconfiguration,mutatingwebhookconfiguration",
         "tunnelop.dev",
         "--ignore-not-found",
         check=False,
