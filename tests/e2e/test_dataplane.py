@@ -320,6 +320,38 @@ async def test_suspension_refuses_visitors_and_kicks_the_client(
         # Lifting the suspension lets the same frpc back in (it keeps retrying).
         objects.set_suspended("game", namespace, False)
         await assert_echo(address, port, frpc.logs)
+    await wait_for(
+        lambda: {"Suspended", "Resumed"} <= set(objects.event_reasons(namespace, "game")),
+        timeout=15,
+        what="Suspended and Resumed events",
+    )
+
+
+async def test_rotated_token_and_deleted_tunnel_kick_the_client(relay, namespace, tmp_path):
+    relay_name, address = relay
+    ready = await ready_tunnel(namespace, "rotating", "tcp", relay_name)
+    port = ready["status"]["remotePort"]
+    async with echo_server() as local:
+        old = await Frpc.from_secret("rotating", namespace, local, tmp_path).start()
+        try:
+            await assert_echo(address, port, old.logs)
+            # Deleting the credentials Secret rotates the token: the old client is kicked at
+            # its next heartbeat and refused after, a client with the new Secret gets in.
+            tools.kubectl("delete", "secret", "rotating-frpc", "-n", namespace)
+            await old.wait_log("pong message contains error", timeout=15)
+            await old.wait_log("invalid token for tunnel", timeout=15)
+        finally:
+            await old.stop()
+        await wait_for(
+            lambda: objects.get("secret", "rotating-frpc", namespace), what="a new Secret"
+        )
+        async with running_frpc("rotating", namespace, local, tmp_path) as new:
+            await assert_echo(address, port, new.logs)
+            # A deleted tunnel's client is kicked, and its port closes.
+            tools.kubectl("delete", "tunnel", "rotating", "-n", namespace)
+            await new.wait_log("pong message contains error", timeout=15)
+            await new.wait_log("is not on relay", timeout=15)
+            assert await connect_refused(address, port)
 
 
 async def _until_refused(address: str, port: int, timeout: float) -> None:

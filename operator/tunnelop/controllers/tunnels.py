@@ -111,9 +111,25 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
                 "Moved",
                 f"Moved from {old_relay}:{old_port} to {result.relay}:{result.port}; new endpoint {new['endpoint']}",
             )
+        was_suspended = _ready_reason(status) == "TunnelSuspended"
+        if tunnel.spec.suspended and not was_suspended:
+            _event(
+                rt,
+                body,
+                "Normal",
+                "Suspended",
+                f"Relay {result.relay} refuses the tunnel's visitors and client",
+            )
+        elif was_suspended and not tunnel.spec.suspended:
+            _event(rt, body, "Normal", "Resumed", f"Visitors connect to {new['endpoint']}")
 
 
 # ---- pieces ------------------------------------------------------------------------------
+
+
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    ready = conditions.find(status.get("conditions"), "Ready")
+    return ready.get("reason") if ready else None
 
 
 def _from_status(key: TunnelKey, status: dict[str, Any], protocol: str) -> Allocation | None:
