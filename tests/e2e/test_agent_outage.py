@@ -156,3 +156,59 @@ async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path
             await frpc.stop()
         await stop(frps)
         await stop(agent)
+
+
+async def test_agent_answers_malformed_plugin_calls_and_keeps_serving(tmp_path: Path):
+    """Whatever reaches the plugin port, the agent answers it (a refusal for a call it
+    cannot read) and stays up."""
+    state = tmp_path / "state"
+    state.mkdir()
+    entry = TableEntry("team", "ssh", token_sha256("tunnel-token"), "tcp", remote_port=23000)
+    (state / "table.json").write_text(table_json("outage", [entry]))
+    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
+    agent = await spawn(
+        [
+            str(Path(sys.executable).parent / "tunnelop"),
+            "agent",
+            "--relay=outage",
+            "--namespace=tunnelop-system",
+            "--table-secret=relay-outage-table",
+            f"--listen={ADDRESS}:7400",
+            f"--health-listen={ADDRESS}:7401",
+            f"--frps-dashboard=http://{ADDRESS}:7500",
+            f"--kubeconfig={tmp_path / 'kubeconfig'}",
+        ],
+        tmp_path / "agent.log",
+        {"TUNNELOP_STATE_DIR": str(state)},
+    )
+    bodies = [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b"\xff\xfe not utf-8",
+        b'{"op": [], "content": 5}',
+        b'{"version": "0.1.0", "op": "Login", "content": {"metas": "nope"}}',
+        b'{"version": "0.1.0", "op": "NewProxy", "content": {"user": [1, 2]}}',
+        os.urandom(4096),
+    ]
+    try:
+        await agent_ready()
+        async with aiohttp.ClientSession() as http:
+            for body in bodies:
+                for op in ("Login", "NewProxy", "Ping", "NewUserConn", "CloseProxy", "Other"):
+                    url = f"http://{ADDRESS}:7400/handler?version=0.1.0&op={op}"
+                    async with http.post(url, data=body) as response:
+                        assert response.status == 200, (op, body)
+                        answer = await response.json()
+                    assert isinstance(answer["reject"], bool)
+                    assert isinstance(answer["unchange"], bool)
+                    if op in ("Login", "NewProxy", "Ping", "NewUserConn"):
+                        assert answer["reject"], (op, body, answer)
+            async with http.get(f"http://{ADDRESS}:7400/elsewhere") as response:
+                assert response.status == 404
+            async with http.get(f"http://{ADDRESS}:7401/healthz") as response:
+                assert response.status == 200
+        assert agent.returncode is None
+    finally:
+        await stop(agent)
