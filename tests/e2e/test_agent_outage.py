@@ -1,7 +1,7 @@
-"""Invariant 3 with the API server unreachable: a relay agent that restarts while it cannot
-reach the API server serves the table it kept on the pod's disk, so known clients reconnect
-and carry bytes. Real frps (config from the operator's builder), the real agent process and
-real frpc (config from the operator's builder); no cluster involved."""
+"""The relay agent as a process, with no cluster: invariant 3 with the API server
+unreachable (a restarted agent serves the table it kept on the pod's disk, so known clients
+reconnect and carry bytes through real frps and frpc, configured by the operator's
+builders), and malformed plugin calls answered without harm."""
 
 from __future__ import annotations
 
