@@ -92,6 +92,7 @@ class RunningPod:
     root: Path
     containers: list[Container] = field(default_factory=list)
     stopping: bool = False
+    token_refresher: asyncio.Task[None] | None = None
 
 
 class RelayPodRunner:
@@ -220,6 +221,9 @@ class RelayPodRunner:
         self.pods[meta.uid] = running
 
         mounts_by_volume = await self._materialize_volumes(pod, root)
+        running.token_refresher = asyncio.create_task(
+            self._refresh_tokens(pod, mounts_by_volume), name=f"{meta.name}/tokens"
+        )
         for spec in pod.spec.containers:
             binary = self.image_map(spec.image)
             if binary is None:
@@ -293,6 +297,8 @@ class RelayPodRunner:
         if pod is None:
             return
         pod.stopping = True
+        if pod.token_refresher:
+            pod.token_refresher.cancel()
         await asyncio.gather(*(_terminate(c) for c in pod.containers))
         for c in pod.containers:
             if c.supervisor:
@@ -355,6 +361,49 @@ class RelayPodRunner:
                         path.write_text(rewritten)
         return out
 
+    async def _service_account_token(self, pod: Any, sat: Any) -> bytes:
+        """A token bound to the pod, from the TokenRequest API, as the kubelet gets it."""
+        core = client.CoreV1Api(self._api)
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[sat.audience] if sat.audience else [],
+                expiration_seconds=sat.expiration_seconds or 3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    api_version="v1", kind="Pod", name=pod.metadata.name, uid=pod.metadata.uid
+                ),
+            )
+        )
+        token = await core.create_namespaced_service_account_token(
+            pod.spec.service_account_name or "default", pod.metadata.namespace, request
+        )
+        return token.status.token.encode()
+
+    async def _refresh_tokens(self, pod: Any, volumes: dict[str, Path]) -> None:
+        """Rewrite projected ServiceAccount tokens before they expire, as the kubelet does
+        (at 80% of their lifetime), so a relay that runs for hours keeps its API access."""
+        sources = [
+            (volumes[v.name], source.service_account_token)
+            for v in pod.spec.volumes or []
+            if v.projected and v.name in volumes
+            for source in v.projected.sources or []
+            if source.service_account_token
+        ]
+        if not sources:
+            return
+        lifetime = min(sat.expiration_seconds or 3600 for _, sat in sources)
+        while True:
+            await asyncio.sleep(lifetime * 0.8)
+            for directory, sat in sources:
+                try:
+                    token = await self._service_account_token(pod, sat)
+                except ApiException as exc:
+                    log.warning("cannot refresh the token of %s: %s", pod.metadata.name, exc)
+                    continue
+                path = directory / sat.path
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(token)
+                tmp.replace(path)
+
     async def _projected(self, pod: Any, projected: Any) -> dict[str, bytes]:
         core = client.CoreV1Api(self._api)
         ns = pod.metadata.namespace
@@ -362,22 +411,7 @@ class RelayPodRunner:
         for source in projected.sources or []:
             if source.service_account_token:
                 sat = source.service_account_token
-                request = client.AuthenticationV1TokenRequest(
-                    spec=client.V1TokenRequestSpec(
-                        audiences=[sat.audience] if sat.audience else [],
-                        expiration_seconds=sat.expiration_seconds or 3600,
-                        bound_object_ref=client.V1BoundObjectReference(
-                            api_version="v1",
-                            kind="Pod",
-                            name=pod.metadata.name,
-                            uid=pod.metadata.uid,
-                        ),
-                    )
-                )
-                token = await core.create_namespaced_service_account_token(
-                    pod.spec.service_account_name or "default", ns, request
-                )
-                files[sat.path] = token.status.token.encode()
+                files[sat.path] = await self._service_account_token(pod, sat)
             elif source.config_map:
                 try:
                     cm = await core.read_namespaced_config_map(source.config_map.name, ns)
