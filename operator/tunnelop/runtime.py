@@ -9,7 +9,6 @@ every scheduling decision is taken synchronously between two awaits.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,10 +121,6 @@ class Runtime:
         assert self.tunnel_queue is not None
         for key in list(self.unschedulable):
             self.tunnel_queue.add(key)
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class RelayTables:

@@ -12,7 +12,6 @@ error), so each says what to change.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from tunnelop.agent.table import Allowed, TableIndex
 from tunnelop.builders.names import credentials_secret_name
+from tunnelop.builders.relay import token_sha256
 
 LOGIN = "Login"
 NEW_PROXY = "NewProxy"
@@ -227,7 +227,7 @@ def _authenticate(index: TableIndex, metas: Any, user: Any) -> Allowed | Decisio
             tunnel,
         )
     secret = credentials_secret_name(found.entry.name)
-    digest = hashlib.sha256(token.encode()).hexdigest()
+    digest = token_sha256(token)
     if not hmac.compare_digest(digest, found.entry.token_sha256):
         return reject(
             f"invalid token for tunnel {tunnel}: use the token from Secret {secret}", tunnel

@@ -16,9 +16,14 @@ from tunnelop import conditions, logs
 from tunnelop.api.v1alpha1 import Tunnel, bits_per_second, error_messages
 from tunnelop.builders import names
 from tunnelop.builders.frpc import build_frpc_config, endpoint
-from tunnelop.builders.relay import TableEntry, build_credentials_secret, config_checksum
+from tunnelop.builders.relay import (
+    TableEntry,
+    build_credentials_secret,
+    config_checksum,
+    token_sha256,
+)
 from tunnelop.controllers.traffic import client_condition
-from tunnelop.runtime import FINALIZER, Runtime, token_digest
+from tunnelop.runtime import FINALIZER, Runtime
 from tunnelop.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
 from tunnelop.workqueue import Requeue
 
@@ -87,12 +92,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
 
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready)
-    observed = rt.traffic.observed.get(key) if rt.traffic else None
-    if observed is not None and observed.relay == result.relay:
-        new["traffic"] = observed.traffic()
-        client = client_condition(observed, tunnel.spec.suspended, key[1], generation)
-        if client is not None:
-            new["conditions"] = conditions.merge(new["conditions"], client)
+    _add_traffic(rt, new, tunnel, result.relay)
     if new != status:
         await _report(rt, body, new)
         old_relay, old_port = status.get("relayNode"), status.get("remotePort")
@@ -111,25 +111,39 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
                 "Moved",
                 f"Moved from {old_relay}:{old_port} to {result.relay}:{result.port}; new endpoint {new['endpoint']}",
             )
-        was_suspended = _ready_reason(status) == "TunnelSuspended"
-        if tunnel.spec.suspended and not was_suspended:
-            _event(
-                rt,
-                body,
-                "Normal",
-                "Suspended",
-                f"Relay {result.relay} refuses the tunnel's visitors and client",
-            )
-        elif was_suspended and not tunnel.spec.suspended:
-            _event(rt, body, "Normal", "Resumed", f"Visitors connect to {new['endpoint']}")
+        _suspension_event(rt, body, status, tunnel.spec.suspended, result.relay, new)
 
 
 # ---- pieces ------------------------------------------------------------------------------
 
 
-def _ready_reason(status: dict[str, Any]) -> str | None:
-    ready = conditions.find(status.get("conditions"), "Ready")
-    return ready.get("reason") if ready else None
+def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str) -> None:
+    """status.traffic and ClientConnected from the last reading of the relay's agent."""
+    key = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
+    observed = rt.traffic.observed.get(key) if rt.traffic else None
+    if observed is None or observed.relay != relay:
+        return
+    new["traffic"] = observed.traffic()
+    client = client_condition(observed, tunnel.spec.suspended, key[1], new["observedGeneration"])
+    if client is not None:
+        new["conditions"] = conditions.merge(new["conditions"], client)
+
+
+def _suspension_event(
+    rt: Runtime,
+    body: dict[str, Any],
+    old: dict[str, Any],
+    suspended: bool,
+    relay: str,
+    new: dict[str, Any],
+) -> None:
+    ready = conditions.find(old.get("conditions"), "Ready")
+    was_suspended = bool(ready and ready.get("reason") == "TunnelSuspended")
+    if suspended and not was_suspended:
+        message = f"Relay {relay} refuses the tunnel's visitors and client"
+        _event(rt, body, "Normal", "Suspended", message)
+    elif was_suspended and not suspended:
+        _event(rt, body, "Normal", "Resumed", f"Visitors connect to {new['endpoint']}")
 
 
 def _from_status(key: TunnelKey, status: dict[str, Any], protocol: str) -> Allocation | None:
@@ -158,7 +172,7 @@ def _table_entry(tunnel: Tunnel, alloc: Allocation, token: str) -> TableEntry:
     return TableEntry(
         namespace=tunnel.metadata.namespace or "",
         name=tunnel.metadata.name or "",
-        token_sha256=token_digest(token),
+        token_sha256=token_sha256(token),
         protocol=spec.protocol,
         remote_port=alloc.port,
         subdomain=alloc.subdomain,
