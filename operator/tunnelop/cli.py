@@ -9,6 +9,25 @@ from pathlib import Path
 from tunnelop import __version__
 
 
+def positive_seconds(value: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
+    return seconds
+
+
+def host_port(value: str) -> str:
+    """argparse type: "host:port" (or "[v6]:port") with a port of 1-65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be host:port with a port of 1-65535, got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelop",
@@ -55,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-webhook", action="store_true", help="run without the admission webhook")
     run.add_argument(
         "--traffic-interval",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         help=(
             "seconds between readings of the relay agents' traffic metrics (default: 10); a "
@@ -74,10 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--namespace", required=True, help="namespace of the table Secret")
     agent.add_argument("--table-secret", required=True, help="name of the table Secret")
     agent.add_argument(
-        "--listen", default="127.0.0.1:7400", help="plugin endpoint (default: 127.0.0.1:7400)"
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:7400",
+        help="plugin endpoint (default: 127.0.0.1:7400)",
     )
     agent.add_argument(
         "--health-listen",
+        type=host_port,
         default="127.0.0.1:7401",
         help="/healthz, /readyz and /metrics (default: 127.0.0.1:7401)",
     )
@@ -94,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--kubeconfig", default=None, help="kubeconfig, when not in a pod")
     agent.add_argument(
         "--meter-interval",
-        type=float,
+        type=positive_seconds,
         default=5.0,
         help="seconds between readings of frps's traffic figures (default: 5)",
     )
