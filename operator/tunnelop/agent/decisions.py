@@ -26,6 +26,7 @@ NEW_PROXY = "NewProxy"
 CLOSE_PROXY = "CloseProxy"
 PING = "Ping"
 NEW_USER_CONN = "NewUserConn"
+OPS = frozenset({LOGIN, NEW_PROXY, CLOSE_PROXY, PING, NEW_USER_CONN})
 
 # frp's bandwidth units are bytes per second, in KB (1024) or MB.
 _KIB = 1024

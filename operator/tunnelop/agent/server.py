@@ -130,8 +130,10 @@ class Agent:
                 decision.tunnel, alive=decision.client_alive, online=decision.proxy_online
             )
         result = "rejected" if decision.rejected else "accepted"
-        self.requests.labels(op, result).inc()
-        self.latency.labels(op).observe(time.perf_counter() - started)
+        # Only frps's own ops as label values: a request cannot make up series.
+        label = op if op in decisions.OPS else "other"
+        self.requests.labels(label, result).inc()
+        self.latency.labels(label).observe(time.perf_counter() - started)
         if decision.rejected:
             namespace, _, name = (decision.tunnel or "/").partition("/")
             log.info(
