@@ -205,6 +205,12 @@ async def test_agent_answers_malformed_plugin_calls_and_keeps_serving(tmp_path: 
                     assert isinstance(answer["unchange"], bool)
                     if op in ("Login", "NewProxy", "Ping", "NewUserConn"):
                         assert answer["reject"], (op, body, answer)
+            # frps always names the op in the query; a call without one is judged on its body.
+            for body in (b'{"op": [], "content": {}}', b'{"op": {"x": 1}}', b"{}"):
+                async with http.post(f"http://{ADDRESS}:7400/handler", data=body) as response:
+                    assert response.status == 200, body
+                    answer = await response.json()
+                assert isinstance(answer["reject"], bool), body
             async with http.get(f"http://{ADDRESS}:7400/elsewhere") as response:
                 assert response.status == 404
             async with http.get(f"http://{ADDRESS}:7401/healthz") as response:

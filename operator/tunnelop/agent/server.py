@@ -131,7 +131,7 @@ class Agent:
             )
         result = "rejected" if decision.rejected else "accepted"
         # Only frps's own ops as label values: a request cannot make up series.
-        label = op if op in decisions.OPS else "other"
+        label = op if isinstance(op, str) and op in decisions.OPS else "other"
         self.requests.labels(label, result).inc()
         self.latency.labels(label).observe(time.perf_counter() - started)
         if decision.rejected:
