@@ -123,7 +123,11 @@ class TrafficCollector:
         observed = Observed(relay, totals, reading)
         self.observed[key] = observed
         shown = conditions.find(status.get("conditions"), "ClientConnected")
-        if shown is None or (shown.get("status") == "True") != reading.connected:
+        if shown is None:
+            # A client that connects is news; one that never did waits for the budget (a
+            # first reading of many tunnels must not write them all at once).
+            return reading.connected
+        if (shown.get("status") == "True") != reading.connected:
             return True
         new = observed.traffic()
         old = reported or {}
