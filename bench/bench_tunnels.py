@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support import load, objects, tools  # noqa: E402
 from support.cluster import ensure_cluster  # noqa: E402
-from support.operator import OperatorProcess  # noqa: E402
+from support.operator import OperatorProcess, delete_webhook_configurations  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -227,13 +227,7 @@ async def main() -> int:
         if names:
             tools.kubectl("delete", "relaynode", *names, "--timeout=120s", check=False)
         await operator.stop()
-        tools.kubectl(
-            "delete",
-            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
-            "tunnelop.dev",
-            "--ignore-not-found",
-            check=False,
-        )
+        delete_webhook_configurations()
         await api.close()
     return 0
 

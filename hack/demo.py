@@ -41,7 +41,7 @@ from kubernetes.aio import client, config, watch
 from support import objects, tools
 from support.dataplane import Frpc, http_site, start_relay, wait_for_http
 from support.netutil import echo_once, echo_server, wait_for_echo
-from support.operator import OperatorProcess
+from support.operator import OperatorProcess, delete_webhook_configurations
 from support.relay_runner import RelayPodRunner
 
 NAMESPACE = "tunnelop-demo"  # the tenant's namespace: the demo's Tunnels and their Secrets
@@ -547,12 +547,7 @@ In another terminal, from this checkout:
 
     async def _stop_operator(self, operator: OperatorProcess) -> None:
         await operator.stop()
-        tools.kubectl(
-            "delete",
-            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
-            "tunnelop.dev",
-            "--ignore-not-found",
-        )
+        delete_webhook_configurations()
 
 
 async def _namespace_exists(name: str) -> bool:

@@ -13,7 +13,7 @@ from kubernetes.aio import client, config
 
 from support import cluster as local_cluster
 from support import tools
-from support.operator import OperatorProcess
+from support.operator import OperatorProcess, delete_webhook_configurations
 from support.relay_runner import RelayPodRunner
 
 HERE = Path(__file__).parent
@@ -115,10 +115,4 @@ async def operator(
     await process.start()
     yield process
     await process.stop()
-    tools.kubectl(
-        "delete",
-        "validatingwebhookconfiguration,mutatingwebhookconfiguration",
-        "tunnelop.dev",
-        "--ignore-not-found",
-        check=False,
-    )
+    delete_webhook_configurations()

@@ -53,6 +53,28 @@ async def stop(process) -> None:
             await process.wait()
 
 
+def agent_without_api_server(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and env of an agent whose table (one tcp tunnel, team/ssh on port 23000, token
+    "tunnel-token") is only on its disk, and whose API server never answers."""
+    state = tmp_path / "state"
+    state.mkdir()
+    entry = TableEntry("team", "ssh", token_sha256("tunnel-token"), "tcp", remote_port=23000)
+    (state / "table.json").write_text(table_json("outage", [entry]))
+    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
+    argv = [
+        str(Path(sys.executable).parent / "tunnelop"),
+        "agent",
+        "--relay=outage",
+        "--namespace=tunnelop-system",
+        "--table-secret=relay-outage-table",
+        f"--listen={ADDRESS}:7400",
+        f"--health-listen={ADDRESS}:7401",
+        f"--frps-dashboard=http://{ADDRESS}:7500",
+        f"--kubeconfig={tmp_path / 'kubeconfig'}",
+    ]
+    return argv, {"TUNNELOP_STATE_DIR": str(state), "TUNNELOP_DASHBOARD_PASSWORD": "dash"}
+
+
 async def agent_ready(timeout: float = 20) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -83,24 +105,7 @@ async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path
     frps_toml = build_frps_config(relay, token="relay-token", dashboard_password="dash")
     # As in the pod: localhost is the pod's own address.
     (tmp_path / "frps.toml").write_text(frps_toml.replace("127.0.0.1", ADDRESS))
-    state = tmp_path / "state"
-    state.mkdir()
-    entry = TableEntry("team", "ssh", token_sha256("tunnel-token"), "tcp", remote_port=23000)
-    (state / "table.json").write_text(table_json("outage", [entry]))
-    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
-
-    agent_argv = [
-        str(Path(sys.executable).parent / "tunnelop"),
-        "agent",
-        "--relay=outage",
-        "--namespace=tunnelop-system",
-        "--table-secret=relay-outage-table",
-        f"--listen={ADDRESS}:7400",
-        f"--health-listen={ADDRESS}:7401",
-        f"--frps-dashboard=http://{ADDRESS}:7500",
-        f"--kubeconfig={tmp_path / 'kubeconfig'}",
-    ]
-    agent_env = {"TUNNELOP_STATE_DIR": str(state), "TUNNELOP_DASHBOARD_PASSWORD": "dash"}
+    agent_argv, agent_env = agent_without_api_server(tmp_path)
     agent = await spawn(agent_argv, tmp_path / "agent.log", agent_env)
     frps = await spawn(
         [str(tools.tool("frps")), "-c", str(tmp_path / "frps.toml")],
@@ -161,26 +166,8 @@ async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path
 async def test_agent_answers_malformed_plugin_calls_and_keeps_serving(tmp_path: Path):
     """Whatever reaches the plugin port, the agent answers it (a refusal for a call it
     cannot read) and stays up."""
-    state = tmp_path / "state"
-    state.mkdir()
-    entry = TableEntry("team", "ssh", token_sha256("tunnel-token"), "tcp", remote_port=23000)
-    (state / "table.json").write_text(table_json("outage", [entry]))
-    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
-    agent = await spawn(
-        [
-            str(Path(sys.executable).parent / "tunnelop"),
-            "agent",
-            "--relay=outage",
-            "--namespace=tunnelop-system",
-            "--table-secret=relay-outage-table",
-            f"--listen={ADDRESS}:7400",
-            f"--health-listen={ADDRESS}:7401",
-            f"--frps-dashboard=http://{ADDRESS}:7500",
-            f"--kubeconfig={tmp_path / 'kubeconfig'}",
-        ],
-        tmp_path / "agent.log",
-        {"TUNNELOP_STATE_DIR": str(state)},
-    )
+    argv, env = agent_without_api_server(tmp_path)
+    agent = await spawn(argv, tmp_path / "agent.log", env)
     bodies = [
         b"",
         b"{",

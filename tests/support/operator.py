@@ -101,3 +101,16 @@ class OperatorProcess:
         if self.process and self.process.returncode is None:
             os.kill(self.process.pid, signal.SIGKILL)
             await self.process.wait()
+
+
+def delete_webhook_configurations(kubeconfig: Path = tools.KUBECONFIG) -> None:
+    """Remove the admission webhooks the operator registered (they are cluster-wide and
+    would point at a process that is gone)."""
+    tools.kubectl(
+        "delete",
+        "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+        "tunnelop.dev",
+        "--ignore-not-found",
+        kubeconfig=kubeconfig,
+        check=False,
+    )
