@@ -58,12 +58,13 @@ async def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> A
     await core.delete_namespace(name)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 async def relay_runner(
     cluster: local_cluster.LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RelayPodRunner]:
-    """Plays kubelet for relay pods: runs their containers locally on 127.0.0.x. Scoped to
-    the package that uses it (e2e): other suites' relays stay paper relays."""
+    """Plays kubelet for relay pods: runs their containers locally on 127.0.0.x. One per
+    test module that uses it, stopped with it: relays of other modules (the integration
+    suites) stay paper relays, whose status no agent changes."""
     runner = RelayPodRunner(cluster.kubeconfig, tmp_path_factory.mktemp("relay-pods"))
     await runner.start()
     yield runner

@@ -227,19 +227,25 @@ async def test_restart_with_everything_in_place_writes_nothing(
     for i in range(5):
         await wait_condition("tunnel", f"t{i}", namespace, "Ready")
 
-    def versions() -> dict[str, str]:
+    def snapshot() -> dict[str, dict]:
         watched = objects.list_objects("tunnel", namespace) + objects.list_objects(
             "secret", namespace, "tunnelop.dev/tunnel"
         )
         watched.append(objects.get("secret", f"relay-{name}-table", relay_namespace))
         watched.append(objects.get("relaynode", name))
-        return {
-            f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
-            for o in watched
-        }
+        return {f"{o['kind']}/{o['metadata']['name']}": o for o in watched}
 
-    before = versions()
+    def versions(objs: dict[str, dict]) -> dict[str, str]:
+        return {key: o["metadata"]["resourceVersion"] for key, o in objs.items()}
+
+    before = snapshot()
     await operator.stop()
     await operator.start()
     await asyncio.sleep(5)  # time to reconcile everything again
-    assert versions() == before
+    after = snapshot()
+    changed = {
+        key: {"before": before[key].get("status"), "after": after[key].get("status")}
+        for key in before
+        if versions(before)[key] != versions(after).get(key)
+    }
+    assert not changed, json.dumps(changed, indent=1)[:4000]
