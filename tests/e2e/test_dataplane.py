@@ -484,3 +484,52 @@ async def test_tunnels_keep_working_and_reconnect_while_the_operator_is_down(
                 await operator.start()
         finally:
             await frpc.stop()
+
+
+async def test_operator_restart_with_a_connected_client_writes_nothing(
+    relay, namespace, tmp_path, operator, relay_namespace
+):
+    """Metering included: with a client connected and its traffic reported, a restarted
+    operator finds every status current and writes nothing (heartbeats alone never write)."""
+    relay_name, address = relay
+    ready = await ready_tunnel(namespace, "calm", "tcp", relay_name)
+    port = ready["status"]["remotePort"]
+    async with echo_server() as local, running_frpc("calm", namespace, local, tmp_path) as frpc:
+        await assert_echo(address, port, frpc.logs)
+        await wait_condition("tunnel", "calm", namespace, "ClientConnected", "True", timeout=15)
+
+        def counted():
+            traffic = (objects.get("tunnel", "calm", namespace) or {}).get("status", {})
+            return (traffic.get("traffic") or {}).get("bytesIn", 0) > 0
+
+        await wait_for(counted, timeout=20, what="traffic in status")
+        await asyncio.sleep(4)  # past the traffic write interval: nothing is pending
+
+        def snapshot() -> dict[str, dict]:
+            objs = [
+                objects.get("tunnel", "calm", namespace),
+                objects.get("secret", "calm-frpc", namespace),
+                objects.get("secret", f"relay-{relay_name}-table", relay_namespace),
+                objects.get("relaynode", relay_name),
+            ]
+            return {f"{o['kind']}/{o['metadata']['name']}": o for o in objs}
+
+        before = snapshot()
+        await operator.stop()
+        await operator.start()
+        await asyncio.sleep(6)  # several traffic rounds (1 s) and every reconcile
+        after = snapshot()
+        changed = {
+            key: {"before": before[key].get("status"), "after": after[key].get("status")}
+            for key in before
+            if before[key]["metadata"]["resourceVersion"]
+            != after[key]["metadata"]["resourceVersion"]
+        }
+        assert not changed, json.dumps(changed, indent=1)[:4000]
+
+        # A reconcile for another reason (a label) while heartbeats keep coming: the status
+        # stays as it is; lastSeen moves only with the counted figures.
+        await asyncio.sleep(4)  # a heartbeat or more since the last reading was written
+        tools.kubectl("label", "tunnel", "calm", "-n", namespace, "tunnelop.test/poke=1")
+        await asyncio.sleep(3)
+        assert objects.get("tunnel", "calm", namespace)["status"] == after["Tunnel/calm"]["status"]

@@ -32,6 +32,8 @@ from tunnelop.scheduling import TunnelKey
 
 log = logs.get(__name__)
 SCRAPE_TIMEOUT = 3.0
+# The status.traffic fields whose change is worth a write (lastSeen alone is not).
+COUNTED_FIELDS = ("bytesIn", "bytesOut", "activeConnections")
 
 
 @dataclass
@@ -131,7 +133,7 @@ class TrafficCollector:
             return True
         new = observed.traffic()
         old = reported or {}
-        if any(new.get(f) != old.get(f) for f in ("bytesIn", "bytesOut", "activeConnections")):
+        if any(new.get(f) != old.get(f) for f in COUNTED_FIELDS):
             return False
         return None
 

@@ -22,7 +22,7 @@ from tunnelop.builders.relay import (
     config_checksum,
     token_sha256,
 )
-from tunnelop.controllers.traffic import client_condition
+from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
 from tunnelop.runtime import FINALIZER, Runtime
 from tunnelop.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
 from tunnelop.workqueue import Requeue
@@ -123,7 +123,12 @@ def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str) -
     observed = rt.traffic.observed.get(key) if rt.traffic else None
     if observed is None or observed.relay != relay:
         return
-    new["traffic"] = observed.traffic()
+    traffic = observed.traffic()
+    shown = new.get("traffic") or {}
+    if "lastSeen" in shown and all(traffic.get(f) == shown.get(f) for f in COUNTED_FIELDS):
+        # A heartbeat alone is no reason to write: lastSeen moves with the counted figures.
+        traffic["lastSeen"] = shown["lastSeen"]
+    new["traffic"] = traffic
     client = client_condition(observed, tunnel.spec.suspended, key[1], new["observedGeneration"])
     if client is not None:
         new["conditions"] = conditions.merge(new["conditions"], client)

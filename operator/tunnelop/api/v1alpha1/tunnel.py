@@ -282,7 +282,11 @@ class TunnelTraffic(StatusModel):
         default=None, description="Visitor connections open right now."
     )
     last_seen: datetime | None = Field(
-        default=None, description="When the relay last reported traffic or a client heartbeat."
+        default=None,
+        description=(
+            "When the tunnel's client was last seen alive (login, proxy or heartbeat), as of "
+            "the last traffic report: it moves with the counts, not with every heartbeat."
+        ),
     )
 
 
