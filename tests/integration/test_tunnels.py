@@ -235,17 +235,10 @@ async def test_restart_with_everything_in_place_writes_nothing(
         watched.append(objects.get("relaynode", name))
         return {f"{o['kind']}/{o['metadata']['name']}": o for o in watched}
 
-    def versions(objs: dict[str, dict]) -> dict[str, str]:
-        return {key: o["metadata"]["resourceVersion"] for key, o in objs.items()}
-
     before = snapshot()
     await operator.stop()
     await operator.start()
     await asyncio.sleep(5)  # time to reconcile everything again
     after = snapshot()
-    changed = {
-        key: {"before": before[key].get("status"), "after": after[key].get("status")}
-        for key in before
-        if versions(before)[key] != versions(after).get(key)
-    }
+    changed = objects.rewritten(before, after)
     assert not changed, json.dumps(changed, indent=1)[:4000]

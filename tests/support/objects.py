@@ -110,6 +110,17 @@ async def wait_condition(
         raise TimeoutError(f"{exc}; last status: {json.dumps(last)}") from None
 
 
+def rewritten(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """Of two snapshots (name -> object), the objects whose resourceVersion moved, with their
+    status before and after: what a "writes nothing" test reports when it fails."""
+    return {
+        key: {"before": before[key].get("status"), "after": (after.get(key) or {}).get("status")}
+        for key in before
+        if before[key]["metadata"]["resourceVersion"]
+        != ((after.get(key) or {}).get("metadata") or {}).get("resourceVersion")
+    }
+
+
 def set_suspended(tunnel_name: str, namespace: str, suspended: bool) -> None:
     """Suspend or resume a Tunnel, as a provider would (merge patch of spec.suspended)."""
     patch = json.dumps({"spec": {"suspended": suspended}})
