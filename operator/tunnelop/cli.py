@@ -20,11 +20,20 @@ def positive_seconds(value: str) -> float:
     return seconds
 
 
-def host_port(value: str) -> str:
-    """argparse type: "host:port" (or "[v6]:port") with a port of 1-65535."""
+def split_host_port(value: str) -> tuple[str, int]:
+    """ "host:port" (or "[v6]:port") with a port of 1-65535 -> (host, port)."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"must be host:port with a port of 1-65535, got {value!r}")
+        raise ValueError(f"must be host:port with a port of 1-65535, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def host_port(value: str) -> str:
+    """argparse type: an address split_host_port accepts."""
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 
@@ -138,7 +147,11 @@ def run_agent(args: argparse.Namespace) -> int:
 
     from tunnelop import logs
     from tunnelop.agent.server import AgentOptions, serve
-    from tunnelop.builders.names import DASHBOARD_PASSWORD_ENV, STATE_DIR_ENV
+    from tunnelop.builders.names import (
+        DASHBOARD_PASSWORD_ENV,
+        SERVICE_ACCOUNT_DIR,
+        STATE_DIR_ENV,
+    )
 
     logs.configure(args.log_format, args.log_level.upper())
     state_dir = os.environ.get(STATE_DIR_ENV)
@@ -151,7 +164,7 @@ def run_agent(args: argparse.Namespace) -> int:
         frps_dashboard=args.frps_dashboard,
         dashboard_password=os.environ.get(DASHBOARD_PASSWORD_ENV) or None,
         state_dir=Path(state_dir) if state_dir else None,
-        service_account_dir=args.service_account_dir,
+        service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
         kubeconfig=args.kubeconfig,
         meter_interval=args.meter_interval,
     )

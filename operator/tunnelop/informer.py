@@ -1,4 +1,5 @@
-"""A list-and-watch informer for kinds with many objects (Tunnels, their Secrets).
+"""A list-and-watch informer for kinds with many objects (Tunnels, their Secrets), also
+used by the relay agent for its one table Secret.
 
 kopf gives every watched object a worker of its own, and its bookkeeping grows with their
 number; at thousands of tunnels that dominated the operator's CPU (measured; see
@@ -10,6 +11,7 @@ a cache and enqueues a key.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +23,25 @@ Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, 
 
 
 class Informer:
-    def __init__(self, kube: Kube, path: str, handler: Handler, *, labels: str = "") -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        path: str,
+        handler: Handler,
+        *,
+        labels: str = "",
+        fields: str = "",
+        on_interrupted: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.kube = kube
         self.path = path
         self.handler = handler
         self.labels = labels
+        self.fields = fields
+        self.on_interrupted = on_interrupted
         self.synced = asyncio.Event()
+        # Monotonic time of the API server's last answer (a list or any watch event).
+        self.contacted_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         # Only identities, to tell the handler what vanished while the watch was down.
         self._known: dict[tuple[str, str], dict[str, Any]] = {}
@@ -41,7 +56,10 @@ class Informer:
 
     async def list(self) -> tuple[list[dict[str, Any]], str]:
         query = [("labelSelector", self.labels)] if self.labels else []
+        if self.fields:
+            query.append(("fieldSelector", self.fields))
         result = await self.kube.request("GET", self.path, query=query) or {}
+        self.contacted_at = time.monotonic()
         return result.get("items", []), result.get("metadata", {}).get("resourceVersion", "")
 
     async def _run(self) -> None:
@@ -57,8 +75,9 @@ class Informer:
                         self._dispatch("ADDED", obj)
                     self.synced.set()
                 async for event in self.kube.watch(
-                    self.path, resource_version=version, labels=self.labels
+                    self.path, resource_version=version, labels=self.labels, fields=self.fields
                 ):
+                    self.contacted_at = time.monotonic()
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         version = ""  # 410 Gone and the like: list again
@@ -69,7 +88,10 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # API server restarts, timeouts, expired versions
-                log.warning("watch interrupted; listing again", path=self.path, error=str(exc))
+                if self.on_interrupted:
+                    self.on_interrupted(exc)
+                else:
+                    log.warning("watch interrupted; listing again", path=self.path, error=str(exc))
                 version = ""
                 await asyncio.sleep(1)
 

@@ -19,6 +19,8 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.config import incluster_config
 
+from tunnelop.builders.names import SERVICE_ACCOUNT_DIR
+
 FIELD_MANAGER = "tunnelop"
 TOO_MANY_REQUESTS_RETRIES = 20
 GROUP_VERSION = "tunnelop.dev/v1alpha1"
@@ -60,10 +62,7 @@ PLURALS = {
 }
 
 
-def _load_incluster(cfg: client.Configuration, service_account_dir: str | None) -> None:
-    if service_account_dir is None:
-        config.load_incluster_config(client_configuration=cfg)
-        return
+def _load_incluster(cfg: client.Configuration, service_account_dir: str) -> None:
     loader = incluster_config.InClusterConfigLoader(
         token_filename=f"{service_account_dir}/token",
         cert_filename=f"{service_account_dir}/ca.crt",
@@ -77,11 +76,10 @@ class Kube:
 
     @classmethod
     async def connect(
-        cls, kubeconfig: str | None = None, service_account_dir: str | None = None
+        cls, kubeconfig: str | None = None, service_account_dir: str = SERVICE_ACCOUNT_DIR
     ) -> Kube:
-        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG).
-        `service_account_dir` is where the pod's token and CA are mounted, when not at the
-        usual place."""
+        """In-cluster config when running in a pod (the token and CA mounted in
+        `service_account_dir`), else the kubeconfig (KUBECONFIG)."""
         cfg = client.Configuration()
         try:
             _load_incluster(cfg, service_account_dir)

@@ -25,7 +25,8 @@ from tunnelop.agent import decisions
 from tunnelop.agent.metering import Meter, TunnelCollector, parse_frps_metrics
 from tunnelop.agent.source import TableSource
 from tunnelop.agent.table import TableIndex
-from tunnelop.builders.names import AGENT_PLUGIN_PATH, DASHBOARD_USER
+from tunnelop.builders.names import AGENT_PLUGIN_PATH, DASHBOARD_USER, SERVICE_ACCOUNT_DIR
+from tunnelop.cli import split_host_port
 from tunnelop.kube import Kube
 
 log = logs.get(__name__)
@@ -41,7 +42,7 @@ class AgentOptions:
     frps_dashboard: str  # base URL of frps's dashboard API
     dashboard_password: str | None
     state_dir: Path | None
-    service_account_dir: str | None = None
+    service_account_dir: str = SERVICE_ACCOUNT_DIR
     kubeconfig: str | None = None
     meter_interval: float = 5.0
 
@@ -211,7 +212,7 @@ class Agent:
             (web.AppRunner(health, access_log=None), self.options.health_listen),
         ]
         for runner, address in runners:
-            host, port = split_address(address)
+            host, port = split_host_port(address)
             await runner.setup()
             await web.TCPSite(runner, host, port).start()
             self._runners.append(runner)
@@ -231,14 +232,6 @@ class Agent:
         for runner in self._runners:
             await runner.cleanup()
         await self.source.stop()
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """ "host:port" or "[v6]:port" -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address must be host:port, got {address!r}")
-    return host.strip("[]"), int(port)
 
 
 async def serve(options: AgentOptions) -> None:

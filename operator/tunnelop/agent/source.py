@@ -13,8 +13,7 @@ import asyncio
 import base64
 import contextlib
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tunnelop import logs
 from tunnelop.agent.table import TableIndex
 from tunnelop.builders.names import TABLE_KEY
 from tunnelop.builders.relay import parse_table_json
+from tunnelop.informer import Informer
 from tunnelop.kube import Kube
 
 log = logs.get(__name__)
@@ -33,7 +33,7 @@ class TableSource:
 
     def __init__(
         self,
-        kube_factory: Callable[[], Any],
+        kube_factory: Callable[[], Awaitable[Kube]],
         *,
         relay: str,
         namespace: str,
@@ -49,26 +49,33 @@ class TableSource:
         self.on_change = on_change
         self.index: TableIndex | None = None
         self.text: str | None = None
-        self.synced_at: float | None = None  # monotonic time of the last answer from the API
         self.source = "none"  # "state" or "api"
-        self._task: asyncio.Task[None] | None = None
-        self._kube: Kube | None = None
+        self._informer: Informer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._saves: set[asyncio.Task[None]] = set()
+        self._save_lock = asyncio.Lock()
 
     @property
     def loaded(self) -> bool:
         return self.index is not None
 
+    @property
+    def synced_at(self) -> float | None:
+        """Monotonic time the API server last answered the watch (None: never)."""
+        return self._informer.contacted_at if self._informer else None
+
     async def start(self) -> None:
         await self._load_state()
-        self._task = asyncio.create_task(self._watch_forever(), name="table-watch")
+        self._connecting = asyncio.create_task(self._watch(), name="table-watch")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        if self._connecting:
+            self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._kube:
-            await self._kube.close()
+                await self._connecting
+        if self._informer:
+            await self._informer.stop()
+            await self._informer.kube.close()
 
     # ---- applying a table -------------------------------------------------------------
 
@@ -109,7 +116,8 @@ class TableSource:
             os.replace(tmp, path)  # atomic: a crash leaves the old copy or the new one
 
         try:
-            await asyncio.to_thread(write)
+            async with self._save_lock:  # in order, one at a time
+                await asyncio.to_thread(write)
         except OSError as exc:
             log.warning("cannot keep a copy of the table", error=str(exc))
 
@@ -118,41 +126,44 @@ class TableSource:
 
     # ---- watching the Secret ----------------------------------------------------------
 
-    async def _watch_forever(self) -> None:
-        path = f"/api/v1/namespaces/{self.namespace}/secrets"
-        fields = f"metadata.name={self.secret}"
+    async def _watch(self) -> None:
+        """Connect (retrying while there is no usable config), then follow the Secret."""
         delay = 0.5
         while True:
             try:
-                if self._kube is None:
-                    self._kube = await self.kube_factory()
-                listing = await self._kube.request("GET", path, query=[("fieldSelector", fields)])
-                assert listing is not None
-                for item in listing.get("items", []):
-                    await self._on_secret(item)
-                self.synced_at = time.monotonic()
-                version = listing["metadata"]["resourceVersion"]
-                delay = 0.5
-                async for event in self._kube.watch(path, resource_version=version, fields=fields):
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind in ("ADDED", "MODIFIED"):
-                        await self._on_secret(obj)
-                    elif kind == "ERROR":
-                        break  # e.g. 410 Gone: list again
-                    self.synced_at = time.monotonic()
-            except asyncio.CancelledError:
-                raise
+                kube = await self.kube_factory()
+                break
             except Exception as exc:
-                # The API server is down or refuses: keep serving the table we have.
-                log.warning("table watch interrupted; serving the last table", error=str(exc))
+                self._interrupted(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+        self._informer = Informer(
+            kube,
+            f"/api/v1/namespaces/{self.namespace}/secrets",
+            self._on_event,
+            fields=f"metadata.name={self.secret}",
+            on_interrupted=self._interrupted,
+        )
+        self._informer.start()
 
-    async def _on_secret(self, secret: dict[str, Any]) -> None:
+    @staticmethod
+    def _interrupted(exc: Exception) -> None:
+        # The API server is down or refuses: keep serving the table we have.
+        log.warning("table watch interrupted; serving the last table", error=str(exc))
+
+    def _on_event(self, kind: str, secret: dict[str, Any]) -> None:
+        if kind not in ("ADDED", "MODIFIED"):
+            return  # a deleted table goes with its relay: keep serving until then
         raw = (secret.get("data") or {}).get(TABLE_KEY)
-        if raw is None:
+        try:
+            text = base64.b64decode(raw, validate=True).decode() if raw else None
+        except ValueError as exc:  # not base64, or not UTF-8
+            log.error("table Secret unreadable; keeping the previous table", error=str(exc))
+            return
+        if text is None:
             log.error("table Secret has no table", secret=self.secret, key=TABLE_KEY)
             return
-        text = base64.b64decode(raw).decode()
         if self.apply(text, "api"):
-            await self._save_state(text)
+            task = asyncio.create_task(self._save_state(text))
+            self._saves.add(task)
+            task.add_done_callback(self._saves.discard)

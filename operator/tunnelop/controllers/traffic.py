@@ -115,7 +115,6 @@ class TrafficCollector:
         status = (self.rt.tunnels.get(key) or {}).get("status") or {}
         reported = status.get("traffic")
         previous = self.observed.get(key)
-        totals = None
         if previous is not None and previous.relay != relay:
             # Moved: the new relay's agent counts from zero on top of what was counted.
             t = previous.totals
