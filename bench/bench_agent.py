@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tunnelop.builders.relay import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 ADDRESS = "127.0.0.250"
 RESULTS = Path(__file__).parent / "results"

@@ -69,7 +69,7 @@ from tunnelop.builders.frps import (  # noqa: E402
     POD_IP_TEMPLATE,
     build_frps_config,
 )
-from tunnelop.builders.names import (  # noqa: E402
+from tunnelop.contract.naming import (  # noqa: E402
     AGENT_HEALTH_PORT,
     CONTROL_PORT,
     DASHBOARD_PASSWORD_ENV,
@@ -80,7 +80,7 @@ from tunnelop.builders.names import (  # noqa: E402
     STATE_DIR_ENV,
     table_secret_name,
 )
-from tunnelop.builders.relay import TableEntry, table_json, token_sha256  # noqa: E402
+from tunnelop.contract.table import TableEntry, table_json, token_sha256  # noqa: E402
 
 GROUP, VERSION = API_VERSION.split("/")
 PHASES = ("ready", "suspend", "newuserconn", "throughput")

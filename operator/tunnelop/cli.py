@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tunnelop import __version__
+from tunnelop.platform.addresses import split_host_port
 
 
 def positive_seconds(value: str) -> float:
@@ -18,14 +19,6 @@ def positive_seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
     return seconds
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """ "host:port" (or "[v6]:port") with a port of 1-65535 -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"must be host:port with a port of 1-65535, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def host_port(value: str) -> str:
@@ -147,7 +140,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
     from tunnelop import logs
     from tunnelop.agent.server import AgentOptions, serve
-    from tunnelop.builders.names import (
+    from tunnelop.contract.naming import (
         DASHBOARD_PASSWORD_ENV,
         SERVICE_ACCOUNT_DIR,
         STATE_DIR_ENV,

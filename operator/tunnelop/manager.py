@@ -9,7 +9,7 @@ from pathlib import Path
 
 import kopf
 
-from tunnelop import certs, logs
+from tunnelop.platform import certs, logs
 
 WEBHOOK_CONFIGURATION = "tunnelop.dev"
 

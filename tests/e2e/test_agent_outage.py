@@ -19,7 +19,7 @@ from support.netutil import echo_server, wait_for_echo
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders.frpc import build_frpc_config
 from tunnelop.builders.frps import build_frps_config
-from tunnelop.builders.relay import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 ADDRESS = "127.0.0.60"  # this test's relay "pod"
 UNREACHABLE_KUBECONFIG = """

@@ -28,7 +28,7 @@ from support.dataplane import (
 )
 from support.netutil import echo_once, echo_server, wait_for_echo
 from support.objects import tunnel, wait_condition, wait_for
-from tunnelop import basicauth
+from tunnelop.contract import basicauth
 
 RUN = uuid.uuid4().hex[:5]
 HTTP_DOMAIN = "tunnels.test"

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.strategies import junk, sometimes, tunnel_specs
-from tunnelop.admission import SubdomainClaim, possible_http_domains, review
 from tunnelop.api.v1alpha1 import PortSpan, Tunnel
-from tunnelop.relays import RelayView
+from tunnelop.domain.admission import SubdomainClaim, possible_http_domains, review
+from tunnelop.domain.relayview import RelayView
 
 TCP = RelayView(
     name="tcp-1",

@@ -31,7 +31,7 @@ from tunnelop.agent.decisions import (
     visitor_address,
 )
 from tunnelop.agent.table import TableIndex, proxy_name, split_proxy_name
-from tunnelop.builders.relay import TableEntry, token_sha256
+from tunnelop.contract.table import TableEntry, token_sha256
 
 RELAY = "relay-a"
 OPS = (LOGIN, NEW_PROXY, PING, NEW_USER_CONN, CLOSE_PROXY)

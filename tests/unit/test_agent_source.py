@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tunnelop.agent.source import STATE_FILE, TableSource
-from tunnelop.builders.relay import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 
 def source(state_dir: Path | None = None, changes: list | None = None) -> TableSource:

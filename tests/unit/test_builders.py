@@ -46,7 +46,7 @@ from tunnelop.builders import (
     table_json,
     token_sha256,
 )
-from tunnelop.builders.names import (
+from tunnelop.contract.naming import (
     DEFAULT_AGENT_IMAGE,
     DEFAULT_FRPS_IMAGE,
     RELAY_LABEL,

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, Tunnel
-from tunnelop.relays import RelayView
-from tunnelop.scheduling import (
+from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling import (
     CAPACITY_EXHAUSTED,
     NO_RELAY_MATCHES,
     NO_RELAY_READY,
@@ -26,7 +26,7 @@ from tunnelop.scheduling import (
     Unschedulable,
     subdomain_candidates,
 )
-from tunnelop.scheduling.freeports import FreePorts
+from tunnelop.domain.scheduling.freeports import FreePorts
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 

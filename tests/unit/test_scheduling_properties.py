@@ -20,8 +20,8 @@ from hypothesis.stateful import (
 )
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayPlacement
-from tunnelop.relays import POOL_LABEL, RelayView
-from tunnelop.scheduling import (
+from tunnelop.domain.relayview import POOL_LABEL, RelayView
+from tunnelop.domain.scheduling import (
     REASONS,
     Allocation,
     AllocationTable,
@@ -29,8 +29,8 @@ from tunnelop.scheduling import (
     TunnelRequest,
     Unschedulable,
 )
-from tunnelop.scheduling.freeports import FreePorts
-from tunnelop.scheduling.model import uses_port, uses_subdomain
+from tunnelop.domain.scheduling.freeports import FreePorts
+from tunnelop.domain.scheduling.model import uses_port, uses_subdomain
 
 # Small worlds, so that ports, subdomains and capacity collide often.
 RELAY_NAMES = ("r1", "r2", "r3")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunnelop.agent.table import Allowed, TableIndex
-from tunnelop.builders.names import credentials_secret_name
-from tunnelop.builders.relay import token_sha256
+from tunnelop.contract.naming import credentials_secret_name
+from tunnelop.contract.table import token_sha256
 
 LOGIN = "Login"
 NEW_PROXY = "NewProxy"

@@ -20,14 +20,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from tunnelop import basicauth, logs
 from tunnelop.agent import decisions
 from tunnelop.agent.metering import Meter, TunnelCollector, parse_frps_metrics
 from tunnelop.agent.source import TableSource
 from tunnelop.agent.table import TableIndex
-from tunnelop.builders.names import AGENT_PLUGIN_PATH, DASHBOARD_USER, SERVICE_ACCOUNT_DIR
-from tunnelop.cli import split_host_port
-from tunnelop.kube import Kube
+from tunnelop.contract import basicauth
+from tunnelop.contract.naming import AGENT_PLUGIN_PATH, DASHBOARD_USER, SERVICE_ACCOUNT_DIR
+from tunnelop.platform import logs
+from tunnelop.platform.addresses import split_host_port
+from tunnelop.platform.kube import Kube
 
 log = logs.get(__name__)
 

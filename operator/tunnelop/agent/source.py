@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tunnelop import logs
 from tunnelop.agent.table import TableIndex
-from tunnelop.builders.names import TABLE_KEY
-from tunnelop.builders.relay import parse_table_json
-from tunnelop.informer import Informer
-from tunnelop.kube import Kube
+from tunnelop.contract.naming import TABLE_KEY
+from tunnelop.contract.table import parse_table_json
+from tunnelop.platform import logs
+from tunnelop.platform.informer import Informer
+from tunnelop.platform.kube import Kube
 
 log = logs.get(__name__)
 STATE_FILE = "table.json"

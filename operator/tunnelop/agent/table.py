@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tunnelop.builders.relay import TableEntry
+from tunnelop.contract.table import TableEntry
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -10,7 +10,6 @@ from tunnelop.builders.frps import (
     vhost_ports,
 )
 from tunnelop.builders.relay import (
-    TableEntry,
     build_config_secret,
     build_credentials_secret,
     build_deployment,
@@ -21,13 +20,10 @@ from tunnelop.builders.relay import (
     build_table_secret,
     config_checksum,
     relay_owner_reference,
-    table_json,
-    token_sha256,
 )
 
 __all__ = [
     "LOCAL_PORT_COMMENT",
-    "TableEntry",
     "allowed_port_spans",
     "build_config_secret",
     "build_credentials_secret",
@@ -43,7 +39,5 @@ __all__ = [
     "endpoint",
     "relay_listen_ports",
     "relay_owner_reference",
-    "table_json",
-    "token_sha256",
     "vhost_ports",
 ]

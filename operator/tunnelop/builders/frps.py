@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayNodeSpec, merge_spans
 from tunnelop.builders import _toml as toml
-from tunnelop.builders.names import (
+from tunnelop.contract.naming import (
     AGENT_HEALTH_PORT,
     AGENT_PLUGIN_NAME,
     AGENT_PLUGIN_OPS,

@@ -9,9 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunnelop import conditions, logs
 from tunnelop.api.v1alpha1 import RelayNode, error_messages
-from tunnelop.builders import names
 from tunnelop.builders.frps import build_frps_config
 from tunnelop.builders.relay import (
     build_config_secret,
@@ -22,9 +20,12 @@ from tunnelop.builders.relay import (
     build_service_account,
     config_checksum,
 )
-from tunnelop.relays import RelayView
-from tunnelop.runtime import FINALIZER, RelaySecrets, Runtime
-from tunnelop.workqueue import Requeue
+from tunnelop.contract import naming
+from tunnelop.controllers.state import FINALIZER, RelaySecrets, Runtime
+from tunnelop.domain import conditions
+from tunnelop.domain.relayview import RelayView
+from tunnelop.platform import logs
+from tunnelop.platform.workqueue import Requeue
 
 log = logs.get(__name__)
 
@@ -122,7 +123,7 @@ async def _public_address(
         if relay.spec.exposure.type == "LoadBalancer":
             return None
     pods = await rt.kube.list(
-        "v1", "Pod", rt.relay_namespace, labels=f"{names.RELAY_LABEL}={relay.metadata.name}"
+        "v1", "Pod", rt.relay_namespace, labels=f"{naming.RELAY_LABEL}={relay.metadata.name}"
     )
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
@@ -170,7 +171,9 @@ async def _relay_secrets(rt: Runtime, name: str) -> RelaySecrets:
     """The relay's frps token and dashboard password: generated once, then read back."""
     if name in rt.relay_secrets:
         return rt.relay_secrets[name]
-    existing = await rt.kube.get("v1", "Secret", names.config_secret_name(name), rt.relay_namespace)
+    existing = await rt.kube.get(
+        "v1", "Secret", naming.config_secret_name(name), rt.relay_namespace
+    )
     data = (existing or {}).get("data") or {}
     if "token" in data and "dashboard-password" in data:
         found = RelaySecrets(

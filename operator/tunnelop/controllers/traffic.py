@@ -17,9 +17,11 @@ from typing import Any
 
 import aiohttp
 
-from tunnelop import basicauth, conditions, logs
-from tunnelop.builders import names
-from tunnelop.metering import (
+from tunnelop.contract import basicauth, naming
+from tunnelop.controllers.state import Runtime
+from tunnelop.domain import conditions
+from tunnelop.domain.scheduling import TunnelKey
+from tunnelop.domain.traffic import (
     AgentReading,
     Totals,
     advance,
@@ -27,8 +29,7 @@ from tunnelop.metering import (
     parse_agent_metrics,
     traffic_status,
 )
-from tunnelop.runtime import Runtime
-from tunnelop.scheduling import TunnelKey
+from tunnelop.platform import logs
 
 log = logs.get(__name__)
 SCRAPE_TIMEOUT = 3.0
@@ -86,7 +87,7 @@ class TrafficCollector:
 
     async def collect_once(self, http: aiohttp.ClientSession) -> None:
         rt = self.rt
-        pods = await rt.kube.list("v1", "Pod", rt.relay_namespace, labels=names.RELAY_LABEL)
+        pods = await rt.kube.list("v1", "Pod", rt.relay_namespace, labels=naming.RELAY_LABEL)
         agents = {relay: ip for relay, ip in _agent_addresses(pods).items() if relay in rt.relays}
         scraped = await asyncio.gather(
             *(self._scrape(http, relay, ip) for relay, ip in agents.items())
@@ -142,8 +143,8 @@ class TrafficCollector:
         secrets = self.rt.relay_secrets.get(relay)
         if secrets is None:
             return None
-        url = f"http://{_host(ip)}:{names.AGENT_HEALTH_PORT}/metrics"
-        auth = basicauth.header(names.DASHBOARD_USER, secrets.dashboard_password)
+        url = f"http://{_host(ip)}:{naming.AGENT_HEALTH_PORT}/metrics"
+        auth = basicauth.header(naming.DASHBOARD_USER, secrets.dashboard_password)
         try:
             async with http.get(url, headers=auth) as response:
                 response.raise_for_status()
@@ -159,7 +160,7 @@ def _agent_addresses(pods: list[dict[str, Any]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pod in pods:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        relay = (meta.get("labels") or {}).get(names.RELAY_LABEL)
+        relay = (meta.get("labels") or {}).get(naming.RELAY_LABEL)
         if relay and status.get("podIP") and not meta.get("deletionTimestamp"):
             if status.get("phase") in (None, "Running"):
                 out[relay] = status["podIP"]
@@ -191,6 +192,6 @@ def client_condition(
         reason = "ClientNotConnected"
         message = (
             f"No frpc is connected to relay {relay}: run frpc with the frpc.toml of Secret "
-            f"{names.credentials_secret_name(tunnel)}"
+            f"{naming.credentials_secret_name(tunnel)}"
         )
     return conditions.condition("ClientConnected", False, reason, message, generation)

@@ -12,20 +12,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunnelop import conditions, logs
 from tunnelop.api.v1alpha1 import Tunnel, bits_per_second, error_messages
-from tunnelop.builders import names
 from tunnelop.builders.frpc import build_frpc_config, endpoint
-from tunnelop.builders.relay import (
-    TableEntry,
-    build_credentials_secret,
-    config_checksum,
-    token_sha256,
-)
+from tunnelop.builders.relay import build_credentials_secret, config_checksum
+from tunnelop.contract import naming
+from tunnelop.contract.table import TableEntry, token_sha256
+from tunnelop.controllers.state import FINALIZER, Runtime
 from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
-from tunnelop.runtime import FINALIZER, Runtime
-from tunnelop.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
-from tunnelop.workqueue import Requeue
+from tunnelop.domain import conditions
+from tunnelop.domain.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
+from tunnelop.platform import logs
+from tunnelop.platform.workqueue import Requeue
 
 log = logs.get(__name__)
 LOCAL_PORT_PLACEHOLDER = {"tcp": 22, "udp": 27015, "http": 8080, "https": 8443}
@@ -200,7 +197,7 @@ async def _write_credentials(
         tunnel_name=key[1],
         protocol=tunnel.spec.protocol,
         server_addr=address,
-        server_port=names.CONTROL_PORT,
+        server_port=naming.CONTROL_PORT,
         relay_token=relay_token,
         tunnel_token=token,
         remote_port=alloc.port,
@@ -257,7 +254,7 @@ def _bound_status(
         "subdomain": alloc.subdomain,
         "endpoint": visitors,
         "url": visitors if tunnel.spec.protocol in ("http", "https") else None,
-        "credentialsSecret": names.credentials_secret_name(tunnel.metadata.name or ""),
+        "credentialsSecret": naming.credentials_secret_name(tunnel.metadata.name or ""),
         "conditions": conditions.merge(status.get("conditions"), scheduled, ready),
     }
     return {k: v for k, v in new.items() if v is not None}

@@ -1,5 +1,5 @@
 """The admission webhooks for Tunnels: thin glue between the operator's caches (relays as
-watched, tunnels by subdomain) and the pure rules in tunnelop.admission."""
+watched, tunnels by subdomain) and the pure rules in tunnelop.domain.admission."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tunnelop import admission, logs
 from tunnelop.api.v1alpha1 import GROUP, VERSION, Tunnel
-from tunnelop.relays import RelayView
-from tunnelop.runtime import FINALIZER, Runtime
+from tunnelop.controllers.state import FINALIZER, Runtime
+from tunnelop.domain import admission
+from tunnelop.domain.relayview import RelayView
+from tunnelop.platform import logs
 
 log = logs.get(__name__)
 

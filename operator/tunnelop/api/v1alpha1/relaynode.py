@@ -24,7 +24,7 @@ from tunnelop.api.v1alpha1.common import (
     ready_column,
     unique_list,
 )
-from tunnelop.api.v1alpha1.names import (
+from tunnelop.api.v1alpha1.formats import (
     AnnotationMap,
     DnsName,
     FreeFormObject,

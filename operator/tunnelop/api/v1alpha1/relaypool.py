@@ -21,7 +21,7 @@ from tunnelop.api.v1alpha1.common import (
     conditions_field,
     crd_rules,
 )
-from tunnelop.api.v1alpha1.names import LabelMap, check_relay_name, relay_name_rule
+from tunnelop.api.v1alpha1.formats import LabelMap, check_relay_name, relay_name_rule
 from tunnelop.api.v1alpha1.relaynode import RelayNodeSpec
 
 # The pool's RelayNodes are named "<pool>-<5 characters>", which must stay a valid RelayNode

@@ -20,7 +20,7 @@ from tunnelop.api.v1alpha1.common import (
     conditions_field,
     unique_list,
 )
-from tunnelop.api.v1alpha1.names import RelayObjectName
+from tunnelop.api.v1alpha1.formats import RelayObjectName
 from tunnelop.api.v1alpha1.quantity import BitRate, ByteQuantity
 from tunnelop.api.v1alpha1.tunnel import Protocol
 

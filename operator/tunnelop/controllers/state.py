@@ -12,14 +12,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tunnelop import logs
 from tunnelop.api.v1alpha1 import RelayNode
-from tunnelop.builders import names
-from tunnelop.builders.relay import TableEntry, build_service, build_table_secret
-from tunnelop.kube import Kube
-from tunnelop.relays import RelayView
-from tunnelop.scheduling import AllocationTable, TunnelKey
-from tunnelop.workqueue import WorkQueue
+from tunnelop.builders.relay import build_service, build_table_secret
+from tunnelop.contract import naming
+from tunnelop.contract.table import TableEntry
+from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling import AllocationTable, TunnelKey
+from tunnelop.platform import logs
+from tunnelop.platform.kube import Kube
+from tunnelop.platform.workqueue import WorkQueue
 
 if TYPE_CHECKING:
     from tunnelop.controllers.traffic import TrafficCollector
@@ -230,4 +231,4 @@ class RelayTables:
 
 
 def relay_name_of(obj: dict[str, Any]) -> str | None:
-    return (obj.get("metadata", {}).get("labels") or {}).get(names.RELAY_LABEL)
+    return (obj.get("metadata", {}).get("labels") or {}).get(naming.RELAY_LABEL)

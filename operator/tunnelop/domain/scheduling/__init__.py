@@ -4,7 +4,7 @@ subdomains. Pure and synchronous: no I/O, no Kubernetes client. The reconcilers 
 the `Allocation` or the `Unschedulable` it answers.
 """
 
-from tunnelop.scheduling.model import (
+from tunnelop.domain.scheduling.model import (
     CAPACITY_EXHAUSTED,
     NO_RELAY_MATCHES,
     NO_RELAY_READY,
@@ -19,8 +19,8 @@ from tunnelop.scheduling.model import (
     TunnelRequest,
     Unschedulable,
 )
-from tunnelop.scheduling.subdomains import subdomain_candidates
-from tunnelop.scheduling.table import AllocationTable
+from tunnelop.domain.scheduling.subdomains import subdomain_candidates
+from tunnelop.domain.scheduling.table import AllocationTable
 
 __all__ = [
     "CAPACITY_EXHAUSTED",

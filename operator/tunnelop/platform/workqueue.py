@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from tunnelop import logs
+from tunnelop.platform import logs
 
 log = logs.get(__name__)
 K = TypeVar("K", bound=Hashable)

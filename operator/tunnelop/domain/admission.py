@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, Tunnel, TunnelSpec, error_messages
-from tunnelop.relays import RelayView
+from tunnelop.domain.relayview import RelayView
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-from tunnelop.scheduling.model import TunnelKey
+from tunnelop.domain.scheduling.model import TunnelKey
 
 DNS_LABEL_MAX = 63
 HASH_LENGTH = 6  # 24 bits: collisions are rare, and resolved by the next candidate

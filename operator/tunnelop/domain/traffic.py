@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunnelop.scheduling import TunnelKey
+from tunnelop.domain.scheduling import TunnelKey
 
 BYTES_IN = "tunnelop_tunnel_bytes_in"
 BYTES_OUT = "tunnelop_tunnel_bytes_out"

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tunnelop import logs
-from tunnelop.kube import Kube
+from tunnelop.platform import logs
+from tunnelop.platform.kube import Kube
 
 log = logs.get(__name__)
 Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, object)

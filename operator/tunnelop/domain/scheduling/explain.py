@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunnelop.api.v1alpha1 import RelayPlacement, format_quantity
-from tunnelop.relays import RelayView
-from tunnelop.scheduling.model import (
+from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling.model import (
     CAPACITY_EXHAUSTED,
     NO_RELAY_MATCHES,
     NO_RELAY_READY,

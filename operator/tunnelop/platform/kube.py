@@ -19,7 +19,7 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.config import incluster_config
 
-from tunnelop.builders.names import SERVICE_ACCOUNT_DIR
+from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 
 FIELD_MANAGER = "tunnelop"
 TOO_MANY_REQUESTS_RETRIES = 20

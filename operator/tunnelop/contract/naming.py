@@ -1,13 +1,12 @@
 """Names, labels, ports and images of the objects the operator creates for relays and tunnels.
 
 The reconcilers, the relay agent and the test-side pod runner all rely on these, so they
-live in one place.
+live in one place, beside the table format.
 """
 
 from __future__ import annotations
 
 import tunnelop
-from tunnelop.api.v1alpha1 import API_VERSION
 
 # On every object of a relay and on its pod template; the value is the RelayNode's name.
 RELAY_LABEL = "tunnelop.dev/relay"
@@ -20,7 +19,9 @@ CONFIG_CHECKSUM_ANNOTATION = "tunnelop.dev/config-checksum"
 MANAGED_BY = "tunnelop"
 RELAY_APP = "tunnelop-relay"
 
-OWNER_API_VERSION = API_VERSION
+# The API group and version of tunnelop's kinds (the api package defines the same; a unit test
+# keeps the two equal, so the agent needs no pydantic models to know it).
+OWNER_API_VERSION = "tunnelop.dev/v1alpha1"
 
 # Ports of the relay pod.
 CONTROL_PORT = 7000  # frps: where frpc logs in (public)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from tunnelop.api.v1alpha1 import PORT_PROTOCOLS
-from tunnelop.relays import RelayView
-from tunnelop.scheduling import explain
-from tunnelop.scheduling.freeports import FreePorts
-from tunnelop.scheduling.model import (
+from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling import explain
+from tunnelop.domain.scheduling.freeports import FreePorts
+from tunnelop.domain.scheduling.model import (
     Allocation,
     RelayUsage,
     TunnelKey,
@@ -27,7 +27,7 @@ from tunnelop.scheduling.model import (
     uses_port,
     uses_subdomain,
 )
-from tunnelop.scheduling.subdomains import subdomain_candidates
+from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 
 SubdomainKey = tuple[str, str]  # (http_domain, subdomain)
 DeferredRefusal = Callable[[], explain.Refusal]

@@ -12,18 +12,20 @@ from typing import Any
 
 import kopf
 
-from tunnelop import conditions, logs
 from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
-from tunnelop.builders import names
-from tunnelop.builders.relay import config_checksum, parse_table_json
+from tunnelop.builders.relay import config_checksum
+from tunnelop.contract import naming
+from tunnelop.contract.table import parse_table_json
 from tunnelop.controllers import relays, tunnels
+from tunnelop.controllers.state import RelayTables, Runtime
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
-from tunnelop.informer import Informer
-from tunnelop.kube import GROUP_VERSION, Kube
-from tunnelop.relays import RelayView
-from tunnelop.runtime import RelayTables, Runtime
-from tunnelop.scheduling import Allocation
-from tunnelop.workqueue import WorkQueue
+from tunnelop.domain import conditions
+from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling import Allocation
+from tunnelop.platform import logs
+from tunnelop.platform.informer import Informer
+from tunnelop.platform.kube import GROUP_VERSION, Kube
+from tunnelop.platform.workqueue import WorkQueue
 
 log = logs.get(__name__)
 TUNNEL_LABEL = "tunnelop.dev/tunnel"
@@ -68,9 +70,9 @@ async def restore(rt: Runtime) -> None:
         if view is not None:
             rt.table.upsert_relay(view)
     for body in await rt.kube.list(
-        "apps/v1", "Deployment", rt.relay_namespace, labels=names.RELAY_LABEL
+        "apps/v1", "Deployment", rt.relay_namespace, labels=naming.RELAY_LABEL
     ):
-        relay = body["metadata"].get("labels", {}).get(names.RELAY_LABEL)
+        relay = body["metadata"].get("labels", {}).get(naming.RELAY_LABEL)
         if relay:
             rt.deployments[relay] = body
     for body in await rt.kube.list("v1", "Secret", labels=TUNNEL_LABEL):
@@ -87,7 +89,7 @@ async def restore(rt: Runtime) -> None:
         else:
             conflicts += 1  # rescheduled by its reconcile, with an Event
     assert rt.tables is not None
-    for body in await rt.kube.list("v1", "Secret", rt.relay_namespace, labels=names.RELAY_LABEL):
+    for body in await rt.kube.list("v1", "Secret", rt.relay_namespace, labels=naming.RELAY_LABEL):
         _remember_table(rt.tables, body)
     log.info(
         "allocation table restored",
@@ -137,9 +139,9 @@ def _remember_credentials(rt: Runtime, body: dict[str, Any]) -> None:
 
 def _remember_table(tables: RelayTables, body: dict[str, Any]) -> None:
     """What a relay's table Secret already holds, so that a restart rewrites nothing."""
-    relay = (body["metadata"].get("labels") or {}).get(names.RELAY_LABEL)
+    relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
     raw = (body.get("data") or {}).get("table.json")
-    if not relay or not raw or body["metadata"]["name"] != names.table_secret_name(relay):
+    if not relay or not raw or body["metadata"]["name"] != naming.table_secret_name(relay):
         return
     try:
         _, entries = parse_table_json(base64.b64decode(raw))
@@ -178,13 +180,13 @@ def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
     return view
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={names.RELAY_LABEL: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={naming.RELAY_LABEL: kopf.PRESENT})
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
     body = event["object"]
     if body["metadata"].get("namespace") != rt.relay_namespace:
         return
-    relay = body["metadata"]["labels"][names.RELAY_LABEL]
+    relay = body["metadata"]["labels"][naming.RELAY_LABEL]
     if event["type"] == "DELETED":
         rt.deployments.pop(relay, None)
     else:

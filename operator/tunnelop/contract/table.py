@@ -1,0 +1,102 @@
+"""The allocation table as it travels from the operator to a relay's agent: one JSON document
+in the relay's table Secret, key table.json. Only token digests, never tokens: the relay pod is
+internet-facing."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+def token_sha256(token: str) -> str:
+    """How a tunnel token appears in the relay's table: the relay pod is internet-facing, so
+    it only ever sees digests."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One tunnel as its relay's agent sees it. No plaintext token: only its sha256."""
+
+    namespace: str
+    name: str
+    token_sha256: str
+    protocol: str
+    remote_port: int | None = None
+    subdomain: str | None = None
+    custom_domains: tuple[str, ...] = ()
+    bandwidth_bps: int | None = None
+    allow_source_ranges: tuple[str, ...] = ()
+    suspended: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """camelCase, with unset fields left out to keep big tables small."""
+        entry: dict[str, Any] = {
+            "namespace": self.namespace,
+            "name": self.name,
+            "tokenSha256": self.token_sha256,
+            "protocol": self.protocol,
+        }
+        if self.remote_port is not None:
+            entry["remotePort"] = self.remote_port
+        if self.subdomain is not None:
+            entry["subdomain"] = self.subdomain
+        if self.custom_domains:
+            entry["customDomains"] = sorted(self.custom_domains)
+        if self.bandwidth_bps is not None:
+            entry["bandwidthBps"] = self.bandwidth_bps
+        if self.allow_source_ranges:
+            entry["allowSourceRanges"] = sorted(self.allow_source_ranges)
+        if self.suspended:
+            entry["suspended"] = True
+        return entry
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> TableEntry:
+        """The inverse of to_json."""
+        return cls(
+            namespace=entry["namespace"],
+            name=entry["name"],
+            token_sha256=entry["tokenSha256"],
+            protocol=entry["protocol"],
+            remote_port=entry.get("remotePort"),
+            subdomain=entry.get("subdomain"),
+            custom_domains=tuple(entry.get("customDomains") or ()),
+            bandwidth_bps=entry.get("bandwidthBps"),
+            allow_source_ranges=tuple(entry.get("allowSourceRanges") or ()),
+            suspended=bool(entry.get("suspended")),
+        )
+
+
+def parse_table_json(text: str | bytes) -> tuple[str, list[TableEntry]]:
+    """table.json -> (relay name, entries); the inverse of table_json."""
+    data = json.loads(text)
+    return data["relay"], [TableEntry.from_json(t) for t in data["tunnels"]]
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def table_json(relay_name: str, entries: Iterable[TableEntry]) -> str:
+    """{"relay": r, "tunnels": [...]}, sorted by namespace/name, one tunnel per line: compact
+    for relays with thousands of tunnels, and readable and diffable all the same."""
+    ordered = sorted(entries, key=lambda e: (e.namespace, e.name))
+    for previous, entry in itertools.pairwise(ordered):
+        if (previous.namespace, previous.name) == (entry.namespace, entry.name):
+            raise ValueError(f"tunnel {entry.namespace}/{entry.name} is in the table twice")
+    for entry in ordered:
+        digest = entry.token_sha256
+        if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
+            raise ValueError(
+                f"tunnel {entry.namespace}/{entry.name}: token_sha256 must be a lowercase "
+                "sha256 hex digest (never the token itself)"
+            )
+    lines = [json.dumps(e.to_json(), separators=(",", ":")) for e in ordered]
+    head = '{"relay":' + json.dumps(relay_name) + ',"tunnels":['
+    if not lines:
+        return head + "]}\n"
+    return head + "\n" + ",\n".join(lines) + "\n]}\n"
