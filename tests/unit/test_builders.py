@@ -28,7 +28,6 @@ from support import tools
 from tunnelop.api.v1alpha1 import API_VERSION, RelayNode
 from tunnelop.builders import (
     LOCAL_PORT_COMMENT,
-    TableEntry,
     allowed_port_spans,
     build_config_secret,
     build_credentials_secret,
@@ -43,8 +42,6 @@ from tunnelop.builders import (
     config_checksum,
     endpoint,
     relay_listen_ports,
-    table_json,
-    token_sha256,
 )
 from tunnelop.contract.naming import (
     DEFAULT_AGENT_IMAGE,
@@ -55,6 +52,7 @@ from tunnelop.contract.naming import (
     relay_object_name,
     table_secret_name,
 )
+from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMESPACE = "tunnelop-system"
