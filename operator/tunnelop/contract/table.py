@@ -18,6 +18,12 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# The API server refuses a Secret whose data exceeds 1 MiB; the table keeps a margin for the
+# document's head and tail, so a relay stops taking tunnels before its table cannot be written.
+SECRET_DATA_LIMIT_BYTES = 1024 * 1024
+TABLE_BUDGET_BYTES = SECRET_DATA_LIMIT_BYTES - 4096
+
+
 @dataclass(frozen=True)
 class TableEntry:
     """One tunnel as its relay's agent sees it. No plaintext token: only its sha256."""
@@ -54,6 +60,10 @@ class TableEntry:
         if self.suspended:
             entry["suspended"] = True
         return entry
+
+    def size(self) -> int:
+        """Bytes this entry takes in table.json (its line and separator)."""
+        return len(json.dumps(self.to_json(), separators=(",", ":"))) + 2
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> TableEntry:

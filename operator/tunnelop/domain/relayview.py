@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, merge_spans
+from tunnelop.contract.table import TABLE_BUDGET_BYTES
+
+# The API server's --service-node-port-range by default: a LoadBalancer Service takes one node
+# port from it per tunnel port (unless allocateLoadBalancerNodePorts is false).
+DEFAULT_NODE_PORT_RANGE = PortSpan(30000, 32767)
 
 POOL_LABEL = "tunnelop.dev/pool"
 
@@ -23,10 +28,24 @@ class RelayView:
     ready: bool = True
     capacity_tunnels: int | None = None
     capacity_bandwidth: int | None = None
+    # What the relay's table Secret can carry, in bytes of entries.
+    table_budget_bytes: int = TABLE_BUDGET_BYTES
+    # How many tunnel ports its Service can expose (None: no limit from the cluster).
+    node_port_budget: int | None = None
 
     @classmethod
-    def from_model(cls, relay: RelayNode, ready: bool = True) -> RelayView:
+    def from_model(
+        cls,
+        relay: RelayNode,
+        ready: bool = True,
+        node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
+    ) -> RelayView:
         spec = relay.spec
+        node_port_budget = None
+        if spec.exposure.type == "LoadBalancer":
+            # Each Service port takes a node port: the control port and http/https too.
+            own = 1 + len({"http", "https"} & set(spec.protocols))
+            node_port_budget = max(0, len(node_port_range) - own)
         return cls(
             name=relay.metadata.name or "",
             labels=dict(relay.metadata.labels or {}),
@@ -39,6 +58,7 @@ class RelayView:
             ready=ready,
             capacity_tunnels=spec.capacity.tunnels,
             capacity_bandwidth=spec.capacity_bps,
+            node_port_budget=node_port_budget,
         )
 
     @property

@@ -179,6 +179,28 @@ def full() -> Refusal:
     )
 
 
+def table_full(tunnels: int) -> Refusal:
+    return Refusal(
+        CAPACITY_EXHAUSTED,
+        f"is full: its allocation table holds {tunnels} tunnels, as many as one table Secret "
+        "(1 MiB) carries",
+        "are full: their allocation tables hold as many tunnels as one table Secret (1 MiB) "
+        "carries",
+        ("wait for tunnels to be removed", "ask the provider for more relays"),
+    )
+
+
+def node_ports_exhausted(budget: int) -> Refusal:
+    return Refusal(
+        CAPACITY_EXHAUSTED,
+        f"has no node port left for its Service ({budget} tunnel ports fit the cluster's "
+        "node-port range)",
+        f"have no node port left for their Services ({budget} tunnel ports fit the cluster's "
+        "node-port range)",
+        ("wait for tunnels to be removed", "ask the provider for more relays"),
+    )
+
+
 def bandwidth_short(bandwidth: int) -> Refusal:
     wanted = format_quantity(bandwidth)
     return Refusal(

@@ -49,6 +49,9 @@ class TunnelRequest:
     remote_port: int | None = None  # tcp/udp only
     subdomain: str | None = None  # http/https only
     bandwidth: int | None = None  # bits/s; counts against the relay's capacity_bandwidth
+    # The size of the tunnel's entry in its relay's table (an upper bound before the port or
+    # subdomain is known): a relay takes no more tunnels than its table Secret can carry.
+    table_bytes: int = 0
 
     @classmethod
     def from_tunnel(cls, tunnel: Tunnel) -> TunnelRequest:
@@ -84,6 +87,7 @@ class Allocation:
     subdomain: str | None = None  # http/https
     http_domain: str | None = None  # the relay's httpDomain, for http/https
     bandwidth: int | None = None
+    table_bytes: int = 0  # the size of its entry in the relay's table
 
     @property
     def host(self) -> str | None:

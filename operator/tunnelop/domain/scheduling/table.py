@@ -3,18 +3,25 @@
 It is the scheduler's memory and the guarantee of invariant 1 (never two tunnels on one
 relay port of a protocol family, never two on one subdomain of an httpDomain). It lives in
 the operator's memory, is written by one event loop only, and is rebuilt at start-up from
-the Tunnels' statuses with `restore`. It does no I/O: the reconcilers feed it relays and
-requests and write back what it decides.
+the relays' table Secrets and the Tunnels' statuses. It does no I/O: the reconcilers feed it
+relays and requests and write back what it decides.
+
+A relay's table is part of the truth (invariant 8). What a relay enforces is its table
+Secret, not this memory: a port or subdomain stays held while any version of the relay's
+table that may be in force names it (`table_writing`, `table_written`), even after the
+tunnel that had it is released. Only the tunnel named there may take it back. So a port
+reaches another tenant only once a table without the old entry is written.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 
 from tunnelop.api.v1alpha1 import PORT_PROTOCOLS
+from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import explain
 from tunnelop.domain.scheduling.freeports import FreePorts
@@ -30,6 +37,9 @@ from tunnelop.domain.scheduling.model import (
 from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 
 SubdomainKey = tuple[str, str]  # (http_domain, subdomain)
+# One thing a relay's table names: (protocol family, port) or ("host", subdomain), and whose.
+TableHold = tuple[str, int | str, TunnelKey]
+HOST = "host"
 DeferredRefusal = Callable[[], explain.Refusal]
 
 
@@ -43,6 +53,11 @@ class _RelayState:
         # Per port family (tcp, udp): who holds which port, and the allowed ports nobody
         # holds. A held port may lie outside the allowed ones after the relay changed.
         self.holders: dict[str, dict[int, TunnelKey]] = {f: {} for f in PORT_PROTOCOLS}
+        # What the relay's table may hold right now (the last written version, and one being
+        # written): per family, port -> the tunnels named there.
+        self.table_holds: set[TableHold] = set()
+        self.table_ports: dict[str, dict[int, set[TunnelKey]]] = {f: {} for f in PORT_PROTOCOLS}
+        self.table_bytes = 0  # sum of the tunnels' table entry sizes (what the next write needs)
         self.free: dict[str, FreePorts] = {}
         self.allowed_ports = 0  # per family
         self.rebuild_free_ports()
@@ -54,11 +69,31 @@ class _RelayState:
         self.allowed_ports = sum(len(span) for span in allowed)
         for family in PORT_PROTOCOLS:
             free = FreePorts(self.view.port_range, allowed)
-            for port in self.holders[family]:
+            for port in (*self.holders[family], *self.table_ports[family]):
                 free.discard(port)
             if family in self.free:
                 free.resume_at(self.free[family].cursor)
             self.free[family] = free
+
+    def port_available(self, family: str, port: int, key: TunnelKey) -> bool:
+        """Whether `key` may take `port`: allowed, and held by nobody else, neither in memory
+        nor in the relay's table."""
+        return (
+            self.view.port_allowed(port)
+            and self.holders[family].get(port, key) == key
+            and self.table_ports[family].get(port, set()) <= {key}
+        )
+
+    def refresh_port(self, family: str, port: int) -> None:
+        """Put a port back among the free ones, or take it out, after its holders changed."""
+        if (
+            self.view.port_allowed(port)
+            and port not in self.holders[family]
+            and not self.table_ports[family].get(port)
+        ):
+            self.free[family].add(port)
+        else:
+            self.free[family].discard(port)
 
     def load(self) -> float:
         """Tunnels per effective capacity: capacity.tunnels, or else the relay's size in
@@ -78,6 +113,8 @@ class AllocationTable:
         self._names: list[str] = []  # sorted, so that every decision is deterministic
         self._allocations: dict[TunnelKey, Allocation] = {}
         self._subdomains: dict[SubdomainKey, TunnelKey] = {}
+        # Subdomains named by relays' tables: (http_domain, subdomain) -> {(relay, key)}.
+        self._table_subdomains: dict[SubdomainKey, set[tuple[str, TunnelKey]]] = {}
 
     # Relays -----------------------------------------------------------------------------------
 
@@ -105,6 +142,7 @@ class AllocationTable:
         if state is None:
             return []
         self._names.remove(name)
+        self._set_table_holds(state, set())
         released = sorted(state.tunnels.values(), key=lambda a: a.key)
         for allocation in released:
             self._allocations.pop(allocation.key, None)
@@ -163,10 +201,16 @@ class AllocationTable:
         if current == alloc:
             return True
         if uses_port(alloc.protocol):
-            holder = state.holders[alloc.protocol].get(alloc.port)
+            held_by_others = state.holders[alloc.protocol].get(
+                alloc.port, alloc.key
+            ) != alloc.key or not state.table_ports[alloc.protocol].get(alloc.port, set()) <= {
+                alloc.key
+            }
         else:
-            holder = self._subdomains.get((alloc.http_domain, alloc.subdomain))
-        if holder not in (None, alloc.key):
+            held_by_others = not self._subdomain_available(
+                alloc.http_domain, alloc.subdomain, alloc.key
+            )
+        if held_by_others:
             return False
         if current is not None:
             self.release(alloc.key)
@@ -174,7 +218,8 @@ class AllocationTable:
         return True
 
     def release(self, key: TunnelKey) -> Allocation | None:
-        """Forget the key's allocation; its port or subdomain is free again."""
+        """Forget the key's allocation. Its port or subdomain is free again once no version of
+        the relay's table that may be in force names it (see `table_written`)."""
         allocation = self._allocations.pop(key, None)
         if allocation is None:
             return None
@@ -182,12 +227,31 @@ class AllocationTable:
         if state is not None:
             del state.tunnels[key]
             state.bandwidth -= allocation.bandwidth or 0
+            state.table_bytes -= allocation.table_bytes
             if allocation.port is not None and uses_port(allocation.protocol):
                 del state.holders[allocation.protocol][allocation.port]
-                if state.view.port_allowed(allocation.port):
-                    state.free[allocation.protocol].add(allocation.port)
+                state.refresh_port(allocation.protocol, allocation.port)
         self._free_subdomain(allocation)
         return allocation
+
+    def table_writing(self, relay: str, entries: Iterable[TableEntry]) -> None:
+        """A version of the relay's table is being written: until `table_written` confirms
+        it, both it and the previous version may be in force, so both hold their ports."""
+        state = self._relays.get(relay)
+        if state is not None:
+            self._set_table_holds(state, state.table_holds | self._holds(state, entries))
+
+    def table_written(self, relay: str, entries: Iterable[TableEntry]) -> None:
+        """The relay's table now holds exactly `entries` (written, or read back at start-up):
+        what it no longer names is free for others."""
+        state = self._relays.get(relay)
+        if state is not None:
+            self._set_table_holds(state, self._holds(state, entries))
+
+    def table_holders(self, relay: str) -> set[TunnelKey]:
+        """The tunnels the relay's table may name right now."""
+        state = self._relays.get(relay)
+        return {key for _, _, key in state.table_holds} if state else set()
 
     def schedule(
         self, request: TunnelRequest, prefer: Allocation | None = None
@@ -206,7 +270,9 @@ class AllocationTable:
                 return current
             if self._bandwidth_fits_in_place(current, request.bandwidth):
                 self.release(request.key)
-                updated = replace(current, bandwidth=request.bandwidth)
+                updated = replace(
+                    current, bandwidth=request.bandwidth, table_bytes=request.table_bytes
+                )
                 self._record(updated)
                 return updated
         if current is not None:
@@ -221,11 +287,58 @@ class AllocationTable:
         self._allocations[alloc.key] = alloc
         state.tunnels[alloc.key] = alloc
         state.bandwidth += alloc.bandwidth or 0
+        state.table_bytes += alloc.table_bytes
         if alloc.port is not None and uses_port(alloc.protocol):
             state.holders[alloc.protocol][alloc.port] = alloc.key
             state.free[alloc.protocol].discard(alloc.port)
         if _holds_subdomain(alloc):
             self._subdomains[(alloc.http_domain, alloc.subdomain)] = alloc.key
+
+    @staticmethod
+    def _holds(state: _RelayState, entries: Iterable[TableEntry]) -> set[TableHold]:
+        holds: set[TableHold] = set()
+        for entry in entries:
+            key = (entry.namespace, entry.name)
+            if uses_port(entry.protocol) and entry.remote_port is not None:
+                holds.add((entry.protocol, entry.remote_port, key))
+            elif uses_subdomain(entry.protocol) and entry.subdomain and state.view.http_domain:
+                holds.add((HOST, entry.subdomain, key))
+        return holds
+
+    def _set_table_holds(self, state: _RelayState, holds: set[TableHold]) -> None:
+        relay, domain = state.view.name, state.view.http_domain
+        for family, target, key in state.table_holds - holds:
+            if family == HOST:
+                holders = self._table_subdomains.get((domain or "", str(target)), set())
+                holders.discard((relay, key))
+                if not holders:
+                    self._table_subdomains.pop((domain or "", str(target)), None)
+            else:
+                port = int(target)
+                keys = state.table_ports[family].get(port, set())
+                keys.discard(key)
+                if not keys:
+                    state.table_ports[family].pop(port, None)
+                state.refresh_port(family, port)
+        for family, target, key in holds - state.table_holds:
+            if family == HOST:
+                self._table_subdomains.setdefault((domain or "", str(target)), set()).add(
+                    (relay, key)
+                )
+            else:
+                state.table_ports[family].setdefault(int(target), set()).add(key)
+                state.free[family].discard(int(target))
+        state.table_holds = holds
+
+    def _subdomain_available(self, http_domain: str | None, subdomain: str, key: TunnelKey) -> bool:
+        """Whether `key` may have the subdomain under the httpDomain: nobody else holds it,
+        neither in memory nor in a relay's table."""
+        if http_domain is None:
+            return False
+        sub = (http_domain, subdomain)
+        return self._subdomains.get(sub, key) == key and all(
+            holder == key for _, holder in self._table_subdomains.get(sub, ())
+        )
 
     def _free_subdomain(self, alloc: Allocation) -> None:
         if _holds_subdomain(alloc):
@@ -315,6 +428,12 @@ class AllocationTable:
             return explain.not_ready
         if view.capacity_tunnels is not None and len(state.tunnels) >= view.capacity_tunnels:
             return explain.full
+        if state.table_bytes + request.table_bytes > view.table_budget_bytes:
+            return partial(explain.table_full, len(state.tunnels))
+        if uses_port(protocol) and view.node_port_budget is not None:
+            exposed = sum(len(held) for held in state.holders.values())
+            if exposed >= view.node_port_budget:
+                return partial(explain.node_ports_exhausted, view.node_port_budget)
         bandwidth_limit = view.capacity_bandwidth
         if request.bandwidth and bandwidth_limit is not None:
             if state.bandwidth + request.bandwidth > bandwidth_limit:
@@ -325,12 +444,18 @@ class AllocationTable:
             holder = state.holders[protocol].get(port)
             if holder not in (None, request.key):
                 return partial(explain.port_taken, port, protocol, holder, request.key)
+            in_table = state.table_ports[protocol].get(port, set()) - {request.key}
+            if in_table:
+                return partial(explain.port_taken, port, protocol, min(in_table), request.key)
         subdomain = request.wanted_subdomain
         if uses_subdomain(protocol) and subdomain is not None:
-            holder = self._subdomains.get((view.http_domain, subdomain))
-            if holder not in (None, request.key):
+            sub = (view.http_domain or "", subdomain)
+            holders = {self._subdomains.get(sub, request.key)}
+            holders |= {key for _, key in self._table_subdomains.get(sub, ())}
+            holders.discard(request.key)
+            if holders:
                 return partial(
-                    explain.subdomain_taken, subdomain, view.http_domain, holder, request.key
+                    explain.subdomain_taken, subdomain, view.http_domain, min(holders), request.key
                 )
         return None
 
@@ -345,39 +470,42 @@ class AllocationTable:
 
     def _keeps(self, state: _RelayState, wish: _Wish) -> bool:
         if wish.port is not None:
-            return wish.port in state.free[wish.protocol]
+            return state.port_available(wish.protocol, wish.port, wish.key)
         if wish.subdomain is not None:
             # The same URL: the subdomain, free under the same httpDomain (when known).
             domain = state.view.http_domain
-            return wish.http_domain in (None, domain) and self._subdomain_free(
-                domain, wish.subdomain
+            return wish.http_domain in (None, domain) and self._subdomain_available(
+                domain, wish.subdomain, wish.key
             )
         return False
-
-    def _subdomain_free(self, http_domain: str | None, subdomain: str) -> bool:
-        return http_domain is not None and (http_domain, subdomain) not in self._subdomains
 
     def _allocate(self, state: _RelayState, request: TunnelRequest, wish: _Wish) -> Allocation:
         view = state.view
         if uses_port(request.protocol):
             free = state.free[request.protocol]
             port = request.wanted_port
-            if port is None and wish.port is not None and wish.port in free:
-                port = wish.port
+            if port is None and wish.port is not None:
+                if state.port_available(request.protocol, wish.port, request.key):
+                    port = wish.port
             if port is None:
                 port = free.next_fit()
             return Allocation(
-                request.key, view.name, request.protocol, port=port, bandwidth=request.bandwidth
+                request.key,
+                view.name,
+                request.protocol,
+                port=port,
+                bandwidth=request.bandwidth,
+                table_bytes=request.table_bytes,
             )
         subdomain = request.wanted_subdomain
         if subdomain is None and wish.subdomain is not None:
-            if self._subdomain_free(view.http_domain, wish.subdomain):
+            if self._subdomain_available(view.http_domain, wish.subdomain, request.key):
                 subdomain = wish.subdomain
         if subdomain is None:
             subdomain = next(
                 candidate
                 for candidate in subdomain_candidates(request.key)
-                if self._subdomain_free(view.http_domain, candidate)
+                if self._subdomain_available(view.http_domain, candidate, request.key)
             )
         return Allocation(
             request.key,
@@ -386,6 +514,7 @@ class AllocationTable:
             subdomain=subdomain,
             http_domain=view.http_domain,
             bandwidth=request.bandwidth,
+            table_bytes=request.table_bytes,
         )
 
 
@@ -395,6 +524,7 @@ class _Wish:
     or subdomain only when the request does not pin its own."""
 
     protocol: str
+    key: TunnelKey
     relay: str | None = None
     port: int | None = None
     subdomain: str | None = None
@@ -403,13 +533,13 @@ class _Wish:
     @classmethod
     def of(cls, request: TunnelRequest, prefer: Allocation | None) -> _Wish:
         if prefer is None:
-            return cls(request.protocol)
+            return cls(request.protocol, request.key)
         port = subdomain = None
         if uses_port(request.protocol) and request.wanted_port is None:
             port = prefer.port
         if uses_subdomain(request.protocol) and request.wanted_subdomain is None:
             subdomain = prefer.subdomain
-        return cls(request.protocol, prefer.relay, port, subdomain, prefer.http_domain)
+        return cls(request.protocol, request.key, prefer.relay, port, subdomain, prefer.http_domain)
 
 
 def _holds_subdomain(alloc: Allocation) -> bool:
