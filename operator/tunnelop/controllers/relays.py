@@ -9,19 +9,25 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunnelop.api.v1alpha1 import RelayNode, error_messages
+from tunnelop.api.v1alpha1 import (
+    RelayAllocation,
+    RelayCapacityStatus,
+    RelayNode,
+    RelayNodeStatus,
+    error_messages,
+)
 from tunnelop.builders.frps import build_frps_config
 from tunnelop.builders.relay import (
     build_config_secret,
     build_deployment,
     build_role,
     build_role_binding,
-    build_service,
     build_service_account,
     config_checksum,
 )
 from tunnelop.contract import naming
 from tunnelop.controllers.state import FINALIZER, RelaySecrets, Runtime
+from tunnelop.controllers.status import merge_patch, status_dict
 from tunnelop.domain import conditions
 from tunnelop.domain.relayview import RelayView
 from tunnelop.platform import logs
@@ -44,20 +50,49 @@ async def reconcile(rt: Runtime, name: str) -> None:
     try:
         relay = RelayNode.model_validate(body)
     except ValidationError as error:
-        await _report(
-            rt, body, _status(body, "InvalidSpec", "; ".join(error_messages(error)), None)
+        generation = body["metadata"].get("generation")
+        status = dict(body.get("status") or {})
+        status["observedGeneration"] = generation
+        status["conditions"] = conditions.merge(
+            status.get("conditions"),
+            conditions.condition(
+                "Ready", False, "InvalidSpec", "; ".join(error_messages(error)), generation
+            ),
         )
+        await _report(rt, body, status)
         return
 
     relay_secrets = await _relay_secrets(rt, name)
+    await _apply_workload(rt, relay, relay_secrets)
+    assert rt.tables is not None
+    await rt.tables.ensure(name)  # the table, even empty, and the Service with it
+    await rt.tables.write_service(name)  # a changed spec (exposure, protocols) changes it
+
+    ready, reason, message = _readiness(rt.deployments.get(name))
+    address = await _public_address(rt, relay, rt.tables.services.get(name))
+    view = RelayView.from_model(relay, ready=ready and address is not None)
+    rt.table.upsert_relay(view)
+    new = _status(rt, body, relay, view, reason, message, address, ready)
+    if new != (body.get("status") or {}):
+        await _report(rt, body, new)
+    # A relay that appeared, recovered or grew may fit tunnels that fit nowhere before.
+    rt.retry_unschedulable()
+    for alloc in rt.table.misplaced():
+        assert rt.tunnel_queue is not None
+        rt.tunnel_queue.add(alloc.key)
+    if address is None:
+        raise Requeue(2.0)  # the address comes from a Service or Node that may appear later
+
+
+async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySecrets) -> None:
+    """The relay's config Secret, RBAC and Deployment, applied whole when any of them changed
+    since this process last applied them (server-side apply makes a repeat a no-op, but a
+    relay is reconciled after every table write: no need to send five requests each time)."""
     frps_toml = build_frps_config(
         relay, token=relay_secrets.token, dashboard_password=relay_secrets.dashboard_password
     )
-    checksum = config_checksum(frps_toml)
     ns = rt.relay_namespace
-    # The workload: applied whole on every pass; server-side apply makes unchanged objects
-    # no-ops on the server, and passes happen on relay changes, not per tunnel.
-    for obj in (
+    workload = [
         build_config_secret(
             relay,
             ns,
@@ -68,37 +103,14 @@ async def reconcile(rt: Runtime, name: str) -> None:
         build_service_account(relay, ns),
         build_role(relay, ns),
         build_role_binding(relay, ns),
-        build_deployment(relay, ns, config_checksum=checksum),
-    ):
+        build_deployment(relay, ns, config_checksum=config_checksum(frps_toml)),
+    ]
+    name = relay.metadata.name or ""
+    if rt.applied_workloads.get(name) == workload:
+        return
+    for obj in workload:
         await rt.kube.apply(obj)
-    assert rt.tables is not None
-    await rt.tables.ensure(name)
-    service = None
-    if relay.spec.exposure.type != "HostNetwork":
-        allocated = sorted(
-            {
-                (a.port, "UDP" if a.protocol == "udp" else "TCP")
-                for a in rt.table.allocations_on(name)
-                if a.port
-            }
-        )
-        service = await rt.kube.apply(build_service(relay, ns, allocated_ports=allocated))
-
-    ready, reason, message = _readiness(rt.deployments.get(name))
-    address = await _public_address(rt, relay, service)
-    view = RelayView.from_model(relay, ready=ready and address is not None)
-    rt.table.upsert_relay(view)
-    new = _status(body, reason, message, address, ready=ready)
-    new["capacity"] = _capacity(relay, view)
-    if new != (body.get("status") or {}):
-        await _report(rt, body, new)
-    # A relay that appeared, recovered or grew may fit tunnels that fit nowhere before.
-    rt.retry_unschedulable()
-    for alloc in rt.table.misplaced():
-        assert rt.tunnel_queue is not None
-        rt.tunnel_queue.add(alloc.key)
-    if address is None:
-        raise Requeue(2.0)  # the address comes from a Service or Node that may appear later
+    rt.applied_workloads[name] = workload
 
 
 def _readiness(deployment: dict[str, Any] | None) -> tuple[bool, str, str]:
@@ -116,6 +128,12 @@ async def _public_address(
     """spec.exposure.address, else the load balancer's ingress, else the node's address."""
     if relay.spec.exposure.address:
         return relay.spec.exposure.address
+    if service is not None and relay.spec.exposure.type == "LoadBalancer":
+        # The load balancer's address comes after the Service was written: read it back.
+        service = (
+            await rt.kube.get("v1", "Service", service["metadata"]["name"], rt.relay_namespace)
+            or service
+        )
     if service is not None:
         for ingress in (service.get("status") or {}).get("loadBalancer", {}).get("ingress") or []:
             if ingress.get("ip") or ingress.get("hostname"):
@@ -139,30 +157,58 @@ async def _public_address(
     return None
 
 
-def _capacity(relay: RelayNode, view: RelayView) -> dict[str, Any]:
-    ports = view.allowed_port_count()
-    out: dict[str, Any] = {"ports": ports, "tunnels": relay.spec.capacity.tunnels or ports}
-    if relay.spec.capacity.bandwidth is not None:
-        out["bandwidth"] = relay.spec.capacity.bandwidth
-    return out
-
-
 def _status(
-    body: dict[str, Any], reason: str, message: str, address: str | None, ready: bool = False
+    rt: Runtime,
+    body: dict[str, Any],
+    relay: RelayNode,
+    view: RelayView,
+    reason: str,
+    message: str,
+    address: str | None,
+    ready: bool,
 ) -> dict[str, Any]:
-    status = dict(body.get("status") or {})
+    """The RelayNode's whole status, built through its model (this is its one writer)."""
+    name = relay.metadata.name or ""
     generation = body["metadata"].get("generation")
-    status["observedGeneration"] = generation
-    if address:
-        status["publicAddress"] = address
-    status["conditions"] = conditions.merge(
-        status.get("conditions"), conditions.condition("Ready", ready, reason, message, generation)
+    old = body.get("status") or {}
+    found = [conditions.condition("Ready", ready, reason, message, generation)]
+    assert rt.tables is not None
+    refused = rt.tables.service_errors.get(name)
+    if relay.spec.exposure.type != "HostNetwork":
+        found.append(
+            conditions.condition(
+                "ServiceExposed",
+                refused is None,
+                "ServicePortsRefused" if refused else "ServiceExposed",
+                f"The API server refused the relay's Service: {refused}"
+                if refused
+                else "The relay's Service exposes every allocated port",
+                generation,
+            )
+        )
+    usage = rt.table.usage(name)
+    ports = view.allowed_port_count()
+    status = RelayNodeStatus(
+        observed_generation=generation,
+        conditions=conditions.merge(old.get("conditions"), *found),
+        public_address=address or old.get("publicAddress"),
+        allocated=RelayAllocation(
+            tunnels=usage.tunnels,
+            ports=usage.ports,
+            bandwidth=str(usage.bandwidth) if usage.bandwidth else None,
+        ),
+        capacity=RelayCapacityStatus(
+            tunnels=relay.spec.capacity.tunnels or ports,
+            ports=ports,
+            bandwidth=relay.spec.capacity.bandwidth,
+        ),
     )
-    return status
+    return status_dict(status)
 
 
 async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> None:
-    result = await rt.kube.patch_status("RelayNode", body["metadata"]["name"], None, status)
+    patch = merge_patch(body.get("status") or {}, status)
+    result = await rt.kube.patch_status("RelayNode", body["metadata"]["name"], None, patch)
     if result:
         rt.relays[body["metadata"]["name"]] = result
 
@@ -205,4 +251,5 @@ def _forget(rt: Runtime, name: str) -> int:
     if rt.tables:
         rt.tables.forget(name)
     rt.relay_secrets.pop(name, None)
+    rt.applied_workloads.pop(name, None)
     return len(moved)

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders.relay import build_service, build_table_secret
-from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.platform import logs
-from tunnelop.platform.kube import Kube
+from tunnelop.platform.kube import Kube, KubeError
 from tunnelop.platform.workqueue import WorkQueue
 
 if TYPE_CHECKING:
@@ -46,6 +45,8 @@ class Runtime:
     relays: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)
+    # The workload objects last applied per relay, so an unchanged relay costs no request.
+    applied_workloads: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Tunnel credentials as read from their Secrets: token, and the frpc.toml checksum.
     tokens: dict[TunnelKey, str] = field(default_factory=dict)
     credential_checksums: dict[TunnelKey, str] = field(default_factory=dict)
@@ -134,7 +135,10 @@ class RelayTables:
         self.debounce = debounce
         self.desired: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._written: dict[str, dict[TunnelKey, TableEntry]] = {}
-        self._written_ports: dict[str, list[tuple[int, str]]] = {}
+        self._applied_services: dict[str, dict[str, Any]] = {}
+        # The relay Services as last written, and why the API server refused one.
+        self.services: dict[str, dict[str, Any]] = {}
+        self.service_errors: dict[str, str] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
 
@@ -144,18 +148,53 @@ class RelayTables:
     def drop_entry(self, relay: str, key: TunnelKey) -> None:
         self.desired.get(relay, {}).pop(key, None)
 
+    async def remove_everywhere(self, key: TunnelKey) -> None:
+        """Return once no relay's table Secret names the key."""
+        relays = [r for r, entries in self.desired.items() if key in entries]
+        relays += [r for r, entries in self._written.items() if key in entries and r not in relays]
+        for relay in relays:
+            self.drop_entry(relay, key)
+        await asyncio.gather(*(self.sync(relay, key) for relay in relays))
+
     def in_sync(self, relay: str, key: TunnelKey) -> bool:
         return self._written.get(relay, {}).get(key) == self.desired.get(relay, {}).get(key)
 
     def remember_written(self, relay: str, entries: dict[TunnelKey, TableEntry]) -> None:
-        """At start-up: what the relay's Secret holds already (so no rewrite is needed)."""
+        """At start-up: what the relay's Secret holds already. It holds its ports and
+        subdomains until a write without them succeeds; `desired` starts from it, and
+        `prune` then drops what no live allocation accounts for."""
         self._written[relay] = dict(entries)
         self.desired[relay] = dict(entries)
+        self.runtime.table.table_written(relay, entries.values())
+
+    def prune(self) -> list[str]:
+        """Drop from each relay's desired table every entry that no allocation on that relay
+        (same tunnel, same port or subdomain) accounts for: deleted tunnels, tunnels that
+        moved, entries of a crash between a table write and a status write that the restore
+        did not adopt. Returns the relays whose table must be rewritten."""
+        table = self.runtime.table
+        stale = []
+        for relay, entries in self.desired.items():
+            keep = {}
+            for key, entry in entries.items():
+                alloc = table.allocation_of(key)
+                if (
+                    alloc is not None
+                    and alloc.relay == relay
+                    and (alloc.port, alloc.subdomain) == (entry.remote_port, entry.subdomain)
+                ):
+                    keep[key] = entry
+            if len(keep) != len(entries):
+                self.desired[relay] = keep
+                stale.append(relay)
+        return stale
 
     def forget(self, relay: str) -> None:
         self.desired.pop(relay, None)
         self._written.pop(relay, None)
-        self._written_ports.pop(relay, None)
+        self._applied_services.pop(relay, None)
+        self.services.pop(relay, None)
+        self.service_errors.pop(relay, None)
 
     async def sync(self, relay: str, key: TunnelKey) -> None:
         """Return once the relay's table Secret holds the key's current entry (or its
@@ -179,10 +218,15 @@ class RelayTables:
         await future
 
     async def _write_loop(self, relay: str) -> None:
+        table = self.runtime.table
         while self._waiters.get(relay):
             await asyncio.sleep(self.debounce)  # let a burst of tunnels join this write
             waiters, self._waiters[relay] = self._waiters[relay], []
             snapshot = dict(self.desired.get(relay, {}))
+            # Until the API server confirms, the old and the new table may both be in force:
+            # what either names stays held (a reply lost on the way may hide a write that
+            # landed).
+            table.table_writing(relay, snapshot.values())
             try:
                 await self._write(relay, snapshot)
             except Exception as exc:
@@ -190,18 +234,38 @@ class RelayTables:
                     if not w.done():
                         w.set_exception(exc)
                 continue
+            table.table_written(relay, snapshot.values())
             self._written[relay] = snapshot
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
 
     async def _write(self, relay: str, entries: dict[TunnelKey, TableEntry]) -> None:
+        """The table Secret (what the agent enforces), then the Service's tunnel ports. The
+        Service may be refused (the cluster's node ports exhausted, say) without holding up
+        the table: deletions and the other tunnels go on, and the relay reports it."""
         rt = self.runtime
         relay_body = rt.relays.get(relay)
         if relay_body is None:
             return  # the relay is gone; its table went with it
         model = RelayNode.model_validate(relay_body)
         await rt.kube.apply(build_table_secret(model, rt.relay_namespace, list(entries.values())))
+        await self.write_service(relay, entries)
+        assert rt.relay_queue is not None
+        rt.relay_queue.add(relay)  # its status reports the new allocation
+        log.debug("relay table written", relay=relay, tunnels=len(entries))
+
+    async def write_service(
+        self, relay: str, entries: dict[TunnelKey, TableEntry] | None = None
+    ) -> None:
+        """The relay's Service (its one writer), with a port per allocated tunnel port; no-op
+        when the ports are as last written. A refusal is kept for the relay's status."""
+        rt = self.runtime
+        relay_body = rt.relays.get(relay)
+        if relay_body is None:
+            return
+        if entries is None:
+            entries = self._written.get(relay, {})
         ports = sorted(
             {
                 (e.remote_port, "UDP" if e.protocol == "udp" else "TCP")
@@ -209,26 +273,18 @@ class RelayTables:
                 if e.remote_port
             }
         )
-        if ports != self._written_ports.get(relay):
-            service = build_service(model, rt.relay_namespace, allocated_ports=ports)
-            if service is not None:
-                await rt.kube.apply(service)
-            self._written_ports[relay] = ports
-        await self._report_allocated(relay, relay_body)
-        log.debug("relay table written", relay=relay, tunnels=len(entries))
-
-    async def _report_allocated(self, relay: str, body: dict[str, Any]) -> None:
-        """Keep RelayNode status.allocated in step with the table (one write per batch)."""
-        rt = self.runtime
-        usage = rt.table.usage(relay)
-        allocated: dict[str, Any] = {"tunnels": usage.tunnels, "ports": usage.ports}
-        if usage.bandwidth:
-            allocated["bandwidth"] = str(usage.bandwidth)
-        if (body.get("status") or {}).get("allocated") != allocated:
-            result = await rt.kube.patch_status("RelayNode", relay, None, {"allocated": allocated})
-            if result:
-                rt.relays[relay] = result
-
-
-def relay_name_of(obj: dict[str, Any]) -> str | None:
-    return (obj.get("metadata", {}).get("labels") or {}).get(naming.RELAY_LABEL)
+        service = build_service(
+            RelayNode.model_validate(relay_body), rt.relay_namespace, allocated_ports=ports
+        )
+        if service is None or service == self._applied_services.get(relay):
+            return
+        try:
+            self.services[relay] = await rt.kube.apply(service) or service
+        except KubeError as exc:
+            if exc.status not in (400, 403, 422):
+                raise  # transient: the waiters retry
+            self.service_errors[relay] = exc.message
+            log.warning("relay Service refused", relay=relay, status=exc.status, error=exc.message)
+            return
+        self.service_errors.pop(relay, None)
+        self._applied_services[relay] = service

@@ -8,16 +8,24 @@ truth of the spec, and the operator's bookkeeping lives in status.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from tunnelop.api.v1alpha1 import Tunnel, bits_per_second, error_messages
+from tunnelop.api.v1alpha1 import (
+    HTTP_PROTOCOLS,
+    Tunnel,
+    TunnelStatus,
+    bits_per_second,
+    error_messages,
+)
 from tunnelop.builders.frpc import build_frpc_config, endpoint
 from tunnelop.builders.relay import build_credentials_secret, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, token_sha256
 from tunnelop.controllers.state import FINALIZER, Runtime
+from tunnelop.controllers.status import merge_patch, status_dict
 from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
 from tunnelop.domain import conditions
 from tunnelop.domain.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
@@ -43,21 +51,26 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         await _report(
             rt,
             body,
-            _unbound_status(status, generation, "InvalidSpec", "; ".join(error_messages(error))),
+            _typed(
+                _unbound_status(status, generation, "InvalidSpec", "; ".join(error_messages(error)))
+            ),
         )
         return
 
     previous = rt.table.allocation_of(key)
-    result = rt.table.schedule(
-        TunnelRequest.from_tunnel(tunnel), prefer=_from_status(key, status, tunnel.spec.protocol)
+    why_moved = rt.table.misplacement(key)
+    request = replace(
+        TunnelRequest.from_tunnel(tunnel),
+        table_bytes=table_bytes_of(tunnel, tunnel.spec.remote_port, tunnel.spec.subdomain),
     )
+    result = rt.table.schedule(request, prefer=_from_status(key, status, tunnel.spec.protocol))
     if isinstance(result, Unschedulable):
         rt.unschedulable.add(key)
         if previous is not None and rt.tables:
             rt.tables.drop_entry(previous.relay, key)
             await rt.tables.sync(previous.relay, key)
-        new = _unbound_status(status, generation, result.reason, result.message)
-        if new != status:
+        new = _typed(_unbound_status(status, generation, result.reason, result.message))
+        if new != _typed(status):
             await _report(rt, body, new)
             if conditions.find(status.get("conditions"), "Scheduled") != conditions.find(
                 new["conditions"], "Scheduled"
@@ -78,7 +91,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     if token is None:
         token = rt.tokens[key] = secrets.token_urlsafe(24)
     assert rt.tables is not None
-    rt.tables.set_entry(result.relay, _table_entry(tunnel, result, token))
+    entry = _table_entry(tunnel, result.port, result.subdomain, token_sha256=token_sha256(token))
+    rt.tables.set_entry(result.relay, entry)
     if previous is not None and previous.relay != result.relay:
         rt.tables.drop_entry(previous.relay, key)
         await rt.tables.sync(previous.relay, key)
@@ -90,7 +104,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready)
     _add_traffic(rt, new, tunnel, result.relay)
-    if new != status:
+    new = _typed(new)
+    if new != _typed(status):
         await _report(rt, body, new)
         old_relay, old_port = status.get("relayNode"), status.get("remotePort")
         if old_relay is None:
@@ -101,12 +116,14 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
             )
             _event(rt, body, "Normal", "Scheduled", f"Bound to relay {where}")
         elif (old_relay, old_port) != (result.relay, result.port):
+            because = f" ({why_moved})" if why_moved else ""
             _event(
                 rt,
                 body,
                 "Normal",
                 "Moved",
-                f"Moved from {old_relay}:{old_port} to {result.relay}:{result.port}; new endpoint {new['endpoint']}",
+                f"Moved from {old_relay}:{old_port} to {result.relay}:{result.port}{because}; "
+                f"new endpoint {new['endpoint']}",
             )
         _suspension_event(rt, body, status, tunnel.spec.suspended, result.relay, new)
 
@@ -169,15 +186,34 @@ def bandwidth_of(tunnel: Tunnel) -> int | None:
     return bits_per_second(bandwidth) if bandwidth is not None else None
 
 
-def _table_entry(tunnel: Tunnel, alloc: Allocation, token: str) -> TableEntry:
+# Stand-ins for what is not allocated yet, as long as the longest real value: a tunnel's
+# table entry is sized before it has a port or subdomain.
+_LONGEST_PORT = 65535
+_LONGEST_SUBDOMAIN = "x" * 63
+_DIGEST_SIZED = "0" * 64
+
+
+def table_bytes_of(tunnel: Tunnel, port: int | None, subdomain: str | None) -> int:
+    """The size of the tunnel's entry in its relay's table (an upper bound while the port or
+    subdomain is still to be allocated)."""
+    if tunnel.spec.protocol in HTTP_PROTOCOLS:
+        port, subdomain = None, subdomain or _LONGEST_SUBDOMAIN
+    else:
+        port, subdomain = port or _LONGEST_PORT, None
+    return _table_entry(tunnel, port, subdomain, token_sha256=_DIGEST_SIZED).size()
+
+
+def _table_entry(
+    tunnel: Tunnel, port: int | None, subdomain: str | None, *, token_sha256: str
+) -> TableEntry:
     spec = tunnel.spec
     return TableEntry(
         namespace=tunnel.metadata.namespace or "",
         name=tunnel.metadata.name or "",
-        token_sha256=token_sha256(token),
+        token_sha256=token_sha256,
         protocol=spec.protocol,
-        remote_port=alloc.port,
-        subdomain=alloc.subdomain,
+        remote_port=port,
+        subdomain=subdomain,
         # Sorted as the table stores them, so that a read-back table compares equal.
         custom_domains=tuple(sorted(spec.custom_domains)),
         bandwidth_bps=bandwidth_of(tunnel),
@@ -273,10 +309,18 @@ def _unbound_status(
     }
 
 
+def _typed(status: dict[str, Any]) -> dict[str, Any]:
+    """The status through its model, as the API server would store it. A status the operator
+    wrote before a field's rules changed, or one edited by hand, reads as empty (rewritten)."""
+    try:
+        return status_dict(TunnelStatus.model_validate(status))
+    except ValidationError:
+        return {}
+
+
 async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> None:
     meta = body["metadata"]
-    # Merge patch: fields dropped from status must be nulled explicitly.
-    patch = {k: status.get(k) for k in set(status) | set(body.get("status") or {})}
+    patch = merge_patch(body.get("status") or {}, status)
     result = await rt.kube.patch_status("Tunnel", meta["name"], meta["namespace"], patch)
     if result:
         rt.remember_tunnel((meta["namespace"], meta["name"]), result)
@@ -292,9 +336,10 @@ async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> 
     tunnel go (finalizer)."""
     rt.unschedulable.discard(key)
     released = rt.table.release(key)
-    if released is not None and rt.tables:
-        rt.tables.drop_entry(released.relay, key)
-        await rt.tables.sync(released.relay, key)
+    assert rt.tables is not None
+    # Off every relay whose table names it (one normally; two after a crash mid-move) before
+    # the finalizer goes: its token must not outlive the tunnel.
+    await rt.tables.remove_everywhere(key)
     rt.tokens.pop(key, None)
     rt.credential_checksums.pop(key, None)
     if body is None:

@@ -15,13 +15,13 @@ import kopf
 from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
 from tunnelop.builders.relay import config_checksum
 from tunnelop.contract import naming
-from tunnelop.contract.table import parse_table_json
+from tunnelop.contract.table import TableEntry, parse_table_json
 from tunnelop.controllers import relays, tunnels
 from tunnelop.controllers.state import RelayTables, Runtime
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
 from tunnelop.domain.relayview import RelayView
-from tunnelop.domain.scheduling import Allocation
+from tunnelop.domain.scheduling import Allocation, TunnelKey
 from tunnelop.platform import logs
 from tunnelop.platform.informer import Informer
 from tunnelop.platform.kube import GROUP_VERSION, Kube
@@ -63,7 +63,12 @@ async def _ensure_namespace(kube: Kube, name: str) -> None:
 
 
 async def restore(rt: Runtime) -> None:
-    """Rebuild caches and the allocation table from the API (one list per kind)."""
+    """Rebuild caches and the allocation table from the API (one list per kind).
+
+    The relays' tables come first: what a relay enforces holds its ports and subdomains
+    before any tunnel is placed. A live tunnel then gets back the binding its relay's table
+    names (written before its credentials and status, so the freshest), else the one its
+    status records. Table entries nothing accounts for are dropped by a rewrite at once."""
     for body in await rt.kube.list(GROUP_VERSION, "RelayNode"):
         rt.relays[body["metadata"]["name"]] = body
         view = _remember_view(rt, body)
@@ -75,49 +80,74 @@ async def restore(rt: Runtime) -> None:
         relay = body["metadata"].get("labels", {}).get(naming.RELAY_LABEL)
         if relay:
             rt.deployments[relay] = body
+    assert rt.tables is not None
+    in_tables: dict[TunnelKey, list[tuple[str, TableEntry]]] = {}
+    for body in await rt.kube.list("v1", "Secret", rt.relay_namespace, labels=naming.RELAY_LABEL):
+        found = _read_table(body)
+        if found is None:
+            continue
+        relay, entries = found
+        rt.tables.remember_written(relay, entries)
+        for key, entry in entries.items():
+            in_tables.setdefault(key, []).append((relay, entry))
     for body in await rt.kube.list("v1", "Secret", labels=TUNNEL_LABEL):
         _remember_credentials(rt, body)
     restored = conflicts = 0
     for body in await rt.kube.list(GROUP_VERSION, "Tunnel"):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         rt.remember_tunnel(key, body)
-        alloc = _recorded_allocation(rt, body)
+        if body["metadata"].get("deletionTimestamp"):
+            continue  # released by its reconcile
+        alloc = _recorded_allocation(rt, body, in_tables.get(key, []))
         if alloc is None:
             continue
         if rt.table.restore(alloc):
             restored += 1
         else:
             conflicts += 1  # rescheduled by its reconcile, with an Event
-    assert rt.tables is not None
-    for body in await rt.kube.list("v1", "Secret", rt.relay_namespace, labels=naming.RELAY_LABEL):
-        _remember_table(rt.tables, body)
+    stale = rt.tables.prune()
     log.info(
         "allocation table restored",
         relays=len(rt.relays),
         tunnels=len(rt.tunnels),
         restored=restored,
         conflicts=conflicts,
+        stale_tables=len(stale),
     )
+    for relay in stale:
+        # Entries of deleted or moved tunnels: off the relay before anything else runs.
+        await rt.tables.flush(relay)
 
 
-def _recorded_allocation(rt: Runtime, body: dict[str, Any]) -> Allocation | None:
+def _recorded_allocation(
+    rt: Runtime, body: dict[str, Any], in_tables: list[tuple[str, TableEntry]]
+) -> Allocation | None:
+    """The binding to restore: the one the status records if a relay's table agrees (or no
+    table names the tunnel), else the one a relay's table names."""
     status = body.get("status") or {}
-    relay = status.get("relayNode")
-    if not relay or not conditions.is_true(status.get("conditions"), "Scheduled"):
-        return None
     try:
         tunnel = Tunnel.model_validate(body)
     except ValueError:
         return None
+    recorded = None
+    if status.get("relayNode") and conditions.is_true(status.get("conditions"), "Scheduled"):
+        recorded = (status["relayNode"], status.get("remotePort"), status.get("subdomain"))
+    named = [(relay, e.remote_port, e.subdomain) for relay, e in in_tables]
+    if named and recorded not in named:
+        recorded = named[0]
+    if recorded is None:
+        return None
+    relay, port, subdomain = recorded
     view = next((r for r in rt.table.relays() if r.name == relay), None)
     return Allocation(
         key=(body["metadata"]["namespace"], body["metadata"]["name"]),
         relay=relay,
         protocol=tunnel.spec.protocol,
-        port=status.get("remotePort"),
-        subdomain=status.get("subdomain"),
-        http_domain=view.http_domain if view and status.get("subdomain") else None,
+        port=port,
+        subdomain=subdomain,
+        http_domain=view.http_domain if view and subdomain else None,
         bandwidth=tunnels.bandwidth_of(tunnel),
+        table_bytes=tunnels.table_bytes_of(tunnel, port, subdomain),
     )
 
 
@@ -137,17 +167,18 @@ def _remember_credentials(rt: Runtime, body: dict[str, Any]) -> None:
     rt.credential_checksums[key] = config_checksum(frpc_toml, token)
 
 
-def _remember_table(tables: RelayTables, body: dict[str, Any]) -> None:
-    """What a relay's table Secret already holds, so that a restart rewrites nothing."""
+def _read_table(body: dict[str, Any]) -> tuple[str, dict[TunnelKey, TableEntry]] | None:
+    """A relay's table Secret -> (relay, entries), None for any other Secret of a relay."""
     relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
-    raw = (body.get("data") or {}).get("table.json")
+    raw = (body.get("data") or {}).get(naming.TABLE_KEY)
     if not relay or not raw or body["metadata"]["name"] != naming.table_secret_name(relay):
-        return
+        return None
     try:
         _, entries = parse_table_json(base64.b64decode(raw))
     except (ValueError, KeyError, TypeError):
-        return
-    tables.remember_written(relay, {(e.namespace, e.name): e for e in entries})
+        log.warning("relay table unreadable; it is rewritten", relay=relay)
+        return relay, {}
+    return relay, {(e.namespace, e.name): e for e in entries}
 
 
 # ---- watches ------------------------------------------------------------------------------
