@@ -10,6 +10,7 @@ import re
 import pytest
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, Tunnel
+from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import (
     CAPACITY_EXHAUSTED,
@@ -518,3 +519,93 @@ def test_free_ports_across_block_boundaries(span: PortSpan) -> None:
     free.resume_at(span.last)
     expected = span.first + 1 if len(span) > 3 else None
     assert free.next_fit() == expected
+
+
+# A relay's table is part of the truth --------------------------------------------------------
+
+
+def entry(key: tuple[str, str], protocol: str = "tcp", port=None, subdomain=None) -> TableEntry:
+    return TableEntry(key[0], key[1], "0" * 64, protocol, remote_port=port, subdomain=subdomain)
+
+
+def test_a_released_port_stays_held_until_the_relays_table_drops_it() -> None:
+    table = table_with(relay(first=20000, last=20000))
+    game = allocated(table.schedule(request("game")))
+    table.table_written("relay-1", [entry(game.key, port=20000)])
+    table.release(game.key)
+    other = table.schedule(request("other"))
+    assert isinstance(other, Unschedulable) and other.reason == CAPACITY_EXHAUSTED
+    pinned = table.schedule(request("pinned", remote_port=20000))
+    assert isinstance(pinned, Unschedulable) and pinned.reason == PORT_TAKEN
+    table.table_written("relay-1", [])
+    assert allocated(table.schedule(request("other"))).port == 20000
+
+
+def test_a_table_being_written_holds_both_versions() -> None:
+    table = table_with(relay(first=20000, last=20001))
+    old = allocated(table.schedule(request("old")))
+    table.table_written("relay-1", [entry(old.key, port=old.port)])
+    table.release(old.key)
+    new = allocated(table.schedule(request("new")))
+    table.table_writing("relay-1", [entry(new.key, port=new.port)])
+    # The write's reply is lost: the old table may still be in force.
+    assert isinstance(table.schedule(request("third")), Unschedulable)
+    table.table_written("relay-1", [entry(new.key, port=new.port)])
+    assert allocated(table.schedule(request("third"))).port == old.port
+
+
+def test_a_tunnel_named_by_the_table_may_take_its_port_back() -> None:
+    table = table_with(relay(first=20000, last=20009))
+    table.table_written("relay-1", [entry(("tenant", "game"), port=20005)])
+    assert allocated(table.schedule(request("other", remote_port=20004))).port == 20004
+    refused = table.schedule(request("thief", remote_port=20005))
+    assert isinstance(refused, Unschedulable) and refused.reason == PORT_TAKEN
+    back = Allocation(("tenant", "game"), "relay-1", "tcp", port=20005)
+    assert table.restore(back)
+    assert not table.restore(dataclasses.replace(back, key=("tenant", "thief")))
+
+
+def test_a_subdomain_in_a_relays_table_is_held_across_relays_of_the_domain() -> None:
+    table = table_with(web_relay("web-1"), web_relay("web-2"))
+    table.table_written("web-1", [entry(("a", "blog"), "http", subdomain="blog")])
+    refused = table.schedule(request("mine", "http", namespace="b", subdomain="blog"))
+    assert isinstance(refused, Unschedulable) and refused.reason == SUBDOMAIN_TAKEN
+    generated = allocated(table.schedule(request("blog", "http", namespace="b")))
+    assert generated.subdomain != "blog"
+
+
+# Capacity that holds ---------------------------------------------------------------------------
+
+
+def test_a_relay_takes_no_more_tunnels_than_its_table_carries() -> None:
+    table = table_with(relay(table_budget_bytes=1000))
+    placed = [table.schedule(request(f"t{i}", table_bytes=300)) for i in range(4)]
+    assert all(isinstance(p, Allocation) for p in placed[:3])
+    full = placed[3]
+    assert isinstance(full, Unschedulable) and full.reason == CAPACITY_EXHAUSTED
+    assert "allocation table holds 3 tunnels" in full.message
+    table.release(("tenant", "t0"))
+    assert isinstance(table.schedule(request("t3", table_bytes=300)), Allocation)
+
+
+def test_a_load_balancer_relay_takes_no_more_ports_than_node_ports_left() -> None:
+    table = table_with(relay(node_port_budget=2))
+    assert isinstance(table.schedule(request("a")), Allocation)
+    assert isinstance(table.schedule(request("b", protocol="udp")), Allocation)
+    full = table.schedule(request("c"))
+    assert isinstance(full, Unschedulable) and full.reason == CAPACITY_EXHAUSTED
+    assert "node port" in full.message
+
+
+def test_load_balancer_node_port_budget_comes_from_the_node_port_range() -> None:
+    spec = {"ports": {"range": "20000-29999"}, "exposure": {"type": "LoadBalancer"}}
+    lb = RelayNode.model_validate({"metadata": {"name": "lb"}, "spec": spec})
+    view = RelayView.from_model(lb, node_port_range=PortSpan(30000, 30099))
+    assert view.node_port_budget == 99  # the control port takes one
+    spec["protocols"] = ["tcp", "http", "https"]
+    spec["httpDomain"] = "t.example"
+    web = RelayNode.model_validate({"metadata": {"name": "lb"}, "spec": spec})
+    assert RelayView.from_model(web, node_port_range=PortSpan(30000, 30099)).node_port_budget == 97
+    spec["exposure"] = {"type": "HostNetwork"}
+    host = RelayNode.model_validate({"metadata": {"name": "h"}, "spec": spec})
+    assert RelayView.from_model(host).node_port_budget is None
