@@ -136,6 +136,8 @@ class RelayTables:
         self.desired: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._written: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._applied_services: dict[str, dict[str, Any]] = {}
+        self._in_flight: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         # The relay Services as last written, and why the API server refused one.
         self.services: dict[str, dict[str, Any]] = {}
         self.service_errors: dict[str, str] = {}
@@ -189,6 +191,21 @@ class RelayTables:
                 stale.append(relay)
         return stale
 
+    def observed(self, relay: str, entries: dict[TunnelKey, TableEntry] | None) -> None:
+        """The relay's table Secret as watched (None: deleted). Anything but what this
+        process wrote, or is writing, holds what it names and is overwritten at once."""
+        if relay not in self.runtime.relays or relay not in self._written:
+            return  # not set up yet, or gone: the relay controller writes it first
+        current = entries or {}
+        if current == self._written[relay] or current == self._in_flight.get(relay):
+            return
+        log.warning("relay table changed by someone else; rewriting it", relay=relay)
+        self.runtime.table.table_writing(relay, current.values())
+        self._written[relay] = current
+        task = asyncio.create_task(self.flush(relay))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def forget(self, relay: str) -> None:
         self.desired.pop(relay, None)
         self._written.pop(relay, None)
@@ -227,6 +244,7 @@ class RelayTables:
             # what either names stays held (a reply lost on the way may hide a write that
             # landed).
             table.table_writing(relay, snapshot.values())
+            self._in_flight[relay] = snapshot
             try:
                 await self._write(relay, snapshot)
             except Exception as exc:
@@ -234,6 +252,8 @@ class RelayTables:
                     if not w.done():
                         w.set_exception(exc)
                 continue
+            finally:
+                self._in_flight.pop(relay, None)
             table.table_written(relay, snapshot.values())
             self._written[relay] = snapshot
             for w in waiters:

@@ -46,6 +46,13 @@ async def start(
         Informer(
             kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
         ),
+        # The relays' tables, so that a table changed by anyone else is noticed and rewritten.
+        Informer(
+            kube,
+            f"/api/v1/namespaces/{relay_namespace}/secrets",
+            lambda k, o: on_relay_table(rt, k, o),
+            labels=naming.RELAY_LABEL,
+        ),
     ]
     for informer in rt.informers:
         informer.start()
@@ -234,6 +241,21 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
         rt.remember_tunnel(key, body)
     assert rt.tunnel_queue is not None
     rt.tunnel_queue.add(key)
+
+
+def on_relay_table(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """A relay's table Secret changed: if it is not what the operator wrote (edited by hand,
+    deleted, written by a process that lost its lease), what it names is held and it is
+    rewritten."""
+    assert rt.tables is not None
+    if kind == "DELETED":
+        relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
+        if relay and body["metadata"]["name"] == naming.table_secret_name(relay):
+            rt.tables.observed(relay, None)
+        return
+    found = _read_table(body)
+    if found is not None:
+        rt.tables.observed(*found)
 
 
 def on_credentials(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
