@@ -16,7 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from tunnelop.agent.table import TableIndex
+from tunnelop.agent.index import TableIndex
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.contract.table import (
     TABLE_BUDGET_BYTES,

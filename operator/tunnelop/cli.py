@@ -138,13 +138,13 @@ def run_agent(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from tunnelop import logs
     from tunnelop.agent.server import AgentOptions, serve
     from tunnelop.contract.naming import (
         DASHBOARD_PASSWORD_ENV,
         SERVICE_ACCOUNT_DIR,
         STATE_DIR_ENV,
     )
+    from tunnelop.platform import logs
 
     logs.configure(args.log_format, args.log_level.upper())
     state_dir = os.environ.get(STATE_DIR_ENV)

@@ -1,5 +1,5 @@
 """The relay agent's answers to frps's server-plugin calls (tunnelop.agent.decisions) and the
-allocation-table index they consult (tunnelop.agent.table).
+allocation-table index they consult (tunnelop.agent.index).
 
 Requests are shaped like frps v0.71 sends them: Login carries `user` and `metas` at the top,
 NewProxy / Ping / NewUserConn / CloseProxy carry them under `user`. Every accept and reject
@@ -30,7 +30,7 @@ from tunnelop.agent.decisions import (
     reject,
     visitor_address,
 )
-from tunnelop.agent.table import TableIndex, proxy_name, split_proxy_name
+from tunnelop.agent.index import TableIndex, proxy_name, split_proxy_name
 from tunnelop.contract.table import TableEntry, token_sha256
 
 RELAY = "relay-a"

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tunnelop.agent import metering
+from tunnelop.agent.index import TableIndex
 from tunnelop.agent.metering import FrpsProxy, Meter, TunnelCollector, parse_frps_metrics
-from tunnelop.agent.table import TableIndex
 from tunnelop.contract.table import TableEntry, token_sha256
 
 RELAY = "relay-a"

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tunnelop.agent.metering import Meter, TunnelCollector
 from tunnelop.controllers.traffic import Observed, client_condition
-from tunnelop.domain.traffic import (
+from tunnelop.domain.traffic_report import (
     AgentReading,
     Totals,
     advance,

@@ -17,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from tunnelop.agent.table import Allowed, TableIndex
+from tunnelop.agent.index import Allowed, TableIndex
 from tunnelop.contract.naming import credentials_secret_name
 from tunnelop.contract.table import token_sha256
 

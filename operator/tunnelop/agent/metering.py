@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunnelop.agent.table import TableIndex, split_proxy_name
+from tunnelop.agent.index import TableIndex, split_proxy_name
 
 TRAFFIC_IN = "frp_server_traffic_in"
 TRAFFIC_OUT = "frp_server_traffic_out"

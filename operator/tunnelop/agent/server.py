@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tunnelop.agent import decisions
+from tunnelop.agent.index import TableIndex
 from tunnelop.agent.metering import Meter, TunnelCollector, parse_frps_metrics
 from tunnelop.agent.source import TableSource
-from tunnelop.agent.table import TableIndex
 from tunnelop.contract import basicauth
 from tunnelop.contract.naming import AGENT_PLUGIN_PATH, DASHBOARD_USER, SERVICE_ACCOUNT_DIR
 from tunnelop.platform import logs

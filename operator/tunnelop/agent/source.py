@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tunnelop.agent.table import TableIndex
+from tunnelop.agent.index import TableIndex
 from tunnelop.contract.naming import TABLE_KEY
 from tunnelop.contract.table import parse_table_json
 from tunnelop.platform import logs

@@ -70,7 +70,9 @@ async def reconcile(rt: Runtime, name: str) -> None:
 
     ready, reason, message = _readiness(rt.deployments.get(name))
     address = await _public_address(rt, relay, rt.tables.services.get(name))
-    view = RelayView.from_model(relay, ready=ready and address is not None)
+    view = RelayView.from_model(
+        relay, ready=ready and address is not None, node_port_range=rt.node_port_range
+    )
     rt.table.upsert_relay(view)
     new = _status(rt, body, relay, view, reason, message, address, ready)
     if new != (body.get("status") or {}):

@@ -12,10 +12,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tunnelop.api.v1alpha1 import RelayNode
+from tunnelop.api.v1alpha1 import PortSpan, RelayNode
 from tunnelop.builders.relay import build_service, build_table_secret
 from tunnelop.contract.table import TableEntry
-from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.platform import logs
 from tunnelop.platform.kube import Kube, KubeError
@@ -40,6 +40,8 @@ class RelaySecrets:
 class Runtime:
     kube: Kube
     relay_namespace: str
+    # The API server's --service-node-port-range (what a LoadBalancer Service draws from).
+    node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE
     table: AllocationTable = field(default_factory=AllocationTable)
     tunnels: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
     relays: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from tunnelop.contract import basicauth, naming
 from tunnelop.controllers.state import Runtime
 from tunnelop.domain import conditions
 from tunnelop.domain.scheduling import TunnelKey
-from tunnelop.domain.traffic import (
+from tunnelop.domain.traffic_report import (
     AgentReading,
     Totals,
     advance,

@@ -213,7 +213,7 @@ def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
         rt.relay_views.pop(body["metadata"]["name"], None)
         return None
     ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
-    view = RelayView.from_model(model, ready=ready)
+    view = RelayView.from_model(model, ready=ready, node_port_range=rt.node_port_range)
     rt.relay_views[view.name] = view
     return view
 

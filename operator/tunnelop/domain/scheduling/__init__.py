@@ -4,6 +4,7 @@ subdomains. Pure and synchronous: no I/O, no Kubernetes client. The reconcilers 
 the `Allocation` or the `Unschedulable` it answers.
 """
 
+from tunnelop.domain.scheduling.allocations import AllocationTable
 from tunnelop.domain.scheduling.model import (
     CAPACITY_EXHAUSTED,
     NO_RELAY_MATCHES,
@@ -20,7 +21,6 @@ from tunnelop.domain.scheduling.model import (
     Unschedulable,
 )
 from tunnelop.domain.scheduling.subdomains import subdomain_candidates
-from tunnelop.domain.scheduling.table import AllocationTable
 
 __all__ = [
     "CAPACITY_EXHAUSTED",
