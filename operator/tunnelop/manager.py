@@ -28,7 +28,7 @@ class Options:
 
 def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
-    from tunnelop.controllers import informers, webhook  # noqa: F401
+    from tunnelop.controllers import watches, webhook  # noqa: F401
     from tunnelop.controllers.traffic import TrafficOptions
 
     @kopf.on.startup(backoff=1)
@@ -38,7 +38,7 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
             # A traffic-only change waits for a few rounds; ClientConnected goes at once.
             min_write_interval=3 * options.traffic_interval,
         )
-        await informers.start(memo, options.relay_namespace, options.workers, traffic)
+        await watches.start(memo, options.relay_namespace, options.workers, traffic)
 
     @kopf.on.cleanup()
     async def stop_runtime(memo: kopf.Memo, **_: object) -> None:

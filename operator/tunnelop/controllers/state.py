@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode
 from tunnelop.builders.relay import build_service, build_table_secret
 from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
+from tunnelop.domain.traffic_report import Observed
 from tunnelop.platform import logs
 from tunnelop.platform.kube import Kube, KubeError
 from tunnelop.platform.workqueue import WorkQueue
-
-if TYPE_CHECKING:
-    from tunnelop.controllers.traffic import TrafficCollector
 
 log = logs.get(__name__)
 FINALIZER = "tunnelop.dev/finalizer"
@@ -57,8 +55,11 @@ class Runtime:
     tunnel_queue: WorkQueue[TunnelKey] | None = None
     relay_queue: WorkQueue[str] | None = None
     tables: RelayTables | None = None
-    traffic: TrafficCollector | None = None
-    informers: list[Any] = field(default_factory=list)
+    # Each tunnel's traffic as last read from its relay's agent (the traffic controller
+    # writes it, the Tunnel controller reports it).
+    traffic: dict[TunnelKey, Observed] = field(default_factory=dict)
+    # What runs beside the work queues (informers, the traffic collector), stopped first.
+    running: list[Any] = field(default_factory=list)
     # Every RelayNode as last seen, for admission: known as soon as it is watched, before the
     # relay controller has run its workload.
     relay_views: dict[str, RelayView] = field(default_factory=dict)
@@ -112,10 +113,8 @@ class Runtime:
         task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
-        if self.traffic is not None:
-            await self.traffic.stop()
-        for informer in self.informers:
-            await informer.stop()
+        for part in self.running:
+            await part.stop()
         for queue in (self.tunnel_queue, self.relay_queue):
             if queue is not None:
                 await queue.stop()

@@ -23,11 +23,11 @@ from tunnelop.domain import conditions
 from tunnelop.domain.scheduling import TunnelKey
 from tunnelop.domain.traffic_report import (
     AgentReading,
+    Observed,
     Totals,
     advance,
     due_writes,
     parse_agent_metrics,
-    traffic_status,
 )
 from tunnelop.platform import logs
 
@@ -35,18 +35,6 @@ log = logs.get(__name__)
 SCRAPE_TIMEOUT = 3.0
 # The status.traffic fields whose change is worth a write (lastSeen alone is not).
 COUNTED_FIELDS = ("bytesIn", "bytesOut", "activeConnections")
-
-
-@dataclass
-class Observed:
-    """A tunnel's traffic as last read from the agent of `relay`."""
-
-    relay: str
-    totals: Totals
-    reading: AgentReading
-
-    def traffic(self) -> dict[str, Any]:
-        return traffic_status(self.totals, self.reading)
 
 
 @dataclass
@@ -60,7 +48,8 @@ class TrafficCollector:
     def __init__(self, rt: Runtime, options: TrafficOptions) -> None:
         self.rt = rt
         self.options = options
-        self.observed: dict[TunnelKey, Observed] = {}
+        # The readings live in the runtime, where the Tunnel controller reads them.
+        self.observed: dict[TunnelKey, Observed] = rt.traffic
         self.written_at: dict[TunnelKey, float] = {}
         self._task: asyncio.Task[None] | None = None
 

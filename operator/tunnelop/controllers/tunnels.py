@@ -134,7 +134,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
 def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str) -> None:
     """status.traffic and ClientConnected from the last reading of the relay's agent."""
     key = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
-    observed = rt.traffic.observed.get(key) if rt.traffic else None
+    observed = rt.traffic.get(key)
     if observed is None or observed.relay != relay:
         return
     traffic = observed.traffic()

@@ -41,7 +41,7 @@ async def start(
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     await _ensure_namespace(kube, relay_namespace)
     await restore(rt)
-    rt.informers = [
+    informers = [
         Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)),
         Informer(
             kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
@@ -54,12 +54,13 @@ async def start(
             labels=naming.RELAY_LABEL,
         ),
     ]
-    for informer in rt.informers:
+    for informer in informers:
         informer.start()
     rt.relay_queue.start()
     rt.tunnel_queue.start()
-    rt.traffic = TrafficCollector(rt, traffic)
-    rt.traffic.start()
+    collector = TrafficCollector(rt, traffic)
+    collector.start()
+    rt.running = [*informers, collector]
     memo.runtime = rt
     return rt
 

@@ -112,6 +112,18 @@ def rfc3339(timestamp: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass
+class Observed:
+    """A tunnel's traffic as last read from the agent of `relay`."""
+
+    relay: str
+    totals: Totals
+    reading: AgentReading
+
+    def traffic(self) -> dict:
+        return traffic_status(self.totals, self.reading)
+
+
 def due_writes(
     candidates: Iterable[tuple[TunnelKey, bool, float]],
     now: float,
