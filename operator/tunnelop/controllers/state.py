@@ -18,7 +18,7 @@ from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
-from tunnelop.platform import logs
+from tunnelop.platform import logs, metrics
 from tunnelop.platform.kube import Kube
 from tunnelop.platform.workqueue import WorkQueue
 
@@ -221,6 +221,7 @@ class RelayTables:
         """Keep RelayNode status.allocated in step with the table (one write per batch)."""
         rt = self.runtime
         usage = rt.table.usage(relay)
+        metrics.set_relay_allocations(relay, usage.tunnels)
         allocated: dict[str, Any] = {"tunnels": usage.tunnels, "ports": usage.ports}
         if usage.bandwidth:
             allocated["bandwidth"] = str(usage.bandwidth)
