@@ -161,6 +161,14 @@ async def _lead(
     registry = _register_handlers(options)
     memo = kopf.Memo()
     memo.health = health  # the controllers register their readiness checks on it
+    health.add_check(
+        "controllers",
+        lambda: (
+            (True, "started")
+            if getattr(memo, "runtime", None) is not None
+            else (False, "starting: restoring the allocation table")
+        ),
+    )
     stop_kopf = asyncio.Event()
     waiters = [asyncio.ensure_future(stopping.wait())]
     if lost is not None:
