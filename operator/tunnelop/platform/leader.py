@@ -216,7 +216,7 @@ class LeaderElector:
         except asyncio.CancelledError:
             if self.is_leader:
                 await self._release()
-                self._stop_leading("shutting down")
+                self._stop_leading("shutting down", clean=True)
             raise
 
     @contextlib.asynccontextmanager
@@ -226,15 +226,22 @@ class LeaderElector:
         try:
             yield task
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            while not task.done():  # cancel again should an await inside swallow it
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("leader election failed", error=repr(task.exception()))
 
     # ---- the loop ---------------------------------------------------------------------
 
     async def _acquire(self) -> None:
         while True:
             try:
-                if await asyncio.wait_for(self._try(), self.timing.retry_period):
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the attempt completes, and the campaign would not stop.
+                async with asyncio.timeout(self.timing.retry_period):
+                    acquired = await self._try()
+                if acquired:
                     return
             except Exception as exc:  # API errors, timeouts, connection failures
                 self._note_error(exc)
@@ -250,7 +257,9 @@ class LeaderElector:
             if remaining <= 0:
                 return f"could not renew within {self.timing.renew_deadline:g} s"
             try:
-                if await asyncio.wait_for(self._try(), remaining):
+                async with asyncio.timeout(remaining):
+                    ok = await self._try()
+                if ok:
                     renewed = self._last_sent
                     continue
             except Exception as exc:  # API errors, timeouts, connection failures
@@ -289,7 +298,8 @@ class LeaderElector:
 
     async def _release(self) -> None:
         try:
-            await asyncio.wait_for(self._release_once(), self.timing.retry_period)
+            async with asyncio.timeout(self.timing.retry_period):
+                await self._release_once()
             log.info("leader lease released", lease=self.name, identity=self.identity)
         except Exception as exc:  # API errors, timeouts, connection failures
             # It expires by itself within its duration.
@@ -330,10 +340,12 @@ class LeaderElector:
         if self.on_started:
             self.on_started()
 
-    def _stop_leading(self, reason: str) -> None:
+    def _stop_leading(self, reason: str, *, clean: bool = False) -> None:
         self.leading.clear()
         self.lost.set()
         metrics.LEADER.set(0)
-        log.warning("stopped leading", lease=self.name, identity=self.identity, reason=reason)
+        (log.info if clean else log.warning)(
+            "stopped leading", lease=self.name, identity=self.identity, reason=reason
+        )
         if self.on_stopped:
             self.on_stopped(reason)
