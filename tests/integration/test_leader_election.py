@@ -217,12 +217,19 @@ async def test_sigkill_of_the_leader_during_500_creates_loses_nothing(
         table_relay, relay_entries = parse_table_json(base64.b64decode(secret.data["table.json"]))
         assert table_relay == relay
         entries += [(relay, e) for e in relay_entries if e.namespace == namespace]
-    holders = collections.Counter((relay, e.protocol, e.remote_port) for relay, e in entries)
-    assert [k for k, n in holders.items() if n > 1] == []
-    in_tables = {e.name: (relay, e.remote_port) for relay, e in entries}
     in_status = {
         t["metadata"]["name"]: (t["status"]["relayNode"], t["status"]["remotePort"])
         for t in tunnels
     }
+    holders = collections.defaultdict(list)
+    for relay, e in entries:
+        holders[(relay, e.protocol, e.remote_port)].append(e.name)
+    twice = {
+        port: [(name, "status:", in_status.get(name)) for name in names]
+        for port, names in holders.items()
+        if len(names) > 1
+    }
+    assert twice == {}, f"{len(twice)} table ports held twice; first: {list(twice.items())[:3]}"
+    in_tables = {e.name: (relay, e.remote_port) for relay, e in entries}
     assert len(entries) == len(in_tables) == len(created)
     assert in_tables == in_status
