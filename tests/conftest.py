@@ -103,10 +103,13 @@ def relay_namespace() -> str:
 async def operator(
     cluster: local_cluster.LocalCluster, crds: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[OperatorProcess]:
-    """`tunnelop run` as a real process, with its admission webhook registered."""
+    """`tunnelop run` as a real process, with its admission webhook registered. It runs with
+    leader election, as in a pod, so that every integration run goes through the campaign:
+    it is alone, so it leads at once (a Lease left by a killed process expires in 10 s)."""
     process = OperatorProcess(
         cluster.kubeconfig,
         tmp_path_factory.mktemp("operator") / "log",
+        "--leader-elect",
         "--relay-namespace",
         RELAY_NAMESPACE,
         # Read relay agents' traffic every second, so tests see it quickly.

@@ -30,6 +30,19 @@ def host_port(value: str) -> str:
     return value
 
 
+def lease_seconds(value: str) -> int:
+    """argparse type: a whole number of seconds >= 3 (a Lease counts in seconds)."""
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of seconds, got {value!r}"
+        ) from None
+    if seconds < 3:
+        raise argparse.ArgumentTypeError(f"must be at least 3 seconds, got {seconds}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelop",
@@ -82,6 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
             "seconds between readings of the relay agents' traffic metrics (default: 10); a "
             "tunnel's traffic status is written at most every 3 intervals"
         ),
+    )
+    run.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "campaign for a Lease and reconcile only while holding it (default: on when "
+            "running in a pod, off otherwise)"
+        ),
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the leader Lease (default: the relay namespace)",
+    )
+    run.add_argument(
+        "--leader-election-id",
+        default="tunnelop",
+        help="name of the leader Lease (default: tunnelop)",
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=lease_seconds,
+        default=10,
+        help=(
+            "seconds a leader's lease lasts without renewal (default: 10); the renew deadline "
+            "is 0.7 and the retry period 0.2 of it, so a follower takes over from a dead leader "
+            "within 1.4 x this"
+        ),
+    )
+    run.add_argument(
+        "--health-listen",
+        type=host_port,
+        default="127.0.0.1:8081",
+        help="/healthz, /readyz and /metrics (default: 127.0.0.1:8081)",
     )
     agent = sub.add_parser(
         "agent",
@@ -199,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from tunnelop import manager
 
+        health_host, health_port = split_host_port(args.health_listen)
+        leader_elect = manager.in_pod() if args.leader_elect is None else args.leader_elect
         return manager.main(
             manager.Options(
                 relay_namespace=args.relay_namespace,
@@ -208,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                 log_format=args.log_format,
                 log_level=args.log_level.upper(),
                 traffic_interval=args.traffic_interval,
+                leader_elect=leader_elect,
+                leader_election_namespace=args.leader_election_namespace,
+                leader_election_id=args.leader_election_id,
+                lease_duration=args.lease_duration,
+                health_host=health_host,
+                health_port=health_port,
             )
         )
     parser.print_help(sys.stderr)

@@ -1,17 +1,35 @@
-"""Runs the operator: kopf with tunnelop's handlers, settings and admission webhook."""
+"""Runs the operator: the health endpoints at once, then (with leader election) a campaign
+for the Lease, and only while leading kopf with tunnelop's handlers, settings and admission
+webhook. A follower runs no watch and no webhook: it is not ready, so no Service routes
+admission calls to it.
+
+Losing the lease stops every reconcile at once and exits non-zero (the pod restarts as a
+follower, as with controller-runtime). SIGTERM makes a leader drain the reconciles in flight
+(bounded), stop kopf (which takes its webhook entries down), release the lease and exit 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import kopf
 
+from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 from tunnelop.platform import certs, logs
+from tunnelop.platform.health import Health
+from tunnelop.platform.kube import Kube, KubeError
+from tunnelop.platform.leader import LeaderElector, Timing
 
+log = logs.get(__name__)
 WEBHOOK_CONFIGURATION = "tunnelop.dev"
+LEADERSHIP_LOST_EXIT = 1
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,21 @@ class Options:
     workers: int = 64
     log_level: str = "INFO"
     traffic_interval: float = 10.0
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None  # default: the relay namespace
+    leader_election_id: str = "tunnelop"
+    lease_duration: float = 10.0
+    health_host: str = "127.0.0.1"
+    health_port: int = 8081
+    # SIGTERM: how long the reconciles in flight may take to finish.
+    drain_timeout: float = 10.0
+
+
+def in_pod(service_account_dir: str = SERVICE_ACCOUNT_DIR) -> bool:
+    """Running in a Kubernetes pod: the API server's address in the env, or a mounted token."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or os.path.exists(
+        os.path.join(service_account_dir, "token")
+    )
 
 
 def _register_handlers(options: Options) -> kopf.OperatorRegistry:
@@ -78,22 +111,153 @@ def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
     return settings
 
 
-async def run(options: Options) -> None:
+async def run(options: Options) -> int:
+    """The exit code: 0 after SIGTERM or SIGINT, non-zero when leadership was lost or kopf
+    ended by itself."""
     logs.configure(options.log_format, options.log_level)
+    stopping = asyncio.Event()
+    _on_signals(stopping.set)
+    health = Health()
+    await health.start(options.health_host, options.health_port)
+    try:
+        if not options.leader_elect:
+            health.add_check("leader", lambda: (True, "leader election disabled"))
+            return await _lead(options, health, stopping, lost=None)
+        return await _campaign_then_lead(options, health, stopping)
+    finally:
+        await health.stop()
+
+
+async def _campaign_then_lead(options: Options, health: Health, stopping: asyncio.Event) -> int:
+    namespace = options.leader_election_namespace or options.relay_namespace
+    kube = await Kube.connect()
+    try:
+        await _ensure_namespace(kube, namespace)
+        elector = LeaderElector(
+            kube,
+            namespace,
+            options.leader_election_id,
+            timing=Timing.for_lease(options.lease_duration),
+        )
+        health.add_check("leader", elector.status)
+        log.info(
+            "campaigning for leadership",
+            lease=f"{namespace}/{options.leader_election_id}",
+            identity=elector.identity,
+        )
+        # Leaving this block releases the lease if it is still held (a clean stop).
+        async with elector.campaign() as campaign:
+            await _first(elector.leading.wait(), stopping.wait(), campaign)
+            if not elector.is_leader:
+                return 0 if stopping.is_set() else LEADERSHIP_LOST_EXIT
+            return await _lead(options, health, stopping, lost=elector.lost)
+    finally:
+        await kube.close()
+
+
+async def _lead(
+    options: Options, health: Health, stopping: asyncio.Event, lost: asyncio.Event | None
+) -> int:
     registry = _register_handlers(options)
+    memo = kopf.Memo()
+    memo.health = health  # the controllers register their readiness checks on it
+    health.add_check(
+        "controllers",
+        lambda: (
+            (True, "started")
+            if getattr(memo, "runtime", None) is not None
+            else (False, "starting: restoring the allocation table")
+        ),
+    )
+    stop_kopf = asyncio.Event()
+    waiters = [asyncio.ensure_future(stopping.wait())]
+    if lost is not None:
+        waiters.append(asyncio.ensure_future(lost.wait()))
     with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
         settings = build_settings(options, Path(workdir))
-        await kopf.operator(
+        # kopf cancels, when it ends, every task created after this point.
+        existing = asyncio.all_tasks()
+        tasks = await kopf.spawn_tasks(
             registry=registry,
             settings=settings,
             clusterwide=True,
             standalone=True,
+            stop_flag=stop_kopf,
+            memo=memo,
         )
+        # kopf installed its own SIGTERM/SIGINT handlers: ours decide the order of shutdown.
+        _on_signals(stopping.set)
+        operator = asyncio.create_task(kopf.run_tasks(tasks, ignored=existing), name="kopf")
+        try:
+            await _first(operator, *waiters)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if lost is not None and lost.is_set():
+            log.error("leadership lost: stopping every reconcile now and exiting")
+            await _cancel_everything_else()
+            return LEADERSHIP_LOST_EXIT
+        if stopping.is_set():
+            await _drain(getattr(memo, "runtime", None), options.drain_timeout)
+            stop_kopf.set()
+        try:
+            await operator
+        except Exception:
+            log.exception("the operator ended with an error")
+            return 1
+        return 0 if stopping.is_set() else 1
+
+
+async def _drain(runtime: Any, timeout: float) -> None:
+    """Let the reconciles in flight finish (both queues share the deadline)."""
+    if runtime is None:
+        return
+    queues = [q for q in (runtime.tunnel_queue, runtime.relay_queue) if q is not None]
+    finished = await asyncio.gather(*(q.drain(timeout) for q in queues))
+    log.info("work queues drained", complete=all(finished), timeout=timeout)
+
+
+async def _cancel_everything_else(grace: float = 3.0) -> None:
+    """Another process may be leading already: cancel every task (workers, table writers,
+    kopf) in one go, so that none of them gets past its next await."""
+    current = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not current]
+    for task in others:
+        task.cancel()
+    await asyncio.wait(others, timeout=grace)
+
+
+async def _first(*awaitables: Any) -> set[asyncio.Future[Any]]:
+    """Wait for the first of `awaitables` (coroutines become tasks, cancelled if unfinished)."""
+    futures = [asyncio.ensure_future(a) for a in awaitables]
+    created = [f for f, a in zip(futures, awaitables, strict=True) if f is not a]
+    try:
+        done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+        return done
+    finally:
+        for future in created:
+            if not future.done():
+                future.cancel()
+
+
+def _on_signals(callback: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, callback)
+
+
+async def _ensure_namespace(kube: Kube, name: str) -> None:
+    """The Lease's namespace, for local runs (in a cluster the chart creates it)."""
+    try:
+        if await kube.get("v1", "Namespace", name) is None:
+            await kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    except KubeError as exc:  # e.g. no right to read namespaces: the campaign will say more
+        log.warning("cannot check the lease namespace", namespace=name, error=str(exc))
 
 
 def main(options: Options) -> int:
     try:
-        asyncio.run(run(options))
+        return asyncio.run(run(options))
     except KeyboardInterrupt:
         return 130
-    return 0

@@ -1,5 +1,6 @@
 """The operator as a real process (`tunnelop run`), for tests that need it running — and
-killing: stop() sends SIGTERM, kill() sends SIGKILL."""
+killing: stop() sends SIGTERM, kill() sends SIGKILL. Each process gets its own health port
+(/healthz, /readyz, /metrics); readyz() tells whether it leads and is ready."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+import aiohttp
 
 from support import tools
 from support.netutil import free_port
@@ -24,6 +27,7 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.webhook_port = free_port()
+        self.health_port = free_port()
         self.extra_args = extra_args
         self.own_process_group = own_process_group
         self.process: asyncio.subprocess.Process | None = None
@@ -38,10 +42,14 @@ class OperatorProcess:
             "json",
             "--webhook-port",
             str(self.webhook_port),
+            "--health-listen",
+            f"127.0.0.1:{self.health_port}",
             *self.extra_args,
         ]
 
-    async def start(self) -> None:
+    async def start(self, wait_for: str = "webhook") -> None:
+        """Start; then wait for its "webhook" (a leader's, registered and answering),
+        "leading" (/readyz 200) or "health" (the health port answers: a follower too)."""
         env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig))
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
@@ -53,7 +61,41 @@ class OperatorProcess:
                 start_new_session=self.own_process_group,
                 preexec_fn=tools.die_with_parent,
             )
-        await self._wait_for_webhook()
+        if wait_for == "webhook":
+            await self._wait_for_webhook()
+        elif wait_for == "leading":
+            await self.wait_ready()
+        else:
+            await self._until(lambda status: status is not None, "health endpoints")
+
+    async def readyz(self) -> tuple[int | None, str]:
+        """(HTTP status, body) of /readyz; (None, why) when nothing answers."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+                http.get(f"http://127.0.0.1:{self.health_port}/readyz") as response,
+            ):
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return None, str(exc)
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        await self._until(lambda status: status == 200, "/readyz 200", timeout)
+
+    async def _until(self, accept, what: str, timeout: float = 60) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        body = ""
+        while loop.time() < deadline:
+            if self.process and self.process.returncode is not None:
+                raise RuntimeError(
+                    f"operator exited with {self.process.returncode}:\n{self.logs()}"
+                )
+            status, body = await self.readyz()
+            if accept(status):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"no {what} after {timeout}s; last /readyz: {body}\n{self.logs()}")
 
     async def _wait_for_webhook(self, timeout: float = 60) -> None:
         """Until the webhook configuration points at this process and its port answers."""

@@ -20,6 +20,9 @@ AGENT = ["agent", "--relay", "r", "--namespace", "n", "--table-secret", "t"]
         ([*AGENT, "--listen", "host:0"], "--listen: must be host:port"),
         ([*AGENT, "--health-listen", ":7401"], "--health-listen: must be host:port"),
         (["agent", "--relay", "r"], "required: --namespace, --table-secret"),
+        (["run", "--lease-duration", "2"], "--lease-duration: must be at least 3 seconds"),
+        (["run", "--lease-duration", "1.5"], "--lease-duration: must be a whole number of seconds"),
+        (["run", "--health-listen", "8081"], "--health-listen: must be host:port"),
     ],
 )
 def test_bad_values_are_refused_by_name(argv, message, capsys):
@@ -33,3 +36,26 @@ def test_good_values_pass():
     args = build_parser().parse_args([*AGENT, "--listen", "[::1]:7400", "--meter-interval", "0.5"])
     assert (args.listen, args.meter_interval) == ("[::1]:7400", 0.5)
     assert build_parser().parse_args(["run", "--traffic-interval", "2"]).traffic_interval == 2.0
+
+
+def test_leader_election_flags():
+    args = build_parser().parse_args(["run"])
+    assert (args.leader_elect, args.leader_election_namespace) == (None, None)
+    assert (args.leader_election_id, args.lease_duration, args.health_listen) == (
+        "tunnelop",
+        10,
+        "127.0.0.1:8081",
+    )
+    assert build_parser().parse_args(["run", "--leader-elect"]).leader_elect is True
+    assert build_parser().parse_args(["run", "--no-leader-elect"]).leader_elect is False
+
+
+def test_leader_election_is_on_by_default_only_in_a_pod(monkeypatch, tmp_path):
+    from tunnelop.manager import in_pod
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert not in_pod(str(tmp_path))
+    (tmp_path / "token").write_text("t")
+    assert in_pod(str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert in_pod(str(tmp_path / "absent"))

@@ -30,7 +30,7 @@ from tunnelop.controllers.state import FINALIZER, RelaySecrets, Runtime
 from tunnelop.controllers.status import merge_patch, status_dict
 from tunnelop.domain import conditions
 from tunnelop.domain.relayview import RelayView
-from tunnelop.platform import logs
+from tunnelop.platform import logs, metrics
 from tunnelop.platform.workqueue import Requeue
 
 log = logs.get(__name__)
@@ -189,6 +189,7 @@ def _status(
             )
         )
     usage = rt.table.usage(name)
+    metrics.set_relay_allocations(name, usage.tunnels)
     ports = view.allowed_port_count()
     status = RelayNodeStatus(
         observed_generation=generation,
@@ -254,4 +255,5 @@ def _forget(rt: Runtime, name: str) -> int:
         rt.tables.forget(name)
     rt.relay_secrets.pop(name, None)
     rt.applied_workloads.pop(name, None)
+    metrics.forget_relay(name)
     return len(moved)

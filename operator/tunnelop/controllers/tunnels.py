@@ -29,7 +29,7 @@ from tunnelop.controllers.status import merge_patch, status_dict
 from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
 from tunnelop.domain import conditions
 from tunnelop.domain.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
-from tunnelop.platform import logs
+from tunnelop.platform import logs, metrics
 from tunnelop.platform.workqueue import Requeue
 
 log = logs.get(__name__)
@@ -109,6 +109,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         await _report(rt, body, new)
         old_relay, old_port = status.get("relayNode"), status.get("remotePort")
         if old_relay is None:
+            metrics.scheduling.bound(key)
             where = (
                 f"{result.relay}:{result.port}"
                 if result.port

@@ -22,7 +22,7 @@ from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import Allocation, TunnelKey
-from tunnelop.platform import logs
+from tunnelop.platform import logs, metrics
 from tunnelop.platform.informer import Informer
 from tunnelop.platform.kube import GROUP_VERSION, Kube
 from tunnelop.platform.workqueue import WorkQueue
@@ -56,6 +56,9 @@ async def start(
     ]
     for informer in informers:
         informer.start()
+        health = getattr(memo, "health", None)  # set by the manager; absent in tests
+        if health is not None:
+            health.add_check(f"informer {informer.path}", informer.healthy)
     rt.relay_queue.start()
     rt.tunnel_queue.start()
     collector = TrafficCollector(rt, traffic)
@@ -238,8 +241,11 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if kind == "DELETED":
         rt.forget_tunnel(key)
+        metrics.scheduling.forget(key)
     else:
         rt.remember_tunnel(key, body)
+        if not (body.get("status") or {}).get("relayNode"):
+            metrics.scheduling.enqueued(key)
     assert rt.tunnel_queue is not None
     rt.tunnel_queue.add(key)
 

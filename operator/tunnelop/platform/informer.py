@@ -6,6 +6,12 @@ number; at thousands of tunnels that dominated the operator's CPU (measured; see
 docs/decisions/0004-own-informer-for-tunnels.md). This informer keeps no per-object state:
 it lists once, then follows the watch, and hands each object to a callback that only updates
 a cache and enqueues a key.
+
+Failures are logged with their HTTP status, counted (tunnelop_informer_failures_total) and
+retried with exponential back-off (1 s doubling to 30 s, reset by a working watch); `healthy()`
+tells readiness whether the informer has synced and is not failing. A handler that raises
+gets the object again later, with the same back-off, unless a newer event for the same object
+reaches it first: no key is lost to a failing handler.
 """
 
 from __future__ import annotations
@@ -15,11 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tunnelop.platform import logs
-from tunnelop.platform.kube import Kube
+from tunnelop.platform import logs, metrics
+from tunnelop.platform.kube import Kube, KubeError
 
 log = logs.get(__name__)
 Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, object)
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+
+
+def backoff(failures: int, first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF) -> float:
+    """Seconds to wait after the `failures`-th failure in a row (1, 2, 4, ... up to `most`)."""
+    return min(most, first * 2 ** min(max(failures - 1, 0), 16))
 
 
 class Informer:
@@ -32,6 +45,7 @@ class Informer:
         labels: str = "",
         fields: str = "",
         on_interrupted: Callable[[Exception], None] | None = None,
+        max_backoff: float = MAX_BACKOFF,
     ) -> None:
         self.kube = kube
         self.path = path
@@ -39,17 +53,33 @@ class Informer:
         self.labels = labels
         self.fields = fields
         self.on_interrupted = on_interrupted
+        self.max_backoff = max_backoff
         self.synced = asyncio.Event()
         # Monotonic time of the API server's last answer (a list or any watch event).
         self.contacted_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         # Only identities, to tell the handler what vanished while the watch was down.
         self._known: dict[tuple[str, str], dict[str, Any]] = {}
+        self.failures = 0  # in a row, reset by a working watch
+        self.last_error: str | None = None
+        # Objects whose handler raised, to hand over again: identity -> (timer, attempts)
+        self._redeliveries: dict[tuple[str, str], tuple[asyncio.TimerHandle, int]] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"informer {self.path}")
 
+    def healthy(self) -> tuple[bool, str]:
+        """For readiness: (ok, what to say)."""
+        if self.last_error is not None:
+            return False, f"{self.path}: failing ({self.failures} in a row): {self.last_error}"
+        if not self.synced.is_set():
+            return False, f"{self.path}: not synced yet"
+        return True, f"{self.path}: synced"
+
     async def stop(self) -> None:
+        for timer, _ in self._redeliveries.values():
+            timer.cancel()
+        self._redeliveries.clear()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -60,6 +90,7 @@ class Informer:
             query.append(("fieldSelector", self.fields))
         result = await self.kube.request("GET", self.path, query=query) or {}
         self.contacted_at = time.monotonic()
+        self.last_error = None
         return result.get("items", []), result.get("metadata", {}).get("resourceVersion", "")
 
     async def _run(self) -> None:
@@ -77,7 +108,7 @@ class Informer:
                 async for event in self.kube.watch(
                     self.path, resource_version=version, labels=self.labels, fields=self.fields
                 ):
-                    self.contacted_at = time.monotonic()
+                    self._answered()
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         version = ""  # 410 Gone and the like: list again
@@ -85,15 +116,41 @@ class Informer:
                     version = obj.get("metadata", {}).get("resourceVersion", version)
                     if kind != "BOOKMARK":
                         self._dispatch(kind, obj)
+                else:
+                    self._answered()  # the server closed the watch at its timeout
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # API server restarts, timeouts, expired versions
-                if self.on_interrupted:
-                    self.on_interrupted(exc)
-                else:
-                    log.warning("watch interrupted; listing again", path=self.path, error=str(exc))
+            except Exception as exc:  # API server restarts, timeouts, 403, expired versions
+                delay = self._failed(exc)
                 version = ""
-                await asyncio.sleep(1)
+                await asyncio.sleep(delay)
+
+    def _answered(self) -> None:
+        # Only the watch resets the back-off: a list that succeeds before a watch that keeps
+        # failing (a 403 on watch alone) must not retry every second.
+        self.contacted_at = time.monotonic()
+        self.failures = 0
+        self.last_error = None
+
+    def _failed(self, exc: Exception) -> float:
+        """Record a failed list or watch; the seconds to wait before the next try."""
+        status = exc.status if isinstance(exc, KubeError) else 0
+        message = exc.message if isinstance(exc, KubeError) else f"{type(exc).__name__}: {exc}"
+        self.failures += 1
+        self.last_error = f"HTTP {status}: {message}" if status else message
+        metrics.INFORMER_FAILURES.labels(path=self.path, status=str(status)).inc()
+        delay = backoff(self.failures, most=self.max_backoff)
+        if self.on_interrupted:
+            self.on_interrupted(exc)
+        log.warning(
+            "list or watch failed; listing again",
+            path=self.path,
+            status=status,
+            error=message,
+            failures=self.failures,
+            retry_in=delay,
+        )
+        return delay
 
     def _dispatch(self, kind: str, obj: dict[str, Any]) -> None:
         key = _identity(obj)
@@ -108,10 +165,28 @@ class Informer:
                     "labels": meta.get("labels"),
                 }
             }
+        self._deliver(key, kind, obj)
+
+    def _deliver(self, key: tuple[str, str], kind: str, obj: dict[str, Any]) -> None:
+        pending = self._redeliveries.pop(key, None)
+        if pending is not None:
+            pending[0].cancel()  # this event is newer than the one waiting to be retried
         try:
             self.handler(kind, obj)
         except Exception:
-            log.exception("informer handler failed", path=self.path, name=key[1])
+            attempts = (pending[1] if pending else 0) + 1
+            delay = backoff(attempts, most=self.max_backoff)
+            log.exception(
+                "informer handler failed; handing the object over again",
+                path=self.path,
+                namespace=key[0],
+                name=key[1],
+                attempts=attempts,
+                retry_in=delay,
+            )
+            # The count stays in the entry, so that the back-off grows at the next failure.
+            timer = asyncio.get_running_loop().call_later(delay, self._deliver, key, kind, obj)
+            self._redeliveries[key] = (timer, attempts)
 
 
 def _identity(obj: dict[str, Any]) -> tuple[str, str]:

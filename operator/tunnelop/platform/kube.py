@@ -59,6 +59,7 @@ PLURALS = {
     "Node": "nodes",
     "Tunnel": "tunnels",
     "RelayNode": "relaynodes",
+    "Lease": "leases",
 }
 
 
@@ -200,6 +201,19 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create; a KubeError with status 409 when it exists already."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], PLURALS[obj["kind"]], None, meta.get("namespace"))
+        return await self.request("POST", path, obj)
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace (PUT), guarded by the metadata.resourceVersion it carries: a KubeError with
+        status 409 when the object changed since it was read."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], PLURALS[obj["kind"]], meta["name"], meta.get("namespace"))
+        return await self.request("PUT", path, obj)
 
     async def delete(
         self, api_version: str, kind: str, name: str, namespace: str | None = None

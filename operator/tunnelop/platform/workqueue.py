@@ -1,14 +1,16 @@
 """A keyed work queue, as in client-go: watches only say *which* object changed; workers
 reconcile it from the latest cached state. A key is never processed by two workers at once,
-a key enqueued while pending is coalesced, and a failed reconcile is retried with back-off."""
+a key enqueued while pending is coalesced, and a failed reconcile is retried with back-off.
+Each queue reports its depth, reconciles by result and their duration (platform/metrics.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from tunnelop.platform import logs
+from tunnelop.platform import logs, metrics
 
 log = logs.get(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -40,8 +42,14 @@ class WorkQueue(Generic[K]):
         self._dirty: set[K] = set()  # changed again while active: run once more after
         self._failures: dict[K, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._busy: set[asyncio.Task[None]] = set()  # workers in a reconcile
+        self._depth = metrics.QUEUE_DEPTH.labels(queue=name)
+        self._duration = metrics.RECONCILE_DURATION.labels(controller=name)
 
     def add(self, key: K) -> None:
+        if self._draining:
+            return  # shutting down: the next leader lists everything anew
         if key in self._active:
             self._dirty.add(key)
             return
@@ -49,6 +57,7 @@ class WorkQueue(Generic[K]):
             return
         self._pending.add(key)
         self._queue.put_nowait(key)
+        self._depth.set(len(self))
 
     def add_after(self, key: K, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self.add, key)
@@ -64,20 +73,52 @@ class WorkQueue(Generic[K]):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def abort(self) -> None:
+        """Stop at once, without waiting: leadership is lost and another process may already
+        be reconciling. Each worker stops at its next await."""
+        self._draining = True
+        for task in self._tasks:
+            task.cancel()
+
+    async def drain(self, timeout: float) -> bool:
+        """For a graceful shutdown: take no new keys, let the reconciles in flight finish for
+        up to `timeout` seconds, then cancel the rest. True when nothing was cut short."""
+        self._draining = True
+        busy = set(self._busy)
+        for task in self._tasks:
+            if task not in busy:
+                task.cancel()  # waiting for a key that will not come
+        # A busy worker ends by itself after its reconcile (see _work).
+        _, unfinished = await asyncio.wait(busy, timeout=timeout) if busy else (set(), set())
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return not unfinished
+
     def __len__(self) -> int:
         return len(self._pending) + len(self._active)
 
     async def _work(self) -> None:
-        while True:
+        while not self._draining:
             key = await self._queue.get()
+            if self._draining:
+                break
             self._pending.discard(key)
             self._active.add(key)
+            worker = asyncio.current_task()
+            assert worker is not None
+            self._busy.add(worker)
+            started = time.monotonic()
+            result = "error"
             try:
                 await self._reconcile(key)
                 self._failures.pop(key, None)
+                result = "success"
             except asyncio.CancelledError:
+                result = "cancelled"
                 raise
             except Requeue as again:
+                result = "requeue"
                 self.add_after(key, again.after)
             except Exception as exc:
                 failures = self._failures.get(key, 0) + 1
@@ -93,7 +134,11 @@ class WorkQueue(Generic[K]):
                 )
                 self.add_after(key, delay)
             finally:
+                self._duration.observe(time.monotonic() - started)
+                metrics.RECONCILES.labels(controller=self.name, result=result).inc()
                 self._active.discard(key)
+                self._busy.discard(worker)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+                self._depth.set(len(self))

@@ -1,0 +1,101 @@
+"""The operator's Prometheus metrics, all named tunnelop_*, in one registry of their own
+(served at /metrics by platform/health.py). Nothing here talks to the API or starts a task.
+
+Calls the controllers make:
+- `scheduling.enqueued(key)` when an unbound tunnel is seen, `scheduling.bound(key)` when its
+  reconcile first binds it (observes tunnelop_scheduling_latency_seconds), and
+  `scheduling.forget(key)` when it is deleted before being bound;
+- `set_relay_allocations(relay, tunnels)` whenever a relay's allocated count is known, and
+  `forget_relay(relay)` when the relay is gone.
+The work queue, the informer and the leader elector update their own metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+RECONCILES = Counter(
+    "tunnelop_reconciles_total",
+    "Reconciles by controller (work queue) and result: success, requeue or error.",
+    ["controller", "result"],
+    registry=REGISTRY,
+)
+RECONCILE_DURATION = Histogram(
+    "tunnelop_reconcile_duration_seconds",
+    "Time one reconcile took, by controller.",
+    ["controller"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "tunnelop_workqueue_depth",
+    "Keys waiting in or being reconciled by a work queue.",
+    ["queue"],
+    registry=REGISTRY,
+)
+SCHEDULING_LATENCY = Histogram(
+    "tunnelop_scheduling_latency_seconds",
+    "Time from a tunnel first enqueued unbound to bound to a relay.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+RELAY_ALLOCATIONS = Gauge(
+    "tunnelop_relay_allocations",
+    "Tunnels allocated on a relay.",
+    ["relay"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "tunnelop_leader",
+    "1 while this process holds the leader Lease, else 0.",
+    registry=REGISTRY,
+)
+INFORMER_FAILURES = Counter(
+    "tunnelop_informer_failures_total",
+    "Failed lists and watches, by API path and HTTP status (0: no HTTP answer).",
+    ["path", "status"],
+    registry=REGISTRY,
+)
+
+
+class SchedulingLatency:
+    """Remembers when each unbound tunnel was first enqueued, until it is bound."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: dict[Hashable, float] = {}
+
+    def enqueued(self, key: Hashable) -> None:
+        self._since.setdefault(key, self._clock())
+
+    def bound(self, key: Hashable) -> float | None:
+        """Observe and return the latency, or None when the key was never enqueued unbound
+        (e.g. it was bound before this process started)."""
+        start = self._since.pop(key, None)
+        if start is None:
+            return None
+        latency = self._clock() - start
+        SCHEDULING_LATENCY.observe(latency)
+        return latency
+
+    def forget(self, key: Hashable) -> None:
+        self._since.pop(key, None)
+
+
+scheduling = SchedulingLatency()
+
+
+def set_relay_allocations(relay: str, tunnels: int) -> None:
+    RELAY_ALLOCATIONS.labels(relay=relay).set(tunnels)
+
+
+def forget_relay(relay: str) -> None:
+    try:
+        RELAY_ALLOCATIONS.remove(relay)
+    except KeyError:
+        pass

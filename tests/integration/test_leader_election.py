@@ -1,0 +1,235 @@
+"""Two `tunnelop run` processes against the real API server: only the holder of the Lease is
+ready and reconciles; a SIGKILLed leader is replaced within 15 s, a SIGTERMed one hands over
+at once; a leader that finds another holder stops and exits non-zero; and a SIGKILL of the
+leader in the middle of 500 Tunnel creates loses nothing and gives no port twice (invariants
+1 and 8), in the Tunnels' statuses and in the relays' table Secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from kubernetes.aio import client
+
+from support import load, objects, tools
+from support.objects import relay_node, wait_condition
+from support.operator import OperatorProcess
+from tunnelop.contract.table import parse_table_json
+
+LEASE = "tunnelop"
+
+
+async def lease_holder(kube: client.ApiClient, namespace: str) -> str | None:
+    lease = await client.CoordinationV1Api(kube).read_namespaced_lease(LEASE, namespace)
+    return lease.spec.holder_identity
+
+
+def identity_of(process: OperatorProcess) -> str:
+    """The candidate identity the process announced in its log."""
+    for line in process.logs().splitlines():
+        if "campaigning for leadership" in line:
+            return json.loads(line)["identity"]
+    raise AssertionError(f"no identity in the log:\n{process.logs()}")
+
+
+async def metric(process: OperatorProcess, name: str, labels: str = "") -> float:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{process.health_port}/metrics") as response,
+    ):
+        text = await response.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def the_leader(pair: list[OperatorProcess], timeout: float = 60) -> OperatorProcess:
+    """The one process whose /readyz is 200 (waiting for it); the other must say 503."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        answers = [await p.readyz() for p in pair]
+        ready = [p for p, (status, _) in zip(pair, answers, strict=True) if status == 200]
+        if ready:
+            assert len(ready) == 1, f"both ready: {answers}"
+            return ready[0]
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"no leader: {[await p.readyz() for p in pair]}")
+
+
+@pytest.fixture
+async def pair(cluster, crds, operator, relay_namespace, tmp_path: Path):
+    """Two candidates; the session's operator steps aside meanwhile."""
+    await operator.stop()
+    processes = [
+        OperatorProcess(
+            cluster.kubeconfig,
+            tmp_path / f"operator-{i}.log",
+            "--leader-elect",
+            "--relay-namespace",
+            relay_namespace,
+            "--log-level",
+            "DEBUG",
+        )
+        for i in range(2)
+    ]
+    try:
+        for p in processes:
+            await p.start(wait_for="health")
+        yield processes
+    finally:
+        for p in processes:
+            await p.stop()
+        await operator.start()
+
+
+@pytest.fixture
+def three_relays():
+    label = {"tunnelop.test/election": uuid.uuid4().hex[:8]}
+    names = [f"ha-{label['tunnelop.test/election']}-{i}" for i in range(3)]
+    objects.apply([relay_node(n, labels=label, ports="45000-45999") for n in names])
+    yield names, label
+    tools.kubectl("delete", "relaynode", *names, "--ignore-not-found", "--wait=false")
+
+
+async def test_only_the_leader_is_ready_and_reconciles(
+    pair, kube, namespace, relay_namespace, three_relays
+) -> None:
+    names, label = three_relays
+    leader = await the_leader(pair)
+    follower = next(p for p in pair if p is not leader)
+    status, body = await follower.readyz()
+    assert status == 503
+    assert f"[-]leader: following {identity_of(leader)}" in body
+    assert await lease_holder(kube, relay_namespace) == identity_of(leader)
+
+    objects.apply(objects.tunnel("web", relay={"nodeSelector": label}), namespace)
+    await wait_condition("tunnel", "web", namespace, "Ready", timeout=60)
+    bound = objects.get("tunnel", "web", namespace)
+    assert bound is not None and bound["status"]["relayNode"] in names
+
+    success = 'controller="tunnels",result="success"'
+    assert await metric(leader, "tunnelop_reconciles_total", success) >= 1
+    assert await metric(follower, "tunnelop_reconciles_total", success) == 0
+    assert await metric(leader, "tunnelop_leader") == 1
+    assert await metric(follower, "tunnelop_leader") == 0
+    written = f'"relay table written", "relay": "{bound["status"]["relayNode"]}"'
+    assert any(
+        "relay table written" in line and bound["status"]["relayNode"] in line
+        for line in leader.logs().splitlines()
+    ), written
+    assert "relay table written" not in follower.logs()
+    assert "allocation table restored" not in follower.logs()
+
+
+async def test_sigkill_of_the_leader_hands_over_within_15_seconds(
+    pair, kube, relay_namespace
+) -> None:
+    leader = await the_leader(pair)
+    follower = next(p for p in pair if p is not leader)
+    new_identity = identity_of(follower)
+    await leader.kill()
+    killed = time.monotonic()
+    lease_at = ready_at = None
+    while time.monotonic() - killed < 30 and (lease_at is None or ready_at is None):
+        if lease_at is None and await lease_holder(kube, relay_namespace) == new_identity:
+            lease_at = time.monotonic() - killed
+        if ready_at is None and (await follower.readyz())[0] == 200:
+            ready_at = time.monotonic() - killed
+        await asyncio.sleep(0.1)
+    print(
+        f"\ntakeover after SIGKILL: Lease names the follower after {lease_at:.1f} s, "
+        f"its /readyz is 200 after {ready_at:.1f} s"
+    )
+    assert lease_at is not None and lease_at <= 15
+    assert ready_at is not None and ready_at <= 15
+
+
+async def test_sigterm_of_the_leader_releases_the_lease_at_once(
+    pair, kube, relay_namespace
+) -> None:
+    leader = await the_leader(pair)
+    follower = next(p for p in pair if p is not leader)
+    assert leader.process is not None
+    await leader.stop()
+    exited = time.monotonic()
+    assert leader.process.returncode == 0
+    assert "leader lease released" in leader.logs()
+    await follower.wait_ready(timeout=10)
+    took = time.monotonic() - exited
+    print(f"\ntakeover after SIGTERM: follower ready {took:.1f} s after the leader exited")
+    assert took <= 4  # one retry period (2 s), then kopf's start
+    assert await lease_holder(kube, relay_namespace) == identity_of(follower)
+
+
+async def test_a_leader_that_sees_another_holder_stops_and_exits_non_zero(
+    pair, kube, relay_namespace
+) -> None:
+    leader = await the_leader(pair)
+    assert leader.process is not None
+    coordination = client.CoordinationV1Api(kube)
+    lease = await coordination.read_namespaced_lease(LEASE, relay_namespace)
+    lease.spec.holder_identity = "intruder"
+    lease.spec.lease_duration_seconds = 600
+    await coordination.replace_namespaced_lease(LEASE, relay_namespace, lease)
+    code = await asyncio.wait_for(leader.process.wait(), 10)
+    assert code == 1
+    assert "leadership lost: stopping every reconcile now and exiting" in leader.logs()
+    await coordination.delete_namespaced_lease(LEASE, relay_namespace)  # let the other lead
+
+
+async def test_sigkill_of_the_leader_during_500_creates_loses_nothing(
+    pair, kube, namespace, relay_namespace, three_relays
+) -> None:
+    names, label = three_relays
+    leader = await the_leader(pair)
+    follower = next(p for p in pair if p is not leader)
+    for name in names:
+        await wait_condition("relaynode", name, None, "Ready", timeout=90)
+    creating = asyncio.create_task(
+        load.create_tunnels(kube, namespace, 500, placement={"nodeSelector": label}, concurrency=16)
+    )
+    await asyncio.sleep(2.5)
+    assert not creating.done(), "the creates finished before the kill: make them slower"
+    await leader.kill()
+    killed = time.monotonic()
+    await follower.wait_ready(timeout=30)
+    print(f"\nfollower ready {time.monotonic() - killed:.1f} s after the SIGKILL")
+    created = await creating
+    tunnels = await load.wait_all_ready(kube, namespace, len(created), timeout=300)
+
+    assert load.duplicate_ports(tunnels) == {}
+    assert {t["status"]["relayNode"] for t in tunnels} <= set(names)
+    # What the relays enforce: exactly the tunnels, each once, where their status says.
+    core = client.CoreV1Api(kube)
+    entries = []
+    for relay in names:
+        secret = await core.read_namespaced_secret(f"relay-{relay}-table", relay_namespace)
+        table_relay, relay_entries = parse_table_json(base64.b64decode(secret.data["table.json"]))
+        assert table_relay == relay
+        entries += [(relay, e) for e in relay_entries if e.namespace == namespace]
+    in_status = {
+        t["metadata"]["name"]: (t["status"]["relayNode"], t["status"]["remotePort"])
+        for t in tunnels
+    }
+    holders = collections.defaultdict(list)
+    for relay, e in entries:
+        holders[(relay, e.protocol, e.remote_port)].append(e.name)
+    twice = {
+        port: [(name, "status:", in_status.get(name)) for name in names]
+        for port, names in holders.items()
+        if len(names) > 1
+    }
+    assert twice == {}, f"{len(twice)} table ports held twice; first: {list(twice.items())[:3]}"
+    in_tables = {e.name: (relay, e.remote_port) for relay, e in entries}
+    assert len(entries) == len(in_tables) == len(created)
+    assert in_tables == in_status

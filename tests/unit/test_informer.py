@@ -1,0 +1,117 @@
+"""The informer: a failing list is logged with its HTTP status, counted, retried with
+exponential back-off and reported by healthy(); a handler that raises gets the object again
+until it succeeds, unless a newer event for that object came first."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from tunnelop.platform import informer as informer_module
+from tunnelop.platform import metrics
+from tunnelop.platform.informer import Informer, backoff
+from tunnelop.platform.kube import KubeError
+
+
+def secret(name: str, version: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": version}}
+
+
+class FakeKube:
+    """Lists fail `failures` times with 403, then answer `items`; watches send `events`
+    then stay open."""
+
+    def __init__(self, failures: int = 0, items=(), events=()) -> None:
+        self.failures = failures
+        self.items = list(items)
+        self.events = list(events)
+
+    async def request(self, method, path, query=None):
+        if self.failures:
+            self.failures -= 1
+            raise KubeError(403, 'secrets is forbidden: User "op" cannot list')
+        return {"items": self.items, "metadata": {"resourceVersion": "1"}}
+
+    async def watch(self, path, **_):
+        for event in self.events:
+            yield event
+        await asyncio.Event().wait()
+
+
+def test_backoff_doubles_from_one_second_to_thirty():
+    assert [backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+async def test_a_forbidden_list_backs_off_counts_and_reports_unhealthy(monkeypatch):
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(informer_module.asyncio, "sleep", fake_sleep)
+    path = f"/api/v1/secrets-{uuid.uuid4().hex[:6]}"
+    kube = FakeKube(failures=4, items=[secret("a", "1")])
+    seen: list[str] = []
+    inf = Informer(kube, path, lambda kind, obj: seen.append(kind))  # type: ignore[arg-type]
+    assert inf.healthy() == (False, f"{path}: not synced yet")
+    health_while_failing = []
+    kube_request = kube.request
+
+    async def request(*args, **kwargs):
+        health_while_failing.append(inf.healthy())
+        return await kube_request(*args, **kwargs)
+
+    kube.request = request  # type: ignore[method-assign]
+    inf.start()
+    await asyncio.wait_for(inf.synced.wait(), 5)
+    await inf.stop()
+    assert delays[:4] == [1, 2, 4, 8]
+    ok, message = health_while_failing[-1]  # just before the list that worked
+    assert not ok and "HTTP 403" in message and "forbidden" in message
+    assert inf.healthy() == (True, f"{path}: synced")
+    assert seen == ["ADDED"]
+    failures = metrics.REGISTRY.get_sample_value(
+        "tunnelop_informer_failures_total", {"path": path, "status": "403"}
+    )
+    assert failures == 4
+
+
+async def test_a_raising_handler_gets_the_object_again_until_it_succeeds():
+    calls: list[str] = []
+
+    def handler(kind: str, obj: dict[str, Any]) -> None:
+        calls.append(obj["metadata"]["resourceVersion"])
+        if len(calls) < 3:
+            raise RuntimeError("cache not ready")
+
+    inf = Informer(FakeKube(items=[secret("a", "1")]), "/x", handler, max_backoff=0.05)  # type: ignore[arg-type]
+    inf.start()
+    for _ in range(100):
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # no further redelivery after the success
+    await inf.stop()
+    assert calls == ["1", "1", "1"]
+
+
+async def test_a_newer_event_replaces_the_pending_redelivery():
+    calls: list[str] = []
+
+    def handler(kind: str, obj: dict[str, Any]) -> None:
+        version = obj["metadata"]["resourceVersion"]
+        calls.append(version)
+        if version == "1":
+            raise RuntimeError("cannot handle version 1")
+
+    kube = FakeKube(
+        items=[secret("a", "1")], events=[{"type": "MODIFIED", "object": secret("a", "2")}]
+    )
+    inf = Informer(kube, "/x", handler, max_backoff=0.2)  # type: ignore[arg-type]
+    inf.start()
+    await asyncio.sleep(0.5)
+    await inf.stop()
+    assert calls == ["1", "2"]  # the stale version 1 was never handed over again
