@@ -43,6 +43,17 @@ def lease_seconds(value: str) -> int:
     return seconds
 
 
+def port_range(value: str) -> str:
+    """argparse type: a port range like 30000-32767."""
+    from tunnelop.api.v1alpha1 import parse_port_span
+
+    try:
+        parse_port_span(value, allow_single=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelop",
@@ -94,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "seconds between readings of the relay agents' traffic metrics (default: 10); a "
             "tunnel's traffic status is written at most every 3 intervals"
+        ),
+    )
+    run.add_argument(
+        "--service-node-port-range",
+        type=port_range,
+        default="30000-32767",
+        help=(
+            "the API server's --service-node-port-range (default: 30000-32767): a "
+            "LoadBalancer relay's Service takes a node port from it per tunnel port, and a "
+            "NodePort relay's tunnel ports must lie in it"
         ),
     )
     run.add_argument(
@@ -258,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_format=args.log_format,
                 log_level=args.log_level.upper(),
                 traffic_interval=args.traffic_interval,
+                service_node_port_range=args.service_node_port_range,
                 leader_elect=leader_elect,
                 leader_election_namespace=args.leader_election_namespace,
                 leader_election_id=args.leader_election_id,

@@ -21,6 +21,7 @@ from typing import Any
 
 import kopf
 
+from tunnelop.api.v1alpha1 import parse_port_span
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 from tunnelop.platform import certs, logs
 from tunnelop.platform.health import Health
@@ -42,6 +43,7 @@ class Options:
     workers: int = 64
     log_level: str = "INFO"
     traffic_interval: float = 10.0
+    service_node_port_range: str = "30000-32767"
     leader_elect: bool = False
     leader_election_namespace: str | None = None  # default: the relay namespace
     leader_election_id: str = "tunnelop"
@@ -71,7 +73,13 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
             # A traffic-only change waits for a few rounds; ClientConnected goes at once.
             min_write_interval=3 * options.traffic_interval,
         )
-        await watches.start(memo, options.relay_namespace, options.workers, traffic)
+        await watches.start(
+            memo,
+            options.relay_namespace,
+            options.workers,
+            traffic,
+            node_port_range=parse_port_span(options.service_node_port_range, allow_single=False),
+        )
 
     @kopf.on.cleanup()
     async def stop_runtime(memo: kopf.Memo, **_: object) -> None:

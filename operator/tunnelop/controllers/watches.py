@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from tunnelop.api.v1alpha1 import GROUP, VERSION, RelayNode, Tunnel
+from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
@@ -20,7 +20,7 @@ from tunnelop.controllers import relays, tunnels
 from tunnelop.controllers.state import RelayTables, Runtime
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
-from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
 from tunnelop.domain.scheduling import Allocation, TunnelKey
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.informer import Informer
@@ -32,10 +32,14 @@ TUNNEL_LABEL = "tunnelop.dev/tunnel"
 
 
 async def start(
-    memo: kopf.Memo, relay_namespace: str, workers: int, traffic: TrafficOptions
+    memo: kopf.Memo,
+    relay_namespace: str,
+    workers: int,
+    traffic: TrafficOptions,
+    node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
 ) -> Runtime:
     kube = await Kube.connect()
-    rt = Runtime(kube=kube, relay_namespace=relay_namespace)
+    rt = Runtime(kube=kube, relay_namespace=relay_namespace, node_port_range=node_port_range)
     rt.tables = RelayTables(rt)
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
