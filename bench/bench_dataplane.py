@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support import load, objects, tools  # noqa: E402
 from support.cluster import ensure_cluster, teardown  # noqa: E402
-from support.dataplane import frpc_toml_with_local_port, start_relay  # noqa: E402
+from support.dataplane import start_relay  # noqa: E402
 from support.netutil import echo_server  # noqa: E402
 from support.operator import OperatorProcess  # noqa: E402
 from support.relay_runner import RelayPodRunner  # noqa: E402
@@ -376,9 +376,12 @@ async def ready_to_echo(run: ClusterRun, count: int, batch: int, keep: int) -> d
         frpc_toml = base64.b64decode(secret.data["frpc.toml"]).decode()
         secret_read = time.monotonic()
         path = run.workdir / "frpc" / f"{name}.toml"
-        path.write_text(frpc_toml_with_local_port(frpc_toml, run.echo_port))
+        path.write_text(frpc_toml)  # as the operator wrote it; the port is in the environment
         frpc = await run.procs.start(
-            f"frpc {name}", frpc_argv(path), path.with_suffix(".log"), plain_env(run.workdir)
+            f"frpc {name}",
+            frpc_argv(path),
+            path.with_suffix(".log"),
+            plain_env(run.workdir, TUNNELOP_LOCAL_PORT=str(run.echo_port)),
         )
         started = time.monotonic()
         ok = await first_echo(host, port, asyncio.get_running_loop().time() + 30)
@@ -834,12 +837,14 @@ async def start_standalone(
             relay_token=token,
             tunnel_token=tunnel_tokens[t],
             remote_port=STANDALONE_PORTS[t],
-            local_port_placeholder=1,
         )
         path = root / f"frpc-{t}.toml"
-        path.write_text(frpc_toml_with_local_port(text, local_ports[t]))
+        path.write_text(text)
         await procs.start(
-            f"frpc {variant}/{t}", frpc_argv(path), path.with_suffix(".log"), plain_env(root)
+            f"frpc {variant}/{t}",
+            frpc_argv(path),
+            path.with_suffix(".log"),
+            plain_env(root, TUNNELOP_LOCAL_PORT=str(local_ports[t])),
         )
     return Standalone(
         variant, relay_name, address, password, {t: STANDALONE_PORTS[t] for t in tunnels}, pids

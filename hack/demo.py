@@ -4,8 +4,9 @@ hack/demo.sh has started the local cluster and installed the CRDs. From there th
 starts the operator, creates two RelayNodes whose pods the relay-pod runner runs as local
 processes (frps and the relay agent, each relay on its own loopback address), starts two local
 services (a small HTTP site and a TCP echo), applies a Tunnel for each, runs frpc from each
-Tunnel's credentials Secret with only localPort filled in, sends visitor traffic through the
-relays and shows the Tunnels' endpoints, client connection and metered traffic.
+Tunnel's credentials Secret as it is (the local port in its environment, TUNNELOP_LOCAL_PORT),
+sends visitor traffic through the relays and shows the Tunnels' endpoints, client connection
+and metered traffic.
 
 Then it keeps running until Ctrl-C (or, with --check, verifies what it saw and prints the
 figures), and stops and deletes everything it started or created, in reverse order.
@@ -347,13 +348,13 @@ class Demo:
             )
 
     async def start_frpc(self) -> None:
-        step("Starting frpc for each Tunnel, from its Secret <name>-frpc (only localPort set)")
+        step("Starting frpc for each Tunnel, from its Secret <name>-frpc as it is")
         for name in TUNNELS:
             frpc = Frpc.from_secret(name, NAMESPACE, self.ports[name], self.workdir)
             self.on_cleanup(f"frpc for {name} stopped", frpc.stop)
             await frpc.start()
             self.frpc[name] = frpc
-            say(f"{name}: frpc -c {frpc.config_path}  (localPort = {self.ports[name]})")
+            say(f"{name}: TUNNELOP_LOCAL_PORT={self.ports[name]} frpc -c {frpc.config_path}")
 
     async def visit_the_site(self) -> None:
         step("A visitor opens the site through the relay (vhost port 80, by host name)")
@@ -484,8 +485,8 @@ In another terminal, from this checkout:
   EOF
   kubectl wait -n {NAMESPACE} --for=condition=Ready tunnel/mine
   kubectl get secret -n {NAMESPACE} mine-frpc -o jsonpath='{{.data.frpc\\.toml}}' | base64 -d > mine.toml
-  # set localPort in mine.toml to the port of your service on this machine, then:
-  frpc -c mine.toml
+  # with the port of your service on this machine (frpc stops if it is not set):
+  TUNNELOP_LOCAL_PORT=8080 frpc -c mine.toml
   kubectl get tun -n {NAMESPACE} mine    # ENDPOINT is where visitors connect
 """
         )

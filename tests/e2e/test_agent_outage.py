@@ -125,7 +125,8 @@ async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path
                 relay_token="relay-token",
                 tunnel_token="tunnel-token",
                 remote_port=23000,
-                local_port_placeholder=local,
+                local_ip="127.0.0.1",
+                local_port=local,
             )
             frpc = await Frpc(frpc_toml, tmp_path).start()
             payload = os.urandom(32 * 1024)

@@ -1,7 +1,7 @@
 """Real bytes through real frps, the real agent and real frpc, on loopback. The relay pods run
 from the pod spec the operator wrote (relay-pod runner); frpc runs from the frpc.toml the
-operator wrote, with only localPort filled in — or, for the refusals, with exactly the edit a
-misbehaving tenant would make."""
+operator wrote, with the local port in frpc's environment — or, for the refusals, with exactly
+the edit a misbehaving tenant would make."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from support import objects, tools
 from support.dataplane import (
     Frpc,
     connect_refused,
-    frpc_toml_with_local_port,
     http_site,
     running_frpc,
     sink_server,
@@ -90,17 +89,17 @@ async def ready_tunnel(namespace: str, name: str, protocol: str, relay_name: str
 def edited_frpc(
     tunnel_name: str, namespace: str, local_port: int, workdir, edit: dict[str, str]
 ) -> Frpc:
-    """The tunnel's frpc.toml with localPort filled in and lines replaced: `edit` maps a
+    """The tunnel's frpc.toml with lines replaced, run with `local_port`: `edit` maps a
     line's start (e.g. "remotePort = ") to its replacement ("" drops the line)."""
     text = objects.secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"]
     lines = []
-    for line in frpc_toml_with_local_port(text, local_port).splitlines():
+    for line in text.splitlines():
         for start, replacement in edit.items():
             if line.startswith(start):
                 line = replacement
                 break
         lines.append(line)
-    return Frpc("\n".join(lines) + "\n", workdir)
+    return Frpc("\n".join(lines) + "\n", workdir, local_port)
 
 
 async def assert_echo(address: str, port: int, *diagnostics) -> None:

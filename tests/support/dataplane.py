@@ -1,11 +1,13 @@
 """The data plane under test: relays run by the relay-pod runner from the pod spec the
-operator wrote, and frpc run from the Secret the operator wrote (only localPort filled in).
+operator wrote, and frpc run from the Secret the operator wrote, byte for byte, with the local
+port in its environment as a tenant runs it.
 Plus loopback services and visitors: UDP echo, a small HTTP site, throughput."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -19,7 +21,6 @@ from support import objects, tools
 from support.objects import relay_node
 from support.relay_runner import RelayPodRunner
 
-LOCAL_PORT_LINE = re.compile(r"^localPort = \d+(?P<comment>\s+# edit:.*)$", re.MULTILINE)
 HOST_NETWORK_HTTP_PORT = 80
 
 
@@ -73,19 +74,22 @@ async def wait_agent_ready(runner: RelayPodRunner, relay: str, timeout: float = 
             await asyncio.sleep(0.3)
 
 
-def frpc_toml_with_local_port(frpc_toml: str, local_port: int) -> str:
-    """The operator's frpc.toml with the one line a user edits filled in."""
-    text, count = LOCAL_PORT_LINE.subn(rf"localPort = {local_port}\g<comment>", frpc_toml)
-    if count != 1:
-        raise AssertionError(f"frpc.toml has no editable localPort line:\n{frpc_toml}")
-    return text
+def frpc_env(local_port: int | None) -> dict[str, str]:
+    """The environment a tenant runs frpc with: this process's, with TUNNELOP_LOCAL_PORT set
+    to `local_port` (the documented way to name the service), or unset for None."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELOP_LOCAL_")}
+    if local_port is not None:
+        env["TUNNELOP_LOCAL_PORT"] = str(local_port)
+    return env
 
 
 class Frpc:
-    """frpc as a tenant runs it, from the tunnel's credentials Secret."""
+    """frpc as a tenant runs it, from the tunnel's credentials Secret; `local_port` goes to
+    its environment (None for a config that names its local service itself)."""
 
-    def __init__(self, config_text: str, workdir: Path) -> None:
+    def __init__(self, config_text: str, workdir: Path, local_port: int | None = None) -> None:
         self.workdir = workdir
+        self.local_port = local_port
         self.config_path = workdir / f"frpc-{uuid.uuid4().hex[:6]}.toml"
         self.config_path.write_text(config_text)
         self.log_path = self.config_path.with_suffix(".log")
@@ -94,7 +98,7 @@ class Frpc:
     @classmethod
     def from_secret(cls, tunnel: str, namespace: str, local_port: int, workdir: Path) -> Frpc:
         frpc_toml = objects.secret_data(f"{tunnel}-frpc", namespace)["frpc.toml"]
-        return cls(frpc_toml_with_local_port(frpc_toml, local_port), workdir)
+        return cls(frpc_toml, workdir, local_port)
 
     async def start(self) -> Frpc:
         with self.log_path.open("ab") as out:
@@ -102,6 +106,7 @@ class Frpc:
                 str(tools.tool("frpc")),
                 "-c",
                 str(self.config_path),
+                env=frpc_env(self.local_port),
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,

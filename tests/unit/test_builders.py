@@ -27,7 +27,6 @@ from kubernetes.client import ApiClient
 from support import tools
 from tunnelop.api.v1alpha1 import API_VERSION, RelayNode
 from tunnelop.builders import (
-    LOCAL_PORT_COMMENT,
     allowed_port_spans,
     build_config_secret,
     build_credentials_secret,
@@ -217,7 +216,6 @@ def frpc(case: str, **overrides: Any) -> str:
         "server_port": 7000,
         "relay_token": RELAY_TOKEN,
         "tunnel_token": f"tunnel-token-of-{case}",
-        "local_port_placeholder": 8080,
         **FRPC_CASES[case],
         **overrides,
     }
@@ -396,7 +394,9 @@ def test_frpc_golden(case: str) -> None:
 @pytest.mark.parametrize("case", ["tcp", "udp", "http", "https"])
 def test_frpc_config_keys(case: str) -> None:
     given_ = FRPC_CASES[case]
-    config = tomllib.loads(frpc(case))
+    config = tomllib.loads(
+        with_local_lines(frpc(case), 'localIP = "192.0.2.1"', "localPort = 3000")
+    )
     assert config["serverAddr"] == given_["server_addr"]
     assert config["serverPort"] == 7000
     assert config["auth"] == {"method": "token", "token": RELAY_TOKEN}
@@ -414,25 +414,44 @@ def test_frpc_config_keys(case: str) -> None:
     (proxy,) = config["proxies"]
     assert proxy["name"] == given_["tunnel_name"]
     assert proxy["type"] == case
-    assert (proxy["localIP"], proxy["localPort"]) == ("127.0.0.1", 8080)
+    assert (proxy["localIP"], proxy["localPort"]) == ("192.0.2.1", 3000)
     assert proxy.get("remotePort") == given_.get("remote_port")
     assert proxy.get("subdomain") == given_.get("subdomain")
     assert proxy.get("customDomains", []) == list(given_.get("custom_domains", ()))
 
 
-def set_local_port(text: str, port: int) -> str:
-    """What a user (or a test) does: replace the one marked line."""
+def with_local_lines(text: str, local_ip_line: str, local_port_line: str) -> str:
+    """The config with its localIP and localPort lines (frp templates, not TOML) replaced."""
     lines = text.splitlines(keepends=True)
-    marked = [i for i, line in enumerate(lines) if line.rstrip().endswith(LOCAL_PORT_COMMENT)]
-    assert len(marked) == 1
-    assert lines[marked[0]].startswith("localPort = ")
-    lines[marked[0]] = f"localPort = {port}\n"
+    for start, replacement in (("localIP = ", local_ip_line), ("localPort = ", local_port_line)):
+        (i,) = [i for i, line in enumerate(lines) if line.startswith(start)]
+        lines[i] = replacement + "\n"
     return "".join(lines)
 
 
-def test_frpc_local_port_line_is_replaceable() -> None:
-    edited = set_local_port(frpc("tcp"), 25565)
-    assert tomllib.loads(edited)["proxies"][0]["localPort"] == 25565
+def test_frpc_explicit_local_address_is_plain_toml() -> None:
+    """For a client the operator runs, the local service is written in, not templated."""
+    text = frpc("tcp", local_ip="web.alice.svc", local_port=8080)
+    assert "{{" not in text
+    (proxy,) = tomllib.loads(text)["proxies"]
+    assert (proxy["localIP"], proxy["localPort"]) == ("web.alice.svc", 8080)
+    assert "Run it with: frpc -c frpc.toml" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"local_port": 8080}, "local_ip and local_port are given together"),
+        ({"local_ip": "127.0.0.1"}, "local_ip and local_port are given together"),
+        ({"local_ip": "127.0.0.1", "local_port": 0}, "local_port must be from 1 to 65535"),
+        ({"local_ip": "127.0.0.1", "local_port": 65536}, "local_port must be from 1 to 65535"),
+        ({"local_ip": "", "local_port": 80}, "local_ip must be an IP address or a host name"),
+        ({"local_ip": "{{ .Envs.HOME }}", "local_port": 80}, "template"),
+    ],
+)
+def test_frpc_refuses_a_bad_local_address(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        frpc("tcp", **overrides)
 
 
 @pytest.mark.parametrize(
@@ -486,16 +505,25 @@ def frp_tool(name: str) -> str:
     return path
 
 
-def frp_verify(tool: str, text: str, tmp_path: Path) -> None:
+def frp_run(
+    tool: str, text: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`<tool> verify` on the config, with the given environment and none of the caller's
+    TUNNELOP_ variables."""
     path = tmp_path / f"{tool}.toml"
     path.write_text(text)
-    result = subprocess.run(
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELOP_")}
+    return subprocess.run(
         [frp_tool(tool), "verify", "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "TUNNELOP_POD_IP": "127.0.0.2"},
+        env={**inherited, **(env or {})},
     )
+
+
+def frp_verify(tool: str, text: str, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    result = frp_run(tool, text, tmp_path, env)
     assert result.returncode == 0, f"{tool} verify:\n{result.stdout}{result.stderr}\n{text}"
     assert "syntax is ok" in result.stdout + result.stderr
 
@@ -511,7 +539,12 @@ def frp_verify(tool: str, text: str, tmp_path: Path) -> None:
     ids=["tcp-udp", "http-hostnetwork", "nothing-allocatable", "http-only"],
 )
 def test_frps_verify_accepts_the_config(node: RelayNode, tmp_path: Path) -> None:
-    frp_verify("frps", build_frps_config(node, token="t", dashboard_password="p"), tmp_path)
+    frp_verify(
+        "frps",
+        build_frps_config(node, token="t", dashboard_password="p"),
+        tmp_path,
+        {"TUNNELOP_POD_IP": "127.0.0.2"},
+    )
 
 
 def test_frps_verify_rejects_a_typo(tmp_path: Path) -> None:
@@ -527,8 +560,20 @@ def test_frps_verify_rejects_a_typo(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", ["tcp", "udp", "http", "https"])
 def test_frpc_verify_accepts_the_config(case: str, tmp_path: Path) -> None:
-    frp_verify("frpc", frpc(case), tmp_path)
-    frp_verify("frpc", set_local_port(frpc(case), 3000), tmp_path)
+    frp_verify("frpc", frpc(case), tmp_path, {"TUNNELOP_LOCAL_PORT": "3000"})
+    env = {"TUNNELOP_LOCAL_PORT": "3000", "TUNNELOP_LOCAL_IP": "192.0.2.1"}
+    frp_verify("frpc", frpc(case), tmp_path, env)
+    frp_verify("frpc", frpc(case, local_ip="127.0.0.1", local_port=3000), tmp_path)
+
+
+@pytest.mark.parametrize("unset", [{}, {"TUNNELOP_LOCAL_PORT": ""}], ids=["absent", "empty"])
+def test_frpc_without_local_port_refuses_naming_it(unset: dict[str, str], tmp_path: Path) -> None:
+    """No default port: run without TUNNELOP_LOCAL_PORT, frpc stops and says what to set."""
+    result = frp_run("frpc", frpc("tcp"), tmp_path, unset)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "TUNNELOP_LOCAL_PORT is not set" in said
+    assert "e.g. TUNNELOP_LOCAL_PORT=8080 frpc -c frpc.toml" in said
 
 
 # Relay workload --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 (plain dicts, as `kubectl apply` takes them) out. No I/O and no API calls, so the
 reconcilers stay thin and every output is checked against golden files."""
 
-from tunnelop.builders.frpc import LOCAL_PORT_COMMENT, build_frpc_config, endpoint
+from tunnelop.builders.frpc import LOCAL_IP_ENV, LOCAL_PORT_ENV, build_frpc_config, endpoint
 from tunnelop.builders.frps import (
     allowed_port_spans,
     build_frps_config,
@@ -23,7 +23,8 @@ from tunnelop.builders.relay import (
 )
 
 __all__ = [
-    "LOCAL_PORT_COMMENT",
+    "LOCAL_IP_ENV",
+    "LOCAL_PORT_ENV",
     "allowed_port_spans",
     "build_config_secret",
     "build_credentials_secret",

@@ -9,8 +9,21 @@ from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, PORT_PROTOCOLS
 from tunnelop.builders import _toml as toml
 from tunnelop.builders.frps import CLIENT_HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT
 
-# The one line a user edits; tests (and documentation) find it by this comment.
-LOCAL_PORT_COMMENT = "# edit: the port of your service on this machine"
+# frp renders its config file as a Go template with the environment in .Envs, so the file the
+# operator writes runs unedited: the tenant names the local service when starting frpc. There
+# is no default port: a guess (22, 8080...) would publish whatever listens there, unasked.
+LOCAL_PORT_ENV = "TUNNELOP_LOCAL_PORT"
+LOCAL_IP_ENV = "TUNNELOP_LOCAL_IP"
+RUN_EXAMPLE = "TUNNELOP_LOCAL_PORT=8080 frpc -c frpc.toml"
+# Go templates without sprig have no function that fails with a message, but executing an
+# undefined template does, quoting its name: unset, frpc stops with
+#   template "TUNNELOP_LOCAL_PORT is not set: ..." not defined
+_LOCAL_PORT_FROM_ENV = (
+    "{{ with .Envs.TUNNELOP_LOCAL_PORT }}{{ . }}{{ else }}"
+    '{{ template "TUNNELOP_LOCAL_PORT is not set: start frpc with the port of your service,'
+    ' e.g. TUNNELOP_LOCAL_PORT=8080 frpc -c frpc.toml" }}{{ end }}'
+)
+_LOCAL_IP_FROM_ENV = '"{{ or .Envs.TUNNELOP_LOCAL_IP "127.0.0.1" }}"'
 
 _PROTOCOL_NOTES = {
     "tcp": ("Visitors connect to the relay on remotePort; frpc forwards to localIP:localPort.",),
@@ -35,12 +48,22 @@ def build_frpc_config(
     remote_port: int | None = None,
     subdomain: str | None = None,
     custom_domains: Sequence[str] = (),
-    local_port_placeholder: int,
+    local_ip: str | None = None,
+    local_port: int | None = None,
 ) -> str:
-    """frpc.toml for one tunnel: complete and ready to run once localPort is edited.
+    """frpc.toml for one tunnel, ready to run as it is.
 
     tcp and udp need `remote_port` (always allocated by the operator: frps would pick a random
-    one for 0); http and https need `subdomain` or `custom_domains`."""
+    one for 0); http and https need `subdomain` or `custom_domains`. Without `local_port` and
+    `local_ip` (an External client: the tenant runs frpc) frpc reads them from
+    TUNNELOP_LOCAL_PORT (required) and TUNNELOP_LOCAL_IP (default 127.0.0.1) when it starts;
+    given (the operator runs frpc), they are written as they are."""
+    if (local_ip is None) != (local_port is None):
+        raise ValueError("local_ip and local_port are given together or not at all")
+    if local_port is not None and not 0 < local_port < 65536:
+        raise ValueError(f"local_port must be from 1 to 65535, got {local_port}")
+    if local_ip == "":
+        raise ValueError("local_ip must be an IP address or a host name, got ''")
     if protocol in PORT_PROTOCOLS:
         if remote_port is None:
             raise ValueError(f"remote_port is required for protocol {protocol}")
@@ -54,11 +77,28 @@ def build_frpc_config(
     else:
         raise ValueError(f"protocol must be one of tcp, udp, http, https, got {protocol!r}")
 
+    if local_ip is None or local_port is None:
+        how_to_run = [
+            "# Run it with the port of your service on this machine, e.g.:",
+            f"#   {RUN_EXAMPLE}",
+            f"# (and {LOCAL_IP_ENV}=<address> if the service runs on another machine).",
+            "# Use the file as it is. Keep it secret: its tokens are the tunnel's.",
+        ]
+        local = [
+            f"# frpc fills these in from the environment: {LOCAL_IP_ENV} (default 127.0.0.1)",
+            f"# and {LOCAL_PORT_ENV} (required: unset, frpc stops and names it).",
+            f"localIP = {_LOCAL_IP_FROM_ENV}",
+            f"localPort = {_LOCAL_PORT_FROM_ENV}",
+        ]
+    else:
+        how_to_run = [
+            "# Run it with: frpc -c frpc.toml",
+            "# Keep it secret: its tokens are the tunnel's.",
+        ]
+        local = [f"localIP = {toml.string(local_ip)}", f"localPort = {toml.integer(local_port)}"]
     lines = [
         f"# frpc config of Tunnel {namespace}/{tunnel_name}, written by tunnelop.",
-        "# Run it with: frpc -c frpc.toml",
-        "# Set localPort below to your service's port (and localIP if it runs on another",
-        "# machine); leave the rest as it is. Keep this file secret: its tokens are the tunnel's.",
+        *how_to_run,
         "",
         f"serverAddr = {toml.string(server_addr)}",
         f"serverPort = {toml.integer(server_port)}",
@@ -82,8 +122,7 @@ def build_frpc_config(
         "[[proxies]]",
         f"name = {toml.string(tunnel_name)}",
         f"type = {toml.string(protocol)}",
-        'localIP = "127.0.0.1"',
-        f"localPort = {toml.integer(local_port_placeholder)}  {LOCAL_PORT_COMMENT}",
+        *local,
     ]
     if remote_port is not None:
         lines.append(f"remotePort = {toml.integer(remote_port)}")

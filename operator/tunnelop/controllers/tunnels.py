@@ -33,7 +33,6 @@ from tunnelop.platform import logs, metrics
 from tunnelop.platform.workqueue import Requeue
 
 log = logs.get(__name__)
-LOCAL_PORT_PLACEHOLDER = {"tcp": 22, "udp": 27015, "http": 8080, "https": 8443}
 
 
 async def reconcile(rt: Runtime, key: TunnelKey) -> None:
@@ -240,7 +239,6 @@ async def _write_credentials(
         remote_port=alloc.port,
         subdomain=alloc.subdomain,
         custom_domains=tuple(tunnel.spec.custom_domains),
-        local_port_placeholder=LOCAL_PORT_PLACEHOLDER[tunnel.spec.protocol],
     )
     checksum = config_checksum(frpc_toml, token)
     if rt.credential_checksums.get(key) != checksum:
