@@ -21,7 +21,7 @@ ALLOWED = {
     "builders": {"builders", "domain", "api", "contract"},
     "controllers": {"controllers", "builders", "domain", "api", "contract", "platform"},
     "agent": {"agent", "contract", "platform"},
-    "manager": {"controllers", "platform", "api"},
+    "manager": {"controllers", "platform", "api", "contract"},
     "cli": {"platform", "api", "agent", "manager", "contract"},
 }
 
