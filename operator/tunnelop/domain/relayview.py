@@ -1,13 +1,65 @@
-"""What the scheduler and the admission webhook need to know of a RelayNode, in one compact,
-immutable view built from its model."""
+"""What the scheduler, the admission webhook and the frps config need to know of a RelayNode,
+in one compact, immutable view built from its model; and the one rule of which ports a tunnel
+may have on it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, merge_spans
+from tunnelop.contract.naming import (
+    AGENT_HEALTH_PORT,
+    CONTROL_PORT,
+    DASHBOARD_PORT,
+    HOST_NETWORK_HTTP_PORT,
+    HOST_NETWORK_HTTPS_PORT,
+    PLUGIN_PORT,
+    PUBLIC_HTTP_PORT,
+    PUBLIC_HTTPS_PORT,
+    VHOST_HTTP_PORT,
+    VHOST_HTTPS_PORT,
+)
 
 POOL_LABEL = "tunnelop.dev/pool"
+
+
+def vhost_ports(exposure: str, protocols: Iterable[str]) -> dict[str, int]:
+    """The ports frps serves http and https tunnels on, for the protocols the relay offers:
+    {"http": 8080, "https": 8443} behind a Service (which maps the public 80/443 to them), or
+    80/443 with HostNetwork, where nothing maps ports."""
+    host_network = exposure == "HostNetwork"
+    ports = {
+        "http": HOST_NETWORK_HTTP_PORT if host_network else VHOST_HTTP_PORT,
+        "https": HOST_NETWORK_HTTPS_PORT if host_network else VHOST_HTTPS_PORT,
+    }
+    return {protocol: port for protocol, port in ports.items() if protocol in protocols}
+
+
+def own_ports(exposure: str, protocols: Iterable[str]) -> dict[int, str]:
+    """The ports the relay uses itself, with what for: those its pod listens on (at any
+    address: a tunnel port shares the pod's or the Node's network with them) and those its
+    Service maps. A tunnel there could not be bound, or would put a second entry for the port
+    into the Service, which the API server refuses; so no tunnel ever gets one, tcp or udp
+    (frps's allowPorts is one list for both)."""
+    vhost = vhost_ports(exposure, tuple(protocols))
+    ports = {
+        CONTROL_PORT: "frps control port, where frpc logs in",
+        PLUGIN_PORT: "agent's frps plugin port",
+        AGENT_HEALTH_PORT: "agent's health port",
+        DASHBOARD_PORT: "frps dashboard, which the agent meters traffic with",
+    }
+    if "http" in vhost:
+        ports[vhost["http"]] = "frps vhost port for http tunnels"
+    if "https" in vhost:
+        ports[vhost["https"]] = "frps vhost port for https tunnels"
+    if exposure != "HostNetwork":
+        # The Service maps the public 80/443 to the vhost ports.
+        if "http" in vhost:
+            ports[PUBLIC_HTTP_PORT] = "public port of the relay's Service for http tunnels"
+        if "https" in vhost:
+            ports[PUBLIC_HTTPS_PORT] = "public port of the relay's Service for https tunnels"
+    return dict(sorted(ports.items()))
 
 
 @dataclass(frozen=True)
@@ -15,6 +67,7 @@ class RelayView:
     name: str
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     protocols: tuple[str, ...] = ("tcp", "udp")
+    exposure: str = "LoadBalancer"  # spec.exposure.type: where the relay's own ports are
     port_range: PortSpan = field(default_factory=lambda: PortSpan(20000, 29999))
     reserved: tuple[PortSpan, ...] = ()
     blocked: tuple[PortSpan, ...] = ()
@@ -31,6 +84,7 @@ class RelayView:
             name=relay.metadata.name or "",
             labels=dict(relay.metadata.labels or {}),
             protocols=tuple(spec.protocols),
+            exposure=spec.exposure.type,
             port_range=spec.ports.span(),
             reserved=tuple(spec.ports.reserved_spans()),
             blocked=tuple(spec.ports.blocked_spans()),
@@ -53,10 +107,22 @@ class RelayView:
             return False
         return all(self.labels.get(k) == v for k, v in placement.node_selector.items())
 
+    def own_ports(self) -> dict[int, str]:
+        """The ports the relay uses itself (see `own_ports`), with what for."""
+        return own_ports(self.exposure, self.protocols)
+
+    def vhost_ports(self) -> dict[str, int]:
+        return vhost_ports(self.exposure, self.protocols)
+
     def port_refusal(self, port: int) -> str | None:
-        """Why a tunnel may not have `port` here (None if it may, free or not)."""
+        """Why a tunnel may not have `port` here (None if it may, free or not), to follow
+        "port N is": "outside 20000-29999", "the relay's own port (...)", "reserved",
+        "blocked"."""
         if port not in self.port_range:
             return f"outside {self.port_range}"
+        use = self.own_ports().get(port)
+        if use is not None:
+            return f"the relay's own port ({use})"
         if any(port in s for s in self.reserved):
             return "reserved"
         if any(port in s for s in self.blocked):
@@ -64,12 +130,18 @@ class RelayView:
         return None
 
     def port_allowed(self, port: int) -> bool:
-        """Inside the range and neither reserved nor blocked (whether free is another matter)."""
+        """Inside the range, not the relay's own, neither reserved nor blocked (whether free
+        is another matter)."""
         return self.port_refusal(port) is None
 
     def describe_ports(self) -> str:
-        """'20000-29999 except reserved 25565, 27015-27030 and blocked 22000-22100'."""
+        """'20000-29999 except reserved 25565, 27015-27030 and blocked 22000-22100', and the
+        relay's own ports when the range covers them: '1-9999 except the relay's own 7000,
+        7400, 7401, 7500'."""
         notes = []
+        own = [port for port in self.own_ports() if port in self.port_range]
+        if own:
+            notes.append("the relay's own " + ", ".join(str(p) for p in own))
         if self.reserved:
             notes.append("reserved " + ", ".join(str(s) for s in self.reserved))
         if self.blocked:
@@ -77,11 +149,13 @@ class RelayView:
         return f"{self.port_range} except {' and '.join(notes)}" if notes else str(self.port_range)
 
     def allowed_spans(self) -> list[PortSpan]:
-        """The ports tunnels may have here, as sorted runs: the range minus reserved and
-        blocked ports."""
+        """The ports tunnels may have here, as sorted runs: the range minus the relay's own,
+        reserved and blocked ports. The scheduler allocates from these, admission refuses
+        others, and they are frps's allowPorts."""
+        holes = [PortSpan(port, port) for port in self.own_ports()]
         allowed = []
         next_port = self.port_range.first
-        for hole in merge_spans((*self.reserved, *self.blocked)):
+        for hole in merge_spans((*holes, *self.reserved, *self.blocked)):
             if hole.last < next_port or hole.first > self.port_range.last:
                 continue
             if hole.first > next_port:

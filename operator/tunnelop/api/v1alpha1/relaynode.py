@@ -82,15 +82,6 @@ class RelayPorts(ApiModel):
     def blocked_spans(self) -> list[PortSpan]:
         return merge_spans(parse_port_span(item) for item in self.blocked)
 
-    def allocatable(self, port: int) -> bool:
-        """Whether a tunnel may have `port`, allocated or requested: inside the range, and
-        neither reserved nor blocked."""
-        return (
-            port in self.span()
-            and not any(port in s for s in self.reserved_spans())
-            and not any(port in s for s in self.blocked_spans())
-        )
-
 
 class RelayCapacity(ApiModel):
     """Limits of what the scheduler places on the relay. Omitted means no limit."""
