@@ -317,8 +317,17 @@ def test_allow_ports_exclude_reserved_and_blocked() -> None:
 def test_allow_ports_single_entries_and_own_ports() -> None:
     # A range covering the relay's own listeners never offers them to tunnels.
     node = relay(ports={"range": "6999-7003", "reserved": [7002]})
-    config = tomllib.loads(build_frps_config(node, token="t", dashboard_password="p"))
-    assert config["allowPorts"] == [{"single": 6999}, {"single": 7001}, {"single": 7003}]
+    text = build_frps_config(node, token="t", dashboard_password="p")
+    assert tomllib.loads(text)["allowPorts"] == [
+        {"single": 6999},
+        {"single": 7001},
+        {"single": 7003},
+    ]
+    assert "spec.ports.range minus the relay's own, reserved and blocked ports" in text
+    # A range clear of them keeps the text it always had (a new text rolls the relay pod).
+    assert "spec.ports.range minus reserved and blocked" in build_frps_config(
+        tcp_udp_relay(), token="t", dashboard_password="p"
+    )
 
 
 def test_allow_ports_never_empty() -> None:

@@ -210,7 +210,7 @@ def test_refusals_say_what_the_relay_uses_the_port_for() -> None:
     assert relay.port_refusal(10000) == "outside 1-9999"
     assert relay.port_refusal(8081) is None
     assert relay.describe_ports() == (
-        "1-9999 except the relay's own 80, 443, 7000, 7400, 7401, 7500, 8080, 8443 "
+        "1-9999 except the relay's own ports 80, 443, 7000, 7400, 7401, 7500, 8080, 8443 "
         "and reserved 22, 7000"
     )
 

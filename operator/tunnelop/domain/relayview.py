@@ -4,8 +4,10 @@ may have on it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, merge_spans
 from tunnelop.contract.naming import (
@@ -36,13 +38,15 @@ def vhost_ports(exposure: str, protocols: Iterable[str]) -> dict[str, int]:
     return {protocol: port for protocol, port in ports.items() if protocol in protocols}
 
 
-def own_ports(exposure: str, protocols: Iterable[str]) -> dict[int, str]:
-    """The ports the relay uses itself, with what for: those its pod listens on (at any
-    address: a tunnel port shares the pod's or the Node's network with them) and those its
-    Service maps. A tunnel there could not be bound, or would put a second entry for the port
-    into the Service, which the API server refuses; so no tunnel ever gets one, tcp or udp
-    (frps's allowPorts is one list for both)."""
-    vhost = vhost_ports(exposure, tuple(protocols))
+# Cached: the scheduler asks for every allocation it checks, and relays share a few shapes.
+@functools.cache
+def own_ports(exposure: str, protocols: tuple[str, ...]) -> Mapping[int, str]:
+    """The ports the relay uses itself, with what for: every port its pod listens on (those
+    on localhost too, so that the address a listener binds never decides whether a tunnel may
+    have its port) and those its Service maps. A tunnel on one could not be bound, or would
+    give the Service a second entry for the port, which the API server refuses. One list for
+    tcp and udp, as frps's allowPorts is."""
+    vhost = vhost_ports(exposure, protocols)
     ports = {
         CONTROL_PORT: "frps control port, where frpc logs in",
         PLUGIN_PORT: "agent's frps plugin port",
@@ -59,7 +63,7 @@ def own_ports(exposure: str, protocols: Iterable[str]) -> dict[int, str]:
             ports[PUBLIC_HTTP_PORT] = "public port of the relay's Service for http tunnels"
         if "https" in vhost:
             ports[PUBLIC_HTTPS_PORT] = "public port of the relay's Service for https tunnels"
-    return dict(sorted(ports.items()))
+    return MappingProxyType(dict(sorted(ports.items())))
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,9 @@ class RelayView:
             return False
         return all(self.labels.get(k) == v for k, v in placement.node_selector.items())
 
-    def own_ports(self) -> dict[int, str]:
+    def own_ports(self) -> Mapping[int, str]:
         """The ports the relay uses itself (see `own_ports`), with what for."""
         return own_ports(self.exposure, self.protocols)
-
-    def vhost_ports(self) -> dict[str, int]:
-        return vhost_ports(self.exposure, self.protocols)
 
     def port_refusal(self, port: int) -> str | None:
         """Why a tunnel may not have `port` here (None if it may, free or not), to follow
@@ -136,12 +137,12 @@ class RelayView:
 
     def describe_ports(self) -> str:
         """'20000-29999 except reserved 25565, 27015-27030 and blocked 22000-22100', and the
-        relay's own ports when the range covers them: '1-9999 except the relay's own 7000,
+        relay's own ports when the range covers them: '1-9999 except the relay's own ports 7000,
         7400, 7401, 7500'."""
         notes = []
         own = [port for port in self.own_ports() if port in self.port_range]
         if own:
-            notes.append("the relay's own " + ", ".join(str(p) for p in own))
+            notes.append("the relay's own ports " + ", ".join(str(p) for p in own))
         if self.reserved:
             notes.append("reserved " + ", ".join(str(s) for s in self.reserved))
         if self.blocked:
