@@ -53,7 +53,9 @@ class RelayPorts(ApiModel):
     range: PortRange = Field(
         description=(
             "The ports handed out to tunnels, written 'first-last' within 1-65535, e.g. "
-            "'20000-29999'. The relay must be reachable on all of them (tcp and udp)."
+            "'20000-29999'. The relay must be reachable on all of them (tcp and udp). Ports the "
+            "relay uses itself are never handed out: 7000, 7400, 7401, 7500, and with http or "
+            "https also 80/443 and, behind a Service, 8080/8443."
         )
     )
     reserved: Annotated[list[PortOrRange], Field(max_length=64)] = Field(
