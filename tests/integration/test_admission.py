@@ -633,8 +633,9 @@ async def test_ports_the_relay_uses_itself_are_refused_naming_the_port(
             spec = {"protocol": "tcp", "remotePort": port, "relay": {"node": name}}
             return apply(tunnel(spec), namespace)
 
-        # Until the webhook has seen the relay, nothing matches spec.relay and all is admitted.
-        await objects.wait_for(lambda: ask(7000).returncode != 0, what="the webhook's relay")
+        # Until the webhook has seen the relay, nothing matches spec.relay and all is admitted:
+        # wait until a port outside the range is refused.
+        await objects.wait_for(lambda: ask(10000).returncode != 0, what="the webhook's relay")
         for port in sorted(own):
             result = ask(port)
             assert result.returncode != 0, f"remotePort {port} was admitted on {name}"
