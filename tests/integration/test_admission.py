@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tomllib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -570,3 +571,77 @@ async def test_printer_columns_and_short_names(admission_world, namespace) -> No
             "tunnelquotas.tunnelop.dev",
         ]
     )
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def relay_listen_ports(name: str, relay_namespace: str) -> set[int] | None:
+    """The ports a relay uses itself, read from the objects the operator made for it: its
+    frps.toml, its Deployment (container ports, the agent's listen flags) and its Service
+    (which holds no tunnel ports yet). None until all of them exist."""
+    workload = f"relay-{name}"
+    config = objects.secret_data(f"relay-{name}-config", relay_namespace).get("frps.toml")
+    deployment = objects.get("deployment", workload, relay_namespace)
+    if config is None or deployment is None:
+        return None
+    frps = tomllib.loads(config)
+    ports = {frps["bindPort"], frps["webServer"]["port"]}
+    ports |= {frps[key] for key in ("vhostHTTPPort", "vhostHTTPSPort") if key in frps}
+    ports |= {_port_of(plugin["addr"]) for plugin in frps["httpPlugins"]}
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        ports |= {p["containerPort"] for p in container.get("ports", [])}
+        args = container.get("args", [])
+        for flag in ("--listen", "--health-listen"):
+            if flag in args:
+                ports.add(_port_of(args[args.index(flag) + 1]))
+    if not deployment["spec"]["template"]["spec"].get("hostNetwork"):
+        service = objects.get("service", workload, relay_namespace)
+        if service is None:
+            return None
+        for entry in service["spec"]["ports"]:
+            ports |= {entry["port"], entry["targetPort"]}
+    return ports
+
+
+@pytest.mark.parametrize("exposure", ["LoadBalancer", "HostNetwork"])
+async def test_ports_the_relay_uses_itself_are_refused_naming_the_port(
+    admission_world, namespace, relay_namespace, exposure
+) -> None:
+    """A Tunnel asking for a port the relay listens on (or its Service maps) is denied at
+    admission, on a relay whose range covers them all."""
+    name = f"own-{RUN}-{exposure.lower()}"
+    body = relay(
+        {
+            "ports": {"range": "1-9999"},
+            "protocols": ["tcp", "udp", "http", "https"],
+            "httpDomain": f"{name}.example.test",
+            "exposure": {"type": exposure},
+            "unschedulable": True,  # other tests' tunnels stay off it
+        },
+        name=name,
+    )
+    assert apply(body, None, dry_run=False).returncode == 0
+    try:
+        own = await objects.wait_for(
+            lambda: relay_listen_ports(name, relay_namespace), what=f"objects of relay {name}"
+        )
+        assert {7000, 7400, 7401, 7500} <= own  # the artifacts were read at all
+
+        def ask(port: int):
+            spec = {"protocol": "tcp", "remotePort": port, "relay": {"node": name}}
+            return apply(tunnel(spec), namespace)
+
+        # Until the webhook has seen the relay, nothing matches spec.relay and all is admitted:
+        # wait until a port outside the range is refused.
+        await objects.wait_for(lambda: ask(10000).returncode != 0, what="the webhook's relay")
+        for port in sorted(own):
+            result = ask(port)
+            assert result.returncode != 0, f"remotePort {port} was admitted on {name}"
+            assert f"spec.remotePort: {port} " in result.stderr, result.stderr
+            assert "the relay's own port" in result.stderr, result.stderr
+        free = next(p for p in range(7001, 9999) if p not in own)
+        assert ask(free).returncode == 0, f"{free} was refused"
+    finally:
+        tools.kubectl("delete", "relaynode", name, "--ignore-not-found")

@@ -323,14 +323,8 @@ def test_relay_ports_reserved_and_blocked() -> None:
         )
     )
     ports = node.spec.ports
-    assert [p for p in range(20000, 20010) if ports.allocatable(p)] == [
-        20000,
-        20004,
-        20005,
-        20006,
-        20007,
-        20009,
-    ]
+    assert ports.reserved_spans() == [PortSpan(20001, 20003)]  # merged
+    assert ports.blocked_spans() == [PortSpan(20008, 20008)]
 
 
 @pytest.mark.parametrize(

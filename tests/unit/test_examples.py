@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tunnelop.api.v1alpha1 import RelayNode, RelayPool, Tunnel, TunnelQuota, parse_object
+from tunnelop.domain.relayview import RelayView
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 EXPECTED = {
@@ -47,8 +48,8 @@ def test_examples_show_the_documented_features() -> None:
     assert load("tunnel-pinned-port.yaml").spec.remote_port == 24565
     assert load("tunnel-udp.yaml").spec.protocol == "udp"
     assert load("relaynode-tcp-udp-only.yaml").spec.protocols == ["tcp", "udp"]
-    relay = load("relaynode-tcp-udp-only.yaml").spec.ports
-    assert relay.allocatable(20000) and not relay.allocatable(25565)
+    relay = RelayView.from_model(load("relaynode-tcp-udp-only.yaml"))
+    assert relay.port_allowed(20000) and not relay.port_allowed(25565)
     assert "http" in load("relaynode-http.yaml").spec.protocols
 
 

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayPlacement, Tunnel
+from tunnelop.builders.frps import build_frps_config
 from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import (
@@ -609,3 +610,19 @@ def test_load_balancer_node_port_budget_comes_from_the_node_port_range() -> None
     spec["exposure"] = {"type": "HostNetwork"}
     host = RelayNode.model_validate({"metadata": {"name": "h"}, "spec": spec})
     assert RelayView.from_model(host).node_port_budget is None
+
+
+def test_node_port_relays_allow_only_ports_inside_the_node_port_range() -> None:
+    spec = {"ports": {"range": "29990-30009"}, "exposure": {"type": "NodePort"}}
+    relay_node = RelayNode.model_validate({"metadata": {"name": "np"}, "spec": spec})
+    view = RelayView.from_model(relay_node, node_port_range=PortSpan(30000, 30004))
+    assert view.allowed_spans() == [PortSpan(30000, 30004)]
+    assert "node-port range 30000-30004" in (view.port_refusal(29995) or "")
+    frps = build_frps_config(
+        relay_node, token="t", dashboard_password="p", node_port_range=PortSpan(30000, 30004)
+    )
+    assert "{ start = 30000, end = 30004 }" in frps
+    table = table_with(view)
+    ports = [allocated(table.schedule(request(f"t{i}"))).port for i in range(5)]
+    assert ports == [30000, 30001, 30002, 30003, 30004]
+    assert isinstance(table.schedule(request("t5")), Unschedulable)

@@ -3,12 +3,7 @@
 reconcilers stay thin and every output is checked against golden files."""
 
 from tunnelop.builders.frpc import LOCAL_IP_ENV, LOCAL_PORT_ENV, build_frpc_config, endpoint
-from tunnelop.builders.frps import (
-    allowed_port_spans,
-    build_frps_config,
-    relay_listen_ports,
-    vhost_ports,
-)
+from tunnelop.builders.frps import build_frps_config, vhost_ports
 from tunnelop.builders.relay import (
     build_config_secret,
     build_credentials_secret,
@@ -25,7 +20,6 @@ from tunnelop.builders.relay import (
 __all__ = [
     "LOCAL_IP_ENV",
     "LOCAL_PORT_ENV",
-    "allowed_port_spans",
     "build_config_secret",
     "build_credentials_secret",
     "build_deployment",
@@ -38,7 +32,6 @@ __all__ = [
     "build_table_secret",
     "config_checksum",
     "endpoint",
-    "relay_listen_ports",
     "relay_owner_reference",
     "vhost_ports",
 ]

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayNodeSpec, merge_spans
+from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayNodeSpec
 from tunnelop.builders import _toml as toml
 from tunnelop.contract.naming import (
-    AGENT_HEALTH_PORT,
     AGENT_PLUGIN_NAME,
     AGENT_PLUGIN_OPS,
     AGENT_PLUGIN_PATH,
     CONTROL_PORT,
     DASHBOARD_PORT,
     DASHBOARD_USER,
-    HOST_NETWORK_HTTP_PORT,
-    HOST_NETWORK_HTTPS_PORT,
     LOCALHOST,
     PLUGIN_PORT,
     POD_IP_ENV,
-    VHOST_HTTP_PORT,
-    VHOST_HTTPS_PORT,
 )
+from tunnelop.domain import relayview
+from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
 
 # frp renders its config as a Go template with the environment in .Envs; the pod gets its
 # address from the downward API, so frps binds the pod address and nothing else.
@@ -34,59 +31,22 @@ CLIENT_HEARTBEAT_INTERVAL = 3
 
 
 def vhost_ports(spec: RelayNodeSpec) -> dict[str, int]:
-    """The ports frps serves http and https tunnels on, for the protocols the relay offers:
-    {"http": 8080, "https": 8443}, or 80/443 with HostNetwork (no Service maps ports)."""
-    host_network = spec.exposure.type == "HostNetwork"
-    ports = {
-        "http": HOST_NETWORK_HTTP_PORT if host_network else VHOST_HTTP_PORT,
-        "https": HOST_NETWORK_HTTPS_PORT if host_network else VHOST_HTTPS_PORT,
-    }
-    return {protocol: port for protocol, port in ports.items() if protocol in spec.protocols}
+    """The ports frps serves http and https tunnels on: {"http": 8080, "https": 8443}, or
+    80/443 with HostNetwork; only for the protocols the relay offers."""
+    return relayview.vhost_ports(spec.exposure.type, spec.protocols)
 
 
-def relay_listen_ports(spec: RelayNodeSpec) -> list[int]:
-    """Ports the relay pod itself listens on at its address (control, agent health, vhost);
-    a tunnel could never bind them, so they are never offered to tunnels."""
-    return sorted({CONTROL_PORT, AGENT_HEALTH_PORT, *vhost_ports(spec).values()})
-
-
-def subtract_spans(spans: list[PortSpan], holes: list[PortSpan]) -> list[PortSpan]:
-    """`spans` without any port of `holes`, merged and sorted."""
-    result: list[PortSpan] = []
-    for span in merge_spans(spans):
-        pieces = [span]
-        for hole in merge_spans(holes):
-            next_pieces = []
-            for piece in pieces:
-                if not piece.overlaps(hole):
-                    next_pieces.append(piece)
-                    continue
-                if piece.first < hole.first:
-                    next_pieces.append(PortSpan(piece.first, hole.first - 1))
-                if hole.last < piece.last:
-                    next_pieces.append(PortSpan(hole.last + 1, piece.last))
-            pieces = next_pieces
-        result.extend(pieces)
-    return merge_spans(result)
-
-
-def allowed_port_spans(spec: RelayNodeSpec) -> list[PortSpan]:
-    """The tunnel ports of the relay: spec.ports.range minus reserved and blocked (and minus
-    the relay's own listening ports, should the range cover them)."""
-    holes = [
-        *spec.ports.reserved_spans(),
-        *spec.ports.blocked_spans(),
-        *(PortSpan(p, p) for p in relay_listen_ports(spec)),
-    ]
-    return subtract_spans([spec.ports.span()], holes)
-
-
-def _allow_ports(spans: list[PortSpan]) -> list[str]:
+def _allow_ports(view: RelayView) -> list[str]:
+    spans = view.allowed_spans()
+    # Named only when the range covers them, so that the text (and with it the config
+    # checksum, which rolls the relay pod) stays as it was for every other relay.
+    own = " the relay's own," if any(p in view.port_range for p in view.own_ports()) else ""
+    lines = [f"# Ports tunnels may bind: spec.ports.range minus{own} reserved and blocked ports."]
     if not spans:
         # frps reads an empty allowPorts as "every port": allow only the control port, which
         # frps itself holds, so that no tunnel can bind anything.
         spans = [PortSpan(CONTROL_PORT, CONTROL_PORT)]
-    lines = ["allowPorts = ["]
+    lines.append("allowPorts = [")
     for span in spans:
         if span.first == span.last:
             lines.append(f"  {{ single = {span.first} }},")
@@ -96,7 +56,13 @@ def _allow_ports(spans: list[PortSpan]) -> list[str]:
     return lines
 
 
-def build_frps_config(relay: RelayNode, *, token: str, dashboard_password: str) -> str:
+def build_frps_config(
+    relay: RelayNode,
+    *,
+    token: str,
+    dashboard_password: str,
+    node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
+) -> str:
     """frps.toml of a relay. Deterministic: the same relay and secrets give the same text, so
     its checksum changes (and the pod rolls) only when the config does."""
     spec = relay.spec
@@ -121,8 +87,7 @@ def build_frps_config(relay: RelayNode, *, token: str, dashboard_password: str) 
         "# next ping); one that stops pinging is dropped after this many seconds.",
         f"transport.heartbeatTimeout = {toml.integer(HEARTBEAT_TIMEOUT)}",
         "",
-        "# Ports tunnels may bind: spec.ports.range minus reserved and blocked ports.",
-        *_allow_ports(allowed_port_spans(spec)),
+        *_allow_ports(RelayView.from_model(relay, node_port_range=node_port_range)),
     ]
     vhost = vhost_ports(spec)
     if vhost:

@@ -91,7 +91,10 @@ async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySec
     since this process last applied them (server-side apply makes a repeat a no-op, but a
     relay is reconciled after every table write: no need to send five requests each time)."""
     frps_toml = build_frps_config(
-        relay, token=relay_secrets.token, dashboard_password=relay_secrets.dashboard_password
+        relay,
+        token=relay_secrets.token,
+        dashboard_password=relay_secrets.dashboard_password,
+        node_port_range=rt.node_port_range,
     )
     ns = rt.relay_namespace
     workload = [

@@ -53,7 +53,9 @@ class RelayPorts(ApiModel):
     range: PortRange = Field(
         description=(
             "The ports handed out to tunnels, written 'first-last' within 1-65535, e.g. "
-            "'20000-29999'. The relay must be reachable on all of them (tcp and udp)."
+            "'20000-29999'. The relay must be reachable on all of them (tcp and udp). Ports the "
+            "relay uses itself are never handed out: 7000, 7400, 7401, 7500, and with http or "
+            "https also 80/443 and, behind a Service, 8080/8443."
         )
     )
     reserved: Annotated[list[PortOrRange], Field(max_length=64)] = Field(
@@ -81,15 +83,6 @@ class RelayPorts(ApiModel):
 
     def blocked_spans(self) -> list[PortSpan]:
         return merge_spans(parse_port_span(item) for item in self.blocked)
-
-    def allocatable(self, port: int) -> bool:
-        """Whether a tunnel may have `port`, allocated or requested: inside the range, and
-        neither reserved nor blocked."""
-        return (
-            port in self.span()
-            and not any(port in s for s in self.reserved_spans())
-            and not any(port in s for s in self.blocked_spans())
-        )
 
 
 class RelayCapacity(ApiModel):

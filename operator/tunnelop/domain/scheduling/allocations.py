@@ -63,7 +63,7 @@ class _RelayState:
         self.rebuild_free_ports()
 
     def rebuild_free_ports(self) -> None:
-        """Recompute the free ports after the range, reserved or blocked ports changed.
+        """Recompute the free ports after the allowed ports changed.
         Held ports stay held wherever they are; the cursors stay where they were."""
         allowed = self.view.allowed_spans()
         self.allowed_ports = sum(len(span) for span in allowed)
@@ -129,11 +129,7 @@ class AllocationTable:
             return
         old = state.view
         state.view = view
-        if (old.port_range, old.reserved, old.blocked) != (
-            view.port_range,
-            view.reserved,
-            view.blocked,
-        ):
+        if old.allowed_spans() != view.allowed_spans():
             state.rebuild_free_ports()
 
     def remove_relay(self, name: str) -> list[Allocation]:
