@@ -727,15 +727,10 @@ def test_deployment_images() -> None:
         DEFAULT_FRPS_IMAGE,
         DEFAULT_AGENT_IMAGE,
     )
-    given_ = containers(
-        build_deployment(node, NAMESPACE, config_checksum="x", agent_image="a:1", frps_image="f:1")
-    )
-    assert (given_["frps"]["image"], given_["agent"]["image"]) == ("f:1", "a:1")
     override = relay(template={"images": {"frps": "mirror.example.com/frps:v0.71.0"}})
-    pinned = containers(
-        build_deployment(override, NAMESPACE, config_checksum="x", frps_image="f:1")
-    )
+    pinned = containers(build_deployment(override, NAMESPACE, config_checksum="x"))
     assert pinned["frps"]["image"] == "mirror.example.com/frps:v0.71.0"
+    assert pinned["agent"]["image"] == DEFAULT_AGENT_IMAGE
 
 
 def test_config_change_changes_the_pod_template() -> None:

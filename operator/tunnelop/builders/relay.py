@@ -295,17 +295,15 @@ def build_deployment(
     namespace: str,
     *,
     config_checksum: str,
-    agent_image: str | None = None,
-    frps_image: str | None = None,
 ) -> dict[str, Any]:
     """The relay pod: frps and the agent side by side. Images: spec.template.images, else
-    the given ones, else the pinned defaults."""
+    the pinned defaults."""
     spec = relay.spec
     relay_name = _relay_name(relay)
     name = relay_object_name(relay_name)
     host_network = spec.exposure.type == "HostNetwork"
-    frps = spec.template.images.frps or frps_image or DEFAULT_FRPS_IMAGE
-    agent = spec.template.images.agent or agent_image or DEFAULT_AGENT_IMAGE
+    frps = spec.template.images.frps or DEFAULT_FRPS_IMAGE
+    agent = spec.template.images.agent or DEFAULT_AGENT_IMAGE
 
     pod_spec: dict[str, Any] = {
         "serviceAccountName": name,

@@ -215,15 +215,6 @@ class Kube:
         path = _path(obj["apiVersion"], PLURALS[obj["kind"]], meta["name"], meta.get("namespace"))
         return await self.request("PUT", path, obj)
 
-    async def delete(
-        self, api_version: str, kind: str, name: str, namespace: str | None = None
-    ) -> None:
-        try:
-            await self.request("DELETE", _path(api_version, PLURALS[kind], name, namespace))
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
-
     async def patch_status(
         self, kind: str, name: str, namespace: str | None, status: dict[str, Any]
     ) -> dict[str, Any] | None:
