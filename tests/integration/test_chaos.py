@@ -190,7 +190,8 @@ class Chaos:
 
     async def killer(self) -> None:
         rng = self.rng("kill")
-        while await self.pause(rng.uniform(1, 5)):
+        # Soon after a start is when the backlog is worked off, the busiest time to die.
+        while await self.pause(rng.uniform(0.5, 3.5)):
             await self.restart_operator()
             self.counts["operator kills"] += 1
 
@@ -258,7 +259,7 @@ class Chaos:
                 task.cancel()
 
 
-async def test_relay_tables_match_live_tunnels_after_chaos_and_kills(
+async def test_chaos_relay_tables_equal_live_tunnels(
     cluster, crds, operator, kube, namespace, relay_namespace, tmp_path
 ) -> None:
     print(f"chaos seed {SEED} (TUNNELOP_CHAOS_SEED={SEED} to replay), {SECONDS:.0f} s of churn")
