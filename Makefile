@@ -76,3 +76,15 @@ bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=
 .PHONY: demo
 demo: venv tools ## tunnelop end to end on this machine, until Ctrl-C (CHECK=1: verify and exit)
 	hack/demo.sh$(if $(filter-out 0 no false,$(CHECK)), --check)
+
+CHAOS_SECONDS ?= 600
+CHAOS_SEEDS ?= $(shell for i in 1 2 3; do echo $$RANDOM$$RANDOM; done)
+.PHONY: chaos
+chaos: venv tools ## the chaos test, long: CHAOS_SECONDS (600) of churn per seed of CHAOS_SEEDS (3 random)
+	@failed=""; for seed in $(CHAOS_SEEDS); do \
+	  echo ">> chaos: seed $$seed, $(CHAOS_SECONDS) s of churn"; \
+	  TUNNELOP_CHAOS_SEED=$$seed TUNNELOP_CHAOS_SECONDS=$(CHAOS_SECONDS) \
+	    $(BIN)/pytest tests/integration/test_chaos.py -s --timeout=$$(( $(CHAOS_SECONDS) + 600 )) \
+	    || failed="$$failed $$seed"; \
+	done; \
+	if [ -n "$$failed" ]; then echo ">> chaos: failed with seeds:$$failed"; exit 1; fi
