@@ -4,7 +4,7 @@ tunnels say why; deletion releases; a deleted relay's tunnels move."""
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import json
 import uuid
 
@@ -146,8 +146,14 @@ async def test_unschedulable_tunnels_say_why(
         )  # retried on relay change
     lost = await wait_condition("tunnel", "lost", namespace, "Scheduled", "False", case, timeout=60)
     message = objects.condition(lost, "Scheduled")["message"]
-    # What to change: a field of the tunnel, or (when the relays are full) the relay.
-    assert message and ("spec." in message or name in message), message
+    # What is wrong, and what to change.
+    expected = {
+        "NoRelayMatches": ("match spec.relay", "change spec.relay"),
+        "PortTaken": ("port 22005 taken by tunnel first of this namespace", "spec.remotePort"),
+        "CapacityExhausted": (f"({name}) is full (capacity.tunnels)", "wait for tunnels"),
+        "ProtocolNotAllowed": ("does not allow protocol http", "change spec.protocol"),
+    }[case]
+    assert all(part in message for part in expected), message
     ready = objects.condition(lost, "Ready")
     assert ready["status"] == "False"
 
@@ -173,8 +179,10 @@ async def test_deleting_a_tunnel_releases_its_port(
     b = await wait_condition("tunnel", "b", namespace, "Ready")
     assert b["status"]["remotePort"] == 23003
     table = objects.secret_data(f"relay-{name}-table", relay_namespace)
-    names = [t["name"] for t in json.loads(table["table.json"])["tunnels"]]
-    assert names == ["b"]
+    [entry] = json.loads(table["table.json"])["tunnels"]
+    token = objects.secret_data("b-frpc", namespace)["token"]
+    assert (entry["name"], entry["remotePort"]) == ("b", 23003)
+    assert entry["tokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
 
 
 async def test_deleting_a_relay_moves_its_tunnels_keeping_ports(
@@ -238,7 +246,9 @@ async def test_restart_with_everything_in_place_writes_nothing(
     before = snapshot()
     await operator.stop()
     await operator.start()
-    await asyncio.sleep(5)  # time to reconcile everything again
+    # Every tunnel of the cluster reconciled again by the new process, its queues empty.
+    await operator.wait_ready()
+    await operator.wait_settled(len(objects.list_objects("tunnel")))
     after = snapshot()
     changed = objects.rewritten(before, after)
     assert not changed, json.dumps(changed, indent=1)[:4000]

@@ -96,20 +96,3 @@ async def frpc_configs(api: client.ApiClient, namespace: str) -> dict[str, dict[
         )
         for s in secrets.items
     }
-
-
-async def relay_tables(api: client.ApiClient, relay_namespace: str) -> dict[str, set[str]]:
-    """Tunnels listed in each relay's table Secret: relay -> {"ns/name"}."""
-    import json
-
-    core = client.CoreV1Api(api)
-    secrets = await core.list_namespaced_secret(
-        relay_namespace, label_selector="tunnelop.dev/relay"
-    )
-    tables = {}
-    for s in secrets.items:
-        if not s.metadata.name.endswith("-table"):
-            continue
-        data = json.loads(base64.b64decode(s.data["table.json"]))
-        tables[data["relay"]] = {f"{t['namespace']}/{t['name']}" for t in data["tunnels"]}
-    return tables

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import tools
 from support.netutil import free_port
@@ -78,6 +79,39 @@ class OperatorProcess:
                 return response.status, await response.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
             return None, str(exc)
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The operator's /metrics: (name, sorted labels) -> value."""
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(f"http://127.0.0.1:{self.health_port}/metrics") as response,
+        ):
+            text = await response.text()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def wait_settled(self, tunnels: int, timeout: float = 60) -> None:
+        """Until this process has reconciled at least `tunnels` tunnels and both work queues
+        are empty: what a restart would rewrite has been written by then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            samples = await self.metrics()
+            reconciled = sum(
+                value
+                for (name, labels), value in samples.items()
+                if name == "tunnelop_reconciles_total" and ("controller", "tunnels") in labels
+            )
+            depth = sum(
+                value for (name, _), value in samples.items() if name == "tunnelop_workqueue_depth"
+            )
+            if reconciled >= tunnels and depth == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"the operator did not settle in {timeout}s:\n{self.logs()}")
 
     async def wait_ready(self, timeout: float = 60) -> None:
         await self._until(lambda status: status == 200, "/readyz 200", timeout)
