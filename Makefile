@@ -67,6 +67,7 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
 	$(BIN)/python bench/bench_agent.py
+	$(BIN)/python bench/bench_table.py
 
 .PHONY: bench-dataplane
 bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=--help for options)
