@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import tomllib
 from typing import Any
 
 from kubernetes.aio import client
+
+from support import objects
 
 GROUP, VERSION = "tunnelop.dev", "v1alpha1"
 
@@ -91,7 +92,7 @@ async def frpc_configs(api: client.ApiClient, namespace: str) -> dict[str, dict[
     core = client.CoreV1Api(api)
     secrets = await core.list_namespaced_secret(namespace, label_selector="tunnelop.dev/tunnel")
     return {
-        s.metadata.labels["tunnelop.dev/tunnel"]: tomllib.loads(
+        s.metadata.labels["tunnelop.dev/tunnel"]: objects.parse_frpc(
             base64.b64decode(s.data["frpc.toml"]).decode()
         )
         for s in secrets.items

@@ -132,8 +132,24 @@ def secret_data(name: str, namespace: str) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
+def with_local_lines(text: str, local_ip_line: str, local_port_line: str) -> str:
+    """An frpc.toml with its localIP and localPort lines (frp templates, not TOML) replaced."""
+    lines = text.splitlines(keepends=True)
+    for start, replacement in (("localIP = ", local_ip_line), ("localPort = ", local_port_line)):
+        (i,) = [i for i, line in enumerate(lines) if line.startswith(start)]
+        lines[i] = replacement + "\n"
+    return "".join(lines)
+
+
+def parse_frpc(text: str, local_port: int = 8080) -> dict[str, Any]:
+    """An frpc.toml as frpc reads it with TUNNELOP_LOCAL_PORT set (and no TUNNELOP_LOCAL_IP)."""
+    return tomllib.loads(
+        with_local_lines(text, 'localIP = "127.0.0.1"', f"localPort = {local_port}")
+    )
+
+
 def frpc_config(tunnel_name: str, namespace: str) -> dict[str, Any]:
-    return tomllib.loads(secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"])
+    return parse_frpc(secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"])
 
 
 def event_reasons(namespace: str, name: str) -> list[str]:

@@ -23,6 +23,7 @@ import yaml
 from kubernetes.client import ApiClient
 
 from support import tools
+from support.objects import with_local_lines
 from tunnelop.api.v1alpha1 import API_VERSION, RelayNode
 from tunnelop.builders import (
     build_config_secret,
@@ -386,15 +387,6 @@ def test_frpc_config_keys(case: str) -> None:
     assert proxy.get("remotePort") == given_.get("remote_port")
     assert proxy.get("subdomain") == given_.get("subdomain")
     assert proxy.get("customDomains", []) == list(given_.get("custom_domains", ()))
-
-
-def with_local_lines(text: str, local_ip_line: str, local_port_line: str) -> str:
-    """The config with its localIP and localPort lines (frp templates, not TOML) replaced."""
-    lines = text.splitlines(keepends=True)
-    for start, replacement in (("localIP = ", local_ip_line), ("localPort = ", local_port_line)):
-        (i,) = [i for i, line in enumerate(lines) if line.startswith(start)]
-        lines[i] = replacement + "\n"
-    return "".join(lines)
 
 
 def test_frpc_explicit_local_address_is_plain_toml() -> None:

@@ -47,6 +47,10 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     try:
         tunnel = Tunnel.model_validate(body)
     except ValidationError as error:  # admitted before a rule existed, or webhook bypassed
+        # Nothing is enforced for a spec the operator cannot read: off every relay's table.
+        rt.table.release(key)
+        assert rt.tables is not None
+        await rt.tables.remove_everywhere(key)
         await _report(
             rt,
             body,
@@ -65,9 +69,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     result = rt.table.schedule(request, prefer=_from_status(key, status, tunnel.spec.protocol))
     if isinstance(result, Unschedulable):
         rt.unschedulable.add(key)
-        if previous is not None and rt.tables:
-            rt.tables.drop_entry(previous.relay, key)
-            await rt.tables.sync(previous.relay, key)
+        assert rt.tables is not None
+        await rt.tables.remove_everywhere(key)  # a no-op unless it was bound
         new = _typed(_unbound_status(status, generation, result.reason, result.message))
         if new != _typed(status):
             await _report(rt, body, new)
