@@ -4,6 +4,7 @@ tunnels say why; deletion releases; a deleted relay's tunnels move."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
@@ -252,3 +253,35 @@ async def test_restart_with_everything_in_place_writes_nothing(
     after = snapshot()
     changed = objects.rewritten(before, after)
     assert not changed, json.dumps(changed, indent=1)[:4000]
+
+
+async def test_a_table_changed_by_anyone_else_is_rewritten(
+    operator, namespace, relay_namespace, relay_label, cleanup_relays
+) -> None:
+    """A rogue entry (a hand edit, a process that lost its lease) does not stay on a relay."""
+    name = f"rt-{RUN}"
+    cleanup_relays.append(name)
+    placement = {"relay": {"nodeSelector": relay_label}}
+    objects.apply(relay_node(name, labels=relay_label, ports="26000-26009"))
+    await wait_condition("relaynode", name, None, "Ready")
+    objects.apply(tunnel("kept", **placement), namespace)
+    await wait_condition("tunnel", "kept", namespace, "Ready")
+    secret = f"relay-{name}-table"
+    table = json.loads(objects.secret_data(secret, relay_namespace)["table.json"])
+    rogue = {
+        "namespace": "elsewhere",
+        "name": "rogue",
+        "tokenSha256": "0" * 64,
+        "protocol": "tcp",
+        "remotePort": 26009,
+    }
+    edited = {**table, "tunnels": [*table["tunnels"], rogue]}
+    data = base64.b64encode(json.dumps(edited).encode()).decode()
+    patch = json.dumps({"data": {"table.json": data}})
+    tools.kubectl("patch", "secret", secret, "-n", relay_namespace, "-p", patch)
+
+    def names() -> list[str]:
+        current = json.loads(objects.secret_data(secret, relay_namespace)["table.json"])
+        return [t["name"] for t in current["tunnels"]]
+
+    await objects.wait_for(lambda: names() == ["kept"], timeout=30, what="the rogue entry gone")

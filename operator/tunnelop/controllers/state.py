@@ -9,6 +9,7 @@ every scheduling decision is taken synchronously between two awaits.
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,7 @@ class RelayTables:
         self._written: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._applied_services: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self._recent: dict[str, collections.deque[dict[TunnelKey, TableEntry]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # The relay Services as last written, and why the API server refused one.
         self.services: dict[str, dict[str, Any]] = {}
@@ -200,6 +202,8 @@ class RelayTables:
         current = entries or {}
         if current == self._written[relay] or current == self._in_flight.get(relay):
             return
+        if current in self._recent.get(relay, ()):
+            return  # one of this process's own writes (the watch may lag a write or two)
         log.warning("relay table changed by someone else; rewriting it", relay=relay)
         self.runtime.table.table_writing(relay, current.values())
         self._written[relay] = current
@@ -210,6 +214,7 @@ class RelayTables:
     def forget(self, relay: str) -> None:
         self.desired.pop(relay, None)
         self._written.pop(relay, None)
+        self._recent.pop(relay, None)
         self._applied_services.pop(relay, None)
         self.services.pop(relay, None)
         self.service_errors.pop(relay, None)
@@ -257,6 +262,7 @@ class RelayTables:
                 self._in_flight.pop(relay, None)
             table.table_written(relay, snapshot.values())
             self._written[relay] = snapshot
+            self._recent.setdefault(relay, collections.deque(maxlen=3)).append(snapshot)
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
