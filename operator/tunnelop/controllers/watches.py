@@ -17,7 +17,8 @@ from tunnelop.builders.relay import config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
 from tunnelop.controllers import relays, tunnels
-from tunnelop.controllers.state import RelayTables, Runtime
+from tunnelop.controllers.relaytables import RelayTables
+from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
@@ -40,9 +41,10 @@ async def start(
 ) -> Runtime:
     kube = await Kube.connect()
     rt = Runtime(kube=kube, relay_namespace=relay_namespace, node_port_range=node_port_range)
-    rt.tables = RelayTables(rt)
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
+    # After each table write the relay's status reports the new allocation.
+    rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
     await restore(rt)
     informers = [
