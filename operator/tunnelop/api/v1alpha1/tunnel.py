@@ -188,8 +188,9 @@ class TunnelSpec(ApiModel):
         description=(
             "The public port on the relay (1-65535), for tcp and udp only. Omit it to get a "
             "free port allocated; set it to pin one, which must be inside the relay's "
-            "spec.ports.range, neither reserved nor blocked there, and free. The allocated "
-            "port is in status.remotePort."
+            "spec.ports.range, neither reserved nor blocked there, not one the relay uses "
+            "itself (such as 7000, where frpc logs in), and free. The allocated port is in "
+            "status.remotePort."
         ),
     )
     subdomain: DnsLabel | None = Field(
