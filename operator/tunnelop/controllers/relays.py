@@ -37,7 +37,7 @@ log = logs.get(__name__)
 
 
 async def reconcile(rt: Runtime, name: str) -> None:
-    body = rt.relays.get(name)
+    body = rt.cache.relays.get(name)
     if body is None:
         _forget(rt, name)
         return
@@ -46,7 +46,7 @@ async def reconcile(rt: Runtime, name: str) -> None:
         await _drain_and_release(rt, body)
         return
     body = await rt.kube.add_finalizer("RelayNode", body, FINALIZER)
-    rt.relays[name] = body
+    rt.cache.relays[name] = body
     try:
         relay = RelayNode.model_validate(body)
     except ValidationError as error:
@@ -68,7 +68,7 @@ async def reconcile(rt: Runtime, name: str) -> None:
     await rt.tables.ensure(name)  # the table, even empty, and the Service with it
     await rt.tables.write_service(name)  # a changed spec (exposure, protocols) changes it
 
-    ready, reason, message = _readiness(rt.deployments.get(name))
+    ready, reason, message = _readiness(rt.cache.deployments.get(name))
     address = await _public_address(rt, relay, rt.tables.services.get(name))
     view = RelayView.from_model(
         relay, ready=ready and address is not None, node_port_range=rt.node_port_range
@@ -216,7 +216,7 @@ async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> 
     patch = merge_patch(body.get("status") or {}, status)
     result = await rt.kube.patch_status("RelayNode", body["metadata"]["name"], None, patch)
     if result:
-        rt.relays[body["metadata"]["name"]] = result
+        rt.cache.relays[body["metadata"]["name"]] = result
 
 
 async def _relay_secrets(rt: Runtime, name: str) -> RelaySecrets:

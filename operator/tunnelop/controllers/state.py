@@ -1,5 +1,6 @@
-"""The operator's in-memory state, shared by its controllers: the latest objects seen by the
-watches (the caches), the allocation table, the work queues and the relay-table writer.
+"""The operator's in-memory state, shared by its controllers: the caches of watched objects,
+the allocation table, the work queues, the relay-table writer and each controller's memory
+of what it wrote.
 
 One process owns it and one event loop mutates it, so the allocation table needs no locks:
 every scheduling decision is taken synchronously between two awaits.
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunnelop.api.v1alpha1 import PortSpan
+from tunnelop.controllers.caches import Caches
 from tunnelop.controllers.relaytables import RelayTables
-from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
+from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.domain.traffic_report import Observed
 from tunnelop.platform import logs
@@ -39,9 +41,7 @@ class Runtime:
     # The API server's --service-node-port-range (what a LoadBalancer Service draws from).
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE
     table: AllocationTable = field(default_factory=AllocationTable)
-    tunnels: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
-    relays: dict[str, dict[str, Any]] = field(default_factory=dict)
-    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: Caches = field(default_factory=Caches)
     relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)
     # The workload objects last applied per relay, so an unchanged relay costs no request.
     applied_workloads: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -58,39 +58,6 @@ class Runtime:
     traffic: dict[TunnelKey, Observed] = field(default_factory=dict)
     # What runs beside the work queues (informers, the traffic collector), stopped first.
     running: list[Any] = field(default_factory=list)
-    # Every RelayNode as last seen, for admission: known as soon as it is watched, before the
-    # relay controller has run its workload.
-    relay_views: dict[str, RelayView] = field(default_factory=dict)
-    # subdomain -> tunnels that ask for or hold it (for the webhook's uniqueness check)
-    subdomains: dict[str, set[TunnelKey]] = field(default_factory=dict)
-
-    def remember_tunnel(self, key: TunnelKey, body: dict[str, Any]) -> None:
-        self._index_subdomain(key, self.tunnels.get(key), remove=True)
-        self.tunnels[key] = body
-        self._index_subdomain(key, body)
-
-    def forget_tunnel(self, key: TunnelKey) -> None:
-        self._index_subdomain(key, self.tunnels.pop(key, None), remove=True)
-
-    def _index_subdomain(
-        self, key: TunnelKey, body: dict[str, Any] | None, remove: bool = False
-    ) -> None:
-        if not body:
-            return
-        for sub in {
-            (body.get("spec") or {}).get("subdomain"),
-            (body.get("status") or {}).get("subdomain"),
-        }:
-            if not isinstance(sub, str):
-                continue
-            holders = self.subdomains.setdefault(sub, set())
-            if remove:
-                holders.discard(key)
-                if not holders:
-                    del self.subdomains[sub]
-            else:
-                holders.add(key)
-
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:

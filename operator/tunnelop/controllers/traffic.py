@@ -77,7 +77,9 @@ class TrafficCollector:
     async def collect_once(self, http: aiohttp.ClientSession) -> None:
         rt = self.rt
         pods = await rt.kube.list("v1", "Pod", rt.relay_namespace, labels=naming.RELAY_LABEL)
-        agents = {relay: ip for relay, ip in _agent_addresses(pods).items() if relay in rt.relays}
+        agents = {
+            relay: ip for relay, ip in _agent_addresses(pods).items() if relay in rt.cache.relays
+        }
         scraped = await asyncio.gather(
             *(self._scrape(http, relay, ip) for relay, ip in agents.items())
         )
@@ -95,14 +97,14 @@ class TrafficCollector:
         for key in due_writes(candidates, now, self.options.min_write_interval, budget):
             self.written_at[key] = now
             rt.tunnel_queue.add(key)
-        for key in [k for k in self.observed if k not in rt.tunnels]:
+        for key in [k for k in self.observed if k not in rt.cache.tunnels]:
             self.observed.pop(key, None)
             self.written_at.pop(key, None)
 
     def _observe(self, key: TunnelKey, relay: str, reading: AgentReading) -> bool | None:
         """Record a reading; None if status already says it all, else whether the change is
         urgent (ClientConnected flips) rather than traffic only."""
-        status = (self.rt.tunnels.get(key) or {}).get("status") or {}
+        status = (self.rt.cache.tunnels.get(key) or {}).get("status") or {}
         reported = status.get("traffic")
         previous = self.observed.get(key)
         if previous is not None and previous.relay != relay:

@@ -36,12 +36,12 @@ log = logs.get(__name__)
 
 
 async def reconcile(rt: Runtime, key: TunnelKey) -> None:
-    body = rt.tunnels.get(key)
+    body = rt.cache.tunnels.get(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         await _release(rt, key, body)
         return
     body = await rt.kube.add_finalizer("Tunnel", body, FINALIZER)  # normally set at admission
-    rt.remember_tunnel(key, body)
+    rt.cache.remember_tunnel(key, body)
     generation = body["metadata"].get("generation")
     status = body.get("status") or {}
     try:
@@ -81,7 +81,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         return
     rt.unschedulable.discard(key)
 
-    relay = rt.relays.get(result.relay, {})
+    relay = rt.cache.relays.get(result.relay, {})
     relay_status = relay.get("status") or {}
     address = relay_status.get("publicAddress")
     relay_secrets = rt.relay_secrets.get(result.relay)
@@ -325,7 +325,7 @@ async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> 
     patch = merge_patch(body.get("status") or {}, status)
     result = await rt.kube.patch_status("Tunnel", meta["name"], meta["namespace"], patch)
     if result:
-        rt.remember_tunnel((meta["namespace"], meta["name"]), result)
+        rt.cache.remember_tunnel((meta["namespace"], meta["name"]), result)
 
 
 def _event(rt: Runtime, body: dict[str, Any], type_: str, reason: str, message: str) -> None:

@@ -44,7 +44,7 @@ async def start(
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     # After each table write the relay's status reports the new allocation.
-    rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.relays, rt.relay_queue.add)
+    rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
     await restore(rt)
     informers = [
@@ -87,7 +87,7 @@ async def restore(rt: Runtime) -> None:
     names (written before its credentials and status, so the freshest), else the one its
     status records. Table entries nothing accounts for are dropped by a rewrite at once."""
     for body in await rt.kube.list(GROUP_VERSION, "RelayNode"):
-        rt.relays[body["metadata"]["name"]] = body
+        rt.cache.relays[body["metadata"]["name"]] = body
         view = _remember_view(rt, body)
         if view is not None:
             rt.table.upsert_relay(view)
@@ -96,7 +96,7 @@ async def restore(rt: Runtime) -> None:
     ):
         relay = body["metadata"].get("labels", {}).get(naming.RELAY_LABEL)
         if relay:
-            rt.deployments[relay] = body
+            rt.cache.deployments[relay] = body
     assert rt.tables is not None
     in_tables: dict[TunnelKey, list[tuple[str, TableEntry]]] = {}
     for body in await rt.kube.list("v1", "Secret", rt.relay_namespace, labels=naming.RELAY_LABEL):
@@ -112,7 +112,7 @@ async def restore(rt: Runtime) -> None:
     restored = conflicts = 0
     for body in await rt.kube.list(GROUP_VERSION, "Tunnel"):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        rt.remember_tunnel(key, body)
+        rt.cache.remember_tunnel(key, body)
         if body["metadata"].get("deletionTimestamp"):
             continue  # released by its reconcile
         alloc = _recorded_allocation(rt, body, in_tables.get(key, []))
@@ -125,8 +125,8 @@ async def restore(rt: Runtime) -> None:
     stale = rt.tables.prune()
     log.info(
         "allocation table restored",
-        relays=len(rt.relays),
-        tunnels=len(rt.tunnels),
+        relays=len(rt.cache.relays),
+        tunnels=len(rt.cache.tunnels),
         restored=restored,
         conflicts=conflicts,
         stale_tables=len(stale),
@@ -207,10 +207,10 @@ async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body = event["object"]
     name = body["metadata"]["name"]
     if event["type"] == "DELETED":
-        rt.relays.pop(name, None)
-        rt.relay_views.pop(name, None)
+        rt.cache.relays.pop(name, None)
+        rt.cache.relay_views.pop(name, None)
     else:
-        rt.relays[name] = body
+        rt.cache.relays[name] = body
         _remember_view(rt, body)
     assert rt.relay_queue is not None
     rt.relay_queue.add(name)
@@ -220,11 +220,11 @@ def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
     try:
         model = RelayNode.model_validate(body)
     except ValueError:
-        rt.relay_views.pop(body["metadata"]["name"], None)
+        rt.cache.relay_views.pop(body["metadata"]["name"], None)
         return None
     ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
     view = RelayView.from_model(model, ready=ready, node_port_range=rt.node_port_range)
-    rt.relay_views[view.name] = view
+    rt.cache.relay_views[view.name] = view
     return view
 
 
@@ -236,9 +236,9 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
         return
     relay = body["metadata"]["labels"][naming.RELAY_LABEL]
     if event["type"] == "DELETED":
-        rt.deployments.pop(relay, None)
+        rt.cache.deployments.pop(relay, None)
     else:
-        rt.deployments[relay] = body
+        rt.cache.deployments[relay] = body
     assert rt.relay_queue is not None
     rt.relay_queue.add(relay)
 
@@ -246,10 +246,10 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if kind == "DELETED":
-        rt.forget_tunnel(key)
+        rt.cache.forget_tunnel(key)
         metrics.scheduling.forget(key)
     else:
-        rt.remember_tunnel(key, body)
+        rt.cache.remember_tunnel(key, body)
         if not (body.get("status") or {}).get("relayNode"):
             metrics.scheduling.enqueued(key)
     assert rt.tunnel_queue is not None
@@ -282,7 +282,7 @@ def on_credentials(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
         rt.tokens.pop(key, None)
         rt.credential_checksums.pop(key, None)
         assert rt.tunnel_queue is not None
-        if key in rt.tunnels:
+        if key in rt.cache.tunnels:
             rt.tunnel_queue.add(key)
     else:
         _remember_credentials(rt, body)

@@ -21,8 +21,8 @@ def _claims(
     rt: Runtime, subdomain: str, relays: dict[str, RelayView]
 ) -> list[admission.SubdomainClaim]:
     claims = []
-    for key in rt.subdomains.get(subdomain, ()):
-        body = rt.tunnels.get(key)
+    for key in rt.cache.subdomains.get(subdomain, ()):
+        body = rt.cache.tunnels.get(key)
         if body is None:
             continue
         try:
@@ -62,7 +62,7 @@ async def validate_tunnel(
         return  # starting up: the scheduler will answer in status
     obj = dict(body)
     try:
-        relays = rt.relay_views
+        relays = rt.cache.relay_views
         subdomain = (obj.get("spec") or {}).get("subdomain")
         claims = _claims(rt, subdomain, relays) if isinstance(subdomain, str) else []
         denials = admission.review(obj, dict(old) if old else None, relays.values(), claims)
