@@ -568,10 +568,6 @@ async def test_printer_columns_and_short_names(admission_world, namespace) -> No
     )
 
 
-def _port_of(address: str) -> int:
-    return int(address.rsplit(":", 1)[1])
-
-
 def relay_listen_ports(name: str, relay_namespace: str) -> set[int] | None:
     """The ports a relay uses itself, read from the objects the operator made for it: its
     frps.toml, its Deployment (container ports, the agent's listen flags) and its Service
@@ -581,23 +577,12 @@ def relay_listen_ports(name: str, relay_namespace: str) -> set[int] | None:
     deployment = objects.get("deployment", workload, relay_namespace)
     if config is None or deployment is None:
         return None
-    frps = tomllib.loads(config)
-    ports = {frps["bindPort"], frps["webServer"]["port"]}
-    ports |= {frps[key] for key in ("vhostHTTPPort", "vhostHTTPSPort") if key in frps}
-    ports |= {_port_of(plugin["addr"]) for plugin in frps["httpPlugins"]}
-    for container in deployment["spec"]["template"]["spec"]["containers"]:
-        ports |= {p["containerPort"] for p in container.get("ports", [])}
-        args = container.get("args", [])
-        for flag in ("--listen", "--health-listen"):
-            if flag in args:
-                ports.add(_port_of(args[args.index(flag) + 1]))
+    service = None
     if not deployment["spec"]["template"]["spec"].get("hostNetwork"):
         service = objects.get("service", workload, relay_namespace)
         if service is None:
             return None
-        for entry in service["spec"]["ports"]:
-            ports |= {entry["port"], entry["targetPort"]}
-    return ports
+    return objects.relay_own_ports(tomllib.loads(config), deployment, service)
 
 
 @pytest.mark.parametrize("exposure", ["LoadBalancer", "HostNetwork"])

@@ -164,3 +164,27 @@ def event_reasons(namespace: str, name: str) -> list[str]:
         "-o",
         "jsonpath={.items[*].reason}",
     ).stdout.split()
+
+
+def relay_own_ports(
+    frps: dict[str, Any], deployment: dict[str, Any], service: dict[str, Any] | None
+) -> set[int]:
+    """Every port a relay uses itself, read from what the operator builds for it: its parsed
+    frps.toml, its Deployment (container ports, the agent's listen flags) and its Service
+    without tunnel ports (None with HostNetwork)."""
+    ports = {frps["bindPort"], frps["webServer"]["port"]}
+    ports |= {frps[key] for key in ("vhostHTTPPort", "vhostHTTPSPort") if key in frps}
+    ports |= {_port_of(plugin["addr"]) for plugin in frps["httpPlugins"]}
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        ports |= {p["containerPort"] for p in container.get("ports", [])}
+        args = container.get("args", [])
+        for flag in ("--listen", "--health-listen"):
+            if flag in args:
+                ports.add(_port_of(args[args.index(flag) + 1]))
+    for entry in (service or {}).get("spec", {}).get("ports", []):
+        ports |= {entry["port"], entry["targetPort"]}
+    return ports
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])

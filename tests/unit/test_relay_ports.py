@@ -15,6 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support.objects import relay_own_ports
 from tunnelop.api.v1alpha1 import API_VERSION, RelayNode
 from tunnelop.builders import build_deployment, build_frps_config, build_service
 from tunnelop.domain.admission import review
@@ -86,28 +87,12 @@ def allow_ports(config: dict[str, Any]) -> set[int]:
     return ports
 
 
-def _port_of(address: str) -> int:
-    return int(address.rsplit(":", 1)[1])
-
-
 def listen_ports(node: RelayNode, config: dict[str, Any]) -> set[int]:
     """Every port the relay uses itself, from its frps.toml, its Deployment (container ports,
     the agent's listen flags) and its Service without tunnel ports."""
-    ports = {config["bindPort"], config["webServer"]["port"]}
-    ports |= {config[key] for key in ("vhostHTTPPort", "vhostHTTPSPort") if key in config}
-    ports |= {_port_of(plugin["addr"]) for plugin in config["httpPlugins"]}
     deployment = build_deployment(node, "ns", config_checksum="c")
-    for container in deployment["spec"]["template"]["spec"]["containers"]:
-        ports |= {p["containerPort"] for p in container.get("ports", [])}
-        args = container.get("args", [])
-        for flag in ("--listen", "--health-listen"):
-            if flag in args:
-                ports.add(_port_of(args[args.index(flag) + 1]))
     service = build_service(node, "ns", allocated_ports=[])
-    if service is not None:
-        for entry in service["spec"]["ports"]:
-            ports |= {entry["port"], entry["targetPort"]}
-    return ports
+    return relay_own_ports(config, deployment, service)
 
 
 def handed_out(view: RelayView, protocol: str) -> set[int]:
