@@ -52,6 +52,14 @@ async def metric(process: OperatorProcess, name: str, labels: str = "") -> float
     return total
 
 
+async def leader_and_follower(
+    pair: list[OperatorProcess], timeout: float = 60
+) -> tuple[OperatorProcess, OperatorProcess]:
+    """The one process whose /readyz is 200 (waiting for it), and the other."""
+    leader = await the_leader(pair, timeout)
+    return leader, next(p for p in pair if p is not leader)
+
+
 async def the_leader(pair: list[OperatorProcess], timeout: float = 60) -> OperatorProcess:
     """The one process whose /readyz is 200 (waiting for it); the other must say 503."""
     loop = asyncio.get_running_loop()
@@ -105,8 +113,7 @@ async def test_only_the_leader_is_ready_and_reconciles(
     pair, kube, namespace, relay_namespace, three_relays
 ) -> None:
     names, label = three_relays
-    leader = await the_leader(pair)
-    follower = next(p for p in pair if p is not leader)
+    leader, follower = await leader_and_follower(pair)
     status, body = await follower.readyz()
     assert status == 503
     assert f"[-]leader: following {identity_of(leader)}" in body
@@ -134,8 +141,7 @@ async def test_only_the_leader_is_ready_and_reconciles(
 async def test_sigkill_of_the_leader_hands_over_within_15_seconds(
     pair, kube, relay_namespace
 ) -> None:
-    leader = await the_leader(pair)
-    follower = next(p for p in pair if p is not leader)
+    leader, follower = await leader_and_follower(pair)
     new_identity = identity_of(follower)
     await leader.kill()
     killed = time.monotonic()
@@ -157,8 +163,7 @@ async def test_sigkill_of_the_leader_hands_over_within_15_seconds(
 async def test_sigterm_of_the_leader_releases_the_lease_at_once(
     pair, kube, relay_namespace
 ) -> None:
-    leader = await the_leader(pair)
-    follower = next(p for p in pair if p is not leader)
+    leader, follower = await leader_and_follower(pair)
     assert leader.process is not None
     await leader.stop()
     exited = time.monotonic()
@@ -191,8 +196,7 @@ async def test_sigkill_of_the_leader_during_500_creates_loses_nothing(
     pair, kube, namespace, relay_namespace, three_relays
 ) -> None:
     names, label = three_relays
-    leader = await the_leader(pair)
-    follower = next(p for p in pair if p is not leader)
+    leader, follower = await leader_and_follower(pair)
     for name in names:
         await wait_condition("relaynode", name, None, "Ready", timeout=90)
     creating = asyncio.create_task(

@@ -31,6 +31,20 @@ def cleanup_relays():
         tools.kubectl("delete", "relaynode", *names, "--ignore-not-found", "--wait=false")
 
 
+@pytest.fixture
+def ready_relay(relay_label, cleanup_relays):
+    """Applies a RelayNode carrying this test's label, waits until it is Ready, and returns
+    its name and the spec.relay that places tunnels on it (removed after the test)."""
+
+    async def make(name: str, ports: str, **spec) -> tuple[str, dict]:
+        cleanup_relays.append(name)
+        objects.apply(relay_node(name, labels=relay_label, ports=ports, **spec))
+        await wait_condition("relaynode", name, None, "Ready")
+        return name, {"relay": {"nodeSelector": relay_label}}
+
+    return make
+
+
 async def test_relay_gets_its_workload_and_becomes_ready(
     operator, relay_namespace, cleanup_relays
 ) -> None:
@@ -67,14 +81,9 @@ async def test_relay_gets_its_workload_and_becomes_ready(
     assert "frps.toml" in config and "allowPorts" in config["frps.toml"]
 
 
-async def test_tunnel_gets_a_port_credentials_and_ready(
-    operator, namespace, relay_label, cleanup_relays
-) -> None:
-    name = f"tr-{RUN}"
-    cleanup_relays.append(name)
-    objects.apply(relay_node(name, labels=relay_label, ports="21000-21009"))
-    await wait_condition("relaynode", name, None, "Ready")
-    objects.apply(tunnel("ssh", relay={"nodeSelector": relay_label}), namespace)
+async def test_tunnel_gets_a_port_credentials_and_ready(operator, namespace, ready_relay) -> None:
+    name, placement = await ready_relay(f"tr-{RUN}", "21000-21009")
+    objects.apply(tunnel("ssh", **placement), namespace)
     tools.kubectl("wait", "-n", namespace, "tunnel/ssh", "--for=condition=Ready", "--timeout=60s")
     ssh = objects.get("tunnel", "ssh", namespace)
     status = ssh["status"]
@@ -116,14 +125,10 @@ async def test_tunnel_gets_a_port_credentials_and_ready(
     ["NoRelayMatches", "PortTaken", "CapacityExhausted", "ProtocolNotAllowed"],
 )
 async def test_unschedulable_tunnels_say_why(
-    case, operator, namespace, relay_label, cleanup_relays
+    case, operator, namespace, ready_relay, cleanup_relays
 ) -> None:
-    name = f"un-{case.lower()}-{RUN}"
-    cleanup_relays.append(name)
-    placement = {"relay": {"nodeSelector": relay_label}}
     capacity = {"capacity": {"tunnels": 1}} if case == "CapacityExhausted" else {}
-    objects.apply(relay_node(name, labels=relay_label, ports="22000-22009", **capacity))
-    await wait_condition("relaynode", name, None, "Ready")
+    name, placement = await ready_relay(f"un-{case.lower()}-{RUN}", "22000-22009", **capacity)
     if case == "NoRelayMatches":
         objects.apply(
             tunnel("lost", relay={"nodeSelector": {"tunnelop.test/none": "x"}}), namespace
@@ -165,13 +170,9 @@ async def test_unschedulable_tunnels_say_why(
 
 
 async def test_deleting_a_tunnel_releases_its_port(
-    operator, namespace, relay_namespace, relay_label, cleanup_relays
+    operator, namespace, relay_namespace, ready_relay
 ) -> None:
-    name = f"rel-{RUN}"
-    cleanup_relays.append(name)
-    placement = {"relay": {"nodeSelector": relay_label}}
-    objects.apply(relay_node(name, labels=relay_label, ports="23000-23009"))
-    await wait_condition("relaynode", name, None, "Ready")
+    name, placement = await ready_relay(f"rel-{RUN}", "23000-23009")
     objects.apply(tunnel("a", remotePort=23003, **placement), namespace)
     await wait_condition("tunnel", "a", namespace, "Ready")
     objects.apply(tunnel("b", remotePort=23003, **placement), namespace)
@@ -225,13 +226,9 @@ async def test_deleting_a_relay_moves_its_tunnels_keeping_ports(
 
 
 async def test_restart_with_everything_in_place_writes_nothing(
-    operator, namespace, relay_namespace, relay_label, cleanup_relays
+    operator, namespace, relay_namespace, ready_relay
 ) -> None:
-    name = f"rs-{RUN}"
-    cleanup_relays.append(name)
-    placement = {"relay": {"nodeSelector": relay_label}}
-    objects.apply(relay_node(name, labels=relay_label, ports="25000-25099"))
-    await wait_condition("relaynode", name, None, "Ready")
+    name, placement = await ready_relay(f"rs-{RUN}", "25000-25099")
     objects.apply([tunnel(f"t{i}", **placement) for i in range(5)], namespace)
     for i in range(5):
         await wait_condition("tunnel", f"t{i}", namespace, "Ready")
@@ -256,14 +253,10 @@ async def test_restart_with_everything_in_place_writes_nothing(
 
 
 async def test_a_table_changed_by_anyone_else_is_rewritten(
-    operator, namespace, relay_namespace, relay_label, cleanup_relays
+    operator, namespace, relay_namespace, ready_relay
 ) -> None:
     """A rogue entry (a hand edit, a process that lost its lease) does not stay on a relay."""
-    name = f"rt-{RUN}"
-    cleanup_relays.append(name)
-    placement = {"relay": {"nodeSelector": relay_label}}
-    objects.apply(relay_node(name, labels=relay_label, ports="26000-26009"))
-    await wait_condition("relaynode", name, None, "Ready")
+    name, placement = await ready_relay(f"rt-{RUN}", "26000-26009")
     objects.apply(tunnel("kept", **placement), namespace)
     await wait_condition("tunnel", "kept", namespace, "Ready")
     secret = f"relay-{name}-table"

@@ -23,13 +23,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 
 from tunnelop.agent.index import TableIndex, split_proxy_name
+from tunnelop.contract import tunnel_metrics
 
 TRAFFIC_IN = "frp_server_traffic_in"
 TRAFFIC_OUT = "frp_server_traffic_out"
 CONNECTIONS = "frp_server_connection_counts"
 PROXY_ONLINE = "frp_server_proxy_counts_detailed"
-
-LABELS = ("namespace", "tunnel", "relay")
 
 
 @dataclass
@@ -145,30 +144,30 @@ class TunnelCollector:
 
     def collect(self) -> Iterator[Metric]:
         bytes_in = CounterMetricFamily(
-            "tunnelop_tunnel_bytes_in",
+            tunnel_metrics.BYTES_IN,
             "Bytes from visitors to the tunnel's service, as counted by frps (a connection "
             "counts when it closes; udp as it goes)",
-            labels=LABELS,
+            labels=tunnel_metrics.LABELS,
         )
         bytes_out = CounterMetricFamily(
-            "tunnelop_tunnel_bytes_out",
+            tunnel_metrics.BYTES_OUT,
             "Bytes from the tunnel's service back to visitors, as counted by frps",
-            labels=LABELS,
+            labels=tunnel_metrics.LABELS,
         )
         connections = GaugeMetricFamily(
-            "tunnelop_tunnel_active_connections",
+            tunnel_metrics.ACTIVE_CONNECTIONS,
             "Visitor connections open through the tunnel",
-            labels=LABELS,
+            labels=tunnel_metrics.LABELS,
         )
         online = GaugeMetricFamily(
-            "tunnelop_tunnel_client_connected",
+            tunnel_metrics.CLIENT_CONNECTED,
             "1 while the tunnel's frpc is connected and its proxy registered",
-            labels=LABELS,
+            labels=tunnel_metrics.LABELS,
         )
         last_seen = GaugeMetricFamily(
-            "tunnelop_tunnel_last_seen_timestamp_seconds",
+            tunnel_metrics.LAST_SEEN,
             "When the tunnel's client was last seen alive (login, proxy or heartbeat)",
-            labels=LABELS,
+            labels=tunnel_metrics.LABELS,
         )
         relay = self.meter.relay
         for key, traffic in sorted(self.meter.tunnels.items()):

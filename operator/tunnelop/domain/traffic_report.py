@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tunnelop.contract.tunnel_metrics import (
+    ACTIVE_CONNECTIONS,
+    BYTES_IN,
+    BYTES_OUT,
+    CLIENT_CONNECTED,
+    LAST_SEEN,
+)
 from tunnelop.domain.scheduling import TunnelKey
-
-BYTES_IN = "tunnelop_tunnel_bytes_in"
-BYTES_OUT = "tunnelop_tunnel_bytes_out"
-ACTIVE = "tunnelop_tunnel_active_connections"
-CONNECTED = "tunnelop_tunnel_client_connected"
-LAST_SEEN = "tunnelop_tunnel_last_seen_timestamp_seconds"
 
 
 @dataclass
@@ -45,9 +46,9 @@ def parse_agent_metrics(text: str) -> dict[TunnelKey, AgentReading]:
                 reading.bytes_in = int(sample.value)
             elif name == BYTES_OUT:
                 reading.bytes_out = int(sample.value)
-            elif name == ACTIVE:
+            elif name == ACTIVE_CONNECTIONS:
                 reading.active_connections = int(sample.value)
-            elif name == CONNECTED:
+            elif name == CLIENT_CONNECTED:
                 reading.connected = sample.value > 0
             elif name == LAST_SEEN:
                 reading.last_seen = sample.value

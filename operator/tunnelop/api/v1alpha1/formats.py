@@ -252,67 +252,49 @@ ImageRef = _string_type(
 )
 
 
-def _validate_annotations(value: object) -> dict[str, str]:
+def _check_string_map(
+    value: object, kind: str, check_value: Callable[[str], object] | None
+) -> dict[str, str]:
+    """A map of label keys (as labels and annotations have) to strings, at most 64 entries;
+    `kind` ("labels", "annotations") names it in errors."""
+    singular = kind.removesuffix("s")
     if not isinstance(value, dict):
         raise PydanticCustomError(
-            "annotations", f"must be a map of annotation keys to values, got {type(value).__name__}"
+            kind, f"must be a map of {singular} keys to values, got {type(value).__name__}"
         )
     if len(value) > 64:
-        raise PydanticCustomError("annotations", f"must have at most 64 entries, got {len(value)}")
+        raise PydanticCustomError(kind, f"must have at most 64 entries, got {len(value)}")
     for key, item in value.items():
         try:
             if not isinstance(key, str) or not isinstance(item, str):
                 raise ValueError(f"keys and values must be strings, got {key!r}: {item!r}")
             check_label_key(key)
+            if check_value is not None:
+                check_value(item)
         except ValueError as exc:
-            raise PydanticCustomError(
-                "annotations", str(exc).replace("label", "annotation")
-            ) from None
+            raise PydanticCustomError(kind, str(exc).replace("label", singular)) from None
     return value
 
 
-AnnotationMap = Annotated[
-    dict[str, str],
-    PlainValidator(_validate_annotations),
-    WithJsonSchema(
-        {"type": "object", "maxProperties": 64, "additionalProperties": {"type": "string"}}
-    ),
-]
+def _string_map_type(
+    kind: str, check_value: Callable[[str], object] | None, value_schema: dict[str, Any]
+) -> Any:
+    """A map type with label keys, checked in Python and carrying the same OpenAPI schema."""
+    return Annotated[
+        dict[str, str],
+        PlainValidator(lambda value: _check_string_map(value, kind, check_value)),
+        WithJsonSchema(
+            {"type": "object", "maxProperties": 64, "additionalProperties": value_schema}
+        ),
+    ]
 
 
-def _validate_labels(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise PydanticCustomError(
-            "labels", f"must be a map of label keys to values, got {type(value).__name__}"
-        )
-    if len(value) > 64:
-        raise PydanticCustomError("labels", f"must have at most 64 entries, got {len(value)}")
-    for key, item in value.items():
-        try:
-            if not isinstance(key, str) or not isinstance(item, str):
-                raise ValueError(f"keys and values must be strings, got {key!r}: {item!r}")
-            check_label_key(key)
-            check_label_value(item)
-        except ValueError as exc:
-            raise PydanticCustomError("labels", str(exc)) from None
-    return value
-
-
-LabelMap = Annotated[
-    dict[str, str],
-    PlainValidator(_validate_labels),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "maxProperties": 64,
-            "additionalProperties": {
-                "type": "string",
-                "maxLength": DNS_LABEL_MAX,
-                "pattern": LABEL_VALUE_PATTERN,
-            },
-        }
-    ),
-]
+AnnotationMap = _string_map_type("annotations", None, {"type": "string"})
+LabelMap = _string_map_type(
+    "labels",
+    check_label_value,
+    {"type": "string", "maxLength": DNS_LABEL_MAX, "pattern": LABEL_VALUE_PATTERN},
+)
 
 # Free-form Kubernetes objects (tolerations, resources): passed through to the relay Pod,
 # where the API server validates them against the core types.

@@ -476,39 +476,35 @@ class AllocationTable:
         return False
 
     def _allocate(self, state: _RelayState, request: TunnelRequest, wish: _Wish) -> Allocation:
+        """The request on this relay: its port (tcp/udp) or its subdomain (http/https)."""
         view = state.view
+        port = subdomain = http_domain = None
         if uses_port(request.protocol):
-            free = state.free[request.protocol]
             port = request.wanted_port
             if port is None and wish.port is not None:
                 if state.port_available(request.protocol, wish.port, request.key):
                     port = wish.port
             if port is None:
-                port = free.next_fit()
-            return Allocation(
-                request.key,
-                view.name,
-                request.protocol,
-                port=port,
-                bandwidth=request.bandwidth,
-                table_bytes=request.table_bytes,
-            )
-        subdomain = request.wanted_subdomain
-        if subdomain is None and wish.subdomain is not None:
-            if self._subdomain_available(view.http_domain, wish.subdomain, request.key):
-                subdomain = wish.subdomain
-        if subdomain is None:
-            subdomain = next(
-                candidate
-                for candidate in subdomain_candidates(request.key)
-                if self._subdomain_available(view.http_domain, candidate, request.key)
-            )
+                port = state.free[request.protocol].next_fit()
+        else:
+            http_domain = view.http_domain
+            subdomain = request.wanted_subdomain
+            if subdomain is None and wish.subdomain is not None:
+                if self._subdomain_available(http_domain, wish.subdomain, request.key):
+                    subdomain = wish.subdomain
+            if subdomain is None:
+                subdomain = next(
+                    candidate
+                    for candidate in subdomain_candidates(request.key)
+                    if self._subdomain_available(http_domain, candidate, request.key)
+                )
         return Allocation(
             request.key,
             view.name,
             request.protocol,
+            port=port,
             subdomain=subdomain,
-            http_domain=view.http_domain,
+            http_domain=http_domain,
             bandwidth=request.bandwidth,
             table_bytes=request.table_bytes,
         )
