@@ -185,6 +185,18 @@ CASES = [
         tunnel({"protocol": "udp", "customDomains": ["a.example.com"]}),
     ),
     Case(
+        "source-ranges-on-udp",
+        "cel",
+        "spec.allowSourceRanges",
+        tunnel({"protocol": "udp", "allowSourceRanges": ["203.0.113.0/24"]}),
+    ),
+    Case(
+        "source-ranges-on-http",
+        "cel",
+        "spec.allowSourceRanges",
+        tunnel({"protocol": "http", "allowSourceRanges": ["203.0.113.0/24"]}),
+    ),
+    Case(
         "target-on-external",
         "cel",
         "spec.client.target",

@@ -241,14 +241,23 @@ def test_allow_source_ranges_are_cidrs(cidr: str, expected: str) -> None:
     assert expected in message
 
 
-def test_allow_source_ranges_accept_ipv4_and_ipv6() -> None:
+@pytest.mark.parametrize("protocol", ["tcp", "https"])
+def test_allow_source_ranges_accept_ipv4_and_ipv6(protocol: str) -> None:
     ranges = ["203.0.113.0/24", "2001:db8::/32", "0.0.0.0/0", "198.51.100.7/32"]
-    assert (
-        Tunnel.model_validate(
-            tunnel(protocol="udp", allowSourceRanges=ranges)
-        ).spec.allow_source_ranges
-        == ranges
+    spec = Tunnel.model_validate(tunnel(protocol=protocol, allowSourceRanges=ranges)).spec
+    assert spec.allow_source_ranges == ranges
+
+
+@pytest.mark.parametrize("protocol", ["udp", "http"])
+def test_allow_source_ranges_are_refused_where_the_relay_cannot_check_them(protocol: str) -> None:
+    """frps asks the agent about each tcp and https connection only: a range on udp or http
+    would be a promise nobody keeps."""
+    (message,) = messages(Tunnel, tunnel(protocol=protocol, allowSourceRanges=["10.0.0.0/8"]))
+    assert message.startswith(
+        "spec.allowSourceRanges: only allowed when spec.protocol is tcp or https, "
+        f"got protocol '{protocol}': "
     )
+    assert Tunnel.model_validate(tunnel(protocol=protocol, allowSourceRanges=[])).spec
 
 
 def test_in_cluster_client_needs_a_target_and_external_refuses_one() -> None:

@@ -117,7 +117,7 @@ def test_cross_field_rules_are_in_cel() -> None:
     assert "has(self.remotePort)" in joined and '["tcp", "udp"]' in joined
     assert "has(self.subdomain)" in joined and "has(self.customDomains)" in joined
     field_paths = {rule.get("fieldPath") for rule in spec["x-kubernetes-validations"]}
-    assert field_paths == {".remotePort", ".subdomain", ".customDomains"}
+    assert field_paths == {".remotePort", ".subdomain", ".customDomains", ".allowSourceRanges"}
     client_rules = " ".join(rules(at("Tunnel", "spec.client")))
     assert "InCluster" in client_rules and "has(self.target)" in client_rules
     assert rules(at("Tunnel", "spec.allowSourceRanges")["items"]) == [

@@ -46,6 +46,7 @@ from tunnelop.api.v1alpha1.relaypool import (
 from tunnelop.api.v1alpha1.tunnel import (
     HTTP_PROTOCOLS,
     PORT_PROTOCOLS,
+    SOURCE_RANGE_PROTOCOLS,
     ClientTarget,
     Protocol,
     RelayPlacement,
@@ -85,6 +86,7 @@ __all__ = [
     "KINDS",
     "KINDS_BY_NAME",
     "PORT_PROTOCOLS",
+    "SOURCE_RANGE_PROTOCOLS",
     "VERSION",
     "ClientTarget",
     "Condition",

@@ -40,6 +40,16 @@ from tunnelop.api.v1alpha1.quantity import PositiveBitRate, bits_per_second
 Protocol = Literal["tcp", "udp", "http", "https"]
 PORT_PROTOCOLS = ("tcp", "udp")  # reached on a port of the relay
 HTTP_PROTOCOLS = ("http", "https")  # reached by host name on the relay's HTTP(S) port
+# The protocols whose visitors the relay can check against spec.allowSourceRanges: frps asks
+# the relay agent about each new tcp and https connection (NewUserConn), and about no http
+# request and no udp packet, so a range there would be a promise nobody keeps.
+SOURCE_RANGE_PROTOCOLS = ("tcp", "https")
+SOURCE_RANGE_PROTOCOLS_CEL = '["tcp", "https"]'
+SOURCE_RANGES_FORBIDDEN = "only allowed when spec.protocol is tcp or https"
+SOURCE_RANGES_WHY = (
+    "the relay checks visitors' addresses per connection for tcp and https, and sees no "
+    "single http request or udp packet"
+)
 
 
 def _forbidden_unless(protocols: tuple[str, ...], info: ValidationInfo) -> None:
@@ -172,6 +182,17 @@ class TunnelSpec(ApiModel):
                 field_path=".customDomains",
                 reason="FieldValueForbidden",
             ),
+            cel_rule(
+                "!has(self.allowSourceRanges) || size(self.allowSourceRanges) == 0"
+                f" || self.protocol in {SOURCE_RANGE_PROTOCOLS_CEL}",
+                SOURCE_RANGES_FORBIDDEN,
+                message_expression=cel_text(
+                    SOURCE_RANGES_FORBIDDEN + ", got protocol '{p}': " + SOURCE_RANGES_WHY,
+                    p="self.protocol",
+                ),
+                field_path=".allowSourceRanges",
+                reason="FieldValueForbidden",
+            ),
         )
     )
 
@@ -227,7 +248,10 @@ class TunnelSpec(ApiModel):
         default_factory=list,
         description=(
             "If set, only visitors from these CIDRs may connect, e.g. [203.0.113.0/24, "
-            "2001:db8::/32]. Omit it to allow everyone. At most 64."
+            "2001:db8::/32]; others' connections are closed by the relay. For tcp and https "
+            "only: the relay checks each new connection of those, but sees no single http "
+            "request or udp packet (use https, or authenticate in the application). Omit it "
+            "to allow everyone. At most 64."
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
@@ -262,6 +286,17 @@ class TunnelSpec(ApiModel):
     def _custom_domains_need_http(cls, value: list[str], info: ValidationInfo):
         if value:
             _forbidden_unless(HTTP_PROTOCOLS, info)
+        return value
+
+    @field_validator("allow_source_ranges")
+    @classmethod
+    def _source_ranges_need_a_checked_protocol(cls, value: list[str], info: ValidationInfo):
+        protocol = info.data.get("protocol")
+        if value and protocol is not None and protocol not in SOURCE_RANGE_PROTOCOLS:
+            raise PydanticCustomError(
+                "forbidden_for_protocol",
+                f"{SOURCE_RANGES_FORBIDDEN}, got protocol '{protocol}': {SOURCE_RANGES_WHY}",
+            )
         return value
 
     @property
