@@ -15,16 +15,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from support import objects, tools
-from support.dataplane import Frpc, http_site, start_relay, udp_echo_server
+from support.dataplane import (
+    Frpc,
+    http_body,
+    http_site,
+    served_http,
+    start_relay,
+    tcp_served,
+    time_to_refusal,
+    tls_echo_server,
+    tls_served,
+    udp_echo_server,
+    udp_served,
+    until_served,
+)
 from support.netutil import echo_server
 from support.objects import tunnel, wait_condition
 from tunnelop.platform.certs import issue_webhook_certificate
@@ -116,144 +128,6 @@ async def site_a(relay, tenants, tmp_path_factory) -> AsyncIterator[Site]:
 async def b_site() -> AsyncIterator[int]:
     async with http_site(B_BODY) as port:
         yield port
-
-
-# ---- visitors -----------------------------------------------------------------------------
-
-
-async def http_body(address: str, host: str, path: str = "/", **kwargs) -> str | None:
-    """The page a browser gets for http://host/path through the relay, None if none."""
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(
-                f"http://{address}:80{path}",
-                headers={"Host": host},
-                timeout=aiohttp.ClientTimeout(total=2),
-                **kwargs,
-            ) as response,
-        ):
-            text = await response.text()
-            return text if response.status == 200 else None
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return None
-
-
-async def served_http(address: str, host: str, path: str = "/", timeout: float = 20) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (body := await http_body(address, host, path)) is None:
-        if loop.time() > deadline:
-            raise TimeoutError(f"http://{host}{path} via {address}: no page in {timeout}s")
-        await asyncio.sleep(0.3)
-    return body
-
-
-async def tcp_served(address: str, port: int, source: str | None = None) -> bool:
-    """One visitor: connect, send a line, get it echoed."""
-    payload = uuid.uuid4().bytes
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port, local_addr=(source, 0) if source else None), 2
-        )
-    except (OSError, TimeoutError):
-        return False
-    try:
-        writer.write(payload)
-        await writer.drain()
-        return await asyncio.wait_for(reader.readexactly(len(payload)), 1.5) == payload
-    except (OSError, TimeoutError, asyncio.IncompleteReadError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.received.put_nowait(data)
-
-
-async def udp_served(address: str, port: int) -> bool:
-    """One visitor from a fresh source port: a datagram echoed within half a second."""
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        _Datagrams, remote_addr=(address, port)
-    )
-    payload = uuid.uuid4().bytes
-    try:
-        transport.sendto(payload)
-        return await asyncio.wait_for(protocol.received.get(), 0.5) == payload
-    except TimeoutError:
-        return False
-    finally:
-        transport.close()
-
-
-async def tls_served(
-    address: str, host: str, ca_file: Path, source: str | None = None, port: int = 443
-) -> bool:
-    """One https visitor: TLS to `host` through the relay (SNI), a line echoed."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    payload = uuid.uuid4().bytes
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                address,
-                port,
-                ssl=context,
-                server_hostname=host,
-                local_addr=(source, 0) if source else None,
-            ),
-            3,
-        )
-    except (OSError, TimeoutError, ssl.SSLError):
-        return False
-    try:
-        writer.write(payload)
-        await writer.drain()
-        return await asyncio.wait_for(reader.readexactly(len(payload)), 2) == payload
-    except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
-
-
-async def until_served(attempt: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await attempt():
-        if loop.time() > deadline:
-            raise TimeoutError(f"never served within {timeout}s")
-        await asyncio.sleep(0.2)
-
-
-async def time_to_refusal(
-    attempt: Callable[[], Awaitable[bool]], since: float, hold: float = 5, timeout: float = 30
-) -> float:
-    """Seconds from `since` until visitors are refused for good: the first refused attempt
-    after the last served one, once `hold` seconds of nothing but refusals followed."""
-    loop = asyncio.get_running_loop()
-    first_refused: float | None = None
-    while True:
-        started = loop.time()
-        served = await attempt()
-        if served:
-            first_refused = None
-        elif first_refused is None:
-            first_refused = started
-        now = loop.time()
-        if first_refused is not None and now - first_refused >= hold:
-            return first_refused - since
-        if now - since > timeout:
-            raise AssertionError(f"visitors still served {timeout}s after the suspension")
-        await asyncio.sleep(0.1)
 
 
 # ---- frpc as tenant B edits it ------------------------------------------------------------
@@ -420,26 +294,6 @@ async def test_source_ranges_hold_for_tcp(relay, tenants, site_a, tmp_path):
             assert not await tcp_served(address, port, source=OUTSIDER)
         assert await tcp_served(address, port, source="127.0.0.1")
     await site_a.answers()
-
-
-@contextlib.asynccontextmanager
-async def tls_echo_server(cert_file: Path, key_file: Path) -> AsyncIterator[int]:
-    """An https service on loopback (the relay passes TLS through to it): echoes lines."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert_file), str(key_file))
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
 
 
 async def test_source_ranges_hold_for_https(relay, tenants, site_a, tmp_path):

@@ -19,10 +19,10 @@ from support.dataplane import (
     connect_refused,
     http_site,
     running_frpc,
+    served_http,
     sink_server,
     start_relay,
     udp_echo_server,
-    wait_for_http,
     wait_for_udp_echo,
 )
 from support.netutil import echo_once, echo_server, wait_for_echo
@@ -180,7 +180,7 @@ async def test_http_by_subdomain(relay, namespace, tmp_path, relay_runner):
         running_frpc("blog", namespace, local, tmp_path) as frpc,
     ):
         try:
-            assert await wait_for_http(address, host) == "hello from behind NAT"
+            assert await served_http(address, host) == "hello from behind NAT"
         except TimeoutError:
             raise AssertionError(frpc.logs() + relay_runner.logs(relay_name)) from None
 
@@ -226,7 +226,7 @@ async def test_tenant_cannot_claim_another_tenants_port_or_subdomain(
         ):
             await assert_echo(address, a_port, lambda: relay_runner.logs(relay_name))
             host_a = f"{a_sub}.{HTTP_DOMAIN}"
-            assert await wait_for_http(address, host_a) == "tenant A"
+            assert await served_http(address, host_a) == "tenant A"
 
             # B edits its own frpc.toml to take A's port, then A's subdomain.
             steal_port = edited_frpc(
@@ -253,7 +253,7 @@ async def test_tenant_cannot_claim_another_tenants_port_or_subdomain(
                 await impersonate.wait_log("invalid token for tunnel")
                 # A keeps working, over TCP and HTTP.
                 await assert_echo(address, a_port, steal_port.logs)
-                assert await wait_for_http(address, host_a) == "tenant A"
+                assert await served_http(address, host_a) == "tenant A"
             finally:
                 for frpc in (steal_port, steal_sub, impersonate):
                     await frpc.stop()

@@ -9,9 +9,10 @@ import asyncio
 import contextlib
 import os
 import re
+import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from support.objects import relay_node
 from support.relay_runner import RelayPodRunner
 
 HOST_NETWORK_HTTP_PORT = 80
+HOST_NETWORK_HTTPS_PORT = 443
 
 
 async def start_relay(
@@ -226,34 +228,6 @@ async def http_site(
         await runner.cleanup()
 
 
-async def http_get(address: str, host_header: str, port: int = HOST_NETWORK_HTTP_PORT) -> str:
-    """GET / on the relay's vhost port with a Host header, as a browser would by name."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"http://{address}:{port}/",
-            headers={"Host": host_header},
-            timeout=aiohttp.ClientTimeout(total=5),
-        ) as response,
-    ):
-        text = await response.text()
-        if response.status != 200:
-            raise ConnectionError(f"HTTP {response.status}: {text[:200]}")
-        return text
-
-
-async def wait_for_http(address: str, host_header: str, timeout: float = 30) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            return await http_get(address, host_header)
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            if loop.time() > deadline:
-                raise TimeoutError(f"no HTTP answer for {host_header} via {address}") from None
-            await asyncio.sleep(0.3)
-
-
 async def connect_refused(
     host: str, port: int, *, source: str | None = None, payload: bytes = b"ping"
 ) -> bool:
@@ -298,3 +272,157 @@ async def sink_server(host: str = "127.0.0.1") -> AsyncIterator[tuple[int, list[
     finally:
         server.close()
         await server.wait_closed()
+
+
+# ---- one visitor at a time: served or not ---------------------------------------------------
+
+
+async def http_body(address: str, host: str, path: str = "/", **kwargs) -> str | None:
+    """The page a browser gets for http://host/path through the relay, None if none."""
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"http://{address}:{HOST_NETWORK_HTTP_PORT}{path}",
+                headers={"Host": host},
+                timeout=aiohttp.ClientTimeout(total=2),
+                **kwargs,
+            ) as response,
+        ):
+            text = await response.text()
+            return text if response.status == 200 else None
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return None
+
+
+async def served_http(address: str, host: str, path: str = "/", timeout: float = 20) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (body := await http_body(address, host, path)) is None:
+        if loop.time() > deadline:
+            raise TimeoutError(f"http://{host}{path} via {address}: no page in {timeout}s")
+        await asyncio.sleep(0.3)
+    return body
+
+
+async def tcp_served(address: str, port: int, source: str | None = None) -> bool:
+    """One visitor: connect, send a line, get it echoed."""
+    payload = uuid.uuid4().bytes
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, port, local_addr=(source, 0) if source else None), 2
+        )
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), 1.5) == payload
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def udp_served(address: str, port: int) -> bool:
+    """One visitor from a fresh source port: a datagram echoed within half a second."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _UdpClient, remote_addr=(address, port)
+    )
+    payload = uuid.uuid4().bytes
+    try:
+        transport.sendto(payload)
+        return await asyncio.wait_for(protocol.received.get(), 0.5) == payload
+    except TimeoutError:
+        return False
+    finally:
+        transport.close()
+
+
+async def tls_served(
+    address: str,
+    host: str,
+    ca_file: Path,
+    source: str | None = None,
+    port: int = HOST_NETWORK_HTTPS_PORT,
+) -> bool:
+    """One https visitor: TLS to `host` through the relay (SNI), a line echoed."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    payload = uuid.uuid4().bytes
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                address,
+                port,
+                ssl=context,
+                server_hostname=host,
+                local_addr=(source, 0) if source else None,
+            ),
+            3,
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), 2) == payload
+    except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def until_served(attempt: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await attempt():
+        if loop.time() > deadline:
+            raise TimeoutError(f"never served within {timeout}s")
+        await asyncio.sleep(0.2)
+
+
+async def time_to_refusal(
+    attempt: Callable[[], Awaitable[bool]], since: float, hold: float = 5, timeout: float = 30
+) -> float:
+    """Seconds from `since` until visitors are refused for good: the first refused attempt
+    after the last served one, once `hold` seconds of nothing but refusals followed."""
+    loop = asyncio.get_running_loop()
+    first_refused: float | None = None
+    while True:
+        started = loop.time()
+        served = await attempt()
+        if served:
+            first_refused = None
+        elif first_refused is None:
+            first_refused = started
+        now = loop.time()
+        if first_refused is not None and now - first_refused >= hold:
+            return first_refused - since
+        if now - since > timeout:
+            raise AssertionError(f"visitors still served {timeout}s after the suspension")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def tls_echo_server(cert_file: Path, key_file: Path) -> AsyncIterator[int]:
+    """An https service on loopback (the relay passes TLS through to it): echoes lines."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert_file), str(key_file))
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
