@@ -66,8 +66,14 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
+	$(BIN)/python bench/bench_suspension.py
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_table.py
+
+.PHONY: bench-suspension
+bench-suspension: venv tools ## suspension of tcp, udp and http tunnels, heartbeats on and off
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_suspension.py $(SUSPENSION_ARGS)
 
 .PHONY: bench-dataplane
 bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=--help for options)

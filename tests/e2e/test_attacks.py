@@ -25,6 +25,7 @@ import pytest
 from support import objects, tools
 from support.dataplane import (
     Frpc,
+    edited_config,
     http_body,
     http_site,
     served_http,
@@ -133,19 +134,6 @@ async def b_site() -> AsyncIterator[int]:
 # ---- frpc as tenant B edits it ------------------------------------------------------------
 
 
-def edited(text: str, replace: dict[str, str] | None = None, append: list[str] = ()) -> str:
-    """frpc.toml with lines replaced (by their start; "" drops a line) and lines appended to
-    its [[proxies]] section, which is the last one."""
-    lines = []
-    for line in text.splitlines():
-        for start, replacement in (replace or {}).items():
-            if line.startswith(start):
-                line = replacement
-                break
-        lines.append(line)
-    return "\n".join([*lines, *append]) + "\n"
-
-
 def frpc_text(tunnel_name: str, namespace: str) -> str:
     return objects.secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"]
 
@@ -231,7 +219,7 @@ async def test_b_cannot_route_into_the_host_of_a(
     relay_name, address = relay
     _, b_ns = tenants
     await b_web(relay_name, b_ns)
-    text = edited(frpc_text("web", b_ns), append=lines)
+    text = edited_config(frpc_text("web", b_ns), append=lines)
     async with frpc_running(text, tmp_path, b_site) as frpc:
         line = await frpc.wait_log(r"\[web\] start error", 20)
         assert re.search(refused_for, line), frpc.logs()
@@ -253,7 +241,7 @@ async def test_b_cannot_take_the_host_of_a_while_a_is_away(
     await site_a.stop()  # A's frpc disconnects: its host names are free on frps
     try:
         for domains in (f'customDomains = ["{A_DOMAIN}"]', f'subdomain = "{A_SUBDOMAIN}"'):
-            text = edited(frpc_text("web", b_ns), replace={"subdomain = ": domains})
+            text = edited_config(frpc_text("web", b_ns), replace={"subdomain = ": domains})
             async with frpc_running(text, tmp_path, b_site) as frpc:
                 await frpc.wait_log(r"\[web\] start error", 20)
                 for host in (A_DOMAIN, f"{A_SUBDOMAIN}.{HTTP_DOMAIN}"):
@@ -340,7 +328,7 @@ async def suspended_service(protocol: str, relay, namespace: str, workdir: Path)
     objects.apply(tunnel(name, protocol, **spec, **on(relay_name)), namespace)
     ready = await wait_condition("tunnel", name, namespace, "Ready")
     port = ready["status"].get("remotePort")
-    text = edited(frpc_text(name, namespace), replace=NO_HEARTBEATS)
+    text = edited_config(frpc_text(name, namespace), replace=NO_HEARTBEATS)
     assert "transport.heartbeatInterval = -1" in text
     if protocol == "tcp":
         service = echo_server()
@@ -398,7 +386,7 @@ async def test_guessed_logins_do_not_tell_which_tunnels_exist(relay, tenants, si
     await b_web(relay_name, b_ns)
     answers = {}
     for target in (f"{a_ns}/shop", f"{a_ns}/no-such-tunnel-{RUN}"):
-        text = edited(
+        text = edited_config(
             frpc_text("web", b_ns),
             replace={
                 "metadatas.tunnel = ": f'metadatas.tunnel = "{target}"',

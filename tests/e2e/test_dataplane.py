@@ -17,6 +17,7 @@ from support import objects, tools
 from support.dataplane import (
     Frpc,
     connect_refused,
+    edited_config,
     http_site,
     running_frpc,
     served_http,
@@ -89,17 +90,9 @@ async def ready_tunnel(namespace: str, name: str, protocol: str, relay_name: str
 def edited_frpc(
     tunnel_name: str, namespace: str, local_port: int, workdir, edit: dict[str, str]
 ) -> Frpc:
-    """The tunnel's frpc.toml with lines replaced, run with `local_port`: `edit` maps a
-    line's start (e.g. "remotePort = ") to its replacement ("" drops the line)."""
+    """The tunnel's frpc.toml with lines replaced (see edited_config), run with `local_port`."""
     text = objects.secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"]
-    lines = []
-    for line in text.splitlines():
-        for start, replacement in edit.items():
-            if line.startswith(start):
-                line = replacement
-                break
-        lines.append(line)
-    return Frpc("\n".join(lines) + "\n", workdir, local_port)
+    return Frpc(edited_config(text, edit), workdir, local_port)
 
 
 async def assert_echo(address: str, port: int, *diagnostics) -> None:

@@ -142,6 +142,22 @@ class Frpc:
             await asyncio.sleep(0.2)
 
 
+def edited_config(
+    text: str, replace: dict[str, str] | None = None, append: tuple[str, ...] | list[str] = ()
+) -> str:
+    """A config with lines replaced, as a tenant edits it: `replace` maps a line's start
+    (e.g. "remotePort = ") to its replacement ("" drops the line); `append` adds lines at the
+    end, which for frpc.toml is the tunnel's [[proxies]] section."""
+    lines = []
+    for line in text.splitlines():
+        for start, replacement in (replace or {}).items():
+            if line.startswith(start):
+                line = replacement
+                break
+        lines.append(line)
+    return "\n".join([*lines, *append]) + "\n"
+
+
 @contextlib.asynccontextmanager
 async def running_frpc(
     tunnel: str, namespace: str, local_port: int, workdir: Path
