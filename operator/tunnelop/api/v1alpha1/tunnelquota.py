@@ -25,7 +25,6 @@ from tunnelop.api.v1alpha1.formats import RelayObjectName
 from tunnelop.api.v1alpha1.quantity import BitRate, ByteQuantity
 from tunnelop.api.v1alpha1.tunnel import Protocol
 
-
 # Deletions in flight at once; the deletion path waits for room (entries go as Tunnels go).
 MAX_DELETING_TUNNELS = 1024
 DeletingTunnels = Annotated[
