@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tunnelop.api.v1alpha1 import TunnelQuota
-from tunnelop.domain.quota import DeletedTraffic, NamespaceUsage, limits_of, quota_status
+from tunnelop.domain.quota import DeletedTraffic, Usage, limits_of, quota_status
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -39,7 +39,7 @@ def test_quota_status_is_valid_and_shown_beside_the_limits(kubectl, namespace):
     apply(kubectl, namespace, manifest)
     quota = TunnelQuota.model_validate(manifest)
     ledger = DeletedTraffic().record("0d8f3a54-uid", 1_000_000, NOW)
-    usage = NamespaceUsage(tunnels=2, bandwidth=20_000_000, traffic=17_300_000_000, waiting=1)
+    usage = Usage(tunnels=2, bandwidth=20_000_000, traffic=17_300_000_000, waiting=1)
     status = quota_status(quota, limits_of([quota]), usage, ledger, NOW)
     patch_status(kubectl, namespace, "tunnelquota", "tier", status)
 

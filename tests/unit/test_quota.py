@@ -16,8 +16,8 @@ from tunnelop.api.v1alpha1.tunnelquota import MAX_DELETING_TUNNELS
 from tunnelop.domain.quota import (
     DeletedTraffic,
     Limits,
-    NamespaceUsage,
     TunnelUse,
+    Usage,
     advance_period_bytes,
     allowed_pools,
     effective_bandwidth,
@@ -543,7 +543,7 @@ def conditions_by_type(conditions: list[dict]) -> dict[str, tuple]:
 
 def test_a_limit_lowered_below_use_says_over_limit_with_the_figures():
     free = quota(tunnels=2, totalBandwidth="20M")
-    usage = NamespaceUsage(tunnels=3, bandwidth=30_000_000, traffic=0, waiting=1)
+    usage = Usage(tunnels=3, bandwidth=30_000_000, traffic=0, waiting=1)
     found = conditions_by_type(quota_conditions(free, limits_of([free]), usage, NOW))
     assert found["Exceeded"] == (
         "True",
@@ -561,7 +561,7 @@ def test_a_limit_lowered_below_use_says_over_limit_with_the_figures():
 
 def test_waiting_tunnels_and_a_full_quota():
     free = quota(tunnels=2)
-    usage = NamespaceUsage(tunnels=2, bandwidth=0, traffic=1234, waiting=3)
+    usage = Usage(tunnels=2, bandwidth=0, traffic=1234, waiting=3)
     found = conditions_by_type(quota_conditions(free, limits_of([free]), usage, NOW))
     assert found["Exceeded"] == (
         "True",
@@ -569,7 +569,7 @@ def test_waiting_tunnels_and_a_full_quota():
         "3 Tunnels wait for room (2/2 tunnels, 0/unlimited bandwidth, 1.23k/unlimited "
         "traffic); they are scheduled when Tunnels are deleted or a limit is raised",
     )
-    calm = NamespaceUsage(tunnels=1, bandwidth=0, traffic=0)
+    calm = Usage(tunnels=1, bandwidth=0, traffic=0)
     found = conditions_by_type(quota_conditions(free, limits_of([free]), calm, NOW))
     assert found["Exceeded"] == (
         "False",
@@ -586,7 +586,7 @@ def test_waiting_tunnels_and_a_full_quota():
 def test_traffic_warning_then_exceeded_suspends_the_namespace():
     capped = quota(monthlyTraffic="10Gi")
     limits = limits_of([capped])
-    warned = NamespaceUsage(tunnels=1, bandwidth=0, traffic=9 * 2**30)
+    warned = Usage(tunnels=1, bandwidth=0, traffic=9 * 2**30)
     found = conditions_by_type(quota_conditions(capped, limits, warned, NOW))
     assert found["TrafficQuotaWarning"] == (
         "True",
@@ -594,7 +594,7 @@ def test_traffic_warning_then_exceeded_suspends_the_namespace():
         "9.66G/10Gi of hard.monthlyTraffic used since 2025-06-01T00:00:00Z: 80% or more",
     )
     assert found["Exceeded"][0] == "False"
-    over = NamespaceUsage(tunnels=1, bandwidth=0, traffic=10 * 2**30)
+    over = Usage(tunnels=1, bandwidth=0, traffic=10 * 2**30)
     found = conditions_by_type(quota_conditions(capped, limits, over, NOW))
     assert found["Exceeded"] == (
         "True",
@@ -608,7 +608,7 @@ def test_traffic_warning_then_exceeded_suspends_the_namespace():
 def test_every_quota_of_a_suspended_namespace_says_which_one_suspended_it():
     switch, tier = quota("kill-switch", suspended=True), quota("free-tier", tunnels=5)
     limits = limits_of([switch, tier])
-    usage = NamespaceUsage(tunnels=1, bandwidth=0, traffic=0)
+    usage = Usage(tunnels=1, bandwidth=0, traffic=0)
     found = conditions_by_type(quota_conditions(tier, limits, usage, NOW))
     assert found["Suspended"][:2] == ("True", "NamespaceSuspended")
     assert "TunnelQuota team-a/kill-switch" in found["Suspended"][2]
@@ -621,7 +621,7 @@ def test_every_quota_of_a_suspended_namespace_says_which_one_suspended_it():
 def test_the_status_is_valid_for_the_schema_and_stable():
     capped = quota(tunnels=2, monthlyTraffic="20Gi")
     ledger = DeletedTraffic().record("uid-1", 3_000_000_000, NOW)
-    usage = NamespaceUsage(tunnels=2, bandwidth=20_000_000, traffic=3_221_225_472)
+    usage = Usage(tunnels=2, bandwidth=20_000_000, traffic=3_221_225_472)
     status = quota_status(capped, limits_of([capped]), usage, ledger, NOW)
     assert status["used"] == {"tunnels": 2, "bandwidth": "20M", "traffic": "3.22G"}
     assert (status["periodStart"], status["deletedBytes"], status["deletingTunnels"]) == (

@@ -39,7 +39,6 @@ from tunnelop.domain.quota.period import (
 )
 from tunnelop.domain.quota.quota_status import (
     OVER_LIMIT,
-    NamespaceUsage,
     gate_condition,
     quota_conditions,
     quota_status,
@@ -57,7 +56,6 @@ __all__ = [
     "Hold",
     "Limit",
     "Limits",
-    "NamespaceUsage",
     "TunnelUse",
     "Usage",
     "advance_period_bytes",

@@ -191,16 +191,23 @@ def tunnel_use(tunnel: Tunnel, limits: Limits) -> TunnelUse:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a set of a namespace's Tunnels uses."""
+    """What a set of a namespace's Tunnels uses: for admission, all of them; for the quota's
+    status, the bound ones, with the number the gate keeps waiting."""
 
     tunnels: int = 0
-    bandwidth: int = 0  # the sum of the limited Tunnels' bandwidth, bits/s
+    bandwidth: int = 0  # the sum of the limited Tunnels' effective bandwidth, bits/s
     unlimited: int = 0  # Tunnels with no bandwidth limit at all
-    traffic: int = 0  # bytes this period
+    traffic: int = 0  # bytes this period, deleted Tunnels included
+    waiting: int = 0  # Tunnels the gate turned away (Scheduled=False, QuotaExceeded)
 
     @classmethod
     def of(
-        cls, uses: Iterable[TunnelUse], traffic: int = 0, *, excluding: TunnelKey | None = None
+        cls,
+        uses: Iterable[TunnelUse],
+        traffic: int = 0,
+        *,
+        waiting: int = 0,
+        excluding: TunnelKey | None = None,
     ) -> Usage:
         counted = [use for use in uses if use.key != excluding]
         return cls(
@@ -208,4 +215,5 @@ class Usage:
             bandwidth=sum(use.bandwidth or 0 for use in counted),
             unlimited=sum(1 for use in counted if use.bandwidth is None),
             traffic=traffic,
+            waiting=waiting,
         )

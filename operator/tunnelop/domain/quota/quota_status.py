@@ -9,7 +9,6 @@ Suspended with the name of the quota that caused it.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from typing import Any
 
 from tunnelop.api.v1alpha1 import TunnelQuota, bits_per_second, byte_count
@@ -22,7 +21,7 @@ from tunnelop.domain.quota.gate import (
     Hold,
     namespace_hold,
 )
-from tunnelop.domain.quota.limits import Limits, quota_ref
+from tunnelop.domain.quota.limits import Limits, Usage, quota_ref
 from tunnelop.domain.quota.period import (
     TRAFFIC_WARNING_PERCENT,
     DeletedTraffic,
@@ -40,18 +39,8 @@ NO_TRAFFIC_LIMIT = "NoTrafficLimit"
 ENFORCED = "Enforced"
 
 
-@dataclass(frozen=True)
-class NamespaceUsage:
-    """What a namespace uses, as its quotas report it."""
-
-    tunnels: int  # bound Tunnels
-    bandwidth: int  # their effective bandwidth, bits/s
-    traffic: int  # bytes this period, deleted Tunnels included
-    waiting: int = 0  # Tunnels the gate turned away (Scheduled=False, QuotaExceeded)
-
-
 def quota_conditions(
-    quota: TunnelQuota, limits: Limits, usage: NamespaceUsage, now: datetime.datetime
+    quota: TunnelQuota, limits: Limits, usage: Usage, now: datetime.datetime
 ) -> list[dict[str, Any]]:
     """Ready, Exceeded, Suspended and TrafficQuotaWarning of one TunnelQuota."""
     generation = quota.metadata.generation
@@ -116,7 +105,7 @@ def quota_conditions(
     ]
 
 
-def _over_limits(quota: TunnelQuota, usage: NamespaceUsage) -> list[str]:
+def _over_limits(quota: TunnelQuota, usage: Usage) -> list[str]:
     hard = quota.spec.hard
     over = []
     if hard.tunnels is not None and usage.tunnels > hard.tunnels:
@@ -128,7 +117,7 @@ def _over_limits(quota: TunnelQuota, usage: NamespaceUsage) -> list[str]:
     return over
 
 
-def _summary(quota: TunnelQuota, usage: NamespaceUsage) -> str:
+def _summary(quota: TunnelQuota, usage: Usage) -> str:
     hard = quota.spec.hard
     parts = [f"{usage.tunnels}/{_or_unlimited(hard.tunnels)} tunnels"]
     parts.append(f"{rate(usage.bandwidth)}/{_or_unlimited(hard.total_bandwidth)} bandwidth")
@@ -143,7 +132,7 @@ def _or_unlimited(value: object) -> str:
 def quota_status(
     quota: TunnelQuota,
     limits: Limits,
-    usage: NamespaceUsage,
+    usage: Usage,
     deleted: DeletedTraffic,
     now: datetime.datetime,
     existing_conditions: list[dict[str, Any]] | None = None,
