@@ -43,6 +43,17 @@ def lease_seconds(value: str) -> int:
     return seconds
 
 
+def positive_count(value: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {count}")
+    return count
+
+
 def port_range(value: str) -> str:
     """argparse type: a port range like 30000-32767."""
     from tunnelop.api.v1alpha1 import parse_port_span
@@ -192,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds between readings of frps's traffic figures (default: 5)",
     )
+    top = sub.add_parser(
+        "top",
+        help="list the tunnels with the most traffic this month",
+        description=(
+            "List the tunnels (or, with --namespaces, the namespaces) that carried the most "
+            "bytes this period (calendar month, UTC), with their share of the total, from "
+            "status.traffic.periodBytes of every Tunnel the current kubeconfig can read."
+        ),
+    )
+    top.add_argument("--namespaces", action="store_true", help="rank namespaces instead of tunnels")
+    top.add_argument(
+        "--limit", type=positive_count, default=10, help="how many rows to show (default: 10)"
+    )
+    top.add_argument("-n", "--namespace", default=None, help="only the Tunnels of this namespace")
+    top.add_argument("--kubeconfig", default=None, help="kubeconfig (default: KUBECONFIG)")
     for command in (run, agent):
         command.add_argument(
             "--log-format",
@@ -234,6 +260,33 @@ def run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_top(args: argparse.Namespace) -> int:
+    import asyncio
+    import datetime
+
+    from kubernetes.aio.config import ConfigException
+
+    from tunnelop.domain.leaderboard import render, top_namespaces, top_tunnels
+    from tunnelop.platform.kube import GROUP_VERSION, Kube, KubeError
+
+    async def read_tunnels() -> list[dict]:
+        kube = await Kube.connect(args.kubeconfig)
+        try:
+            return await kube.list(GROUP_VERSION, "Tunnel", args.namespace)
+        finally:
+            await kube.close()
+
+    try:
+        tunnels = asyncio.run(read_tunnels())
+    except (KubeError, OSError, ConfigException) as exc:  # no cluster, no kubeconfig, no access
+        print(f"tunnelop top: cannot list Tunnels: {exc}", file=sys.stderr)
+        return 1
+    now = datetime.datetime.now(datetime.UTC)
+    rank = top_namespaces if args.namespaces else top_tunnels
+    sys.stdout.write(render(rank(tunnels, now, args.limit)))
+    return 0
+
+
 def run_crds(output_dir: Path, check: bool) -> int:
     # Imported here so that `tunnelop version` stays fast and free of the API's imports.
     from tunnelop.api import crdgen
@@ -265,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_crds(args.output_dir, args.check)
     if args.command == "agent":
         return run_agent(args)
+    if args.command == "top":
+        return run_top(args)
     if args.command == "run":
         from tunnelop import manager
 

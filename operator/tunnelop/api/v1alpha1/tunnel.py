@@ -324,6 +324,20 @@ class TunnelTraffic(StatusModel):
             "the last traffic report: it moves with the counts, not with every heartbeat."
         ),
     )
+    period_start: datetime | None = Field(
+        default=None,
+        description=(
+            "The start of the traffic period periodBytes covers: the first instant of the "
+            "calendar month (UTC), as in the namespace's TunnelQuota status.periodStart."
+        ),
+    )
+    period_bytes: Int64 | None = Field(
+        default=None,
+        description=(
+            "Bytes in and out since periodStart, counted against the namespace's "
+            "TunnelQuota hard.monthlyTraffic; starts again from zero each month."
+        ),
+    )
 
 
 class TunnelStatus(ObservedStatus):

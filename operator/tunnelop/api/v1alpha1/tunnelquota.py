@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool
+from pydantic import Field, StrictBool, StrictStr
 
 from tunnelop.api.v1alpha1.common import (
     AGE_COLUMN,
     ApiModel,
     Condition,
+    Int64,
     KindInfo,
     NonNegativeInt,
     ObservedStatus,
@@ -23,6 +24,12 @@ from tunnelop.api.v1alpha1.common import (
 from tunnelop.api.v1alpha1.formats import RelayObjectName
 from tunnelop.api.v1alpha1.quantity import BitRate, ByteQuantity
 from tunnelop.api.v1alpha1.tunnel import Protocol
+
+# Deletions in flight at once; the deletion path waits for room (entries go as Tunnels go).
+MAX_DELETING_TUNNELS = 1024
+DeletingTunnels = Annotated[
+    list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=MAX_DELETING_TUNNELS)
+]
 
 
 class QuotaLimits(ApiModel):
@@ -90,13 +97,25 @@ class QuotaUsage(StatusModel):
     """What the namespace uses now, in the units of spec.hard."""
 
     tunnels: NonNegativeInt | None = Field(
-        default=None, description="Tunnels in the namespace that count against the quota."
+        default=None,
+        description=(
+            "Tunnels of the namespace scheduled to a relay: they hold a place. Tunnels waiting "
+            "for room (Scheduled=False, reason QuotaExceeded) do not count."
+        ),
     )
     bandwidth: BitRate | None = Field(
-        default=None, description="The sum of the Tunnels' bandwidth limits, in bits per second."
+        default=None,
+        description=(
+            "The sum of the scheduled Tunnels' bandwidth limits (spec.bandwidth, else "
+            "hard.bandwidthPerTunnel), in bits per second."
+        ),
     )
     traffic: ByteQuantity | None = Field(
-        default=None, description="Bytes carried since status.periodStart, in and out."
+        default=None,
+        description=(
+            "Bytes carried since status.periodStart, in and out, deleted Tunnels included; "
+            "rounded down to three significant digits (e.g. 3.22G)."
+        ),
     )
 
 
@@ -107,8 +126,25 @@ class TunnelQuotaStatus(ObservedStatus):
     period_start: datetime | None = Field(
         default=None, description="The start of the traffic period status.used.traffic covers."
     )
+    deleted_bytes: Int64 | None = Field(
+        default=None,
+        description=(
+            "Bytes in and out carried since status.periodStart by Tunnels deleted since; "
+            "included in used.traffic, so that deleting a Tunnel frees no traffic."
+        ),
+    )
+    deleting_tunnels: DeletingTunnels = Field(
+        default_factory=list,
+        description=(
+            "UIDs of Tunnels being deleted whose bytes are already in deletedBytes; an entry "
+            "goes once its Tunnel is gone. It makes counting a deletion safe to repeat."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
     conditions: list[Condition] = conditions_field(
-        "Conditions such as Exceeded (a hard limit is reached), each with a CamelCase reason."
+        "Ready (the limits are enforced), Exceeded (a hard limit is reached or Tunnels wait "
+        "for room), Suspended (the namespace's Tunnels are stopped) and TrafficQuotaWarning "
+        "(80% of hard.monthlyTraffic used), each with a CamelCase reason."
     )
 
 
@@ -125,6 +161,10 @@ class TunnelQuota(Resource):
         printer_columns=(
             PrinterColumn("Tunnels", ".status.used.tunnels", "Tunnels in use.", "integer"),
             PrinterColumn("Max Tunnels", ".spec.hard.tunnels", "Tunnel limit.", "integer"),
+            PrinterColumn("Bandwidth", ".status.used.bandwidth", "Bandwidth in use, bit/s."),
+            PrinterColumn(
+                "Max Bandwidth", ".spec.hard.totalBandwidth", "Total bandwidth limit, bit/s."
+            ),
             PrinterColumn("Traffic", ".status.used.traffic", "Traffic this period."),
             PrinterColumn("Max Traffic", ".spec.hard.monthlyTraffic", "Monthly traffic limit."),
             PrinterColumn(
