@@ -21,6 +21,7 @@ from tunnelop.domain.scheduling.model import (
     TunnelKey,
     TunnelRequest,
     Unschedulable,
+    normal_hosts,
 )
 from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 
@@ -41,5 +42,6 @@ __all__ = [
     "TunnelKey",
     "TunnelRequest",
     "Unschedulable",
+    "normal_hosts",
     "subdomain_candidates",
 ]
