@@ -63,6 +63,10 @@ class _RelayState:
         # written): per family, port -> the tunnels named there.
         self.table_holds: set[TableHold] = set()
         self.table_ports: dict[str, dict[int, set[TunnelKey]]] = {f: {} for f in PORT_PROTOCOLS}
+        # The httpDomains the relay may serve its table's subdomains under: the current one,
+        # and those it had since its last confirmed table write (its frps config and its table
+        # change apart, so any mix of them may be in force).
+        self.serving_domains: set[str] = {view.http_domain} if view.http_domain else set()
         self.table_bytes = 0  # sum of the tunnels' table entry sizes (what the next write needs)
         self.free: dict[str, FreePorts] = {}
         self.allowed_ports = 0  # per family
@@ -147,6 +151,8 @@ class AllocationTable:
             self._count_http_domain(view.http_domain, +1)
             # The relay serves its table's subdomains under the new domain as soon as its
             # frps runs the new config: they are held there too until the next table write.
+            if view.http_domain:
+                state.serving_domains.add(view.http_domain)
             self._set_table_holds(state, state.table_holds | self._subdomain_hosts(state))
 
     def remove_relay(self, name: str) -> list[Allocation]:
@@ -268,6 +274,8 @@ class AllocationTable:
         what it no longer names is free for others."""
         state = self._relays.get(relay)
         if state is not None:
+            domain = state.view.http_domain
+            state.serving_domains = {domain} if domain else set()
             self._set_table_holds(state, self._holds(state, entries))
 
     def table_holders(self, relay: str) -> set[TunnelKey]:
@@ -319,9 +327,8 @@ class AllocationTable:
     @staticmethod
     def _holds(state: _RelayState, entries: Iterable[TableEntry]) -> set[TableHold]:
         """What table entries hold on this relay: ports, and whole host names (built with the
-        relay's httpDomain now, so that releasing them later needs no domain)."""
+        httpDomains the relay may serve now, so that releasing them later needs none)."""
         holds: set[TableHold] = set()
-        domain = state.view.http_domain
         for entry in entries:
             key = (entry.namespace, entry.name)
             if uses_port(entry.protocol) and entry.remote_port is not None:
@@ -329,22 +336,19 @@ class AllocationTable:
             elif uses_subdomain(entry.protocol):
                 if entry.subdomain:
                     holds.add((SUBDOMAIN, entry.subdomain, key))
-                    if domain:
-                        holds.add((HOST, f"{entry.subdomain}.{domain}", key))
                 for host in normal_hosts(entry.custom_domains):
                     holds.add((HOST, host, key))
-        return holds
+        return holds | AllocationTable._subdomain_hosts(state, holds)
 
     @staticmethod
-    def _subdomain_hosts(state: _RelayState) -> set[TableHold]:
-        """The subdomains the relay's table names, as host names under its httpDomain now."""
-        domain = state.view.http_domain
-        if not domain:
-            return set()
+    def _subdomain_hosts(state: _RelayState, holds: set[TableHold] | None = None) -> set[TableHold]:
+        """The subdomains table holds name (the relay's own by default), as host names under
+        every httpDomain the relay may serve."""
         return {
             (HOST, f"{sub}.{domain}", key)
-            for family, sub, key in state.table_holds
+            for family, sub, key in (state.table_holds if holds is None else holds)
             if family == SUBDOMAIN
+            for domain in state.serving_domains
         }
 
     def _count_http_domain(self, domain: str | None, change: int) -> None:
