@@ -22,6 +22,7 @@ TCP_RELAY = f"adm-{RUN}-tcp"
 WEB_RELAY = f"adm-{RUN}-web"
 WEB_DOMAIN = f"web-{RUN}.example.test"
 ONLY_OURS = {"tunnelop.test/run": RUN}  # keeps other tests' relays out of these tunnels' way
+HELD_DOMAIN = f"shop-{RUN}.example.org"  # a custom domain the holder tunnel has
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,19 @@ CASES = [
         "spec.subdomain",
         tunnel({"protocol": "http", "subdomain": "taken", **on_ours}),
     ),
+    Case(
+        "custom-domain-taken-across-namespaces",
+        "webhook",
+        "spec.customDomains",
+        tunnel({"protocol": "https", "customDomains": [HELD_DOMAIN], **on_ours}),
+    ),
+    Case(
+        "custom-domain-under-a-relays-http-domain",
+        "webhook",
+        "spec.customDomains",
+        # Placed on the tcp relay: the name is the provider's all the same.
+        tunnel({"protocol": "http", "customDomains": [f"blog.{WEB_DOMAIN}"], **on_tcp_relay}),
+    ),
 ]
 
 
@@ -352,7 +366,8 @@ def apply(manifest: dict[str, Any], namespace: str | None, dry_run: bool = True)
 
 @pytest.fixture(scope="module")
 async def admission_world(operator, kube):
-    """Two relays with known ports and protocols, and a tunnel holding subdomain 'taken'."""
+    """Two relays with known ports and protocols, and a tunnel holding subdomain 'taken' and
+    custom domain HELD_DOMAIN."""
     relays = [
         relay(
             {
@@ -381,17 +396,18 @@ async def admission_world(operator, kube):
         await objects.wait_condition("relaynode", r["metadata"]["name"], None, "Ready")
     holder_ns = f"adm-holder-{RUN}"
     tools.kubectl("create", "namespace", holder_ns)
-    holder = tunnel({"protocol": "http", "subdomain": "taken", **on_ours}, name="holder")
+    holder = tunnel(
+        {"protocol": "http", "subdomain": "taken", "customDomains": [HELD_DOMAIN], **on_ours},
+        name="holder",
+    )
     result = apply(holder, holder_ns, dry_run=False)
     assert result.returncode == 0, result.stderr
     # The webhook learns of new objects through its watches: wait until it knows them.
     probe = tunnel({"protocol": "tcp", "remotePort": 20001, **on_ours})
     probe_sub = tunnel({"protocol": "http", "subdomain": "taken", **on_ours})
+    probe_domain = tunnel({"protocol": "http", "customDomains": [HELD_DOMAIN], **on_ours})
     for _ in range(100):
-        if (
-            "denied" in apply(probe, "default").stderr
-            and "denied" in apply(probe_sub, "default").stderr
-        ):
+        if all("denied" in apply(p, "default").stderr for p in (probe, probe_sub, probe_domain)):
             break
         await asyncio.sleep(0.1)
     yield
@@ -409,6 +425,47 @@ async def test_invalid_manifest_is_rejected_naming_the_field(
     assert case.field in message, f"{case.id}: message does not name {case.field}: {message}"
     from_webhook = "admission webhook" in message
     assert from_webhook == (case.layer == "webhook"), message
+
+
+async def test_custom_domain_denials_name_the_domain_and_say_what_to_do(
+    admission_world, namespace
+) -> None:
+    taken = apply(
+        tunnel({"protocol": "http", "customDomains": [HELD_DOMAIN], **on_ours}), namespace
+    )
+    assert taken.returncode != 0
+    assert f"spec.customDomains: '{HELD_DOMAIN}' is already asked for" in taken.stderr
+    assert f"adm-holder-{RUN}/holder" in taken.stderr
+    under = f"x.{WEB_DOMAIN}"
+    provider = apply(tunnel({"protocol": "http", "customDomains": [under], **on_ours}), namespace)
+    assert provider.returncode != 0
+    assert f"spec.customDomains: '{under}' is under {WEB_DOMAIN}" in provider.stderr
+    assert "use spec.subdomain instead" in provider.stderr
+
+
+async def test_a_subdomain_making_another_tunnels_custom_domain_is_denied(
+    admission_world, namespace
+) -> None:
+    """Possible only for a custom domain admitted before a relay took its parent as httpDomain
+    (the provider's mistake): the name still has one owner."""
+    domain = f"late-{RUN}.example.test"
+    owner = tunnel({"protocol": "http", "customDomains": [f"www.{domain}"], **on_ours}, "owner")
+    result = apply(owner, namespace, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    name = f"adm-{RUN}-late"
+    late = relay({"protocols": ["http"], "httpDomain": domain}, name=name)
+    late["metadata"]["labels"] = dict(ONLY_OURS)
+    try:
+        assert apply(late, None, dry_run=False).returncode == 0
+        on_late = tunnel({"protocol": "http", "subdomain": "www", "relay": {"node": name}})
+        # Until the webhook has seen the relay, nothing matches spec.relay.
+        denied = await objects.wait_for(
+            lambda: apply(on_late, "default").stderr, what="the webhook's new relay"
+        )
+        assert f"spec.subdomain: 'www' makes www.{domain}, a custom domain" in denied
+        assert f"{namespace}/owner" in denied
+    finally:
+        tools.kubectl("delete", "relaynode", name, "--ignore-not-found")
 
 
 async def test_valid_tunnels_on_those_relays_are_admitted(admission_world, namespace) -> None:

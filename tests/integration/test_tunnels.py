@@ -4,12 +4,15 @@ tunnels say why; deletion releases; a deleted relay's tunnels move."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import uuid
 
 import pytest
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
 
 from support import objects, tools
 from support.objects import relay_node, tunnel, wait_condition
@@ -278,3 +281,90 @@ async def test_a_table_changed_by_anyone_else_is_rewritten(
         return [t["name"] for t in current["tunnels"]]
 
     await objects.wait_for(lambda: names() == ["kept"], timeout=30, what="the rogue entry gone")
+
+
+async def test_concurrent_tunnels_asking_for_one_custom_domain_get_it_one_at_a_time(
+    operator, kube, relay_namespace, ready_relay
+) -> None:
+    """Tenants racing for one host name: admission may let several through (none sees the
+    others yet); the scheduler gives the name to one, the others wait with CustomDomainTaken,
+    and one of them gets it once the holder is gone."""
+    name, placement = await ready_relay(
+        f"cd-{RUN}", "27000-27009", protocols=["http"], httpDomain=f"cd-{RUN}.example.test"
+    )
+    domain = f"shop-{RUN}.example.org"
+    core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
+    namespaces = [f"race-{RUN}-{i}" for i in range(6)]
+    await asyncio.gather(
+        *(
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+            for ns in namespaces
+        )
+    )
+
+    async def create(ns: str) -> str | None:
+        """None when admitted, else the API server's refusal."""
+        body = tunnel("site", "http", customDomains=[domain], **placement)
+        try:
+            await custom.create_namespaced_custom_object(
+                "tunnelop.dev", "v1alpha1", ns, "tunnels", body
+            )
+        except ApiException as exc:
+            return str(exc.body)
+        return None
+
+    def states(candidates: list[str]) -> dict[str, tuple[str, str, str]] | None:
+        """(Ready status, Scheduled reason, Scheduled message) per namespace, once each has
+        its answer: Ready, or waiting for the name."""
+        found = {}
+        for ns in candidates:
+            t = objects.get("tunnel", "site", ns)
+            ready, scheduled = objects.condition(t, "Ready"), objects.condition(t, "Scheduled")
+            if not ready or not scheduled:
+                return None
+            if ready["status"] != "True" and scheduled["reason"] != "CustomDomainTaken":
+                return None
+            found[ns] = (ready["status"], scheduled["reason"], scheduled["message"])
+        return found
+
+    def holders_in_table() -> list[str]:
+        table = json.loads(
+            objects.secret_data(f"relay-{name}-table", relay_namespace)["table.json"]
+        )
+        return [t["namespace"] for t in table["tunnels"] if domain in t.get("customDomains", [])]
+
+    try:
+        refusals = await asyncio.gather(*(create(ns) for ns in namespaces))
+        admitted = [ns for ns, refusal in zip(namespaces, refusals, strict=True) if not refusal]
+        for refusal in filter(None, refusals):
+            assert "spec.customDomains" in refusal and domain in refusal, refusal
+        assert admitted
+        settled = await objects.wait_for(lambda: states(admitted), what="every tunnel's answer")
+        [holder] = [ns for ns, (ready, _, _) in settled.items() if ready == "True"]
+        assert holders_in_table() == [holder]
+        waiting = [ns for ns in admitted if ns != holder]
+        for ns in waiting:
+            _, reason, message = settled[ns]
+            assert reason == "CustomDomainTaken"
+            assert f"spec.customDomains {domain} is held by tunnel {holder}/site" in message
+        if not waiting:
+            return  # admission saw every create but the first one: nothing to hand on
+        tools.kubectl("delete", "tunnel", "site", "-n", holder, "--timeout=30s")
+
+        def handed_on() -> str | None:
+            """The one waiting tunnel now Ready, once the others name it as the holder."""
+            found = states(waiting) or {}
+            ready = [ns for ns, (status, _, _) in found.items() if status == "True"]
+            if len(ready) != 1:
+                return None
+            told = f"is held by tunnel {ready[0]}/site"
+            others = [found[ns] for ns in waiting if ns != ready[0]]
+            if all(r == "CustomDomainTaken" and told in m for _, r, m in others):
+                return ready[0]
+            return None
+
+        successor = await objects.wait_for(handed_on, what="the name handed on to one tunnel")
+        assert await objects.wait_for(lambda: holders_in_table() == [successor], what="the table")
+    finally:
+        for ns in namespaces:
+            tools.kubectl("delete", "namespace", ns, "--wait=false")

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from support.strategies import junk, sometimes, tunnel_specs
 from tunnelop.api.v1alpha1 import PortSpan, Tunnel
-from tunnelop.domain.admission import SubdomainClaim, possible_http_domains, review
+from tunnelop.domain.admission import (
+    HostClaim,
+    SubdomainClaim,
+    possible_http_domains,
+    review,
+    subdomain_hosts,
+)
 from tunnelop.domain.relayview import RelayView
 
 TCP = RelayView(
@@ -94,6 +100,44 @@ def test_subdomain_is_unique_per_http_domain_across_namespaces() -> None:
     )
 
 
+def test_a_custom_domain_another_tunnel_asks_for_is_denied() -> None:
+    claim = HostClaim("alice", "shop", "www.shop.test")
+    spec = {"protocol": "https", "customDomains": ["ok.test", "www.shop.test"]}
+    [denial] = review(tunnel(spec, "bob", "mine"), None, RELAYS, [], [claim])
+    assert denial.startswith("spec.customDomains: 'www.shop.test' is already asked for")
+    assert "alice/shop" in denial
+    # The tunnel's own claim, re-applied: admitted; so is an update that keeps the name.
+    assert review(tunnel(spec, "alice", "shop"), None, RELAYS, [], [claim]) == []
+    suspended = tunnel({**spec, "suspended": True}, "bob", "mine")
+    assert review(suspended, tunnel(spec, "bob", "mine"), RELAYS, [], [claim]) == []
+    # Even where no relay matches spec.relay: the name is cluster-wide.
+    nowhere = tunnel({**spec, "relay": {"node": "elsewhere"}}, "bob", "mine")
+    assert len(review(nowhere, None, RELAYS, [], [claim])) == 1
+
+
+def test_a_custom_domain_under_any_relays_http_domain_is_denied() -> None:
+    for domain in ("web.example.com", "blog.web.example.com"):
+        # Placed on the tcp relay, where web.example.com is not even served: still the provider's.
+        spec = {"protocol": "http", "customDomains": [domain], "relay": {"node": "tcp-1"}}
+        denials = review(tunnel(spec), None, RELAYS, [])
+        assert denials[0].startswith(f"spec.customDomains: {domain!r} is under web.example.com")
+        assert "use spec.subdomain instead" in denials[0]
+    assert (
+        review(tunnel({"protocol": "http", "customDomains": ["example.com"]}), None, RELAYS, [])
+        == []
+    )
+
+
+def test_a_subdomain_making_another_tunnels_custom_domain_is_denied() -> None:
+    claim = HostClaim("alice", "shop", "blog.web.example.com")
+    spec = {"protocol": "http", "subdomain": "blog"}
+    [denial] = review(tunnel(spec, "bob", "b"), None, RELAYS, [], [claim])
+    assert denial.startswith("spec.subdomain: 'blog' makes blog.web.example.com")
+    assert "alice/shop" in denial
+    parsed = Tunnel.model_validate(tunnel(spec)).spec
+    assert subdomain_hosts(parsed, RELAYS) == ["blog.web.example.com"]
+
+
 def test_update_is_judged_only_on_what_changed() -> None:
     old = tunnel({"protocol": "tcp", "remotePort": 20150})  # admitted before 20150 was blocked
     suspended = tunnel({"protocol": "tcp", "remotePort": 20150, "suspended": True})
@@ -138,6 +182,15 @@ claims = st.lists(
     ),
     max_size=4,
 )
+host_claims = st.lists(
+    st.builds(
+        HostClaim,
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["x", "y"]),
+        st.sampled_from(["www.example.org", "blog.a.example.com", "a.example.com"]),
+    ),
+    max_size=3,
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,10 +199,13 @@ claims = st.lists(
     old_spec=st.one_of(st.none(), tunnel_specs),
     relays=st.lists(relay_views, max_size=4),
     held=claims,
+    hosts=host_claims,
 )
-def test_generated_tunnels_are_admitted_or_denied_cleanly(spec, old_spec, relays, held) -> None:
+def test_generated_tunnels_are_admitted_or_denied_cleanly(
+    spec, old_spec, relays, held, hosts
+) -> None:
     old = tunnel(old_spec) if old_spec is not None else None
-    denials = review(tunnel(spec), old, relays, held)
+    denials = review(tunnel(spec), old, relays, held, hosts)
     assert isinstance(denials, list)
     for denial in denials:
         assert isinstance(denial, str) and "\n" not in denial and "Traceback" not in denial

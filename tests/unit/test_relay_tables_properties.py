@@ -1,8 +1,10 @@
 """Invariant 8 as a state machine: the operator's memory (an AllocationTable) against what the
 relays enforce (their table Secrets), through table writes that succeed, fail before or after
-they reach the API server, and crashes at any point followed by a restore from the Secrets and
-the statuses. Whatever happens, a port or subdomain that a relay's table names for one tunnel
-is never allocated to another, and after a crash nothing a table names is forgotten."""
+they reach the API server, relays that change their httpDomain, and crashes at any point
+followed by a restore from the Secrets and the statuses. Whatever happens, a port or host name
+(subdomain or custom domain) that a relay's table names for one tunnel is never allocated to
+another, no host name is held by two keys unless a relay's httpDomain change put it there,
+and after a crash nothing a table names is forgotten."""
 
 from __future__ import annotations
 
@@ -19,16 +21,19 @@ from tunnelop.domain.scheduling.model import uses_port
 RELAYS = ("r1", "r2")
 KEYS = tuple(("ns", f"t{i}") for i in range(6))
 PROTOCOLS = ("tcp", "udp", "http")
-DOMAIN = "relay.example"
+DOMAINS = ("relay.example", "other.example")
+# Few names, so that tunnels ask for the same ones all the time.
+CUSTOM_DOMAIN_LISTS = ((), ("shop.test",), ("shop.test", "www.test"), ("www.test",))
+TunnelKey = tuple[str, str]
 
 
-def view(name: str) -> RelayView:
+def view(name: str, domain: str = DOMAINS[0]) -> RelayView:
     # Three ports per relay: ports are reused all the time.
     return RelayView(
         name=name,
         protocols=("tcp", "udp", "http"),
         port_range=PortSpan(100, 102),
-        http_domain=DOMAIN,
+        http_domain=domain,
     )
 
 
@@ -40,40 +45,73 @@ def entry(alloc: Allocation) -> TableEntry:
         protocol=alloc.protocol,
         remote_port=alloc.port,
         subdomain=alloc.subdomain,
+        custom_domains=alloc.custom_domains,
     )
 
 
-def target(e: TableEntry) -> tuple:
-    return (e.protocol, e.remote_port) if uses_port(e.protocol) else ("host", e.subdomain)
+def targets(e: TableEntry, domains: set[str]) -> set[tuple]:
+    """What an entry makes its relay serve: its port, or its host names under every
+    httpDomain the relay may serve right now."""
+    if uses_port(e.protocol):
+        return {(e.protocol, e.remote_port)}
+    hosts = {f"{e.subdomain}.{d}" for d in domains if e.subdomain}
+    return {("host", h) for h in hosts | set(e.custom_domains)}
 
 
 class OperatorAndRelays(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: dict[str, dict[tuple[str, str], TableEntry]] = {r: {} for r in RELAYS}
+        self.secrets: dict[str, dict[TunnelKey, TableEntry]] = {r: {} for r in RELAYS}
         # Statuses are written after the table write that holds the tunnel is confirmed.
-        self.statuses: dict[tuple[str, str], Allocation] = {}
-        self.protocols: dict[tuple[str, str], str] = {}
-        self.in_flight: dict[str, dict[tuple[str, str], TableEntry]] = {}
+        self.statuses: dict[TunnelKey, Allocation] = {}
+        self.protocols: dict[TunnelKey, str] = {}
+        self.in_flight: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self.domain = dict.fromkeys(RELAYS, DOMAINS[0])
+        # The httpDomains each relay's tables may be served under: the current one, and those
+        # it had since its last confirmed write (its frps may run either config).
+        self.serving: dict[str, set[str]] = {r: {DOMAINS[0]} for r in RELAYS}
+        # Relays whose confirmed table is exactly their Secret (no write in doubt since).
+        self.exact: set[str] = set(RELAYS)
+        # Host names two keys hold because a relay's httpDomain moved onto them.
+        self.provider_clashes: set[str] = set()
         self.table = AllocationTable()
         for name in RELAYS:
             self.table.upsert_relay(view(name))
 
-    def desired(self, relay: str) -> dict[tuple[str, str], TableEntry]:
+    def desired(self, relay: str) -> dict[TunnelKey, TableEntry]:
         return {a.key: entry(a) for a in self.table.allocations_on(relay)}
 
-    @rule(key=st.sampled_from(KEYS), protocol=st.sampled_from(PROTOCOLS))
-    def schedule(self, key: tuple[str, str], protocol: str) -> None:
+    @rule(
+        key=st.sampled_from(KEYS),
+        protocol=st.sampled_from(PROTOCOLS),
+        custom=st.sampled_from(CUSTOM_DOMAIN_LISTS),
+    )
+    def schedule(self, key: TunnelKey, protocol: str, custom: tuple[str, ...]) -> None:
         protocol = self.protocols.setdefault(key, protocol)
-        self.table.schedule(
-            TunnelRequest(key=key, protocol=protocol), prefer=self.statuses.get(key)
+        before = self.table.allocation_of(key)
+        result = self.table.schedule(
+            TunnelRequest(key=key, protocol=protocol, custom_domains=custom),
+            prefer=self.statuses.get(key),
         )
+        if isinstance(result, Allocation) and result != before:
+            # A grant: nothing of it is held by anyone else, in memory or in a table.
+            named = self.named(result.relay)
+            for target in targets(entry(result), {self.domain[result.relay]}):
+                others = {k for t, k in named if t == target and k != key}
+                assert not others, f"{key} was granted {target}, named for {others}"
 
     @rule(key=st.sampled_from(KEYS))
-    def delete(self, key: tuple[str, str]) -> None:
+    def delete(self, key: TunnelKey) -> None:
         self.table.release(key)
         self.statuses.pop(key, None)
         self.protocols.pop(key, None)
+
+    @rule(relay=st.sampled_from(RELAYS), domain=st.sampled_from(DOMAINS))
+    def change_http_domain(self, relay: str, domain: str) -> None:
+        self.domain[relay] = domain
+        self.serving[relay].add(domain)
+        self.table.upsert_relay(view(relay, domain))
+        self.provider_clashes |= {h for h, keys in self.holders().items() if len(keys) > 1}
 
     @precondition(lambda self: len(self.in_flight) < len(RELAYS))
     @rule(relay=st.sampled_from(RELAYS))
@@ -82,6 +120,7 @@ class OperatorAndRelays(RuleBasedStateMachine):
             return
         snapshot = self.desired(relay)
         self.in_flight[relay] = snapshot
+        self.exact.discard(relay)
         self.table.table_writing(relay, snapshot.values())
 
     @precondition(lambda self: self.in_flight)
@@ -93,6 +132,8 @@ class OperatorAndRelays(RuleBasedStateMachine):
             self.secrets[relay] = snapshot  # the API server took it
         if outcome == "ok":
             self.table.table_written(relay, snapshot.values())
+            self.serving[relay] = {self.domain[relay]}
+            self.exact.add(relay)
             for key in snapshot:
                 alloc = self.table.allocation_of(key)
                 if alloc is not None and alloc.relay == relay:
@@ -107,20 +148,34 @@ class OperatorAndRelays(RuleBasedStateMachine):
         self.in_flight.clear()
         self.table = AllocationTable()
         for name in RELAYS:
-            self.table.upsert_relay(view(name))
+            self.table.upsert_relay(view(name, self.domain[name]))
             self.table.table_written(name, self.secrets[name].values())
+            self.serving[name] = {self.domain[name]}
+        self.exact = set(RELAYS)
         for alloc in self.statuses.values():
             self.table.restore(alloc)
 
     def named(self, relay: str) -> set[tuple]:
-        """(target, key) a relay's table may name now: the Secret, and a write in flight.
-        Host names count on every relay, since the relays share the httpDomain."""
+        """(target, key) the relays' tables may make `relay` serve now: the Secret, and a
+        write in flight. Host names count on every relay: each is one name world-wide."""
         found = set()
         for name in RELAYS:
             for table in (self.secrets[name], self.in_flight.get(name, {})):
                 for key, e in table.items():
                     if name == relay or not uses_port(e.protocol):
-                        found.add((target(e), key))
+                        found |= {(t, key) for t in targets(e, self.serving[name])}
+        return found
+
+    def holders(self) -> dict[str, set[TunnelKey]]:
+        """Host name -> the keys that hold it: their allocation, or a table that may be in
+        force."""
+        found: dict[str, set[TunnelKey]] = {}
+        for alloc in self.table.allocations():
+            for host in alloc.hosts:
+                found.setdefault(host, set()).add(alloc.key)
+        for (family, host), key in self.named(RELAYS[0]):
+            if family == "host":
+                found.setdefault(str(host), set()).add(key)
         return found
 
     @invariant()
@@ -128,15 +183,50 @@ class OperatorAndRelays(RuleBasedStateMachine):
         for relay in RELAYS:
             named = self.named(relay)
             for alloc in self.table.allocations_on(relay):
-                mine = target(entry(alloc))
-                others = {key for t, key in named if t == mine and key != alloc.key}
-                assert not others, f"{alloc.key} got {mine} on {relay}, named for {others}"
+                for mine in targets(entry(alloc), {alloc.http_domain or ""}):
+                    if mine[0] == "host" and mine[1] in self.provider_clashes:
+                        continue
+                    others = {key for t, key in named if t == mine and key != alloc.key}
+                    assert not others, f"{alloc.key} got {mine} on {relay}, named for {others}"
+
+    @invariant()
+    def no_host_name_is_held_by_two_keys(self) -> None:
+        for host, keys in self.holders().items():
+            if len(keys) > 1:
+                assert host in self.provider_clashes, f"{host} held by {keys}"
+        self.provider_clashes &= {h for h, keys in self.holders().items() if len(keys) > 1}
+
+    @invariant()
+    def the_allocator_holds_what_relays_may_serve(self) -> None:
+        """Every host name memory or a table holds is held in the allocator, by the same keys;
+        exactly those once every relay's last write is confirmed (no stale hold, even after
+        an httpDomain change)."""
+        expected = self.holders()
+        exact = self.exact == set(RELAYS) and not self.in_flight
+        universe = {f"{s}.{d}" for s in self._subdomains() for d in DOMAINS}
+        universe |= {h for names in CUSTOM_DOMAIN_LISTS for h in names} | expected.keys()
+        for host in universe:
+            held = self.table.host_holders(host)
+            wanted = expected.get(host, set())
+            assert wanted <= held, f"{host}: held by {held}, but {wanted} may serve it"
+            if exact:
+                assert held == wanted, f"{host}: held by {held}, stale beyond {wanted}"
+
+    def _subdomains(self) -> set[str]:
+        found = {a.subdomain for a in self.table.allocations() if a.subdomain}
+        for table in [*self.secrets.values(), *self.in_flight.values()]:
+            found |= {e.subdomain for e in table.values() if e.subdomain}
+        return found
 
     @invariant()
     def every_table_names_each_port_once(self) -> None:
         for relay in RELAYS:
-            targets = [target(e) for e in self.secrets[relay].values()]
-            assert len(targets) == len(set(targets))
+            ports = [
+                (e.protocol, e.remote_port)
+                for e in self.secrets[relay].values()
+                if uses_port(e.protocol)
+            ]
+            assert len(ports) == len(set(ports))
 
 
 TestOperatorAndRelays = OperatorAndRelays.TestCase

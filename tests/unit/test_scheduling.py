@@ -15,6 +15,8 @@ from tunnelop.contract.table import TableEntry
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import (
     CAPACITY_EXHAUSTED,
+    CUSTOM_DOMAIN_NOT_ALLOWED,
+    CUSTOM_DOMAIN_TAKEN,
     NO_RELAY_MATCHES,
     NO_RELAY_READY,
     PORT_NOT_ALLOWED,
@@ -525,8 +527,18 @@ def test_free_ports_across_block_boundaries(span: PortSpan) -> None:
 # A relay's table is part of the truth --------------------------------------------------------
 
 
-def entry(key: tuple[str, str], protocol: str = "tcp", port=None, subdomain=None) -> TableEntry:
-    return TableEntry(key[0], key[1], "0" * 64, protocol, remote_port=port, subdomain=subdomain)
+def entry(
+    key: tuple[str, str], protocol: str = "tcp", port=None, subdomain=None, custom_domains=()
+) -> TableEntry:
+    return TableEntry(
+        key[0],
+        key[1],
+        "0" * 64,
+        protocol,
+        remote_port=port,
+        subdomain=subdomain,
+        custom_domains=tuple(custom_domains),
+    )
 
 
 def test_a_released_port_stays_held_until_the_relays_table_drops_it() -> None:
@@ -626,3 +638,138 @@ def test_node_port_relays_allow_only_ports_inside_the_node_port_range() -> None:
     ports = [allocated(table.schedule(request(f"t{i}"))).port for i in range(5)]
     assert ports == [30000, 30001, 30002, 30003, 30004]
     assert isinstance(table.schedule(request("t5")), Unschedulable)
+
+
+# Host names have one owner, cluster-wide -----------------------------------------------------
+
+
+def test_request_from_tunnel_carries_its_custom_domains_normalized() -> None:
+    tunnel = Tunnel.model_validate(
+        {
+            "kind": "Tunnel",
+            "metadata": {"name": "shop", "namespace": "alice"},
+            "spec": {"protocol": "https", "customDomains": ["www.shop.test", "shop.test"]},
+        }
+    )
+    req = TunnelRequest.from_tunnel(tunnel)
+    assert req.custom_domains == ("shop.test", "www.shop.test")
+    assert request("t", "tcp", custom_domains=("x.test",)).wanted_custom_domains == ()
+    assert request("t", "http", custom_domains=("X.Test.",)).wanted_custom_domains == ("x.test",)
+
+
+def test_a_custom_domain_belongs_to_one_tunnel_whatever_the_relay() -> None:
+    table = table_with(web_relay("web-1"), web_relay("web-2", "other.dev"))
+    shop = allocated(
+        table.schedule(request("shop", "https", "alice", custom_domains=("www.shop.test",)))
+    )
+    assert shop.custom_domains == ("www.shop.test",)
+    assert shop.hosts == (shop.host, "www.shop.test")
+    assert table.host_holders("www.shop.test") == {("alice", "shop")}
+    # Another tenant, on another relay and protocol: refused on every relay, naming the owner.
+    thief = request("mine", "http", "bob", custom_domains=("www.shop.test",))
+    assert refused(table.schedule(thief)) == Unschedulable(
+        CUSTOM_DOMAIN_TAKEN,
+        "0/2 RelayNodes fit: spec.customDomains www.shop.test is held by tunnel alice/shop, "
+        "and a host name serves one tunnel only. Remove www.shop.test from spec.customDomains, "
+        "or have alice/shop release it: this tunnel is scheduled as soon as it is free.",
+    )
+    assert table.allocation_of(thief.key) is None
+    # The owner gives it up: the waiting tunnel gets it.
+    table.release(shop.key)
+    assert allocated(table.schedule(thief)).custom_domains == ("www.shop.test",)
+
+
+def test_a_custom_domain_under_any_relays_http_domain_is_refused() -> None:
+    cordoned = web_relay("web-2", "relay2.example.com", unschedulable=True, ready=False)
+    table = table_with(web_relay("web-1"), cordoned)
+    for domain in ("relay2.example.com", "blog.relay2.example.com", "a.b.example.com"):
+        why = refused(
+            table.schedule(request("t", "http", "bob", custom_domains=("ok.test", domain)))
+        )
+        assert why.reason == CUSTOM_DOMAIN_NOT_ALLOWED
+        assert f"spec.customDomains {domain} is under " in why.message
+        assert "Use spec.subdomain" in why.message
+    assert allocated(table.schedule(request("t", "http", "bob", custom_domains=("example.org",))))
+
+
+def test_a_relay_taking_an_http_domain_over_a_custom_domain_misplaces_the_tunnel() -> None:
+    table = table_with(web_relay("web-1"))
+    shop = allocated(table.schedule(request("shop", "http", "alice", custom_domains=("shop.dev",))))
+    table.upsert_relay(web_relay("web-2", "dev"))
+    assert table.misplacement(shop.key) == (
+        "custom domain shop.dev is under the httpDomain dev of a RelayNode"
+    )
+    req = request("shop", "http", "alice", custom_domains=("shop.dev",))
+    assert refused(table.schedule(req)).reason == CUSTOM_DOMAIN_NOT_ALLOWED
+    assert table.misplaced() == []
+
+
+def test_generated_and_pinned_subdomains_skip_names_held_as_custom_domains() -> None:
+    # Held before any relay served example.com (restored from a status, say).
+    table = table_with(web_relay("web-1", "other.dev"))
+    held = allocated(
+        table.schedule(request("x", "http", "carol", custom_domains=("blog-alice.example.com",)))
+    )
+    table.upsert_relay(web_relay("web-2"))
+    blog = allocated(table.schedule(request("blog", "http", "alice", placement=node("web-2"))))
+    assert blog.host != "blog-alice.example.com" and blog.subdomain.startswith("blog-alice-")
+    pinned = request("p", "http", "alice", subdomain="blog-alice", placement=node("web-2"))
+    assert refused(table.schedule(pinned)).reason == SUBDOMAIN_TAKEN
+    assert table.host_holders("blog-alice.example.com") == {held.key}
+
+
+def test_changed_custom_domains_re_place_keeping_relay_and_subdomain() -> None:
+    table = table_with(web_relay("web-1"), web_relay("web-2"))
+    first = allocated(table.schedule(request("site", "http", custom_domains=("a.test",))))
+    allocated(table.schedule(request("other", "http")))  # evens the load: web-2 is as good
+    changed = allocated(table.schedule(request("site", "http", custom_domains=("b.test",))))
+    assert (changed.relay, changed.host) == (first.relay, first.host)
+    assert changed.custom_domains == ("b.test",)
+    assert table.host_holders("a.test") == set()
+    assert table.host_holders("b.test") == {first.key}
+    # The same list again (in any order, any case) keeps the allocation as it is.
+    again = request("site", "http", custom_domains=("B.test",))
+    assert table.schedule(again) is changed
+
+
+def test_restore_refuses_a_host_name_held_by_another_key() -> None:
+    table = table_with(web_relay("w"))
+    site = Allocation(
+        ("alice", "site"),
+        "w",
+        "http",
+        subdomain="s",
+        http_domain="example.com",
+        custom_domains=("shop.test",),
+    )
+    assert table.restore(site)
+    copy = dataclasses.replace(site, key=("bob", "site"), subdomain="other")
+    assert not table.restore(copy)
+    assert table.allocation_of(copy.key) is None
+    assert table.restore(dataclasses.replace(copy, custom_domains=("bob.test",)))
+
+
+def test_custom_domains_in_a_relays_table_are_held() -> None:
+    table = table_with(web_relay("web-1"), web_relay("web-2", "other.dev"))
+    table.table_written(
+        "web-1", [entry(("a", "shop"), "http", subdomain="s", custom_domains=("shop.test",))]
+    )
+    assert table.host_holders("shop.test") == {("a", "shop")}
+    assert table.host_holders("s.example.com") == {("a", "shop")}
+    thief = request("mine", "http", "b", custom_domains=("shop.test",))
+    assert refused(table.schedule(thief)).reason == CUSTOM_DOMAIN_TAKEN
+    table.table_written("web-1", [])
+    assert allocated(table.schedule(thief))
+
+
+def test_a_changed_http_domain_leaves_no_stale_hold_of_the_table() -> None:
+    table = table_with(web_relay("web-1"))
+    table.table_written("web-1", [entry(("a", "blog"), "http", subdomain="blog")])
+    table.upsert_relay(web_relay("web-1", "new.dev"))
+    # Until the next write, the table's subdomain may be served under either domain.
+    assert table.host_holders("blog.example.com") == {("a", "blog")}
+    assert table.host_holders("blog.new.dev") == {("a", "blog")}
+    table.table_written("web-1", [])
+    assert table.host_holders("blog.example.com") == set()
+    assert table.host_holders("blog.new.dev") == set()
+    assert allocated(table.schedule(request("b", "http", subdomain="blog"))).host == "blog.new.dev"

@@ -1,13 +1,14 @@
 """Property tests of the allocation table: random sequences of creates, deletes, restores,
-relay changes (blocked ports, cordon, readiness, removal) and changed requests never break
-invariant 1 (one tunnel per relay port of a family, one per subdomain of an httpDomain) or
-invariant 2 (a tunnel that still fits keeps its allocation); and the scheduler finds a relay
-whenever a brute-force search finds one."""
+relay changes (blocked ports, cordon, readiness, httpDomain, removal) and changed requests
+never break invariant 1 (one tunnel per relay port of a family; every host name, subdomain or
+custom domain, held by one key only) or invariant 2 (a tunnel that still fits keeps its
+allocation); and the scheduler finds a relay whenever a brute-force search finds one."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -30,11 +31,11 @@ from tunnelop.domain.scheduling import (
     Unschedulable,
 )
 from tunnelop.domain.scheduling.freeports import FreePorts
-from tunnelop.domain.scheduling.model import uses_port, uses_subdomain
+from tunnelop.domain.scheduling.model import normal_hosts, uses_port, uses_subdomain
 
 # Small worlds, so that ports, subdomains and capacity collide often.
 RELAY_NAMES = ("r1", "r2", "r3")
-DOMAINS = ("a.example", "b.example")
+DOMAINS = ("a.example", "b.example", "c.example")
 KEYS = tuple((ns, name) for ns in ("n1", "n2") for name in ("t1", "t2", "t3", "t4", "t5"))
 PORT_LOW, PORT_HIGH = 100, 119
 SUBDOMAINS = ("blog", "shop", "t1-n1", "t2-n2")  # the last two clash with generated ones
@@ -52,6 +53,13 @@ def mostly(usual: object, unusual: st.SearchStrategy) -> st.SearchStrategy:
     """`usual` three times in four."""
     return st.one_of(st.just(usual), st.just(usual), st.just(usual), unusual)
 
+
+# Custom domains: two of the tenants' own, and two under c.example, which a relay may come to
+# serve (then they are the provider's), one of them a generated subdomain's host.
+CUSTOM_DOMAINS = ("shop.test", "www.shop.test", "blog.c.example", "t1-n1.c.example")
+custom_domain_lists = mostly(
+    (), st.lists(st.sampled_from(CUSTOM_DOMAINS), min_size=1, max_size=2, unique=True).map(tuple)
+)
 
 # Strategies are built once, here: building them inside a draw is what makes tests slow.
 port_ranges = st.builds(
@@ -113,6 +121,7 @@ requests = st.one_of(
         placement=placements,
         subdomain=st.one_of(st.none(), st.sampled_from(SUBDOMAINS)),
         bandwidth=mostly(None, st.integers(1, 12)),
+        custom_domains=custom_domain_lists,
     ),
 )
 
@@ -126,14 +135,30 @@ allocations = st.builds(
     subdomain=st.one_of(st.none(), st.sampled_from(SUBDOMAINS)),
     http_domain=st.one_of(st.none(), st.sampled_from(DOMAINS)),
     bandwidth=st.one_of(st.none(), st.integers(1, 12)),
+    custom_domains=custom_domain_lists,
 )
 
 
 # A brute-force model of what the table decides --------------------------------------------------
 
 
+def provider_owned(host: str, views: Iterable[RelayView]) -> bool:
+    """Whether a host name is some relay's httpDomain or lies under one."""
+    return any(host == v.http_domain or host.endswith(f".{v.http_domain}") for v in views)
+
+
+def custom_domains_free(
+    req: TunnelRequest, views: Iterable[RelayView], others: list[Allocation]
+) -> bool:
+    """Whether the request's custom domains may be its own, on any relay."""
+    held = {h for a in others for h in a.hosts}
+    wanted = req.custom_domains if uses_subdomain(req.protocol) else ()
+    return not any(provider_owned(h, views) or h in held for h in wanted)
+
+
 def fits(view: RelayView, req: TunnelRequest, others: list[Allocation]) -> bool:
-    """Whether `view` can take `req`, next to the other keys' allocations, by exhaustion."""
+    """Whether `view` can take `req`, next to the other keys' allocations, by exhaustion
+    (custom domains aside: `custom_domains_free` decides for every relay at once)."""
     on_relay = [a for a in others if a.relay == view.name]
     if not view.matches(req.placement) or req.protocol not in view.protocols:
         return False
@@ -153,19 +178,25 @@ def fits(view: RelayView, req: TunnelRequest, others: list[Allocation]) -> bool:
         return False
     if req.subdomain is None:
         return True
-    held = {(a.http_domain, a.subdomain) for a in others if uses_subdomain(a.protocol)}
-    return (view.http_domain, req.subdomain) not in held
+    held = {h for a in others for h in a.hosts}
+    return f"{req.subdomain}.{view.http_domain}" not in held
 
 
-def still_satisfies(view: RelayView | None, alloc: Allocation, req: TunnelRequest) -> bool:
+def still_satisfies(views: dict[str, RelayView], alloc: Allocation, req: TunnelRequest) -> bool:
     """Whether the allocation must be kept for the (unchanged-bandwidth) request."""
+    view = views.get(alloc.relay)
     if view is None or alloc.protocol != req.protocol or not view.matches(req.placement):
         return False
     if req.protocol not in view.protocols:
         return False
     if uses_port(req.protocol):
         return req.remote_port in (None, alloc.port) and view.port_allowed(alloc.port)
-    return req.subdomain in (None, alloc.subdomain) and alloc.http_domain == view.http_domain
+    return (
+        req.subdomain in (None, alloc.subdomain)
+        and alloc.http_domain == view.http_domain
+        and alloc.custom_domains == normal_hosts(req.custom_domains)
+        and not any(provider_owned(h, views.values()) for h in alloc.custom_domains)
+    )
 
 
 def load(view: RelayView, tunnels: int) -> float:
@@ -181,6 +212,7 @@ class TableMachine(RuleBasedStateMachine):
         self.table = AllocationTable()
         self.views: dict[str, RelayView] = {}
         self.requests: dict[tuple[str, str], TunnelRequest] = {}
+        self.hosts_seen: set[str] = set(CUSTOM_DOMAINS)  # for the check of stale holds
 
     @initialize(views=st.tuples(*(relay_views(name) for name in RELAY_NAMES)))
     def start_with_relays(self, views: tuple[RelayView, ...]) -> None:
@@ -212,6 +244,12 @@ class TableMachine(RuleBasedStateMachine):
         else:
             self._set_relay(_with(view, ready=change == "ready"))
 
+    @precondition(lambda self: self.views)
+    @rule(data=st.data(), domain=st.sampled_from(DOMAINS))
+    def change_http_domain(self, data: st.DataObject, domain: str) -> None:
+        view = self.views[data.draw(st.sampled_from(sorted(self.views)))]
+        self._set_relay(_with(view, http_domain=domain))
+
     @precondition(lambda self: len(self.views) > 1)  # the last one goes in the example tests
     @rule(data=st.data())
     def remove_relay(self, data: st.DataObject) -> None:
@@ -231,10 +269,17 @@ class TableMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.table.allocations())
     @rule(data=st.data(), key=st.sampled_from(KEYS))
     def ask_for_what_another_holds(self, data: st.DataObject, key: tuple[str, str]) -> None:
-        """Request the port or subdomain some tunnel holds (the race admission cannot stop)."""
+        """Request the port, subdomain or custom domains some tunnel holds (the race
+        admission cannot stop)."""
         held = data.draw(st.sampled_from(self.table.allocations()))
         self._schedule(
-            TunnelRequest(key, held.protocol, remote_port=held.port, subdomain=held.subdomain)
+            TunnelRequest(
+                key,
+                held.protocol,
+                remote_port=held.port,
+                subdomain=held.subdomain,
+                custom_domains=data.draw(st.sampled_from([held.custom_domains, ()])),
+            )
         )
 
     @precondition(lambda self: any(v.capacity_bandwidth for v in self.views.values()))
@@ -287,6 +332,7 @@ class TableMachine(RuleBasedStateMachine):
         others = [a for a in self.table.allocations() if a.key != alloc.key]
         before = self.table.allocation_of(alloc.key)
         conflict = any(_clash(alloc, other) for other in others)
+        self.hosts_seen.update(alloc.hosts)
         complete = (
             alloc.port is not None
             if uses_port(alloc.protocol)
@@ -314,11 +360,13 @@ class TableMachine(RuleBasedStateMachine):
         before = self.table.allocation_of(req.key)
         others = [a for a in self.table.allocations() if a.key != req.key]
         feasible = [v for v in self.views.values() if fits(v, req, others)]
+        if not custom_domains_free(req, self.views.values(), others):
+            feasible = []
         result = self.table.schedule(req)
         self.requests[req.key] = req
         event(f"schedule: {getattr(result, 'reason', 'allocated')}")
         if before is not None and before.bandwidth == req.bandwidth:
-            if still_satisfies(self.views.get(before.relay), before, req):
+            if still_satisfies(self.views, before, req):
                 assert result == before, "a tunnel that still fits must keep its allocation"
         if isinstance(result, Unschedulable):
             assert result.reason in REASONS
@@ -329,8 +377,9 @@ class TableMachine(RuleBasedStateMachine):
         assert self.table.allocation_of(req.key) == result
         assert self.table.misplacement(req.key) is None
         assert result.protocol == req.protocol and result.bandwidth == req.bandwidth
+        self.hosts_seen.update(result.hosts)
         view = self.views[result.relay]
-        assert still_satisfies(view, result, req)
+        assert still_satisfies(self.views, result, req)
         if before is not None and _endpoint(before) == _endpoint(result):
             return result  # kept (the bandwidth may change in place, even on a cordoned relay)
         # A new allocation: on a relay that fits, with what was asked, spread evenly.
@@ -350,13 +399,22 @@ class TableMachine(RuleBasedStateMachine):
     # Invariants -----------------------------------------------------------------------------
 
     @invariant()
-    def one_tunnel_per_port_and_subdomain(self) -> None:
+    def one_tunnel_per_port_and_host_name(self) -> None:
         allocs = self.table.allocations()
         ports = [(a.relay, a.protocol, a.port) for a in allocs if uses_port(a.protocol)]
         names = [(a.http_domain, a.subdomain) for a in allocs if uses_subdomain(a.protocol)]
+        hosts = [h for a in allocs for h in a.hosts]
         assert len(ports) == len(set(ports))
-        assert len(names) == len(set(names))
+        assert len(hosts) == len(set(hosts)), "a host name held by two tunnels"
         assert all(p is not None for _, _, p in ports) and all(all(n) for n in names)
+
+    @invariant()
+    def the_table_holds_exactly_the_allocations_host_names(self) -> None:
+        """No stale hold: a host name is held by the allocation that has it, else by nobody."""
+        owners = {h: a.key for a in self.table.allocations() for h in a.hosts}
+        for host in self.hosts_seen | owners.keys():
+            expected = {owners[host]} if host in owners else set()
+            assert self.table.host_holders(host) == expected, host
 
     @invariant()
     def ports_are_allowed_until_reported(self) -> None:
@@ -384,14 +442,11 @@ class TableMachine(RuleBasedStateMachine):
 def _clash(a: Allocation, b: Allocation) -> bool:
     if uses_port(a.protocol):
         return (a.relay, a.protocol, a.port) == (b.relay, b.protocol, b.port)
-    return uses_subdomain(b.protocol) and (a.http_domain, a.subdomain) == (
-        b.http_domain,
-        b.subdomain,
-    )
+    return bool(set(a.hosts) & set(b.hosts))
 
 
 def _endpoint(a: Allocation) -> tuple:
-    return (a.relay, a.protocol, a.port, a.http_domain, a.subdomain)
+    return (a.relay, a.protocol, a.port, a.http_domain, a.subdomain, a.custom_domains)
 
 
 def _with(view: RelayView, **changes) -> RelayView:

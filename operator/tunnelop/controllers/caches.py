@@ -4,6 +4,7 @@ webhook needs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,30 +23,40 @@ class Caches:
     relay_views: dict[str, RelayView] = field(default_factory=dict)
     # subdomain -> tunnels that ask for or hold it (for the webhook's uniqueness check)
     subdomains: dict[str, set[TunnelKey]] = field(default_factory=dict)
+    # custom domain (lowercase) -> tunnels whose spec.customDomains names it (likewise)
+    custom_domains: dict[str, set[TunnelKey]] = field(default_factory=dict)
 
     def remember_tunnel(self, key: TunnelKey, body: dict[str, Any]) -> None:
-        self._index_subdomain(key, self.tunnels.get(key), remove=True)
+        self._index(key, self.tunnels.get(key), remove=True)
         self.tunnels[key] = body
-        self._index_subdomain(key, body)
+        self._index(key, body)
 
     def forget_tunnel(self, key: TunnelKey) -> None:
-        self._index_subdomain(key, self.tunnels.pop(key, None), remove=True)
+        self._index(key, self.tunnels.pop(key, None), remove=True)
 
-    def _index_subdomain(
-        self, key: TunnelKey, body: dict[str, Any] | None, remove: bool = False
-    ) -> None:
+    def _index(self, key: TunnelKey, body: dict[str, Any] | None, remove: bool = False) -> None:
         if not body:
             return
-        for sub in {
-            (body.get("spec") or {}).get("subdomain"),
-            (body.get("status") or {}).get("subdomain"),
-        }:
-            if not isinstance(sub, str):
-                continue
-            holders = self.subdomains.setdefault(sub, set())
-            if remove:
-                holders.discard(key)
-                if not holders:
-                    del self.subdomains[sub]
-            else:
-                holders.add(key)
+        spec = body.get("spec") or {}
+        subdomains = {spec.get("subdomain"), (body.get("status") or {}).get("subdomain")}
+        _update(self.subdomains, key, subdomains, remove)
+        domains = spec.get("customDomains")
+        hosts = (
+            {d.lower() for d in domains if isinstance(d, str)} if isinstance(domains, list) else ()
+        )
+        _update(self.custom_domains, key, hosts, remove)
+
+
+def _update(
+    index: dict[str, set[TunnelKey]], key: TunnelKey, names: Iterable[Any], remove: bool
+) -> None:
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        holders = index.setdefault(name, set())
+        if remove:
+            holders.discard(key)
+            if not holders:
+                del index[name]
+        else:
+            holders.add(key)

@@ -1,7 +1,7 @@
 """kopf watches feed the caches and the work queues; they decide nothing themselves.
 
 At start-up the allocation table is rebuilt from the API before any tunnel is reconciled:
-the ports and subdomains recorded in Tunnel statuses are taken back as they were, so a Ready
+the ports and host names recorded in Tunnel statuses are taken back as they were, so a Ready
 tunnel's endpoint never changes on restart and nothing is allocated twice.
 """
 
@@ -22,7 +22,7 @@ from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
-from tunnelop.domain.scheduling import Allocation, TunnelKey
+from tunnelop.domain.scheduling import Allocation, TunnelKey, normal_hosts
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.informer import Informer
 from tunnelop.platform.kube import GROUP_VERSION, Kube
@@ -165,6 +165,8 @@ def _recorded_allocation(
         http_domain=view.http_domain if view and subdomain else None,
         bandwidth=tunnels.bandwidth_of(tunnel),
         table_bytes=tunnels.table_bytes_of(tunnel, port, subdomain),
+        # Held at once, so that a tunnel waiting for one of them cannot take it first.
+        custom_domains=normal_hosts(tunnel.spec.custom_domains),
     )
 
 

@@ -1,5 +1,6 @@
 """The admission webhooks for Tunnels: thin glue between the operator's caches (relays as
-watched, tunnels by subdomain) and the pure rules in tunnelop.domain.admission."""
+watched, tunnels by subdomain and by custom domain) and the pure rules in
+tunnelop.domain.admission."""
 
 from __future__ import annotations
 
@@ -39,6 +40,25 @@ def _claims(
     return claims
 
 
+def _host_claims(
+    rt: Runtime, spec: dict[str, Any], relays: dict[str, RelayView]
+) -> list[admission.HostClaim]:
+    """The custom domains of other tunnels that this one's custom domains, or its subdomain
+    under any relay's httpDomain, may collide with."""
+    domains = spec.get("customDomains")
+    hosts = (
+        {d.lower() for d in domains if isinstance(d, str)} if isinstance(domains, list) else set()
+    )
+    subdomain = spec.get("subdomain")
+    if isinstance(subdomain, str):
+        hosts |= {f"{subdomain}.{r.http_domain}" for r in relays.values() if r.http_domain}
+    return [
+        admission.HostClaim(key[0], key[1], host)
+        for host in sorted(hosts)
+        for key in sorted(rt.cache.custom_domains.get(host, ()))
+    ]
+
+
 @kopf.on.validate(
     GROUP,
     VERSION,
@@ -63,9 +83,13 @@ async def validate_tunnel(
     obj = dict(body)
     try:
         relays = rt.cache.relay_views
-        subdomain = (obj.get("spec") or {}).get("subdomain")
+        spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+        subdomain = spec.get("subdomain")
         claims = _claims(rt, subdomain, relays) if isinstance(subdomain, str) else []
-        denials = admission.review(obj, dict(old) if old else None, relays.values(), claims)
+        host_claims = _host_claims(rt, spec, relays)
+        denials = admission.review(
+            obj, dict(old) if old else None, relays.values(), claims, host_claims
+        )
     except Exception:
         # A bug here must not turn into a puzzling denial: admit, and let the scheduler,
         # which enforces the same rules, answer in the tunnel's status.

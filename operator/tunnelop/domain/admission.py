@@ -1,5 +1,6 @@
 """Admission rules for Tunnels that the schema and CEL cannot express, because they depend on
-other objects: the RelayNodes a tunnel may run on, and the subdomains other tunnels hold.
+other objects: the RelayNodes a tunnel may run on, and the host names other tunnels hold (a
+host name belongs to one tunnel only, cluster-wide: decision 0008).
 
 Pure functions: the webhook (controllers/webhook.py) feeds them from its indexes. They are a
 courtesy to the user — an early, precise "no" — not the guarantee: the scheduler and the
@@ -7,8 +8,9 @@ allocator enforce the same rules again when they bind, for requests that race ea
 
 A rule is checked on CREATE, and on UPDATE only when the fields it reads changed, so that a
 tenant can always suspend or delete a tunnel whose relay was reconfigured after it was
-admitted. When no RelayNode matches spec.relay at all, nothing is denied here: Git-driven
-installs may apply tunnels before relays, and the scheduler reports NoRelayMatches.
+admitted. When no RelayNode matches spec.relay at all, only the custom-domain rules apply
+(they do not depend on placement): Git-driven installs may apply tunnels before relays, and
+the scheduler reports NoRelayMatches.
 """
 
 from __future__ import annotations
@@ -32,35 +34,60 @@ class SubdomainClaim:
     http_domains: frozenset[str]
 
 
+@dataclass(frozen=True)
+class HostClaim:
+    """A custom domain an existing tunnel asks for (spec.customDomains)."""
+
+    namespace: str
+    name: str
+    host: str
+
+
 def review(
     obj: dict,
     old: dict | None,
     relays: Iterable[RelayView],
     claims: Iterable[SubdomainClaim],
+    host_claims: Iterable[HostClaim] = (),
 ) -> list[str]:
-    """All reasons to deny `obj` (a Tunnel manifest); empty means admit."""
+    """All reasons to deny `obj` (a Tunnel manifest); empty means admit. `relays` are all
+    RelayNodes, `claims` the subdomains and `host_claims` the custom domains other tunnels
+    ask for (those of the tunnel itself are ignored)."""
     try:
         tunnel = Tunnel.model_validate(obj)
     except ValidationError as error:
         return error_messages(error)
     previous = _old_spec(old)
     spec = tunnel.spec
+    me = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
+    relays = list(relays)
+    others = [c for c in host_claims if (c.namespace, c.name) != me]
+    # Only the names added are judged: a tenant keeps the ones admitted before.
+    added = sorted({d.lower() for d in spec.custom_domains} - _custom_domains(previous))
+    denials = _custom_domains_not_provided(added, relays)
+    denials += _custom_domains_unique(added, others)
     eligible = [r for r in relays if r.matches(spec.relay)]
     if not eligible:
-        return []
+        return denials
 
     def changed(*fields: str) -> bool:
         return previous is None or any(getattr(spec, f) != getattr(previous, f) for f in fields)
 
-    denials = []
     if changed("protocol", "relay"):
         denials += _protocol_allowed(spec, eligible)
     if spec.remote_port is not None and changed("remote_port", "relay"):
         denials += _port_allowed(spec, eligible)
     if spec.subdomain is not None and changed("subdomain", "relay", "protocol"):
-        namespace = tunnel.metadata.namespace or ""
-        denials += _subdomain_unique(spec, namespace, tunnel.metadata.name or "", eligible, claims)
+        denials += _subdomain_unique(spec, *me, eligible, claims)
+        denials += _subdomain_not_a_custom_domain(spec, eligible, others)
     return denials
+
+
+def subdomain_hosts(spec: TunnelSpec, relays: Iterable[RelayView]) -> list[str]:
+    """The host names spec.subdomain may make, under the httpDomains it could be served on."""
+    if spec.subdomain is None:
+        return []
+    return [f"{spec.subdomain}.{d}" for d in sorted(possible_http_domains(spec, relays))]
 
 
 def possible_http_domains(spec: TunnelSpec, relays: Iterable[RelayView]) -> frozenset[str]:
@@ -70,6 +97,52 @@ def possible_http_domains(spec: TunnelSpec, relays: Iterable[RelayView]) -> froz
         for r in relays
         if r.http_domain and spec.protocol in r.protocols and r.matches(spec.relay)
     )
+
+
+def _custom_domains(spec: TunnelSpec | None) -> set[str]:
+    return {d.lower() for d in spec.custom_domains} if spec is not None else set()
+
+
+def _custom_domains_not_provided(added: list[str], relays: list[RelayView]) -> list[str]:
+    """A custom domain may not be, or lie under, any relay's httpDomain (whether or not the
+    tunnel could run there): those host names are the provider's, handed out as subdomains."""
+    http_domains = sorted({r.http_domain for r in relays if r.http_domain})
+    for domain in added:
+        for http_domain in http_domains:
+            if domain == http_domain or domain.endswith(f".{http_domain}"):
+                return [
+                    f"spec.customDomains: {domain!r} is under {http_domain}, the httpDomain of "
+                    "a RelayNode, whose host names only the provider hands out; use "
+                    f"spec.subdomain instead for a name under {http_domain}, or a domain of "
+                    "your own"
+                ]
+    return []
+
+
+def _custom_domains_unique(added: list[str], others: list[HostClaim]) -> list[str]:
+    for domain in added:
+        holder = min(((c.namespace, c.name) for c in others if c.host == domain), default=None)
+        if holder is not None:
+            return [
+                f"spec.customDomains: {domain!r} is already asked for by another tunnel "
+                f"({holder[0]}/{holder[1]}), and a host name serves one tunnel only; remove "
+                f"it from spec.customDomains, or have {holder[0]}/{holder[1]} release it first"
+            ]
+    return []
+
+
+def _subdomain_not_a_custom_domain(
+    spec: TunnelSpec, eligible: list[RelayView], others: list[HostClaim]
+) -> list[str]:
+    for host in subdomain_hosts(spec, eligible):
+        holder = min(((c.namespace, c.name) for c in others if c.host == host), default=None)
+        if holder is not None:
+            return [
+                f"spec.subdomain: {spec.subdomain!r} makes {host}, a custom domain of another "
+                f"tunnel ({holder[0]}/{holder[1]}); choose another subdomain, or omit "
+                "spec.subdomain to get a generated one"
+            ]
+    return []
 
 
 def _old_spec(old: dict | None) -> TunnelSpec | None:

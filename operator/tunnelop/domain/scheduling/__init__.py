@@ -1,5 +1,5 @@
 """The scheduler and allocator: binds Tunnels to RelayNodes and hands out ports and
-subdomains. Pure and synchronous: no I/O, no Kubernetes client. The reconcilers feed an
+host names (subdomains, and custom domains checked for their single owner). Pure and synchronous: no I/O, no Kubernetes client. The reconcilers feed an
 `AllocationTable` with relays (`RelayView`) and requests (`TunnelRequest`), and write back
 the `Allocation` or the `Unschedulable` it answers.
 """
@@ -7,6 +7,8 @@ the `Allocation` or the `Unschedulable` it answers.
 from tunnelop.domain.scheduling.allocations import AllocationTable
 from tunnelop.domain.scheduling.model import (
     CAPACITY_EXHAUSTED,
+    CUSTOM_DOMAIN_NOT_ALLOWED,
+    CUSTOM_DOMAIN_TAKEN,
     NO_RELAY_MATCHES,
     NO_RELAY_READY,
     PORT_NOT_ALLOWED,
@@ -19,11 +21,14 @@ from tunnelop.domain.scheduling.model import (
     TunnelKey,
     TunnelRequest,
     Unschedulable,
+    normal_hosts,
 )
 from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 
 __all__ = [
     "CAPACITY_EXHAUSTED",
+    "CUSTOM_DOMAIN_NOT_ALLOWED",
+    "CUSTOM_DOMAIN_TAKEN",
     "NO_RELAY_MATCHES",
     "NO_RELAY_READY",
     "PORT_NOT_ALLOWED",
@@ -37,5 +42,6 @@ __all__ = [
     "TunnelKey",
     "TunnelRequest",
     "Unschedulable",
+    "normal_hosts",
     "subdomain_candidates",
 ]

@@ -1,13 +1,15 @@
-"""The allocation table: which tunnel runs on which relay, with which port or subdomain.
+"""The allocation table: which tunnel runs on which relay, with which port or host names.
 
 It is the scheduler's memory and the guarantee of invariant 1 (never two tunnels on one
-relay port of a protocol family, never two on one subdomain of an httpDomain). It lives in
+relay port of a protocol family, never two on one host name). Host names are held whole,
+cluster-wide: an http(s) tunnel's `<subdomain>.<httpDomain>` and each of its custom domains
+belong to it alone, whichever relay serves them (decision 0008). It lives in
 the operator's memory, is written by one event loop only, and is rebuilt at start-up from
 the relays' table Secrets and the Tunnels' statuses. It does no I/O: the reconcilers feed it
 relays and requests and write back what it decides.
 
 A relay's table is part of the truth (invariant 8). What a relay enforces is its table
-Secret, not this memory: a port or subdomain stays held while any version of the relay's
+Secret, not this memory: a port or host name stays held while any version of the relay's
 table that may be in force names it (`table_writing`, `table_written`), even after the
 tunnel that had it is released. Only the tunnel named there may take it back. So a port
 reaches another tenant only once a table without the old entry is written.
@@ -31,15 +33,19 @@ from tunnelop.domain.scheduling.model import (
     TunnelKey,
     TunnelRequest,
     Unschedulable,
+    domain_and_parents,
+    normal_hosts,
     uses_port,
     uses_subdomain,
 )
 from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 
-SubdomainKey = tuple[str, str]  # (http_domain, subdomain)
-# One thing a relay's table names: (protocol family, port) or ("host", subdomain), and whose.
+# One thing a relay's table names, and whose: (protocol family, port), (HOST, host name), or
+# (SUBDOMAIN, subdomain): the last holds nothing itself; it remembers which subdomains the
+# table names, to hold them under a new httpDomain too when the relay's changes.
 TableHold = tuple[str, int | str, TunnelKey]
 HOST = "host"
+SUBDOMAIN = "subdomain"
 DeferredRefusal = Callable[[], explain.Refusal]
 
 
@@ -57,6 +63,10 @@ class _RelayState:
         # written): per family, port -> the tunnels named there.
         self.table_holds: set[TableHold] = set()
         self.table_ports: dict[str, dict[int, set[TunnelKey]]] = {f: {} for f in PORT_PROTOCOLS}
+        # The httpDomains the relay may serve its table's subdomains under: the current one,
+        # and those it had since its last confirmed table write (its frps config and its table
+        # change apart, so any mix of them may be in force).
+        self.serving_domains: set[str] = {view.http_domain} if view.http_domain else set()
         self.table_bytes = 0  # sum of the tunnels' table entry sizes (what the next write needs)
         self.free: dict[str, FreePorts] = {}
         self.allowed_ports = 0  # per family
@@ -112,9 +122,13 @@ class AllocationTable:
         self._relays: dict[str, _RelayState] = {}
         self._names: list[str] = []  # sorted, so that every decision is deterministic
         self._allocations: dict[TunnelKey, Allocation] = {}
-        self._subdomains: dict[SubdomainKey, TunnelKey] = {}
-        # Subdomains named by relays' tables: (http_domain, subdomain) -> {(relay, key)}.
-        self._table_subdomains: dict[SubdomainKey, set[tuple[str, TunnelKey]]] = {}
+        # Host names held by allocations: host -> key.
+        self._hosts: dict[str, TunnelKey] = {}
+        # Host names named by relays' tables: host -> {(relay, key)}.
+        self._table_hosts: dict[str, set[tuple[str, TunnelKey]]] = {}
+        # The relays' httpDomains, with how many relays serve each: names under one are the
+        # provider's, never a tenant's custom domain.
+        self._http_domains: dict[str, int] = {}
 
     # Relays -----------------------------------------------------------------------------------
 
@@ -126,11 +140,20 @@ class AllocationTable:
         if state is None:
             self._relays[view.name] = _RelayState(view)
             bisect.insort(self._names, view.name)
+            self._count_http_domain(view.http_domain, +1)
             return
         old = state.view
         state.view = view
         if old.allowed_spans() != view.allowed_spans():
             state.rebuild_free_ports()
+        if old.http_domain != view.http_domain:
+            self._count_http_domain(old.http_domain, -1)
+            self._count_http_domain(view.http_domain, +1)
+            # The relay serves its table's subdomains under the new domain as soon as its
+            # frps runs the new config: they are held there too until the next table write.
+            if view.http_domain:
+                state.serving_domains.add(view.http_domain)
+            self._set_table_holds(state, state.table_holds | self._subdomain_hosts(state))
 
     def remove_relay(self, name: str) -> list[Allocation]:
         """Forget a relay; returns the allocations that were on it, now released."""
@@ -138,11 +161,12 @@ class AllocationTable:
         if state is None:
             return []
         self._names.remove(name)
+        self._count_http_domain(state.view.http_domain, -1)
         self._set_table_holds(state, set())
         released = sorted(state.tunnels.values(), key=lambda a: a.key)
         for allocation in released:
             self._allocations.pop(allocation.key, None)
-            self._free_subdomain(allocation)
+            self._free_hosts(allocation)
         return released
 
     def relays(self) -> list[RelayView]:
@@ -170,10 +194,20 @@ class AllocationTable:
         ports = sum(len(held) for held in state.holders.values())
         return RelayUsage(tunnels=len(state.tunnels), ports=ports, bandwidth=state.bandwidth)
 
+    def host_holders(self, host: str) -> set[TunnelKey]:
+        """Who holds a host name: its allocation's key, and the keys relays' tables that may
+        be in force name for it. More than one only when a relay's httpDomain changed onto
+        names that were held already."""
+        holders = {key for _, key in self._table_hosts.get(host, ())}
+        if host in self._hosts:
+            holders.add(self._hosts[host])
+        return holders
+
     def misplaced(self, relay: str | None = None) -> list[Allocation]:
         """Allocations their relay no longer allows (port outside the range, reserved or
-        blocked; protocol dropped; httpDomain changed) or whose relay is gone, all or on one
-        relay: the reconciler moves them, keeping the port or subdomain where it can."""
+        blocked; protocol dropped; httpDomain changed; a custom domain now under a relay's
+        httpDomain) or whose relay is gone, all or on one relay: the reconciler moves them,
+        keeping the port or subdomain where it can."""
         candidates = self.allocations() if relay is None else self.allocations_on(relay)
         return [a for a in candidates if self._misplacement(a) is not None]
 
@@ -188,8 +222,8 @@ class AllocationTable:
     def restore(self, alloc: Allocation) -> bool:
         """Record an allocation read back from a Tunnel's status at start-up, as it is, even
         where the relay no longer allows it (`misplaced()` reports that). False, recording
-        nothing, when its relay is unknown, it is incomplete, or its port or subdomain is
-        held by another key: the caller schedules that tunnel afresh."""
+        nothing, when its relay is unknown, it is incomplete, or its port or any of its host
+        names is held by another key: the caller schedules that tunnel afresh."""
         state = self._relays.get(alloc.relay)
         if state is None or not _complete(alloc):
             return False
@@ -203,9 +237,7 @@ class AllocationTable:
                 alloc.key
             }
         else:
-            held_by_others = not self._subdomain_available(
-                alloc.http_domain, alloc.subdomain, alloc.key
-            )
+            held_by_others = not all(self._host_available(h, alloc.key) for h in alloc.hosts)
         if held_by_others:
             return False
         if current is not None:
@@ -214,8 +246,8 @@ class AllocationTable:
         return True
 
     def release(self, key: TunnelKey) -> Allocation | None:
-        """Forget the key's allocation. Its port or subdomain is free again once no version of
-        the relay's table that may be in force names it (see `table_written`)."""
+        """Forget the key's allocation. Its port or host names are free again once no version
+        of the relay's table that may be in force names them (see `table_written`)."""
         allocation = self._allocations.pop(key, None)
         if allocation is None:
             return None
@@ -227,7 +259,7 @@ class AllocationTable:
             if allocation.port is not None and uses_port(allocation.protocol):
                 del state.holders[allocation.protocol][allocation.port]
                 state.refresh_port(allocation.protocol, allocation.port)
-        self._free_subdomain(allocation)
+        self._free_hosts(allocation)
         return allocation
 
     def table_writing(self, relay: str, entries: Iterable[TableEntry]) -> None:
@@ -242,6 +274,8 @@ class AllocationTable:
         what it no longer names is free for others."""
         state = self._relays.get(relay)
         if state is not None:
+            domain = state.view.http_domain
+            state.serving_domains = {domain} if domain else set()
             self._set_table_holds(state, self._holds(state, entries))
 
     def table_holders(self, relay: str) -> set[TunnelKey]:
@@ -256,9 +290,9 @@ class AllocationTable:
 
         Idempotent: an allocation that still satisfies the request is returned unchanged
         (invariant 2), whatever `prefer` says; a changed bandwidth is applied in place when
-        the relay has room for it. Otherwise the old allocation is released and a new one
-        found, trying first to keep the relay and port or subdomain of `prefer` (or of the
-        old allocation).
+        the relay has room for it. Otherwise (a changed custom domain list, say) the old
+        allocation is released and a new one found, trying first to keep the relay and port
+        or subdomain of `prefer` (or of the old allocation).
         """
         current = self._allocations.get(request.key)
         if current is not None and self._satisfies(current, request):
@@ -287,28 +321,55 @@ class AllocationTable:
         if alloc.port is not None and uses_port(alloc.protocol):
             state.holders[alloc.protocol][alloc.port] = alloc.key
             state.free[alloc.protocol].discard(alloc.port)
-        if _holds_subdomain(alloc):
-            self._subdomains[(alloc.http_domain, alloc.subdomain)] = alloc.key
+        for host in alloc.hosts:
+            self._hosts[host] = alloc.key
 
     @staticmethod
     def _holds(state: _RelayState, entries: Iterable[TableEntry]) -> set[TableHold]:
+        """What table entries hold on this relay: ports, and whole host names (built with the
+        httpDomains the relay may serve now, so that releasing them later needs none)."""
         holds: set[TableHold] = set()
         for entry in entries:
             key = (entry.namespace, entry.name)
             if uses_port(entry.protocol) and entry.remote_port is not None:
                 holds.add((entry.protocol, entry.remote_port, key))
-            elif uses_subdomain(entry.protocol) and entry.subdomain and state.view.http_domain:
-                holds.add((HOST, entry.subdomain, key))
-        return holds
+            elif uses_subdomain(entry.protocol):
+                if entry.subdomain:
+                    holds.add((SUBDOMAIN, entry.subdomain, key))
+                for host in normal_hosts(entry.custom_domains):
+                    holds.add((HOST, host, key))
+        return holds | AllocationTable._subdomain_hosts(state, holds)
+
+    @staticmethod
+    def _subdomain_hosts(state: _RelayState, holds: set[TableHold] | None = None) -> set[TableHold]:
+        """The subdomains table holds name (the relay's own by default), as host names under
+        every httpDomain the relay may serve."""
+        return {
+            (HOST, f"{sub}.{domain}", key)
+            for family, sub, key in (state.table_holds if holds is None else holds)
+            if family == SUBDOMAIN
+            for domain in state.serving_domains
+        }
+
+    def _count_http_domain(self, domain: str | None, change: int) -> None:
+        if not domain:
+            return
+        count = self._http_domains.get(domain, 0) + change
+        if count > 0:
+            self._http_domains[domain] = count
+        else:
+            self._http_domains.pop(domain, None)
 
     def _set_table_holds(self, state: _RelayState, holds: set[TableHold]) -> None:
-        relay, domain = state.view.name, state.view.http_domain
+        relay = state.view.name
         for family, target, key in state.table_holds - holds:
+            if family == SUBDOMAIN:
+                continue
             if family == HOST:
-                holders = self._table_subdomains.get((domain or "", str(target)), set())
+                holders = self._table_hosts.get(str(target), set())
                 holders.discard((relay, key))
                 if not holders:
-                    self._table_subdomains.pop((domain or "", str(target)), None)
+                    self._table_hosts.pop(str(target), None)
             else:
                 port = int(target)
                 keys = state.table_ports[family].get(port, set())
@@ -317,30 +378,52 @@ class AllocationTable:
                     state.table_ports[family].pop(port, None)
                 state.refresh_port(family, port)
         for family, target, key in holds - state.table_holds:
+            if family == SUBDOMAIN:
+                continue
             if family == HOST:
-                self._table_subdomains.setdefault((domain or "", str(target)), set()).add(
-                    (relay, key)
-                )
+                self._table_hosts.setdefault(str(target), set()).add((relay, key))
             else:
                 state.table_ports[family].setdefault(int(target), set()).add(key)
                 state.free[family].discard(int(target))
         state.table_holds = holds
 
-    def _subdomain_available(self, http_domain: str | None, subdomain: str, key: TunnelKey) -> bool:
-        """Whether `key` may have the subdomain under the httpDomain: nobody else holds it,
-        neither in memory nor in a relay's table."""
-        if http_domain is None:
-            return False
-        sub = (http_domain, subdomain)
-        return self._subdomains.get(sub, key) == key and all(
-            holder == key for _, holder in self._table_subdomains.get(sub, ())
+    def _host_available(self, host: str, key: TunnelKey) -> bool:
+        """Whether `key` may have the host name: nobody else holds it, neither in memory (as
+        a subdomain or a custom domain) nor in a relay's table."""
+        return self._hosts.get(host, key) == key and all(
+            holder == key for _, holder in self._table_hosts.get(host, ())
         )
 
-    def _free_subdomain(self, alloc: Allocation) -> None:
-        if _holds_subdomain(alloc):
-            subdomain = (alloc.http_domain, alloc.subdomain)
-            if self._subdomains.get(subdomain) == alloc.key:
-                del self._subdomains[subdomain]
+    def _other_holder(self, host: str, key: TunnelKey) -> TunnelKey | None:
+        """Another key that holds the host name (the least, for a stable message), if any."""
+        others = self.host_holders(host) - {key}
+        return min(others) if others else None
+
+    def _subdomain_available(self, http_domain: str | None, subdomain: str, key: TunnelKey) -> bool:
+        return http_domain is not None and self._host_available(f"{subdomain}.{http_domain}", key)
+
+    def _free_hosts(self, alloc: Allocation) -> None:
+        for host in alloc.hosts:
+            if self._hosts.get(host) == alloc.key:
+                del self._hosts[host]
+
+    def _provider_domain_over(self, host: str) -> str | None:
+        """The relay httpDomain the host name equals or lies under, if any."""
+        return next((d for d in domain_and_parents(host) if d in self._http_domains), None)
+
+    def _request_refusal(self, request: TunnelRequest) -> Unschedulable | None:
+        """Why no relay at all may take the request, whatever its state: a custom domain that
+        is the provider's, or that another tunnel holds."""
+        relays = len(self._names)
+        for host in request.wanted_custom_domains:
+            http_domain = self._provider_domain_over(host)
+            if http_domain is not None:
+                return explain.custom_domain_not_allowed(relays, host, http_domain)
+        for host in request.wanted_custom_domains:
+            holder = self._other_holder(host, request.key)
+            if holder is not None:
+                return explain.custom_domain_taken(relays, host, holder)
+        return None
 
     def _misplacement(self, alloc: Allocation) -> str | None:
         state = self._relays.get(alloc.relay)
@@ -358,6 +441,10 @@ class AllocationTable:
                 f"RelayNode {view.name} serves httpDomain {view.http_domain} instead of "
                 f"{alloc.http_domain}"
             )
+        for host in normal_hosts(alloc.custom_domains) if uses_subdomain(alloc.protocol) else ():
+            http_domain = self._provider_domain_over(host)
+            if http_domain is not None:
+                return f"custom domain {host} is under the httpDomain {http_domain} of a RelayNode"
         return None
 
     def _satisfies(self, alloc: Allocation, request: TunnelRequest) -> bool:
@@ -369,6 +456,7 @@ class AllocationTable:
             and state.view.matches(request.placement)
             and request.wanted_port in (None, alloc.port)
             and request.wanted_subdomain in (None, alloc.subdomain)
+            and request.wanted_custom_domains == normal_hosts(alloc.custom_domains)
             and self._misplacement(alloc) is None
         )
 
@@ -384,6 +472,9 @@ class AllocationTable:
     def _place(
         self, request: TunnelRequest, prefer: Allocation | None
     ) -> Allocation | Unschedulable:
+        refused = self._request_refusal(request)
+        if refused is not None:
+            return refused
         wish = _Wish.of(request, prefer)
         refusals: list[tuple[str, DeferredRefusal]] = []
         best: tuple[tuple[int, float, str], _RelayState] | None = None
@@ -445,13 +536,10 @@ class AllocationTable:
                 return partial(explain.port_taken, port, protocol, min(in_table), request.key)
         subdomain = request.wanted_subdomain
         if uses_subdomain(protocol) and subdomain is not None:
-            sub = (view.http_domain or "", subdomain)
-            holders = {self._subdomains.get(sub, request.key)}
-            holders |= {key for _, key in self._table_subdomains.get(sub, ())}
-            holders.discard(request.key)
-            if holders:
+            holder = self._other_holder(f"{subdomain}.{view.http_domain}", request.key)
+            if holder is not None:
                 return partial(
-                    explain.subdomain_taken, subdomain, view.http_domain, min(holders), request.key
+                    explain.subdomain_taken, subdomain, view.http_domain, holder, request.key
                 )
         return None
 
@@ -507,6 +595,7 @@ class AllocationTable:
             http_domain=http_domain,
             bandwidth=request.bandwidth,
             table_bytes=request.table_bytes,
+            custom_domains=request.wanted_custom_domains,
         )
 
 
@@ -534,12 +623,8 @@ class _Wish:
         return cls(request.protocol, request.key, prefer.relay, port, subdomain, prefer.http_domain)
 
 
-def _holds_subdomain(alloc: Allocation) -> bool:
-    return uses_subdomain(alloc.protocol) and bool(alloc.subdomain) and bool(alloc.http_domain)
-
-
 def _complete(alloc: Allocation) -> bool:
     """Whether an allocation read from a status has what its protocol needs."""
     if uses_port(alloc.protocol):
         return alloc.port is not None and 1 <= alloc.port <= 65535
-    return _holds_subdomain(alloc)
+    return bool(alloc.subdomain) and bool(alloc.http_domain)

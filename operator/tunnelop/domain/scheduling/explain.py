@@ -14,6 +14,8 @@ from tunnelop.api.v1alpha1 import RelayPlacement, format_quantity
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling.model import (
     CAPACITY_EXHAUSTED,
+    CUSTOM_DOMAIN_NOT_ALLOWED,
+    CUSTOM_DOMAIN_TAKEN,
     NO_RELAY_MATCHES,
     NO_RELAY_READY,
     PORT_NOT_ALLOWED,
@@ -239,4 +241,28 @@ def subdomain_taken(
         f"serves {http_domain}, where spec.subdomain {subdomain} is taken by {by_one}",
         f"serve {http_domain}, where spec.subdomain {subdomain} is taken by {by_many}",
         ("choose another spec.subdomain", "omit spec.subdomain to get one generated"),
+    )
+
+
+# Refusals of the request itself, whatever the relays: custom domains -------------------------
+
+
+def custom_domain_not_allowed(relay_count: int, domain: str, http_domain: str) -> Unschedulable:
+    return Unschedulable(
+        CUSTOM_DOMAIN_NOT_ALLOWED,
+        f"0/{relay_count} RelayNodes fit: spec.customDomains {domain} is under {http_domain}, "
+        "the httpDomain of a RelayNode, whose host names only the provider hands out. Use "
+        f"spec.subdomain for a name under {http_domain}, or remove {domain} from "
+        "spec.customDomains.",
+    )
+
+
+def custom_domain_taken(relay_count: int, domain: str, holder: TunnelKey) -> Unschedulable:
+    owner = f"{holder[0]}/{holder[1]}"
+    return Unschedulable(
+        CUSTOM_DOMAIN_TAKEN,
+        f"0/{relay_count} RelayNodes fit: spec.customDomains {domain} is held by tunnel "
+        f"{owner}, and a host name serves one tunnel only. Remove {domain} from "
+        f"spec.customDomains, or have {owner} release it: this tunnel is scheduled as soon as "
+        "it is free.",
     )

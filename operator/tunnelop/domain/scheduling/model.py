@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, PORT_PROTOCOLS, RelayPlacement, Tunnel
@@ -13,18 +14,24 @@ TunnelKey = tuple[str, str]  # (namespace, name)
 NO_RELAY_MATCHES = "NoRelayMatches"
 PROTOCOL_NOT_ALLOWED = "ProtocolNotAllowed"
 PORT_NOT_ALLOWED = "PortNotAllowed"
+# A custom domain under a relay's httpDomain: those host names are the provider's to hand out.
+CUSTOM_DOMAIN_NOT_ALLOWED = "CustomDomainNotAllowed"
 NO_RELAY_READY = "NoRelayReady"
 CAPACITY_EXHAUSTED = "CapacityExhausted"
 PORT_TAKEN = "PortTaken"
 SUBDOMAIN_TAKEN = "SubdomainTaken"
+# A custom domain another tunnel holds: no relay may take the tunnel while it does.
+CUSTOM_DOMAIN_TAKEN = "CustomDomainTaken"
 REASONS = (
     NO_RELAY_MATCHES,
     PROTOCOL_NOT_ALLOWED,
     PORT_NOT_ALLOWED,
+    CUSTOM_DOMAIN_NOT_ALLOWED,
     NO_RELAY_READY,
     CAPACITY_EXHAUSTED,
     PORT_TAKEN,
     SUBDOMAIN_TAKEN,
+    CUSTOM_DOMAIN_TAKEN,
 )
 
 
@@ -38,6 +45,18 @@ def uses_subdomain(protocol: str) -> bool:
     return protocol in HTTP_PROTOCOLS
 
 
+def normal_hosts(names: Iterable[str]) -> tuple[str, ...]:
+    """Host names as they are compared: lowercase, without a trailing dot, sorted, once."""
+    return tuple(sorted({name.lower().rstrip(".") for name in names}))
+
+
+def domain_and_parents(host: str) -> Iterator[str]:
+    """`a.b.example.com`, `b.example.com`, `example.com`, `com`: the names a host lies under."""
+    labels = host.split(".")
+    for start in range(len(labels)):
+        yield ".".join(labels[start:])
+
+
 @dataclass(frozen=True)
 class TunnelRequest:
     """What a Tunnel asks of the scheduler. A requested port is ignored for http(s) and a
@@ -49,6 +68,7 @@ class TunnelRequest:
     remote_port: int | None = None  # tcp/udp only
     subdomain: str | None = None  # http/https only
     bandwidth: int | None = None  # bits/s; counts against the relay's capacity_bandwidth
+    custom_domains: tuple[str, ...] = ()  # http/https only; host names, cluster-wide unique
     # The size of the tunnel's entry in its relay's table (an upper bound before the port or
     # subdomain is known): a relay takes no more tunnels than its table Secret can carry.
     table_bytes: int = 0
@@ -65,6 +85,7 @@ class TunnelRequest:
             remote_port=spec.remote_port,
             subdomain=spec.subdomain,
             bandwidth=spec.bandwidth_bps,
+            custom_domains=normal_hosts(spec.custom_domains),
         )
 
     @property
@@ -74,6 +95,10 @@ class TunnelRequest:
     @property
     def wanted_subdomain(self) -> str | None:
         return self.subdomain if uses_subdomain(self.protocol) else None
+
+    @property
+    def wanted_custom_domains(self) -> tuple[str, ...]:
+        return normal_hosts(self.custom_domains) if uses_subdomain(self.protocol) else ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,7 @@ class Allocation:
     http_domain: str | None = None  # the relay's httpDomain, for http/https
     bandwidth: int | None = None
     table_bytes: int = 0  # the size of its entry in the relay's table
+    custom_domains: tuple[str, ...] = ()  # http/https, as normal_hosts() gives them
 
     @property
     def host(self) -> str | None:
@@ -95,6 +121,15 @@ class Allocation:
         if self.subdomain and self.http_domain:
             return f"{self.subdomain}.{self.http_domain}"
         return None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every host name the tunnel is served by: subdomain.httpDomain and its custom
+        domains (none for tcp/udp). Each belongs to this tunnel only, cluster-wide."""
+        if not uses_subdomain(self.protocol):
+            return ()
+        host = self.host
+        return normal_hosts((host, *self.custom_domains) if host else self.custom_domains)
 
 
 @dataclass(frozen=True)
