@@ -346,7 +346,7 @@ async def test_concurrent_tunnels_asking_for_one_custom_domain_get_it_one_at_a_t
         for ns in waiting:
             _, reason, message = settled[ns]
             assert reason == "CustomDomainTaken"
-            assert f"spec.customDomains {domain} is held by tunnel {holder}/site" in message
+            assert f"spec.customDomains {domain} is held by a tunnel of another namespace" in message
         if not waiting:
             return  # admission saw every create but the first one: nothing to hand on
         tools.kubectl("delete", "tunnel", "site", "-n", holder, "--timeout=30s")
@@ -357,7 +357,7 @@ async def test_concurrent_tunnels_asking_for_one_custom_domain_get_it_one_at_a_t
             ready = [ns for ns, (status, _, _) in found.items() if status == "True"]
             if len(ready) != 1:
                 return None
-            told = f"is held by tunnel {ready[0]}/site"
+            told = "is held by a tunnel of another namespace"
             others = [found[ns] for ns in waiting if ns != ready[0]]
             if all(r == "CustomDomainTaken" and told in m for _, r, m in others):
                 return ready[0]

@@ -665,14 +665,17 @@ def test_a_custom_domain_belongs_to_one_tunnel_whatever_the_relay() -> None:
     assert shop.custom_domains == ("www.shop.test",)
     assert shop.hosts == (shop.host, "www.shop.test")
     assert table.host_holders("www.shop.test") == {("alice", "shop")}
-    # Another tenant, on another relay and protocol: refused on every relay, naming the owner.
+    # Another tenant, on another relay and protocol: refused on every relay, without naming
+    # the owner (another tenant's tunnel); a tunnel of the owner's namespace learns its name.
     thief = request("mine", "http", "bob", custom_domains=("www.shop.test",))
     assert refused(table.schedule(thief)) == Unschedulable(
         CUSTOM_DOMAIN_TAKEN,
-        "0/2 RelayNodes fit: spec.customDomains www.shop.test is held by tunnel alice/shop, "
-        "and a host name serves one tunnel only. Remove www.shop.test from spec.customDomains, "
-        "or have alice/shop release it: this tunnel is scheduled as soon as it is free.",
+        "0/2 RelayNodes fit: spec.customDomains www.shop.test is held by a tunnel of another "
+        "namespace, and a host name serves one tunnel only. Remove www.shop.test from "
+        "spec.customDomains: this tunnel is scheduled as soon as it is free.",
     )
+    sibling = request("copy", "http", "alice", custom_domains=("www.shop.test",))
+    assert "held by tunnel shop of this namespace" in refused(table.schedule(sibling)).message
     assert table.allocation_of(thief.key) is None
     # The owner gives it up: the waiting tunnel gets it.
     table.release(shop.key)

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, Tunnel, TunnelSpec, error_messages
 from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling.explain import holder_name
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def review(
     # Only the names added are judged: a tenant keeps the ones admitted before.
     added = sorted({d.lower() for d in spec.custom_domains} - _custom_domains(previous))
     denials = _custom_domains_not_provided(added, relays)
-    denials += _custom_domains_unique(added, others)
+    denials += _custom_domains_unique(added, others, me)
     eligible = [r for r in relays if r.matches(spec.relay)]
     if not eligible:
         return denials
@@ -79,7 +80,7 @@ def review(
         denials += _port_allowed(spec, eligible)
     if spec.subdomain is not None and changed("subdomain", "relay", "protocol"):
         denials += _subdomain_unique(spec, *me, eligible, claims)
-        denials += _subdomain_not_a_custom_domain(spec, eligible, others)
+        denials += _subdomain_not_a_custom_domain(spec, eligible, others, me)
     return denials
 
 
@@ -119,28 +120,30 @@ def _custom_domains_not_provided(added: list[str], relays: list[RelayView]) -> l
     return []
 
 
-def _custom_domains_unique(added: list[str], others: list[HostClaim]) -> list[str]:
+def _custom_domains_unique(
+    added: list[str], others: list[HostClaim], me: tuple[str, str]
+) -> list[str]:
     for domain in added:
         holder = min(((c.namespace, c.name) for c in others if c.host == domain), default=None)
         if holder is not None:
             return [
-                f"spec.customDomains: {domain!r} is already asked for by another tunnel "
-                f"({holder[0]}/{holder[1]}), and a host name serves one tunnel only; remove "
-                f"it from spec.customDomains, or have {holder[0]}/{holder[1]} release it first"
+                f"spec.customDomains: {domain!r} is already asked for by "
+                f"{holder_name(holder, me)}, and a host name serves one tunnel only; remove "
+                "it from spec.customDomains"
             ]
     return []
 
 
 def _subdomain_not_a_custom_domain(
-    spec: TunnelSpec, eligible: list[RelayView], others: list[HostClaim]
+    spec: TunnelSpec, eligible: list[RelayView], others: list[HostClaim], me: tuple[str, str]
 ) -> list[str]:
     for host in subdomain_hosts(spec, eligible):
         holder = min(((c.namespace, c.name) for c in others if c.host == host), default=None)
         if holder is not None:
             return [
-                f"spec.subdomain: {spec.subdomain!r} makes {host}, a custom domain of another "
-                f"tunnel ({holder[0]}/{holder[1]}); choose another subdomain, or omit "
-                "spec.subdomain to get a generated one"
+                f"spec.subdomain: {spec.subdomain!r} makes {host}, a custom domain of "
+                f"{holder_name(holder, me)}; choose another subdomain, or omit spec.subdomain "
+                "to get a generated one"
             ]
     return []
 
@@ -200,10 +203,11 @@ def _subdomain_unique(
         shared = domains & claim.http_domains
         if shared:
             domain = sorted(shared)[0]
+            holder = holder_name((claim.namespace, claim.name), (namespace, name))
             return [
                 f"spec.subdomain: {spec.subdomain!r} is already taken under {domain} by "
-                f"another tunnel ({claim.namespace}/{claim.name}); choose another subdomain, "
-                "or omit spec.subdomain to get a generated one"
+                f"{holder}; choose another subdomain, or omit spec.subdomain to get a "
+                "generated one"
             ]
     return []
 

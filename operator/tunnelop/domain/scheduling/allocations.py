@@ -422,7 +422,7 @@ class AllocationTable:
         for host in request.wanted_custom_domains:
             holder = self._other_holder(host, request.key)
             if holder is not None:
-                return explain.custom_domain_taken(relays, host, holder)
+                return explain.custom_domain_taken(relays, host, holder, request.key)
         return None
 
     def _misplacement(self, alloc: Allocation) -> str | None:

@@ -98,13 +98,21 @@ def describe_placement(placement: RelayPlacement) -> str:
     return ", ".join(parts)
 
 
-def _holder(holder: TunnelKey, requester: TunnelKey) -> tuple[str, str]:
-    """Who holds a port or subdomain, for one relay and for several. Only a tunnel of the
-    requester's own namespace is named: other tenants' tunnels are none of their business."""
+def holder_name(holder: TunnelKey, requester: TunnelKey) -> str:
+    """Who holds a port or host name, as the requester may learn it. Only a tunnel of the
+    requester's own namespace is named: other tenants' tunnels are none of their business
+    (nor is whether a tunnel of a given name exists there)."""
     if holder[0] == requester[0]:
-        text = f"tunnel {holder[1]} of this namespace"
+        return f"tunnel {holder[1]} of this namespace"
+    return "a tunnel of another namespace"
+
+
+def _holder(holder: TunnelKey, requester: TunnelKey) -> tuple[str, str]:
+    """holder_name, for one relay and for several."""
+    text = holder_name(holder, requester)
+    if holder[0] == requester[0]:
         return text, text
-    return "a tunnel of another namespace", "tunnels of other namespaces"
+    return text, "tunnels of other namespaces"
 
 
 # The refusals, in the order the scheduler checks them -----------------------------------------
@@ -257,12 +265,12 @@ def custom_domain_not_allowed(relay_count: int, domain: str, http_domain: str) -
     )
 
 
-def custom_domain_taken(relay_count: int, domain: str, holder: TunnelKey) -> Unschedulable:
-    owner = f"{holder[0]}/{holder[1]}"
+def custom_domain_taken(
+    relay_count: int, domain: str, holder: TunnelKey, requester: TunnelKey
+) -> Unschedulable:
     return Unschedulable(
         CUSTOM_DOMAIN_TAKEN,
-        f"0/{relay_count} RelayNodes fit: spec.customDomains {domain} is held by tunnel "
-        f"{owner}, and a host name serves one tunnel only. Remove {domain} from "
-        f"spec.customDomains, or have {owner} release it: this tunnel is scheduled as soon as "
-        "it is free.",
+        f"0/{relay_count} RelayNodes fit: spec.customDomains {domain} is held by "
+        f"{holder_name(holder, requester)}, and a host name serves one tunnel only. Remove "
+        f"{domain} from spec.customDomains: this tunnel is scheduled as soon as it is free.",
     )
