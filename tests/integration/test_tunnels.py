@@ -346,7 +346,9 @@ async def test_concurrent_tunnels_asking_for_one_custom_domain_get_it_one_at_a_t
         for ns in waiting:
             _, reason, message = settled[ns]
             assert reason == "CustomDomainTaken"
-            assert f"spec.customDomains {domain} is held by a tunnel of another namespace" in message
+            assert (
+                f"spec.customDomains {domain} is held by a tunnel of another namespace" in message
+            )
         if not waiting:
             return  # admission saw every create but the first one: nothing to hand on
         tools.kubectl("delete", "tunnel", "site", "-n", holder, "--timeout=30s")
