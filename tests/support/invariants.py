@@ -42,6 +42,8 @@ FINAL_UNSCHEDULED_REASONS = frozenset(
         "CapacityExhausted",
         "PortTaken",
         "SubdomainTaken",
+        "CustomDomainNotAllowed",
+        "CustomDomainTaken",
         "InvalidSpec",
     }
 )
