@@ -22,6 +22,7 @@ from tunnelop.builders.frps import build_frps_config
 from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 ADDRESS = "127.0.0.60"  # this test's relay "pod"
+PLUGIN_PASSWORD = "plugin-password-of-the-outage-relay"
 UNREACHABLE_KUBECONFIG = """
 apiVersion: v1
 kind: Config
@@ -72,7 +73,12 @@ def agent_without_api_server(tmp_path: Path) -> tuple[list[str], dict[str, str]]
         f"--frps-dashboard=http://{ADDRESS}:7500",
         f"--kubeconfig={tmp_path / 'kubeconfig'}",
     ]
-    return argv, {"TUNNELOP_STATE_DIR": str(state), "TUNNELOP_DASHBOARD_PASSWORD": "dash"}
+    env = {
+        "TUNNELOP_STATE_DIR": str(state),
+        "TUNNELOP_DASHBOARD_PASSWORD": "dash",
+        "TUNNELOP_PLUGIN_PASSWORD": PLUGIN_PASSWORD,
+    }
+    return argv, env
 
 
 async def agent_ready(timeout: float = 20) -> None:
@@ -102,7 +108,9 @@ async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path
             },
         }
     )
-    frps_toml = build_frps_config(relay, token="relay-token", dashboard_password="dash")
+    frps_toml = build_frps_config(
+        relay, token="relay-token", dashboard_password="dash", plugin_password=PLUGIN_PASSWORD
+    )
     # As in the pod: localhost is the pod's own address.
     (tmp_path / "frps.toml").write_text(frps_toml.replace("127.0.0.1", ADDRESS))
     agent_argv, agent_env = agent_without_api_server(tmp_path)
