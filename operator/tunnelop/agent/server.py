@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import signal
 import time
@@ -36,6 +37,9 @@ from tunnelop.platform.addresses import split_host_port
 from tunnelop.platform.kube import Kube
 
 log = logs.get(__name__)
+# Most calls are accepted unchanged (every heartbeat): that answer is serialized once.
+_PLAIN_ACCEPT = decisions.accept().response
+_PLAIN_ACCEPT_BODY = json.dumps(_PLAIN_ACCEPT).encode()
 
 
 @dataclass
@@ -140,6 +144,19 @@ class Agent:
             state_dir=options.state_dir,
             on_change=self._on_table,
         )
+        # The hot path's fixed parts, computed once: what frps's Authorization header must be
+        # (Go sends exactly "Basic " + base64(user:password)), and each op's metric children.
+        self._frps_authorization = (
+            basicauth.header(PLUGIN_USER, options.plugin_password)["Authorization"].encode()
+            if options.plugin_password
+            else None
+        )
+        self._counted = {
+            (op, result): self.requests.labels(op, result)
+            for op in (*decisions.OPS, "other")
+            for result in ("accepted", "rejected")
+        }
+        self._timed = {op: self.latency.labels(op) for op in (*decisions.OPS, "other")}
         self._runners: list[web.BaseRunner] = []
         self._meter_task: asyncio.Task[None] | None = None
 
@@ -179,9 +196,11 @@ class Agent:
         decision = self.decide(op, content)
         # Only frps's own ops as label values: a request cannot make up series.
         label = op if isinstance(op, str) and op in decisions.OPS else "other"
-        self.requests.labels(label, "rejected" if decision.rejected else "accepted").inc()
-        self.latency.labels(label).observe(time.perf_counter() - started)
-        return web.Response(body=json.dumps(decision.response), content_type="application/json")
+        self._counted[label, "rejected" if decision.rejected else "accepted"].inc()
+        self._timed[label].observe(time.perf_counter() - started)
+        response = decision.response
+        body = _PLAIN_ACCEPT_BODY if response == _PLAIN_ACCEPT else json.dumps(response).encode()
+        return web.Response(body=body, content_type="application/json")
 
     def decide(self, op: str, content: object) -> decisions.Decision:
         """Decide one call and note what it tells: the client's session, its proxy, or the
@@ -228,9 +247,15 @@ class Agent:
         )
 
     def _plugin_authorized(self, header: str) -> bool:
-        password = self.options.plugin_password
-        if not password:
+        expected = self._frps_authorization
+        if expected is None:
             return self.options.allow_unauthenticated_plugin
+        # Constant time: the header as frps sends it, byte for byte; else decoded, for any
+        # other client that spells basic auth differently (say, "basic" in lower case).
+        given = header.encode(errors="replace")
+        if hmac.compare_digest(given, expected):
+            return True
+        password = self.options.plugin_password or ""
         return basicauth.matches(header, PLUGIN_USER, password)
 
     # ---- health and metrics -------------------------------------------------------------
