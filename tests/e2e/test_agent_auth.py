@@ -45,6 +45,22 @@ async def relay(operator, relay_runner):
         "--timeout=60s",
         check=False,
     )
+    # The pod object goes at once; its processes take a moment to stop. The next module's
+    # runner hands out this loopback address again, so wait until the relay lets go of it.
+    await until_closed(address, naming.PLUGIN_PORT, timeout=30)
+
+
+async def until_closed(address: str, port: int, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(address, port)
+        except OSError:
+            return
+        writer.close()
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{address}:{port} still open {timeout} s after the relay was deleted")
 
 
 def relay_secrets(relay_name: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from support.netutil import echo_server, wait_for_echo
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders.frpc import build_frpc_config
 from tunnelop.builders.frps import build_frps_config
+from tunnelop.contract import basicauth
 from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 ADDRESS = "127.0.0.60"  # this test's relay "pod"
@@ -188,9 +189,10 @@ async def test_agent_answers_malformed_plugin_calls_and_keeps_serving(tmp_path: 
         b'{"version": "0.1.0", "op": "NewProxy", "content": {"user": [1, 2]}}',
         os.urandom(4096),
     ]
+    frps = basicauth.header("frps", PLUGIN_PASSWORD)  # as frps calls it
     try:
         await agent_ready()
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=frps) as http:
             for body in bodies:
                 for op in ("Login", "NewProxy", "Ping", "NewUserConn", "CloseProxy", "Other"):
                     url = f"http://{ADDRESS}:7400/handler?version=0.1.0&op={op}"
