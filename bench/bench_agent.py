@@ -1,10 +1,11 @@
 """How many frps plugin calls one relay agent answers per second, and how fast.
 
-Every connected client sends a heartbeat (Ping) every 3 s, and each is a plugin call; so the
-agent's rate bounds the clients one relay can hold. The agent runs as a real process with a
+Every connected client sends a heartbeat (Ping) every second (the frpc.toml the operator
+writes), and each is a plugin call; so the agent's rate bounds the clients one relay can hold. The agent runs as a real process with a
 table of TUNNELS entries (served from its on-disk copy, no API server needed); a client
 keeps CONCURRENCY requests in flight, as frps does with many clients, mixing Ping (90%) and
-NewUserConn (10%) calls.
+NewUserConn (10%) calls, each client with a session (run_id) of its own, and with frps's
+credentials for the plugin endpoint.
 
     python bench/bench_agent.py --tunnels 5000 --seconds 10
 
@@ -29,11 +30,14 @@ from pathlib import Path
 
 import aiohttp
 
+from tunnelop.contract import basicauth
+from tunnelop.contract.naming import PLUGIN_PASSWORD_ENV, PLUGIN_USER
 from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 ADDRESS = "127.0.0.250"
 RESULTS = Path(__file__).parent / "results"
-HEARTBEAT_INTERVAL = 3.0
+HEARTBEAT_INTERVAL = 1.0  # builders/frps.py CLIENT_HEARTBEAT_INTERVAL
+PLUGIN_PASSWORD = "bench-plugin-password"
 
 
 def table(tunnels: int) -> tuple[str, list[dict]]:
@@ -41,7 +45,8 @@ def table(tunnels: int) -> tuple[str, list[dict]]:
     for i in range(tunnels):
         ns, name, token = f"tenant-{i % 500}", f"t{i}", f"token-{i}"
         entries.append(TableEntry(ns, name, token_sha256(token), "tcp", remote_port=20000 + i))
-        user = {"user": ns, "metas": {"tunnel": f"{ns}/{name}", "token": token}, "run_id": "r"}
+        metas = {"tunnel": f"{ns}/{name}", "token": token}
+        user = {"user": ns, "metas": metas, "run_id": f"run-{i:08x}"}
         clients.append(user)
     return table_json("bench", entries), clients
 
@@ -67,7 +72,11 @@ async def run(tunnels: int, seconds: float, concurrency: int) -> dict:
             f"--frps-dashboard=http://{ADDRESS}:7500",
             f"--kubeconfig={state / 'kubeconfig'}",
             "--log-level=ERROR",
-            env={**os.environ, "TUNNELOP_STATE_DIR": str(state)},
+            env={
+                **os.environ,
+                "TUNNELOP_STATE_DIR": str(state),
+                PLUGIN_PASSWORD_ENV: PLUGIN_PASSWORD,
+            },
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -80,7 +89,9 @@ async def run(tunnels: int, seconds: float, concurrency: int) -> dict:
 
 async def _load(pid: int, clients: list[dict], seconds: float, concurrency: int) -> dict:
     url = f"http://{ADDRESS}:7400/handler"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    frps = basicauth.header(PLUGIN_USER, PLUGIN_PASSWORD)
+    async with aiohttp.ClientSession(connector=connector, headers=frps) as http:
         for _ in range(100):  # until it serves
             try:
                 async with http.get(f"http://{ADDRESS}:7401/readyz") as r:
@@ -135,10 +146,10 @@ async def _load(pid: int, clients: list[dict], seconds: float, concurrency: int)
         },
         # The agent's own cost per call, whatever the load generator manages to send:
         # the rate one core of agent could answer, and the clients that carries at one
-        # Ping per client per heartbeat interval.
+        # Ping per client per heartbeat interval (1 s).
         "agent_cpu_ms_per_call": round(cpu / len(latencies) * 1000, 3),
         "calls_per_agent_core_second": int(len(latencies) / cpu) if cpu else None,
-        "clients_per_agent_core_at_3s_heartbeat": int(len(latencies) / cpu * HEARTBEAT_INTERVAL)
+        "clients_per_agent_core_at_1s_heartbeat": int(len(latencies) / cpu * HEARTBEAT_INTERVAL)
         if cpu
         else None,
         "note": "load generator and agent share the machine's cores; latency includes "

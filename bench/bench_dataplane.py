@@ -76,6 +76,7 @@ from tunnelop.contract.naming import (  # noqa: E402
     DASHBOARD_PORT,
     DASHBOARD_USER,
     LOCALHOST,
+    PLUGIN_PASSWORD_ENV,
     PLUGIN_PORT,
     STATE_DIR_ENV,
     table_secret_name,
@@ -699,7 +700,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def standalone_frps_config(
-    relay_name: str, address: str, token: str, password: str, variant: str
+    relay_name: str, address: str, token: str, password: str, plugin_password: str, variant: str
 ) -> str:
     """The operator's frps.toml for a RelayNode, rendered as frps would see it in the pod
     (pod IP and the pod's localhost both being `address`), minus NewUserConn or minus the
@@ -718,7 +719,9 @@ def standalone_frps_config(
             },
         }
     )
-    text = build_frps_config(relay, token=token, dashboard_password=password)
+    text = build_frps_config(
+        relay, token=token, dashboard_password=password, plugin_password=plugin_password
+    )
     for needle in (POD_IP_TEMPLATE, LOCALHOST, "[[httpPlugins]]"):
         if needle not in text:
             raise AssertionError(f"the operator's frps.toml has no {needle!r} any more:\n{text}")
@@ -779,10 +782,11 @@ async def start_standalone(
     (root / "state").mkdir(parents=True)
     relay_name = f"bench-{variant}"
     token, password = secrets.token_hex(16), secrets.token_hex(12)
+    plugin_password = secrets.token_hex(16)
     namespace = "bench"
     tunnel_tokens = {t: secrets.token_hex(16) for t in STANDALONE_PORTS}
     (root / "frps.toml").write_text(
-        standalone_frps_config(relay_name, address, token, password, variant)
+        standalone_frps_config(relay_name, address, token, password, plugin_password, variant)
     )
     pids: dict[str, int] = {}
     if variant != WITHOUT_PLUGIN:
@@ -814,7 +818,12 @@ async def start_standalone(
             ],
             root / "agent.log",
             plain_env(
-                root, **{STATE_DIR_ENV: str(root / "state"), DASHBOARD_PASSWORD_ENV: password}
+                root,
+                **{
+                    STATE_DIR_ENV: str(root / "state"),
+                    DASHBOARD_PASSWORD_ENV: password,
+                    PLUGIN_PASSWORD_ENV: plugin_password,
+                },
             ),
         )
         await wait_http_ok(f"http://{address}:{AGENT_HEALTH_PORT}/readyz", 30, agent)

@@ -198,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--kubeconfig", default=None, help="kubeconfig, when not in a pod")
     agent.add_argument(
+        "--allow-unauthenticated-plugin",
+        action="store_true",
+        help=(
+            "serve the plugin endpoint without frps's credentials (tests only: anyone who "
+            "reaches it can then speak for frps). Without this flag the agent needs "
+            "TUNNELOP_PLUGIN_PASSWORD, the password in the plugin addr of frps.toml"
+        ),
+    )
+    agent.add_argument(
         "--meter-interval",
         type=positive_seconds,
         default=5.0,
@@ -236,6 +245,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from tunnelop.agent.server import AgentOptions, serve
     from tunnelop.contract.naming import (
         DASHBOARD_PASSWORD_ENV,
+        PLUGIN_PASSWORD_ENV,
         SERVICE_ACCOUNT_DIR,
         STATE_DIR_ENV,
     )
@@ -243,19 +253,25 @@ def run_agent(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_format, args.log_level.upper())
     state_dir = os.environ.get(STATE_DIR_ENV)
-    options = AgentOptions(
-        relay=args.relay,
-        namespace=args.namespace,
-        table_secret=args.table_secret,
-        listen=args.listen,
-        health_listen=args.health_listen,
-        frps_dashboard=args.frps_dashboard,
-        dashboard_password=os.environ.get(DASHBOARD_PASSWORD_ENV) or None,
-        state_dir=Path(state_dir) if state_dir else None,
-        service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
-        kubeconfig=args.kubeconfig,
-        meter_interval=args.meter_interval,
-    )
+    try:
+        options = AgentOptions(
+            relay=args.relay,
+            namespace=args.namespace,
+            table_secret=args.table_secret,
+            listen=args.listen,
+            health_listen=args.health_listen,
+            frps_dashboard=args.frps_dashboard,
+            dashboard_password=os.environ.get(DASHBOARD_PASSWORD_ENV) or None,
+            plugin_password=os.environ.get(PLUGIN_PASSWORD_ENV) or None,
+            state_dir=Path(state_dir) if state_dir else None,
+            service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
+            kubeconfig=args.kubeconfig,
+            meter_interval=args.meter_interval,
+            allow_unauthenticated_plugin=args.allow_unauthenticated_plugin,
+        )
+    except ValueError as error:
+        print(f"tunnelop agent: {error}", file=sys.stderr)
+        return 2
     asyncio.run(serve(options))
     return 0
 

@@ -19,9 +19,11 @@ from support.netutil import echo_server, wait_for_echo
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders.frpc import build_frpc_config
 from tunnelop.builders.frps import build_frps_config
+from tunnelop.contract import basicauth
 from tunnelop.contract.table import TableEntry, table_json, token_sha256
 
 ADDRESS = "127.0.0.60"  # this test's relay "pod"
+PLUGIN_PASSWORD = "plugin-password-of-the-outage-relay"
 UNREACHABLE_KUBECONFIG = """
 apiVersion: v1
 kind: Config
@@ -72,7 +74,12 @@ def agent_without_api_server(tmp_path: Path) -> tuple[list[str], dict[str, str]]
         f"--frps-dashboard=http://{ADDRESS}:7500",
         f"--kubeconfig={tmp_path / 'kubeconfig'}",
     ]
-    return argv, {"TUNNELOP_STATE_DIR": str(state), "TUNNELOP_DASHBOARD_PASSWORD": "dash"}
+    env = {
+        "TUNNELOP_STATE_DIR": str(state),
+        "TUNNELOP_DASHBOARD_PASSWORD": "dash",
+        "TUNNELOP_PLUGIN_PASSWORD": PLUGIN_PASSWORD,
+    }
+    return argv, env
 
 
 async def agent_ready(timeout: float = 20) -> None:
@@ -102,7 +109,9 @@ async def test_agent_restarted_without_api_server_serves_its_last_table(tmp_path
             },
         }
     )
-    frps_toml = build_frps_config(relay, token="relay-token", dashboard_password="dash")
+    frps_toml = build_frps_config(
+        relay, token="relay-token", dashboard_password="dash", plugin_password=PLUGIN_PASSWORD
+    )
     # As in the pod: localhost is the pod's own address.
     (tmp_path / "frps.toml").write_text(frps_toml.replace("127.0.0.1", ADDRESS))
     agent_argv, agent_env = agent_without_api_server(tmp_path)
@@ -180,9 +189,10 @@ async def test_agent_answers_malformed_plugin_calls_and_keeps_serving(tmp_path: 
         b'{"version": "0.1.0", "op": "NewProxy", "content": {"user": [1, 2]}}',
         os.urandom(4096),
     ]
+    frps = basicauth.header("frps", PLUGIN_PASSWORD)  # as frps calls it
     try:
         await agent_ready()
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=frps) as http:
             for body in bodies:
                 for op in ("Login", "NewProxy", "Ping", "NewUserConn", "CloseProxy", "Other"):
                     url = f"http://{ADDRESS}:7400/handler?version=0.1.0&op={op}"

@@ -190,9 +190,17 @@ async def test_wrong_token_is_refused(relay, namespace, tmp_path):
     )
     await frpc.start()
     try:
-        line = await frpc.wait_log("invalid token for tunnel")
-        assert f"{namespace}/guarded" in line
+        # The same answer as for a tunnel that does not exist: nothing to enumerate.
+        line = await frpc.wait_log("credentials refused by relay")
+        assert relay_name in line
+        assert "guarded" not in line
         assert await connect_refused(address, port)
+        # The tenant sees why in the Tunnel's status.
+        refused = await wait_condition(
+            "tunnel", "guarded", namespace, "ClientConnected", "False", "ClientRefused", timeout=60
+        )
+        message = objects.condition(refused, "ClientConnected")["message"]
+        assert f"relay {relay_name} refused the client's Login" in message
     finally:
         await frpc.stop()
 
@@ -243,7 +251,7 @@ async def test_tenant_cannot_claim_another_tenants_port_or_subdomain(
                 assert f"remotePort {a_port}" in line
                 line = await steal_sub.wait_log("is allocated subdomain")
                 assert a_sub in line
-                await impersonate.wait_log("invalid token for tunnel")
+                await impersonate.wait_log("credentials refused by relay")
                 # A keeps working, over TCP and HTTP.
                 await assert_echo(address, a_port, steal_port.logs)
                 assert await served_http(address, host_a) == "tenant A"
@@ -331,7 +339,7 @@ async def test_rotated_token_and_deleted_tunnel_kick_the_client(relay, namespace
             # its next heartbeat and refused after, a client with the new Secret gets in.
             tools.kubectl("delete", "secret", "rotating-frpc", "-n", namespace)
             await old.wait_log("pong message contains error", timeout=15)
-            await old.wait_log("invalid token for tunnel", timeout=15)
+            await old.wait_log("credentials refused by relay", timeout=15)
         finally:
             await old.stop()
         await wait_for(
@@ -342,7 +350,7 @@ async def test_rotated_token_and_deleted_tunnel_kick_the_client(relay, namespace
             # A deleted tunnel's client is kicked, and its port closes.
             tools.kubectl("delete", "tunnel", "rotating", "-n", namespace)
             await new.wait_log("pong message contains error", timeout=15)
-            await new.wait_log("is not on relay", timeout=15)
+            await new.wait_log("credentials refused by relay", timeout=15)
             assert await connect_refused(address, port)
 
 

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunnelop.agent.decisions import (
+    CAUSES,
     CLOSE_PROXY,
     LOGIN,
     NEW_PROXY,
@@ -34,6 +35,11 @@ from tunnelop.agent.index import TableIndex, proxy_name, split_proxy_name
 from tunnelop.contract.table import TableEntry, token_sha256
 
 RELAY = "relay-a"
+# The one answer to a client whose tunnel is unknown or whose token is wrong.
+REFUSED = (
+    "credentials refused by relay relay-a: use the current frpc.toml from your Tunnel's "
+    "credentials Secret (<tunnel>-frpc)"
+)
 OPS = (LOGIN, NEW_PROXY, PING, NEW_USER_CONN, CLOSE_PROXY)
 GATED_OPS = (LOGIN, NEW_PROXY, PING, NEW_USER_CONN)
 
@@ -183,9 +189,9 @@ def test_index_parses_source_ranges_non_strictly_and_single_addresses_as_hosts()
 def test_empty_index() -> None:
     index = TableIndex.build(RELAY, [])
     assert len(index) == 0
-    assert reason(decide(index, LOGIN, login_content("team-a/ssh"))).startswith(
-        "tunnel team-a/ssh is not on relay relay-a"
-    )
+    decision = decide(index, LOGIN, login_content("team-a/ssh"))
+    assert reason(decision) == REFUSED
+    assert decision.cause == "unknown_tunnel"
 
 
 @pytest.mark.parametrize(
@@ -284,35 +290,64 @@ def test_login_without_metas_key_is_rejected() -> None:
     assert "metadatas.token" in reason(decide(INDEX, LOGIN, content))
 
 
-def test_login_for_a_tunnel_not_on_this_relay_is_rejected() -> None:
+def test_login_for_a_tunnel_not_on_this_relay_gets_the_credentials_answer() -> None:
     content = login_content("team-a/ssh")
     content["metas"]["tunnel"] = "team-a/elsewhere"
     decision = decide(INDEX, LOGIN, content)
-    text = reason(decision)
-    assert "tunnel team-a/elsewhere is not on relay relay-a" in text
-    assert "credentials Secret" in text
+    assert reason(decision) == REFUSED
+    assert "elsewhere" not in reason(decision)
+    assert decision.cause == "unknown_tunnel"
+    # The relay's log has the precise reason.
+    assert decision.detail == "tunnel team-a/elsewhere is not on relay relay-a"
     assert decision.tunnel == "team-a/elsewhere"
     assert not decision.client_alive
 
 
-def test_login_with_wrong_token_names_the_secret_holding_the_right_one() -> None:
+def test_login_with_wrong_token_gets_the_same_answer_as_an_unknown_tunnel() -> None:
     decision = decide(INDEX, LOGIN, login_content("team-a/ssh", token="guess"))
-    text = reason(decision)
-    assert "invalid token for tunnel team-a/ssh" in text
-    assert "Secret ssh-frpc" in text
+    assert reason(decision) == REFUSED
+    assert decision.cause == "bad_token"
+    assert decision.detail is not None and "Secret ssh-frpc" in decision.detail
     assert decision.tunnel == "team-a/ssh"
     assert not decision.client_alive
 
 
 def test_login_with_another_tunnels_token_is_rejected() -> None:
     content = login_content("team-a/ssh", token=TOKENS["team-a/game"])
-    assert "invalid token" in reason(decide(INDEX, LOGIN, content))
+    decision = decide(INDEX, LOGIN, content)
+    assert (reason(decision), decision.cause) == (REFUSED, "bad_token")
 
 
 def test_login_token_is_compared_as_sha256_not_as_digest() -> None:
     # The table holds the digest; presenting the digest itself must not work.
     content = login_content("team-a/ssh", token=token_sha256(TOKENS["team-a/ssh"]))
-    assert "invalid token" in reason(decide(INDEX, LOGIN, content))
+    assert decide(INDEX, LOGIN, content).cause == "bad_token"
+
+
+def test_an_unknown_tunnel_costs_a_digest_and_a_constant_time_compare_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No timing tells a stranger whether a tunnel exists: both paths hash the token and
+    # compare it in constant time.
+    from tunnelop.agent import decisions
+
+    calls: list[str] = []
+    real_digest, real_compare = decisions.token_sha256, decisions.hmac.compare_digest
+    monkeypatch.setattr(
+        decisions, "token_sha256", lambda t: calls.append("digest") or real_digest(t)
+    )
+    monkeypatch.setattr(
+        decisions.hmac,
+        "compare_digest",
+        lambda a, b: calls.append("compare") or real_compare(a, b),
+    )
+    unknown = login_content("team-a/ssh")
+    unknown["metas"]["tunnel"] = "team-a/elsewhere"
+    decide(INDEX, LOGIN, unknown)
+    on_unknown = list(calls)
+    calls.clear()
+    decide(INDEX, LOGIN, login_content("team-a/ssh", token="guess"))
+    assert on_unknown == calls == ["digest", "compare"]
 
 
 @pytest.mark.parametrize("user", ["team-b", "", None, "TEAM-A", 7])
@@ -335,9 +370,8 @@ def test_login_of_a_suspended_tunnel_is_rejected() -> None:
 
 def test_wrong_token_is_reported_before_suspension() -> None:
     # A stranger learns nothing about the tunnel's state without its token.
-    text = reason(decide(INDEX, LOGIN, login_content("team-c/frozen", token="guess")))
-    assert "invalid token" in text
-    assert "suspended" not in text
+    decision = decide(INDEX, LOGIN, login_content("team-c/frozen", token="guess"))
+    assert (reason(decision), decision.cause) == (REFUSED, "bad_token")
 
 
 def test_login_with_unencodable_token_is_rejected_as_malformed() -> None:
@@ -404,7 +438,8 @@ def test_new_proxy_without_a_user_object_is_rejected(user: Any) -> None:
 def test_new_proxy_with_wrong_token_is_rejected() -> None:
     content = new_proxy_content("team-a/ssh", "tcp", remote_port=21000)
     content["user"] = user_info("team-a/ssh", token="guess")
-    assert "Secret ssh-frpc" in reason(decide(INDEX, NEW_PROXY, content))
+    decision = decide(INDEX, NEW_PROXY, content)
+    assert (reason(decision), decision.cause) == (REFUSED, "bad_token")
 
 
 def test_new_proxy_of_wrong_user_is_rejected() -> None:
@@ -421,7 +456,8 @@ def test_new_proxy_of_suspended_tunnel_is_rejected() -> None:
 def test_new_proxy_for_a_tunnel_not_on_this_relay_is_rejected() -> None:
     content = new_proxy_content("team-a/ssh", "tcp", remote_port=21000)
     content["user"]["metas"]["tunnel"] = "team-z/ssh"
-    assert "not on relay relay-a" in reason(decide(INDEX, NEW_PROXY, content))
+    decision = decide(INDEX, NEW_PROXY, content)
+    assert (reason(decision), decision.cause) == (REFUSED, "unknown_tunnel")
 
 
 @pytest.mark.parametrize("name", ["team-a.other", "ssh", "team-b.ssh", "", None])
@@ -595,13 +631,12 @@ def test_ping_of_a_suspended_tunnel_is_rejected_so_frpc_is_kicked() -> None:
 
 def test_ping_of_a_tunnel_that_left_the_relay_is_rejected() -> None:
     index = TableIndex.build(RELAY, [e for e in ENTRIES if e.name != "web"])
-    assert "team-b/web is not on relay relay-a" in reason(
-        decide(index, PING, ping_content("team-b/web"))
-    )
+    decision = decide(index, PING, ping_content("team-b/web"))
+    assert (reason(decision), decision.cause) == (REFUSED, "unknown_tunnel")
 
 
 def test_ping_with_wrong_token_or_user_is_rejected() -> None:
-    assert "invalid token" in reason(decide(INDEX, PING, ping_content("team-b/web", token="x")))
+    assert reason(decide(INDEX, PING, ping_content("team-b/web", token="x"))) == REFUSED
     assert "set user = 'team-b'" in reason(
         decide(INDEX, PING, ping_content("team-b/web", user="team-a"))
     )
@@ -1049,3 +1084,291 @@ def test_every_tenant_may_claim_its_own_allocation(
         assert decision.response == {"reject": False, "unchange": True}
     else:
         assert decision.response["content"]["bandwidth_limit"] == frp_bandwidth(own.bandwidth_bps)
+
+
+# ---- causes -----------------------------------------------------------------------------------
+
+
+def _refusals() -> list[tuple[str, str, dict[str, Any], str]]:
+    """(name, op, content, expected cause) for every refusal path without sessions."""
+    missing = login_content("team-a/ssh")
+    missing["metas"] = {}
+    unknown = login_content("team-a/ssh")
+    unknown["metas"]["tunnel"] = "team-z/x"
+    tcp = "team-a/ssh"
+    return [
+        ("missing", LOGIN, missing, "missing_credentials"),
+        ("unknown", LOGIN, unknown, "unknown_tunnel"),
+        ("token", LOGIN, login_content(tcp, token="guess"), "bad_token"),
+        ("user", LOGIN, login_content(tcp, user="team-b"), "wrong_user"),
+        ("suspended", LOGIN, login_content("team-c/frozen"), "suspended"),
+        ("name", NEW_PROXY, new_proxy_content(tcp, "tcp", proxy_name="x"), "wrong_name"),
+        ("type", NEW_PROXY, new_proxy_content(tcp, "udp", remote_port=21000), "wrong_type"),
+        (
+            "group",
+            NEW_PROXY,
+            new_proxy_content(tcp, "tcp", remote_port=21000, group="g"),
+            "load_balancing",
+        ),
+        ("port", NEW_PROXY, new_proxy_content(tcp, "tcp", remote_port=1), "wrong_port"),
+        (
+            "subdomain",
+            NEW_PROXY,
+            new_proxy_content("team-b/web", "http", subdomain="office"),
+            "wrong_subdomain",
+        ),
+        (
+            "domain",
+            NEW_PROXY,
+            new_proxy_content("team-b/web", "http", custom_domains=["x.example"]),
+            "foreign_domain",
+        ),
+        ("host", NEW_PROXY, new_proxy_content("team-b/web", "http"), "no_host"),
+        (
+            "locations",
+            NEW_PROXY,
+            new_proxy_content("team-b/web", "http", subdomain="web-team-b", locations=["/a"]),
+            "routing_option",
+        ),
+        (
+            "visitor",
+            NEW_USER_CONN,
+            user_conn_content("team-b.limited", "8.8.8.8:1"),
+            "outside_source_ranges",
+        ),
+        ("proxy", NEW_USER_CONN, user_conn_content("team-z.x", "8.8.8.8:1"), "unknown_proxy"),
+        (
+            "frozen visitor",
+            NEW_USER_CONN,
+            user_conn_content("team-c.frozen", "1.1.1.1:1"),
+            "suspended",
+        ),
+        ("no content", PING, None, "malformed"),  # type: ignore[list-item]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "op", "content", "cause"), _refusals(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_refusal_has_its_cause_from_the_fixed_set(
+    name: str, op: str, content: Any, cause: str
+) -> None:
+    decision = decide(INDEX, op, content)
+    assert decision.rejected
+    assert decision.cause == cause
+    assert decision.cause in CAUSES
+    assert decision.detail  # the relay's log always has a reason
+
+
+def test_accepted_calls_have_no_cause() -> None:
+    decision = decide(INDEX, LOGIN, login_content("team-a/ssh"))
+    assert (decision.cause, decision.detail, decision.reason) == (None, None, None)
+
+
+# ---- routing options and host names -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "option"),
+    [
+        ("locations", ["/api"], "locations"),
+        ("locations", ["", "/admin"], "locations"),
+        ("locations", "/", "locations"),
+        ("route_by_http_user", "alice", "routeByHTTPUser"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("key", "protocol", "subdomain"),
+    [("team-b/web", "http", "web-team-b"), ("team-c/office", "https", "office")],
+)
+def test_routing_options_are_refused_naming_the_frpc_option(
+    field: str, value: Any, option: str, key: str, protocol: str, subdomain: str
+) -> None:
+    content = new_proxy_content(key, protocol, subdomain=subdomain, **{field: value})
+    decision = decide(INDEX, NEW_PROXY, content)
+    assert decision.cause == "routing_option"
+    text = reason(decision)
+    assert f"does not allow {option}" in text
+    assert f"remove {option} from frpc.toml" in text
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"locations": None},
+        {"locations": []},
+        {"locations": [""]},
+        {"route_by_http_user": ""},
+        # Only the tenant's own route: its backend's Host and headers, its visitors' response
+        # headers, basic auth in front of its own host names.
+        {"host_header_rewrite": "backend.internal"},
+        {"headers": {"X-From": "relay"}},
+        {"response_headers": {"X-Frame-Options": "DENY"}},
+        {"http_user": "u", "http_pwd": "p"},
+    ],
+)
+def test_options_that_only_concern_the_tenants_own_route_are_accepted(fields: dict) -> None:
+    content = new_proxy_content("team-b/web", "http", subdomain="web-team-b", **fields)
+    assert_plain_accept(decide(INDEX, NEW_PROXY, content))
+
+
+def test_host_names_compare_case_insensitively() -> None:
+    content = new_proxy_content(
+        "team-b/web", "http", subdomain="Web-Team-B", custom_domains=["WWW.Example.COM"]
+    )
+    assert_plain_accept(decide(INDEX, NEW_PROXY, content))
+
+
+def test_a_foreign_domain_in_other_case_is_still_foreign() -> None:
+    content = new_proxy_content("team-b/web", "http", custom_domains=["Office.Example.com"])
+    assert decide(INDEX, NEW_PROXY, content).cause == "foreign_domain"
+
+
+# ---- allowSourceRanges the relay cannot enforce ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "fields"),
+    [("udp", {"remote_port": 27015}), ("http", {"subdomain": "web-team-b"})],
+)
+def test_source_ranges_on_udp_and_http_are_refused_fail_closed(
+    protocol: str, fields: dict[str, Any]
+) -> None:
+    key = "team-a/game" if protocol == "udp" else "team-b/web"
+    base = INDEX.by_tunnel[key].entry
+    entry_ = TableEntry(**{**base.__dict__, "allow_source_ranges": ("10.0.0.0/8",)})
+    index = TableIndex.build(RELAY, [entry_])
+    decision = decide(index, NEW_PROXY, new_proxy_content(key, protocol, **fields))
+    assert decision.cause == "source_ranges_unenforceable"
+    text = reason(decision)
+    assert "spec.allowSourceRanges" in text
+    assert protocol in text
+
+
+def test_source_ranges_on_tcp_and_https_are_enforced_per_visitor_not_refused() -> None:
+    tcp = decide(INDEX, NEW_PROXY, new_proxy_content("team-b/limited", "tcp", remote_port=21001))
+    https = decide(
+        INDEX, NEW_PROXY, new_proxy_content("team-c/office", "https", subdomain="office")
+    )
+    assert not tcp.rejected
+    assert not https.rejected
+
+
+# ---- sessions: run_id and one frpc per tunnel -------------------------------------------------
+
+
+class FakeSessions:
+    def __init__(self, bound: dict[str, str] | None = None, proxies: dict[str, str] | None = None):
+        self.bound = bound or {}
+        self.proxies = proxies or {}
+
+    def tunnel_of(self, run_id: str, now: float) -> str | None:
+        return self.bound.get(run_id)
+
+    def proxy_run_id(self, tunnel: str) -> str | None:
+        return self.proxies.get(tunnel)
+
+
+RUN_ID = "8d2f0c1a9b7e"  # the run_id of the request builders
+
+
+@pytest.mark.parametrize(
+    ("op", "content"),
+    [
+        (LOGIN, login_content("team-a/ssh")),
+        (NEW_PROXY, new_proxy_content("team-a/ssh", "tcp", remote_port=21000)),
+        (PING, ping_content("team-a/ssh")),
+    ],
+)
+def test_a_run_id_of_another_tunnels_live_session_is_refused(op: str, content: dict) -> None:
+    sessions = FakeSessions(bound={RUN_ID: "team-b/web"})
+    decision = decide(INDEX, op, content, sessions)
+    assert decision.cause == "run_id_taken"
+    assert "team-b" not in reason(decision)  # whose it is stays in the relay's log
+    assert decision.detail is not None and "team-b/web" in decision.detail
+    assert not decision.client_alive
+
+
+@pytest.mark.parametrize(
+    ("op", "content"),
+    [
+        (LOGIN, login_content("team-a/ssh")),
+        (NEW_PROXY, new_proxy_content("team-a/ssh", "tcp", remote_port=21000)),
+        (PING, ping_content("team-a/ssh")),
+    ],
+)
+def test_a_run_id_of_the_tunnels_own_session_is_accepted(op: str, content: dict) -> None:
+    decision = decide(INDEX, op, content, FakeSessions(bound={RUN_ID: "team-a/ssh"}))
+    assert not decision.rejected
+    assert decision.run_id == RUN_ID
+
+
+def test_a_first_login_without_run_id_is_accepted() -> None:
+    content = login_content("team-a/ssh")
+    content["run_id"] = ""
+    decision = decide(INDEX, LOGIN, content, FakeSessions(bound={"": "team-b/web"}))
+    assert not decision.rejected
+    assert decision.run_id is None
+
+
+def test_a_second_frpc_of_a_connected_tunnel_is_refused_saying_only_one_may_run() -> None:
+    sessions = FakeSessions(proxies={"team-a/ssh": "another-run"})
+    content = new_proxy_content("team-a/ssh", "tcp", remote_port=21000)
+    decision = decide(INDEX, NEW_PROXY, content, sessions)
+    assert decision.cause == "already_connected"
+    assert "only one frpc may run per tunnel" in reason(decision)
+    assert decision.proxy_online is None
+
+
+def test_the_connected_session_may_register_its_proxy_again() -> None:
+    sessions = FakeSessions(proxies={"team-a/ssh": RUN_ID})
+    content = new_proxy_content("team-a/ssh", "tcp", remote_port=21000)
+    assert decide(INDEX, NEW_PROXY, content, sessions).proxy_online is True
+
+
+def test_close_proxy_carries_its_session() -> None:
+    decision = decide(INDEX, CLOSE_PROXY, close_content("team-a.ssh"))
+    assert (decision.tunnel, decision.run_id, decision.proxy_online) == (
+        "team-a/ssh",
+        RUN_ID,
+        False,
+    )
+
+
+# ---- property: no enumeration ------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    table=tables(),
+    data=st.data(),
+    op=st.sampled_from((LOGIN, NEW_PROXY, PING)),
+    token=st.text(min_size=1, max_size=40),
+    user=st.text(max_size=10),
+    stranger=st.text("abcdefxyz-", min_size=1, max_size=6),
+)
+def test_an_unknown_tunnel_and_a_wrong_token_get_identical_answers(
+    table: list[tuple[TableEntry, str]],
+    data: st.DataObject,
+    op: str,
+    token: str,
+    user: str,
+    stranger: str,
+) -> None:
+    index = TableIndex.build(RELAY, [e for e, _ in table])
+    known, real_token = data.draw(st.sampled_from(table))
+    if token == real_token:
+        token += "x"
+    unknown_key = f"nobody/{stranger}"
+
+    def call(tunnel: str) -> dict[str, Any]:
+        metas_ = {"tunnel": tunnel, "token": token}
+        if op == LOGIN:
+            return {"user": user, "metas": metas_, "run_id": ""}
+        return {"user": {"user": user, "metas": metas_, "run_id": "r"}, "proxy_name": "x"}
+
+    on_known = decide(index, op, call(f"{known.namespace}/{known.name}"))
+    on_unknown = decide(index, op, call(unknown_key))
+    assert on_known.response == on_unknown.response
+    assert on_known.rejected
+    assert (on_known.cause, on_unknown.cause) == ("bad_token", "unknown_tunnel")

@@ -5,6 +5,7 @@ exporting `tunnelop_tunnel_*` through a Prometheus collector.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tunnelop.agent import metering
 from tunnelop.agent.index import TableIndex
-from tunnelop.agent.metering import FrpsProxy, Meter, TunnelCollector, parse_frps_metrics
+from tunnelop.agent.metering import (
+    FrpsProxy,
+    Meter,
+    Refusal,
+    TunnelCollector,
+    parse_frps_metrics,
+)
+from tunnelop.agent.sessions import REGISTRATION_READINGS
 from tunnelop.contract.table import TableEntry, token_sha256
 
 RELAY = "relay-a"
@@ -352,15 +360,84 @@ def test_observe_client_proxy_closed_goes_offline_with_no_connections_and_same_l
     clock,
 ) -> None:
     meter = Meter(RELAY)
+    meter.observe_client("ns/t", alive=True, online=True, run_id="r1")
     meter.observe_frps({"ns.t": FrpsProxy(bytes_in=10, connections=4, online=True)}, None)
     seen = clock.now
     clock.now += 10
-    meter.observe_client("ns/t", alive=False, online=False)
+    meter.observe_client("ns/t", alive=False, online=False, run_id="r1")
     traffic = meter.tunnels["ns/t"]
     assert traffic.online is False
     assert traffic.active_connections == 0
     assert traffic.last_seen == seen
     assert traffic.bytes_in == 10
+
+
+@pytest.mark.parametrize("closing_run_id", ["r-other", None])
+def test_a_close_proxy_of_another_session_changes_nothing(closing_run_id: str | None) -> None:
+    # A late CloseProxy of a replaced session (or a forged one) must not flip the tunnel.
+    meter = Meter(RELAY)
+    meter.observe_client("ns/t", alive=True, online=True, run_id="r1")
+    meter.observe_frps({"ns.t": FrpsProxy(connections=2, online=True)}, None)
+    meter.observe_client("ns/t", alive=False, online=False, run_id=closing_run_id)
+    traffic = meter.tunnels["ns/t"]
+    assert (traffic.online, traffic.active_connections) == (True, 2)
+
+
+def test_a_proxy_only_frps_knows_of_goes_offline_by_frps_reading_not_by_close_proxy() -> None:
+    meter = Meter(RELAY)
+    meter.observe_frps({"ns.t": FrpsProxy(online=True)}, None)  # the agent restarted
+    meter.observe_client("ns/t", alive=False, online=False, run_id="r1")
+    assert meter.tunnels["ns/t"].online is True
+    meter.observe_frps({"ns.t": FrpsProxy(online=False)}, None)
+    assert meter.tunnels["ns/t"].online is False
+
+
+def test_an_accepted_proxy_frps_never_registers_goes_offline_with_a_refusal(clock) -> None:
+    meter = Meter(RELAY)
+    index = index_of("ns/t")
+    meter.observe_client("ns/t", alive=True, online=True, run_id="r1")
+    for _ in range(REGISTRATION_READINGS):
+        meter.observe_frps({}, index)
+        assert meter.tunnels["ns/t"].online is True  # the reading may predate it
+        assert meter.tunnels["ns/t"].last_refusal is None
+    clock.now += 5
+    meter.observe_frps({}, index)
+    traffic = meter.tunnels["ns/t"]
+    assert traffic.online is False
+    assert traffic.last_refusal == Refusal(
+        clock.now, "NewProxy", "frps did not register the proxy (see the relay's frps log)"
+    )
+    # Nothing stale: the tunnel's next frpc is not "another frpc of a connected tunnel".
+    assert meter.sessions.proxy_run_id("ns/t") is None
+
+
+def test_a_proxy_frps_registers_late_but_within_the_readings_stays_online() -> None:
+    meter = Meter(RELAY)
+    meter.observe_client("ns/t", alive=True, online=True, run_id="r1")
+    meter.observe_frps({}, None)
+    meter.observe_frps({"ns.t": FrpsProxy(online=True)}, None)
+    for _ in range(REGISTRATION_READINGS + 1):
+        meter.observe_frps({"ns.t": FrpsProxy(online=True)}, None)
+    traffic = meter.tunnels["ns/t"]
+    assert traffic.online is True
+    assert traffic.last_refusal is None
+
+
+def test_accepted_calls_bind_their_session_to_the_tunnel() -> None:
+    meter = Meter(RELAY)
+    meter.observe_client("ns/t", alive=True, online=None, run_id="r1")
+    assert meter.sessions.tunnel_of("r1", time.monotonic()) == "ns/t"
+    meter.retain(index_of("ns/u"))
+    assert meter.sessions.tunnel_of("r1", time.monotonic()) is None
+
+
+def test_observe_refusal_keeps_the_last_one_truncated(clock) -> None:
+    meter = Meter(RELAY)
+    meter.observe_refusal("ns/t", "Login", "first")
+    clock.now += 1
+    meter.observe_refusal("ns/t", "NewProxy", "x" * 500)
+    refusal = meter.tunnels["ns/t"].last_refusal
+    assert refusal == Refusal(clock.now, "NewProxy", "x" * 200)
 
 
 def test_observe_client_with_online_unknown_leaves_the_state() -> None:
@@ -423,7 +500,9 @@ def labels(namespace: str, tunnel: str) -> tuple[tuple[str, str], ...]:
 def test_collector_exports_every_tunnel_with_namespace_tunnel_and_relay_labels(clock) -> None:
     meter = Meter(RELAY)
     meter.observe_frps(parse_frps_metrics(FRPS_METRICS), index_of("team-a/ssh", "team-b/web"))
-    meter.observe_client("team-b/web", alive=False, online=False)
+    meter.observe_client("team-b/web", alive=True, online=True, run_id="r1")
+    meter.observe_client("team-b/web", alive=False, online=False, run_id="r1")
+    meter.observe_refusal("team-b/web", "NewProxy", "tunnel team-b/web: set type = 'http'")
     text = scrape(meter)
     assert "# TYPE tunnelop_tunnel_bytes_in_total counter" in text
     assert "# TYPE tunnelop_tunnel_bytes_out_total counter" in text
@@ -447,6 +526,14 @@ def test_collector_exports_every_tunnel_with_namespace_tunnel_and_relay_labels(c
         ("tunnelop_tunnel_client_connected", web): 0,
         ("tunnelop_tunnel_last_seen_timestamp_seconds", ssh): clock.now,
         ("tunnelop_tunnel_last_seen_timestamp_seconds", web): clock.now,
+        (
+            "tunnelop_tunnel_last_refusal_timestamp_seconds",
+            tuple(
+                sorted(
+                    (*web, ("op", "NewProxy"), ("reason", "tunnel team-b/web: set type = 'http'"))
+                )
+            ),
+        ): clock.now,
     }
 
 

@@ -54,6 +54,7 @@ GOLDEN = Path(__file__).parent / "golden"
 NAMESPACE = "tunnelop-system"
 RELAY_TOKEN = "relay-token-0123456789abcdef"
 DASHBOARD_PASSWORD = "dashboard-password-0123456789"
+PLUGIN_PASSWORD = "plugin-password-9876543210"
 
 
 # Golden files --------------------------------------------------------------------------------
@@ -158,7 +159,12 @@ def http_host_network_relay() -> RelayNode:
 
 
 def workload(node: RelayNode, allocated: list[tuple[int, str]]) -> list[dict[str, Any] | None]:
-    frps_toml = build_frps_config(node, token=RELAY_TOKEN, dashboard_password=DASHBOARD_PASSWORD)
+    frps_toml = build_frps_config(
+        node,
+        token=RELAY_TOKEN,
+        dashboard_password=DASHBOARD_PASSWORD,
+        plugin_password=PLUGIN_PASSWORD,
+    )
     return [
         build_config_secret(
             node,
@@ -166,6 +172,7 @@ def workload(node: RelayNode, allocated: list[tuple[int, str]]) -> list[dict[str
             frps_toml=frps_toml,
             token=RELAY_TOKEN,
             dashboard_password=DASHBOARD_PASSWORD,
+            plugin_password=PLUGIN_PASSWORD,
         ),
         build_service_account(node, NAMESPACE),
         build_role(node, NAMESPACE),
@@ -238,24 +245,35 @@ def decoded(secret: dict[str, Any], key: str) -> str:
 
 def test_frps_golden_tcp_udp_relay() -> None:
     text = build_frps_config(
-        tcp_udp_relay(), token=RELAY_TOKEN, dashboard_password=DASHBOARD_PASSWORD
+        tcp_udp_relay(),
+        token=RELAY_TOKEN,
+        dashboard_password=DASHBOARD_PASSWORD,
+        plugin_password=PLUGIN_PASSWORD,
     )
     assert_golden("frps-tcp-udp.toml", text)
 
 
 def test_frps_golden_http_host_network_relay() -> None:
     text = build_frps_config(
-        http_host_network_relay(), token=RELAY_TOKEN, dashboard_password=DASHBOARD_PASSWORD
+        http_host_network_relay(),
+        token=RELAY_TOKEN,
+        dashboard_password=DASHBOARD_PASSWORD,
+        plugin_password=PLUGIN_PASSWORD,
     )
     assert_golden("frps-http-hostnetwork.toml", text)
 
 
 def test_frps_config_keys() -> None:
-    config = tomllib.loads(build_frps_config(tcp_udp_relay(), token="t0k", dashboard_password="pw"))
+    config = tomllib.loads(
+        build_frps_config(
+            tcp_udp_relay(), token="t0k", dashboard_password="pw", plugin_password="p/w:@x"
+        )
+    )
     assert config["bindAddr"] == config["proxyBindAddr"] == "{{ .Envs.TUNNELOP_POD_IP }}"
     assert config["bindPort"] == 7000
     assert config["auth"] == {"method": "token", "token": "t0k"}
-    assert config["transport"] == {"tls": {"force": True}, "heartbeatTimeout": 30}
+    # A client whose last accepted Ping is 3 s old is dropped: suspension within 5 s.
+    assert config["transport"] == {"tls": {"force": True}, "heartbeatTimeout": 3}
     assert config["webServer"] == {
         "addr": "127.0.0.1",
         "port": 7500,
@@ -267,7 +285,8 @@ def test_frps_config_keys() -> None:
     assert config["httpPlugins"] == [
         {
             "name": "tunnelop-agent",
-            "addr": "127.0.0.1:7400",
+            # frps's credentials, URL-escaped; Go's HTTP client sends them as basic auth.
+            "addr": "http://frps:p%2Fw%3A%40x@127.0.0.1:7400",
             "path": "/handler",
             "ops": ["Login", "NewProxy", "CloseProxy", "Ping", "NewUserConn"],
         }
@@ -286,25 +305,33 @@ def test_frps_vhost_ports_follow_exposure(exposure: str, expected: tuple[int, in
         httpDomain="r.example.com",
         exposure={"type": exposure},
     )
-    config = tomllib.loads(build_frps_config(node, token="t", dashboard_password="p"))
+    config = tomllib.loads(
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    )
     assert (config["vhostHTTPPort"], config["vhostHTTPSPort"]) == expected
     assert config["subDomainHost"] == "r.example.com"
 
 
 def test_frps_only_http_gets_no_https_listener() -> None:
     node = relay(protocols=["http"], httpDomain="r.example.com")
-    config = tomllib.loads(build_frps_config(node, token="t", dashboard_password="p"))
+    config = tomllib.loads(
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    )
     assert config["vhostHTTPPort"] == 8080
     assert "vhostHTTPSPort" not in config
 
 
 def test_allow_ports_exclude_reserved_and_blocked() -> None:
     node = tcp_udp_relay()
-    allowed = expand_allow_ports(build_frps_config(node, token="t", dashboard_password="p"))
+    allowed = expand_allow_ports(
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    )
     excluded = {25565, *range(27015, 27031), *range(22000, 22100), 29999}
     assert allowed == set(range(20000, 30000)) - excluded
     # Written as merged, sorted spans: one entry per gap-free run.
-    config = tomllib.loads(build_frps_config(node, token="t", dashboard_password="p"))
+    config = tomllib.loads(
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    )
     assert config["allowPorts"] == [
         {"start": 20000, "end": 21999},
         {"start": 22100, "end": 25564},
@@ -316,7 +343,7 @@ def test_allow_ports_exclude_reserved_and_blocked() -> None:
 def test_allow_ports_single_entries_and_own_ports() -> None:
     # A range covering the relay's own listeners never offers them to tunnels.
     node = relay(ports={"range": "6999-7003", "reserved": [7002]})
-    text = build_frps_config(node, token="t", dashboard_password="p")
+    text = build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
     assert tomllib.loads(text)["allowPorts"] == [
         {"single": 6999},
         {"single": 7001},
@@ -325,7 +352,7 @@ def test_allow_ports_single_entries_and_own_ports() -> None:
     assert "spec.ports.range minus the relay's own, reserved and blocked ports" in text
     # A range clear of them keeps the text it always had (a new text rolls the relay pod).
     assert "spec.ports.range minus reserved and blocked" in build_frps_config(
-        tcp_udp_relay(), token="t", dashboard_password="p"
+        tcp_udp_relay(), token="t", dashboard_password="p", plugin_password="pp"
     )
 
 
@@ -335,21 +362,29 @@ def test_allow_ports_never_empty() -> None:
     node = relay(
         ports={"range": "20000-20009", "reserved": ["20000-20004"], "blocked": ["20005-20009"]}
     )
-    config = tomllib.loads(build_frps_config(node, token="t", dashboard_password="p"))
+    config = tomllib.loads(
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    )
     assert config["allowPorts"] == [{"single": 7000}]
 
 
 def test_template_actions_are_refused_in_values() -> None:
     """frp runs its config files through Go templates: a secret with "{{" would execute."""
     with pytest.raises(ValueError, match="template"):
-        build_frps_config(tcp_udp_relay(), token="a{{ .Envs.HOME }}", dashboard_password="p")
+        build_frps_config(
+            tcp_udp_relay(), token="a{{ .Envs.HOME }}", dashboard_password="p", plugin_password="pp"
+        )
     with pytest.raises(ValueError, match="template"):
         frpc("tcp", tunnel_token="{{x}}")
 
 
 def test_frps_config_is_deterministic() -> None:
-    first = build_frps_config(tcp_udp_relay(), token="t", dashboard_password="p")
-    assert first == build_frps_config(tcp_udp_relay(), token="t", dashboard_password="p")
+    first = build_frps_config(
+        tcp_udp_relay(), token="t", dashboard_password="p", plugin_password="pp"
+    )
+    assert first == build_frps_config(
+        tcp_udp_relay(), token="t", dashboard_password="p", plugin_password="pp"
+    )
 
 
 # frpc ----------------------------------------------------------------------------------------
@@ -377,8 +412,8 @@ def test_frpc_config_keys(case: str) -> None:
     assert config["loginFailExit"] is False
     assert config["transport"] == {
         "tls": {"enable": True},
-        "heartbeatInterval": 3,
-        "heartbeatTimeout": 30,
+        "heartbeatInterval": 1,
+        "heartbeatTimeout": 3,
     }
     (proxy,) = config["proxies"]
     assert proxy["name"] == given_["tunnel_name"]
@@ -501,7 +536,7 @@ def frp_verify(tool: str, text: str, tmp_path: Path, env: dict[str, str] | None 
 def test_frps_verify_accepts_the_config(node: RelayNode, tmp_path: Path) -> None:
     frp_verify(
         "frps",
-        build_frps_config(node, token="t", dashboard_password="p"),
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp"),
         tmp_path,
         {"TUNNELOP_POD_IP": "127.0.0.2"},
     )
@@ -509,7 +544,9 @@ def test_frps_verify_accepts_the_config(node: RelayNode, tmp_path: Path) -> None
 
 def test_frps_verify_rejects_a_typo(tmp_path: Path) -> None:
     """The check above is strict: a misspelt key fails."""
-    text = build_frps_config(tcp_udp_relay(), token="t", dashboard_password="p")
+    text = build_frps_config(
+        tcp_udp_relay(), token="t", dashboard_password="p", plugin_password="pp"
+    )
     path = tmp_path / "frps.toml"
     path.write_text(text.replace("bindPort", "bindPortt"))
     result = subprocess.run(
@@ -605,13 +642,19 @@ def test_role_grants_only_reading_the_table_secret() -> None:
 
 def test_config_secret_keys() -> None:
     secret = build_config_secret(
-        tcp_udp_relay(), NAMESPACE, frps_toml="x = 1\n", token="tok", dashboard_password="pw"
+        tcp_udp_relay(),
+        NAMESPACE,
+        frps_toml="x = 1\n",
+        token="tok",
+        dashboard_password="pw",
+        plugin_password="ppw",
     )
     assert secret["metadata"]["name"] == config_secret_name("eu-1")
     assert {k: decoded(secret, k) for k in secret["data"]} == {
         "frps.toml": "x = 1\n",
         "token": "tok",
         "dashboard-password": "pw",
+        "plugin-password": "ppw",
     }
 
 
@@ -673,6 +716,13 @@ def test_deployment_pod() -> None:
         "name": "relay-eu-1-config",
         "key": "dashboard-password",
     }
+    # The plugin password comes the same way, never in args (a command line is public on
+    # the node).
+    assert env["TUNNELOP_PLUGIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "relay-eu-1-config",
+        "key": "plugin-password",
+    }
+    assert not any("password" in arg.lower() for arg in agent["args"])
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 7401}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 7401}
     assert frps["readinessProbe"]["tcpSocket"] == frps["livenessProbe"]["tcpSocket"]
@@ -727,8 +777,8 @@ def test_deployment_images() -> None:
 
 def test_config_change_changes_the_pod_template() -> None:
     node = tcp_udp_relay()
-    before = build_frps_config(node, token="t", dashboard_password="p")
-    after = build_frps_config(node, token="t2", dashboard_password="p")
+    before = build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    after = build_frps_config(node, token="t2", dashboard_password="p", plugin_password="pp")
     a = build_deployment(node, NAMESPACE, config_checksum=config_checksum(before))
     b = build_deployment(node, NAMESPACE, config_checksum=config_checksum(after))
     assert a["spec"]["template"] != b["spec"]["template"]

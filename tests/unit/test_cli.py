@@ -59,3 +59,29 @@ def test_leader_election_is_on_by_default_only_in_a_pod(monkeypatch, tmp_path):
     assert in_pod(str(tmp_path))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     assert in_pod(str(tmp_path / "absent"))
+
+
+def test_the_agent_refuses_to_start_without_frps_plugin_password(monkeypatch, capsys):
+    from tunnelop import cli
+
+    monkeypatch.delenv("TUNNELOP_PLUGIN_PASSWORD", raising=False)
+    served = []
+    monkeypatch.setattr("tunnelop.agent.server.serve", lambda options: served.append(options))
+    assert cli.main([*AGENT, "--log-format", "console"]) == 2
+    assert "TUNNELOP_PLUGIN_PASSWORD" in capsys.readouterr().err
+    assert served == []
+
+
+def test_the_agent_takes_the_plugin_password_from_the_environment(monkeypatch):
+    from tunnelop import cli
+
+    monkeypatch.setenv("TUNNELOP_PLUGIN_PASSWORD", "pw-from-env")
+    served = []
+
+    async def serve(options):
+        served.append(options)
+
+    monkeypatch.setattr("tunnelop.agent.server.serve", serve)
+    assert cli.main([*AGENT, "--log-format", "console"]) == 0
+    assert served[0].plugin_password == "pw-from-env"
+    assert served[0].allow_unauthenticated_plugin is False

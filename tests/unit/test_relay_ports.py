@@ -73,7 +73,9 @@ def relay_nodes(draw: st.DrawFn) -> RelayNode:
 
 
 def frps_config(node: RelayNode) -> dict[str, Any]:
-    return tomllib.loads(build_frps_config(node, token="t", dashboard_password="p"))
+    return tomllib.loads(
+        build_frps_config(node, token="t", dashboard_password="p", plugin_password="pp")
+    )
 
 
 def allow_ports(config: dict[str, Any]) -> set[int]:

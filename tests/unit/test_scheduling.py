@@ -631,7 +631,11 @@ def test_node_port_relays_allow_only_ports_inside_the_node_port_range() -> None:
     assert view.allowed_spans() == [PortSpan(30000, 30004)]
     assert "node-port range 30000-30004" in (view.port_refusal(29995) or "")
     frps = build_frps_config(
-        relay_node, token="t", dashboard_password="p", node_port_range=PortSpan(30000, 30004)
+        relay_node,
+        token="t",
+        dashboard_password="p",
+        plugin_password="pp",
+        node_port_range=PortSpan(30000, 30004),
     )
     assert "{ start = 30000, end = 30004 }" in frps
     table = table_with(view)

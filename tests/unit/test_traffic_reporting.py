@@ -3,14 +3,22 @@ grow across agent and operator restarts, and a bounded write rate."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tunnelop.agent.metering import Meter, TunnelCollector
-from tunnelop.controllers.traffic import Observed, client_condition
+from tunnelop.controllers.traffic import (
+    Observed,
+    TrafficCollector,
+    TrafficOptions,
+    client_condition,
+)
 from tunnelop.domain.traffic_report import (
     AgentReading,
+    AgentRefusal,
     Totals,
     advance,
     due_writes,
@@ -135,3 +143,98 @@ def test_client_condition_says_what_to_do():
     assert "web-frpc" in condition["message"]
     assert client_condition(gone, True, "web", 3)["reason"] == "TunnelSuspended"
     assert client_condition(None, False, "web", 3) is None
+
+
+# ---- refusals ---------------------------------------------------------------------------------
+
+
+def refused_agent_metrics_text(seen_after: bool) -> str:
+    meter = Meter("eu-1")
+    meter.observe_refusal("team-a/web", "NewProxy", "tunnel team-a/web: set type = 'http'")
+    if seen_after:
+        meter.observe_client("team-a/web", alive=True, online=None)
+    registry = CollectorRegistry()
+    registry.register(TunnelCollector(meter))
+    return generate_latest(registry).decode()
+
+
+def test_the_operator_reads_the_agents_last_refusal():
+    reading = parse_agent_metrics(refused_agent_metrics_text(seen_after=False))[("team-a", "web")]
+    assert reading.last_refusal is not None
+    assert (reading.last_refusal.op, reading.last_refusal.reason) == (
+        "NewProxy",
+        "tunnel team-a/web: set type = 'http'",
+    )
+    assert reading.refused_since_seen() == reading.last_refusal
+
+
+def test_the_newest_refusal_wins_if_several_are_exported():
+    text = (
+        "# TYPE tunnelop_tunnel_last_refusal_timestamp_seconds gauge\n"
+        'tunnelop_tunnel_last_refusal_timestamp_seconds{namespace="n",tunnel="t",relay="r",op="Login",reason="old"} 10\n'
+        'tunnelop_tunnel_last_refusal_timestamp_seconds{namespace="n",tunnel="t",relay="r",op="Ping",reason="new"} 20\n'
+    )
+    assert parse_agent_metrics(text)[("n", "t")].last_refusal == AgentRefusal(20, "Ping", "new")
+
+
+def test_a_refusal_older_than_the_clients_last_sign_of_life_is_past():
+    reading = AgentReading(last_seen=100.0, last_refusal=AgentRefusal(99.0, "Login", "x"))
+    assert reading.refused_since_seen() is None
+    reading = AgentReading(last_seen=100.0, last_refusal=AgentRefusal(101.0, "Login", "x"))
+    assert reading.refused_since_seen() is not None
+
+
+def test_client_condition_says_the_relay_refused_the_client_and_why():
+    refusal = AgentRefusal(200.0, "NewProxy", "tunnel team-a/web: set type = 'http'")
+    refused = Observed(
+        "eu-1", Totals(0, 0, 0, 0), AgentReading(last_seen=100.0, last_refusal=refusal)
+    )
+    condition = client_condition(refused, False, "web", 3)
+    assert (condition["status"], condition["reason"]) == ("False", "ClientRefused")
+    assert condition["message"] == (
+        "relay eu-1 refused the client's NewProxy: tunnel team-a/web: set type = 'http'"
+    )
+    # Suspension says more; a connected client is connected.
+    assert client_condition(refused, True, "web", 3)["reason"] == "TunnelSuspended"
+    connected = Observed(
+        "eu-1", Totals(0, 0, 0, 0), AgentReading(connected=True, last_refusal=refusal)
+    )
+    assert client_condition(connected, False, "web", 3)["reason"] == "ClientConnected"
+
+
+def test_a_refusal_before_the_client_was_last_seen_is_not_shown():
+    refusal = AgentRefusal(50.0, "Login", "credentials refused")
+    observed = Observed(
+        "eu-1", Totals(0, 0, 0, 0), AgentReading(last_seen=100.0, last_refusal=refusal)
+    )
+    assert client_condition(observed, False, "web", 3)["reason"] == "ClientNotConnected"
+
+
+def _collector(status: dict) -> TrafficCollector:
+    tunnel = {"spec": {}, "status": status}
+    rt = SimpleNamespace(traffic={}, cache=SimpleNamespace(tunnels={("team-a", "web"): tunnel}))
+    return TrafficCollector(rt, TrafficOptions())  # type: ignore[arg-type]
+
+
+def test_a_new_refusal_is_a_routine_write_and_once_shown_no_write():
+    refusal = AgentRefusal(200.0, "Login", "credentials refused by relay eu-1")
+    reading = AgentReading(last_seen=100.0, last_refusal=refusal)
+    not_connected = {
+        "type": "ClientConnected",
+        "status": "False",
+        "reason": "ClientNotConnected",
+        "message": "No frpc is connected to relay eu-1: run frpc with the frpc.toml of Secret web-frpc",
+    }
+    status = {
+        "conditions": [not_connected],
+        "traffic": {"bytesIn": 0, "bytesOut": 0, "activeConnections": 0},
+    }
+    # Not urgent (no flip): it waits for the write budget, like traffic.
+    assert _collector(status)._observe(("team-a", "web"), "eu-1", reading) is False
+    shown = client_condition(Observed("eu-1", Totals(0, 0, 0, 0), reading), False, "web", 1)
+    assert shown is not None
+    status["conditions"] = [shown]
+    # Read again and again: status already says it, nothing to write.
+    collector = _collector(status)
+    for _ in range(3):
+        assert collector._observe(("team-a", "web"), "eu-1", reading) is None

@@ -21,6 +21,9 @@ class Allowed:
     # What frps calls the proxy: frpc prefixes the proxy name with its user (the namespace).
     proxy_name: str
     networks: tuple[Network, ...]
+    # Host names lowercased, as frps's vhost router compares them.
+    subdomain: str | None = None
+    domains: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -44,6 +47,8 @@ class TableIndex:
                 networks=tuple(
                     ipaddress.ip_network(cidr, strict=False) for cidr in entry.allow_source_ranges
                 ),
+                subdomain=entry.subdomain.lower() if entry.subdomain else None,
+                domains=frozenset(d.lower() for d in entry.custom_domains),
             )
             by_tunnel[allowed.key] = allowed
             by_proxy[allowed.proxy_name] = allowed

@@ -18,17 +18,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from time import monotonic
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tunnelop.agent.index import TableIndex, split_proxy_name
+from tunnelop.agent.sessions import Sessions
 from tunnelop.contract import tunnel_metrics
 
 TRAFFIC_IN = "frp_server_traffic_in"
 TRAFFIC_OUT = "frp_server_traffic_out"
 CONNECTIONS = "frp_server_connection_counts"
 PROXY_ONLINE = "frp_server_proxy_counts_detailed"
+# Recorded as the tunnel's last refusal when frps never showed a proxy the agent accepted.
+NOT_REGISTERED_REASON = "frps did not register the proxy (see the relay's frps log)"
+NEW_PROXY = "NewProxy"
 
 
 @dataclass
@@ -63,6 +68,15 @@ def parse_frps_metrics(text: str) -> dict[str, FrpsProxy]:
     return proxies
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The last call of a tunnel's client the relay refused."""
+
+    at: float  # unix time
+    op: str
+    reason: str  # as the client was told, at most REFUSAL_REASON_MAX_CHARS
+
+
 @dataclass
 class TunnelTraffic:
     """What the agent reports for one tunnel."""
@@ -72,6 +86,7 @@ class TunnelTraffic:
     active_connections: int = 0
     online: bool = False
     last_seen: float | None = None  # unix time the client was last seen alive
+    last_refusal: Refusal | None = None
     # The last frps readings, to add only what is new (and to notice an frps restart).
     _frps_in: float = 0.0
     _frps_out: float = 0.0
@@ -84,6 +99,8 @@ class Meter:
     relay: str
     tunnels: dict[str, TunnelTraffic] = field(default_factory=dict)
     readings: int = 0
+    # Whose proxy is online, and which tunnel each client session speaks for.
+    sessions: Sessions = field(default_factory=Sessions)
 
     def observe_frps(self, proxies: dict[str, FrpsProxy], index: TableIndex | None) -> None:
         """Add one frps reading. Proxies of tunnels not in the table (anymore) are ignored."""
@@ -102,29 +119,49 @@ class Meter:
             traffic.bytes_out += int(_delta(traffic._frps_out, proxy.bytes_out))
             traffic._frps_in, traffic._frps_out = proxy.bytes_in, proxy.bytes_out
             traffic.active_connections = int(proxy.connections)
-            traffic.online = proxy.online
+            self._set_online(key, traffic, proxy.online)
             if proxy.online:
                 traffic.last_seen = time.time()
         for key, traffic in self.tunnels.items():
             if key not in seen:  # frps forgot it (restarted): offline, counting from zero
-                traffic.online, traffic.active_connections = False, 0
+                self._set_online(key, traffic, False)
+                traffic.active_connections = 0
                 traffic._frps_in = traffic._frps_out = 0.0
+        self.sessions.forget_expired(monotonic())
 
-    def observe_client(self, key: str, *, alive: bool, online: bool | None) -> None:
-        """A plugin call about a tunnel's client: a login, proxy or heartbeat that passed, or
-        a proxy that closed."""
+    def _set_online(self, key: str, traffic: TunnelTraffic, registered: bool) -> None:
+        traffic.online, never_registered = self.sessions.frps_reading(key, registered)
+        if never_registered:
+            self.observe_refusal(key, NEW_PROXY, NOT_REGISTERED_REASON)
+
+    def observe_client(
+        self, key: str, *, alive: bool, online: bool | None, run_id: str | None = None
+    ) -> None:
+        """A plugin call about a tunnel's client, from its session `run_id`: a login, proxy
+        or heartbeat that passed, or a proxy that closed (which counts only from the session
+        whose proxy is online)."""
         traffic = self.tunnels.setdefault(key, TunnelTraffic())
         if alive:
             traffic.last_seen = time.time()
-        if online is not None:
-            traffic.online = online
-            if not online:
-                traffic.active_connections = 0
+            self.sessions.seen(key, run_id, monotonic())
+        if online is True:
+            self.sessions.proxy_accepted(key, run_id)
+            traffic.online = True
+        elif online is False and self.sessions.proxy_closed(key, run_id):
+            traffic.online = False
+            traffic.active_connections = 0
+
+    def observe_refusal(self, key: str, op: str, reason: str) -> None:
+        """A refused call of a tunnel's client (a tunnel of the table: the caller checks)."""
+        traffic = self.tunnels.setdefault(key, TunnelTraffic())
+        limit = tunnel_metrics.REFUSAL_REASON_MAX_CHARS
+        traffic.last_refusal = Refusal(time.time(), op, reason[:limit])
 
     def retain(self, index: TableIndex) -> None:
         """Forget tunnels that left the table."""
         for key in [k for k in self.tunnels if k not in index.by_tunnel]:
             del self.tunnels[key]
+        self.sessions.retain(index.by_tunnel)
 
 
 def _delta(previous: float, current: float) -> float:
@@ -169,6 +206,12 @@ class TunnelCollector:
             "When the tunnel's client was last seen alive (login, proxy or heartbeat)",
             labels=tunnel_metrics.LABELS,
         )
+        refused = GaugeMetricFamily(
+            tunnel_metrics.LAST_REFUSAL,
+            "When the relay last refused a call of the tunnel's client, with the operation "
+            "and the reason the client was given",
+            labels=tunnel_metrics.LABELS + tunnel_metrics.REFUSAL_LABELS,
+        )
         relay = self.meter.relay
         for key, traffic in sorted(self.meter.tunnels.items()):
             namespace, _, name = key.partition("/")
@@ -179,4 +222,7 @@ class TunnelCollector:
             online.add_metric(labels, 1 if traffic.online else 0)
             if traffic.last_seen is not None:
                 last_seen.add_metric(labels, traffic.last_seen)
-        yield from (bytes_in, bytes_out, connections, online, last_seen)
+            refusal = traffic.last_refusal
+            if refusal is not None:
+                refused.add_metric([*labels, refusal.op, refusal.reason], refusal.at)
+        yield from (bytes_in, bytes_out, connections, online, last_seen, refused)

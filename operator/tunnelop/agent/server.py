@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import signal
 import time
@@ -25,12 +26,20 @@ from tunnelop.agent.index import TableIndex
 from tunnelop.agent.metering import Meter, TunnelCollector, parse_frps_metrics
 from tunnelop.agent.source import TableSource
 from tunnelop.contract import basicauth
-from tunnelop.contract.naming import AGENT_PLUGIN_PATH, DASHBOARD_USER, SERVICE_ACCOUNT_DIR
+from tunnelop.contract.naming import (
+    AGENT_PLUGIN_PATH,
+    DASHBOARD_USER,
+    PLUGIN_USER,
+    SERVICE_ACCOUNT_DIR,
+)
 from tunnelop.platform import logs
 from tunnelop.platform.addresses import split_host_port
 from tunnelop.platform.kube import Kube
 
 log = logs.get(__name__)
+# Most calls are accepted unchanged (every heartbeat): that answer is serialized once.
+_PLAIN_ACCEPT = decisions.accept().response
+_PLAIN_ACCEPT_BODY = json.dumps(_PLAIN_ACCEPT).encode()
 
 
 @dataclass
@@ -42,10 +51,42 @@ class AgentOptions:
     health_listen: str  # host:port of /healthz, /readyz and /metrics
     frps_dashboard: str  # base URL of frps's dashboard API
     dashboard_password: str | None
+    # frps's credentials for the plugin endpoint; None only with allow_unauthenticated_plugin
+    plugin_password: str | None
     state_dir: Path | None
     service_account_dir: str = SERVICE_ACCOUNT_DIR
     kubeconfig: str | None = None
     meter_interval: float = 5.0
+    # For tests and benchmarks that run the agent without frps's credentials: anyone who
+    # reaches the plugin endpoint can then speak for frps.
+    allow_unauthenticated_plugin: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.plugin_password and not self.allow_unauthenticated_plugin:
+            raise ValueError(
+                "the plugin endpoint needs frps's password (TUNNELOP_PLUGIN_PASSWORD, key "
+                "plugin-password of the relay's config Secret); refusing to serve it without"
+            )
+
+
+class RateLimitedLog:
+    """Logs an event the first time, then at most once per `interval` seconds with the count
+    since the last line: a flood cannot fill the disk."""
+
+    def __init__(self, event: str, interval: float = 10.0) -> None:
+        self.event = event
+        self.interval = interval
+        self.suppressed = 0
+        self._last: float | None = None
+
+    def note(self, now: float, **fields: object) -> bool:
+        """Count one occurrence; True if it was logged."""
+        if self._last is not None and now - self._last < self.interval:
+            self.suppressed += 1
+            return False
+        log.warning(self.event, suppressed_since_last=self.suppressed, **fields)
+        self._last, self.suppressed = now, 0
+        return True
 
 
 class Agent:
@@ -77,6 +118,18 @@ class Agent:
             registry=self.registry,
         )
         self.table_age.set_function(self._table_age)
+        self.unauthorized = Counter(
+            "tunnelop_agent_plugin_unauthorized",
+            "Calls to the plugin endpoint without frps's credentials (refused, not decided)",
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "tunnelop_agent_refusals",
+            "Plugin calls refused, by operation and cause",
+            ["op", "cause"],
+            registry=self.registry,
+        )
+        self._unauthorized_log = RateLimitedLog("plugin call without frps's credentials refused")
         self.meter_errors = Counter(
             "tunnelop_agent_meter_errors",
             "frps metric readings that failed",
@@ -91,6 +144,19 @@ class Agent:
             state_dir=options.state_dir,
             on_change=self._on_table,
         )
+        # The hot path's fixed parts, computed once: what frps's Authorization header must be
+        # (Go sends exactly "Basic " + base64(user:password)), and each op's metric children.
+        self._frps_authorization = (
+            basicauth.header(PLUGIN_USER, options.plugin_password)["Authorization"].encode()
+            if options.plugin_password
+            else None
+        )
+        self._counted = {
+            (op, result): self.requests.labels(op, result)
+            for op in (*decisions.OPS, "other")
+            for result in ("accepted", "rejected")
+        }
+        self._timed = {op: self.latency.labels(op) for op in (*decisions.OPS, "other")}
         self._runners: list[web.BaseRunner] = []
         self._meter_task: asyncio.Task[None] | None = None
 
@@ -111,6 +177,15 @@ class Agent:
 
     async def handle_plugin(self, request: web.BaseRequest) -> web.Response:
         started = time.perf_counter()
+        if not self._plugin_authorized(request.headers.get("Authorization", "")):
+            # Not frps: nothing is decided and nothing observed.
+            self.unauthorized.inc()
+            self._unauthorized_log.note(time.monotonic(), peer=request.remote)
+            return web.Response(
+                status=401,
+                text="unauthorized\n",
+                headers={"WWW-Authenticate": 'Basic realm="tunnelop-agent-plugin"'},
+            )
         op = request.query.get("op", "")
         try:
             body = json.loads(await request.read())
@@ -118,34 +193,70 @@ class Agent:
             op = op or (body.get("op", "") if isinstance(body, dict) else "")
         except ValueError:
             content = None
+        decision = self.decide(op, content)
+        # Only frps's own ops as label values: a request cannot make up series.
+        label = op if isinstance(op, str) and op in decisions.OPS else "other"
+        self._counted[label, "rejected" if decision.rejected else "accepted"].inc()
+        self._timed[label].observe(time.perf_counter() - started)
+        response = decision.response
+        body = _PLAIN_ACCEPT_BODY if response == _PLAIN_ACCEPT else json.dumps(response).encode()
+        return web.Response(body=body, content_type="application/json")
+
+    def decide(self, op: str, content: object) -> decisions.Decision:
+        """Decide one call and note what it tells: the client's session, its proxy, or the
+        refusal (in the metrics, the log and, for the tunnel's own client, its last refusal)."""
         index = self.source.index
         if index is None:
             # No table yet (first start, API unreachable): refuse, never guess.
             decision = decisions.reject(
                 f"relay {self.options.relay} is starting and has no allocation table yet; "
-                "frpc retries"
+                "frpc retries",
+                cause=decisions.NOT_READY,
             )
         else:
-            decision = decisions.decide(index, op, content)
-        if decision.tunnel and (decision.client_alive or decision.proxy_online is not None):
+            decision = decisions.decide(index, op, content, self.meter.sessions, time.monotonic())
+        known = index is not None and decision.tunnel in index.by_tunnel
+        if known and (decision.client_alive or decision.proxy_online is not None):
+            assert decision.tunnel is not None
             self.meter.observe_client(
-                decision.tunnel, alive=decision.client_alive, online=decision.proxy_online
+                decision.tunnel,
+                alive=decision.client_alive,
+                online=decision.proxy_online,
+                run_id=decision.run_id,
             )
-        result = "rejected" if decision.rejected else "accepted"
-        # Only frps's own ops as label values: a request cannot make up series.
-        label = op if isinstance(op, str) and op in decisions.OPS else "other"
-        self.requests.labels(label, result).inc()
-        self.latency.labels(label).observe(time.perf_counter() - started)
         if decision.rejected:
-            namespace, _, name = (decision.tunnel or "/").partition("/")
-            log.info(
-                "refused",
-                op=op,
-                namespace=namespace or None,
-                name=name or None,
-                reason=decision.response.get("reject_reason"),
-            )
-        return web.Response(body=json.dumps(decision.response), content_type="application/json")
+            self._refused(op, decision, known)
+        return decision
+
+    def _refused(self, op: str, decision: decisions.Decision, known: bool) -> None:
+        label = op if isinstance(op, str) and op in decisions.OPS else "other"
+        cause = decision.cause if decision.cause in decisions.CAUSES else decisions.MALFORMED
+        self.refusals.labels(label, cause).inc()
+        # A visitor refused is not news about the tunnel's client.
+        if known and op != decisions.NEW_USER_CONN and decision.tunnel and decision.reason:
+            self.meter.observe_refusal(decision.tunnel, op, decision.reason)
+        # As the client named it (bounded: the name may be anything a stranger sent).
+        namespace, _, name = (decision.tunnel or "/")[:300].partition("/")
+        log.info(
+            "refused",
+            op=label,
+            cause=cause,
+            namespace=namespace or None,
+            name=name or None,
+            reason=decision.detail or decision.reason,
+        )
+
+    def _plugin_authorized(self, header: str) -> bool:
+        expected = self._frps_authorization
+        if expected is None:
+            return self.options.allow_unauthenticated_plugin
+        # Constant time: the header as frps sends it, byte for byte; else decoded, for any
+        # other client that spells basic auth differently (say, "basic" in lower case).
+        given = header.encode(errors="replace")
+        if hmac.compare_digest(given, expected):
+            return True
+        password = self.options.plugin_password or ""
+        return basicauth.matches(header, PLUGIN_USER, password)
 
     # ---- health and metrics -------------------------------------------------------------
 

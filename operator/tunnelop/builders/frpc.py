@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, PORT_PROTOCOLS
 from tunnelop.builders import _toml as toml
-from tunnelop.builders.frps import CLIENT_HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT
+from tunnelop.builders.frps import CLIENT_HEARTBEAT_INTERVAL, CLIENT_HEARTBEAT_TIMEOUT
 
 # frp renders its config file as a Go template with the environment in .Envs, so the file the
 # operator writes runs unedited: the tenant names the local service when starting frpc. There
@@ -114,9 +114,9 @@ def build_frpc_config(
         "# Keep retrying while the relay is unreachable or refuses the tunnel (e.g. suspended).",
         "loginFailExit = false",
         "transport.tls.enable = true",
-        "# Regular heartbeats let the relay apply a suspension within seconds.",
+        "# Heartbeats every second: the relay drops a client that has not passed one for 3 s.",
         f"transport.heartbeatInterval = {toml.integer(CLIENT_HEARTBEAT_INTERVAL)}",
-        f"transport.heartbeatTimeout = {toml.integer(HEARTBEAT_TIMEOUT)}",
+        f"transport.heartbeatTimeout = {toml.integer(CLIENT_HEARTBEAT_TIMEOUT)}",
         "",
         *(f"# {line}" for line in _PROTOCOL_NOTES[protocol]),
         "[[proxies]]",

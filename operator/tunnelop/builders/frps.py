@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from tunnelop.api.v1alpha1 import PortSpan, RelayNode, RelayNodeSpec
 from tunnelop.builders import _toml as toml
 from tunnelop.contract.naming import (
@@ -13,6 +15,7 @@ from tunnelop.contract.naming import (
     DASHBOARD_USER,
     LOCALHOST,
     PLUGIN_PORT,
+    PLUGIN_USER,
     POD_IP_ENV,
 )
 from tunnelop.domain import relayview
@@ -22,12 +25,22 @@ from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
 # address from the downward API, so frps binds the pod address and nothing else.
 POD_IP_TEMPLATE = "{{ .Envs." + POD_IP_ENV + " }}"
 
-# Clients ping every CLIENT_HEARTBEAT_INTERVAL seconds. A rejected Ping (tunnel suspended or
-# deleted) is answered with an error, and frpc closes its session at once: this interval bounds
-# how fast a suspension kicks a client (target: 5 s). A client that stops pinging (say, its
-# config was edited) is dropped by frps after HEARTBEAT_TIMEOUT.
-HEARTBEAT_TIMEOUT = 30
-CLIENT_HEARTBEAT_INTERVAL = 3
+# How fast a suspension (or deletion) takes effect, whatever the client's config (target: 5 s).
+# frps asks the agent about every Ping, and a rejected Ping neither refreshes the client's
+# last heartbeat nor lets the client go on: frps answers it with the error and frpc closes
+# its session. frps's heartbeat worker (server/control.go, heartbeatWorker) checks every
+# second and closes a control whose last *accepted* Ping is older than HEARTBEAT_TIMEOUT.
+# - A client running the generated frpc.toml pings every CLIENT_HEARTBEAT_INTERVAL s (plus
+#   frpc's 10% jitter): it is kicked at its next Ping, at most about 1 s after the agent
+#   learns of the suspension.
+# - A client that pings rarely or never (`transport.heartbeatInterval = -1`), or a patched
+#   one that ignores the error, is dropped by frps 3 to 4 s after its last accepted Ping.
+#   Until then its http and udp visitors are served (frps asks the agent about visitors of
+#   tcp and https tunnels only), so this timeout is the bound for them.
+# The client gives up on a relay that has not answered for CLIENT_HEARTBEAT_TIMEOUT s.
+HEARTBEAT_TIMEOUT = 3
+CLIENT_HEARTBEAT_INTERVAL = 1
+CLIENT_HEARTBEAT_TIMEOUT = 3
 
 
 def vhost_ports(spec: RelayNodeSpec) -> dict[str, int]:
@@ -61,6 +74,7 @@ def build_frps_config(
     *,
     token: str,
     dashboard_password: str,
+    plugin_password: str,
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
 ) -> str:
     """frps.toml of a relay. Deterministic: the same relay and secrets give the same text, so
@@ -83,8 +97,9 @@ def build_frps_config(
         "",
         "# Clients must speak TLS.",
         "transport.tls.force = true",
-        f"# Clients ping every {CLIENT_HEARTBEAT_INTERVAL}s (the agent kicks a suspended one on its",
-        "# next ping); one that stops pinging is dropped after this many seconds.",
+        f"# Clients ping every {CLIENT_HEARTBEAT_INTERVAL}s; the agent refuses the Ping of a suspended tunnel,",
+        "# and frps drops a client whose last accepted Ping is older than this many seconds,",
+        "# pinging or not: a suspension holds within seconds whatever the client's config.",
         f"transport.heartbeatTimeout = {toml.integer(HEARTBEAT_TIMEOUT)}",
         "",
         *_allow_ports(RelayView.from_model(relay, node_port_range=node_port_range)),
@@ -110,14 +125,23 @@ def build_frps_config(
         'log.level = "info"',
         "",
         "# The relay agent allows or refuses every login, proxy, heartbeat and visitor",
-        "# connection from the allocation table of this relay.",
+        "# connection from the allocation table of this relay. frps authenticates with the",
+        "# credentials in addr (Go's HTTP client sends them as basic auth).",
         "[[httpPlugins]]",
         f"name = {toml.string(AGENT_PLUGIN_NAME)}",
-        f"addr = {toml.string(f'{LOCALHOST}:{PLUGIN_PORT}')}",
+        f"addr = {toml.string(plugin_addr(plugin_password))}",
         f"path = {toml.string(AGENT_PLUGIN_PATH)}",
         f"ops = {toml.strings(AGENT_PLUGIN_OPS)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def plugin_addr(password: str) -> str:
+    """The agent's plugin address with frps's credentials in it, e.g.
+    `http://frps:<password>@127.0.0.1:7400` (frps appends the path)."""
+    if not password:
+        raise ValueError("plugin_password must not be empty: the agent refuses frps without it")
+    return f"http://{PLUGIN_USER}:{quote(password, safe='')}@{LOCALHOST}:{PLUGIN_PORT}"
 
 
 def _template(expression: str) -> str:

@@ -32,6 +32,8 @@ from tunnelop.contract.naming import (
     LOCALHOST,
     MANAGED_BY,
     OWNER_API_VERSION,
+    PLUGIN_PASSWORD_ENV,
+    PLUGIN_PASSWORD_KEY,
     PLUGIN_PORT,
     POD_IP_ENV,
     PUBLIC_HTTP_PORT,
@@ -124,10 +126,17 @@ def config_checksum(*texts: str) -> str:
 
 
 def build_config_secret(
-    relay: RelayNode, namespace: str, *, frps_toml: str, token: str, dashboard_password: str
+    relay: RelayNode,
+    namespace: str,
+    *,
+    frps_toml: str,
+    token: str,
+    dashboard_password: str,
+    plugin_password: str,
 ) -> dict[str, Any]:
     """Secret relay-<r>-config: frps.toml (mounted into frps), the relay's shared token (for
-    frpc configs) and the dashboard password (for the agent)."""
+    frpc configs), the dashboard password and the plugin password (both for the agent; frps
+    finds them in frps.toml)."""
     relay_name = _relay_name(relay)
     return {
         "apiVersion": "v1",
@@ -139,6 +148,7 @@ def build_config_secret(
                 FRPS_CONFIG_KEY: frps_toml,
                 TOKEN_KEY: token,
                 DASHBOARD_PASSWORD_KEY: dashboard_password,
+                PLUGIN_PASSWORD_KEY: plugin_password,
             }
         ),
     }
@@ -271,6 +281,17 @@ def _agent_container(relay: RelayNode, namespace: str, image: str) -> dict[str, 
                     }
                 },
             },
+            # What frps authenticates its plugin calls with (never in args: any process on
+            # the node may read a process's command line).
+            {
+                "name": PLUGIN_PASSWORD_ENV,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": config_secret_name(relay_name),
+                        "key": PLUGIN_PASSWORD_KEY,
+                    }
+                },
+            },
             # Where the agent keeps its last known table, to serve through API outages.
             {"name": STATE_DIR_ENV, "value": AGENT_STATE_DIR},
         ],
@@ -334,7 +355,7 @@ def build_deployment(
             "name": CONFIG_VOLUME,
             "secret": {
                 "secretName": config_secret_name(relay_name),
-                # Only the config: the agent's password comes by env, the token stays out.
+                # Only the config: the agent's passwords come by env, the token stays out.
                 "items": [{"key": FRPS_CONFIG_KEY, "path": FRPS_CONFIG_KEY}],
                 "defaultMode": 0o440,  # readable by the pod's group (fsGroup) only
             },

@@ -53,18 +53,24 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Keys of the relay's config Secret and table Secret, and of a tunnel's credentials Secret.
 TOKEN_KEY = "token"
 DASHBOARD_PASSWORD_KEY = "dashboard-password"
+PLUGIN_PASSWORD_KEY = "plugin-password"
 TABLE_KEY = "table.json"
 FRPC_CONFIG_KEY = "frpc.toml"
 
 DASHBOARD_USER = "admin"
 AGENT_PLUGIN_NAME = "tunnelop-agent"
 AGENT_PLUGIN_PATH = "/handler"
+# frps authenticates to the agent's plugin endpoint with HTTP basic auth (the credentials are
+# in the plugin's addr URL): with HostNetwork that endpoint is on the node's localhost, where
+# any process could otherwise speak for frps.
+PLUGIN_USER = "frps"
 # The frps server-plugin operations the agent decides on (NewWorkConn carries nothing it needs).
 AGENT_PLUGIN_OPS = ("Login", "NewProxy", "CloseProxy", "Ping", "NewUserConn")
 
 # Environment variables of the relay containers.
 POD_IP_ENV = "TUNNELOP_POD_IP"
 DASHBOARD_PASSWORD_ENV = "TUNNELOP_DASHBOARD_PASSWORD"
+PLUGIN_PASSWORD_ENV = "TUNNELOP_PLUGIN_PASSWORD"
 STATE_DIR_ENV = "TUNNELOP_STATE_DIR"
 
 
@@ -95,7 +101,7 @@ def relay_object_name(relay: str) -> str:
 
 
 def config_secret_name(relay: str) -> str:
-    """The relay's frps config, shared token and dashboard password."""
+    """The relay's frps config, shared token, dashboard password and plugin password."""
     return f"relay-{relay}-config"
 
 

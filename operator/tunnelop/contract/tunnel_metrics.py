@@ -10,3 +10,8 @@ CLIENT_CONNECTED = "tunnelop_tunnel_client_connected"
 LAST_SEEN = "tunnelop_tunnel_last_seen_timestamp_seconds"
 
 LABELS = ("namespace", "tunnel", "relay")
+# The last call of the tunnel's client the relay refused, with the reason the client was
+# given: a gauge of the refusal's time, labelled with LABELS + REFUSAL_LABELS.
+LAST_REFUSAL = "tunnelop_tunnel_last_refusal_timestamp_seconds"
+REFUSAL_LABELS = ("op", "reason")
+REFUSAL_REASON_MAX_CHARS = 200

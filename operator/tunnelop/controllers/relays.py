@@ -94,6 +94,7 @@ async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySec
         relay,
         token=relay_secrets.token,
         dashboard_password=relay_secrets.dashboard_password,
+        plugin_password=relay_secrets.plugin_password,
         node_port_range=rt.node_port_range,
     )
     ns = rt.relay_namespace
@@ -104,6 +105,7 @@ async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySec
             frps_toml=frps_toml,
             token=relay_secrets.token,
             dashboard_password=relay_secrets.dashboard_password,
+            plugin_password=relay_secrets.plugin_password,
         ),
         build_service_account(relay, ns),
         build_role(relay, ns),
@@ -220,20 +222,25 @@ async def _report(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> 
 
 
 async def _relay_secrets(rt: Runtime, name: str) -> RelaySecrets:
-    """The relay's frps token and dashboard password: generated once, then read back."""
+    """The relay's frps token, dashboard password and plugin password: generated once, then
+    read back (each on its own, so a Secret written before one of them existed keeps the
+    others)."""
     if name in rt.relay_secrets:
         return rt.relay_secrets[name]
     existing = await rt.kube.get(
         "v1", "Secret", naming.config_secret_name(name), rt.relay_namespace
     )
     data = (existing or {}).get("data") or {}
-    if "token" in data and "dashboard-password" in data:
-        found = RelaySecrets(
-            base64.b64decode(data["token"]).decode(),
-            base64.b64decode(data["dashboard-password"]).decode(),
-        )
-    else:
-        found = RelaySecrets(secrets.token_urlsafe(24), secrets.token_urlsafe(18))
+
+    def kept_or_new(key: str, length: int) -> str:
+        value = base64.b64decode(data[key]).decode() if data.get(key) else ""
+        return value or secrets.token_urlsafe(length)
+
+    found = RelaySecrets(
+        kept_or_new(naming.TOKEN_KEY, 24),
+        kept_or_new(naming.DASHBOARD_PASSWORD_KEY, 18),
+        kept_or_new(naming.PLUGIN_PASSWORD_KEY, 24),
+    )
     rt.relay_secrets[name] = found
     return found
 

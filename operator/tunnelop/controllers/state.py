@@ -28,10 +28,12 @@ FINALIZER = "tunnelop.dev/finalizer"
 
 @dataclass
 class RelaySecrets:
-    """The relay-wide frps token and dashboard password, kept in its config Secret."""
+    """The relay-wide frps token, dashboard password and plugin password (frps's credentials
+    for the agent's plugin endpoint), kept in its config Secret."""
 
     token: str
     dashboard_password: str
+    plugin_password: str
 
 
 @dataclass

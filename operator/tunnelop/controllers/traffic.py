@@ -122,6 +122,14 @@ class TrafficCollector:
             return reading.connected
         if (shown.get("status") == "True") != reading.connected:
             return True
+        suspended = bool(
+            ((self.rt.cache.tunnels.get(key) or {}).get("spec") or {}).get("suspended")
+        )
+        due = client_condition(observed, suspended, key[1], None)
+        if due is not None and any(shown.get(f) != due[f] for f in ("reason", "message")):
+            # Say, the relay refused the client: worth a write, within the write budget (a
+            # stranger's refused guesses change nothing more often than that).
+            return False
         new = observed.traffic()
         old = reported or {}
         if any(new.get(f) != old.get(f) for f in COUNTED_FIELDS):
@@ -177,8 +185,12 @@ def client_condition(
             f"frpc is connected to relay {relay}",
             generation,
         )
+    refusal = observed.reading.refused_since_seen()
     if suspended:
         reason, message = "TunnelSuspended", "The tunnel is suspended: its client is refused"
+    elif refusal is not None:
+        reason = "ClientRefused"
+        message = f"relay {relay} refused the client's {refusal.op}: {refusal.reason}"
     else:
         reason = "ClientNotConnected"
         message = (

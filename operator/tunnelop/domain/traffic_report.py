@@ -16,9 +16,19 @@ from tunnelop.contract.tunnel_metrics import (
     BYTES_IN,
     BYTES_OUT,
     CLIENT_CONNECTED,
+    LAST_REFUSAL,
     LAST_SEEN,
 )
 from tunnelop.domain.scheduling import TunnelKey
+
+
+@dataclass(frozen=True)
+class AgentRefusal:
+    """The last call of a tunnel's client its relay refused."""
+
+    at: float  # unix time
+    op: str
+    reason: str
 
 
 @dataclass
@@ -30,6 +40,14 @@ class AgentReading:
     active_connections: int = 0
     connected: bool = False
     last_seen: float | None = None
+    last_refusal: AgentRefusal | None = None
+
+    def refused_since_seen(self) -> AgentRefusal | None:
+        """The last refusal, if the client has not been seen alive since."""
+        refusal = self.last_refusal
+        if refusal is None or (self.last_seen is not None and refusal.at <= self.last_seen):
+            return None
+        return refusal
 
 
 def parse_agent_metrics(text: str) -> dict[TunnelKey, AgentReading]:
@@ -52,6 +70,12 @@ def parse_agent_metrics(text: str) -> dict[TunnelKey, AgentReading]:
                 reading.connected = sample.value > 0
             elif name == LAST_SEEN:
                 reading.last_seen = sample.value
+            elif name == LAST_REFUSAL:
+                refusal = AgentRefusal(
+                    sample.value, sample.labels.get("op", ""), sample.labels.get("reason", "")
+                )
+                if reading.last_refusal is None or refusal.at > reading.last_refusal.at:
+                    reading.last_refusal = refusal
     return readings
 
 
