@@ -148,24 +148,24 @@ def test_client_condition_says_what_to_do():
 # ---- refusals ---------------------------------------------------------------------------------
 
 
-def refused_agent_metrics_text(seen_after: bool) -> str:
+def refused_agent_metrics_text(accepted_after: bool) -> str:
     meter = Meter("eu-1")
     meter.observe_refusal("team-a/web", "NewProxy", "tunnel team-a/web: set type = 'http'")
-    if seen_after:
-        meter.observe_client("team-a/web", alive=True, online=None)
+    if accepted_after:
+        meter.observe_client("team-a/web", alive=True, online=True)
     registry = CollectorRegistry()
     registry.register(TunnelCollector(meter))
     return generate_latest(registry).decode()
 
 
 def test_the_operator_reads_the_agents_last_refusal():
-    reading = parse_agent_metrics(refused_agent_metrics_text(seen_after=False))[("team-a", "web")]
+    reading = parse_agent_metrics(refused_agent_metrics_text(accepted_after=False))[("team-a", "web")]
     assert reading.last_refusal is not None
     assert (reading.last_refusal.op, reading.last_refusal.reason) == (
         "NewProxy",
         "tunnel team-a/web: set type = 'http'",
     )
-    assert reading.refused_since_seen() == reading.last_refusal
+    assert reading.standing_refusal() == reading.last_refusal
 
 
 def test_the_newest_refusal_wins_if_several_are_exported():
@@ -177,11 +177,21 @@ def test_the_newest_refusal_wins_if_several_are_exported():
     assert parse_agent_metrics(text)[("n", "t")].last_refusal == AgentRefusal(20, "Ping", "new")
 
 
-def test_a_refusal_older_than_the_clients_last_sign_of_life_is_past():
-    reading = AgentReading(last_seen=100.0, last_refusal=AgentRefusal(99.0, "Login", "x"))
-    assert reading.refused_since_seen() is None
-    reading = AgentReading(last_seen=100.0, last_refusal=AgentRefusal(101.0, "Login", "x"))
-    assert reading.refused_since_seen() is not None
+def test_a_refusal_stands_while_the_client_has_no_proxy_online():
+    # Its heartbeats go on (last_seen moves) while its proxy is refused: the refusal stands.
+    reading = AgentReading(last_seen=100.0, last_refusal=AgentRefusal(99.0, "NewProxy", "x"))
+    assert reading.standing_refusal() is not None
+    reading.connected = True
+    assert reading.standing_refusal() is None
+
+
+def test_the_agent_forgets_a_refusal_once_it_accepts_the_proxy():
+    meter = Meter("eu-1")
+    meter.observe_refusal("team-a/web", "NewProxy", "locations is not allowed")
+    meter.observe_client("team-a/web", alive=True, online=None, run_id="r1")
+    assert meter.tunnels["team-a/web"].last_refusal is not None  # a heartbeat changes nothing
+    meter.observe_client("team-a/web", alive=True, online=True, run_id="r1")
+    assert meter.tunnels["team-a/web"].last_refusal is None
 
 
 def test_client_condition_says_the_relay_refused_the_client_and_why():
@@ -200,14 +210,6 @@ def test_client_condition_says_the_relay_refused_the_client_and_why():
         "eu-1", Totals(0, 0, 0, 0), AgentReading(connected=True, last_refusal=refusal)
     )
     assert client_condition(connected, False, "web", 3)["reason"] == "ClientConnected"
-
-
-def test_a_refusal_before_the_client_was_last_seen_is_not_shown():
-    refusal = AgentRefusal(50.0, "Login", "credentials refused")
-    observed = Observed(
-        "eu-1", Totals(0, 0, 0, 0), AgentReading(last_seen=100.0, last_refusal=refusal)
-    )
-    assert client_condition(observed, False, "web", 3)["reason"] == "ClientNotConnected"
 
 
 def _collector(status: dict) -> TrafficCollector:

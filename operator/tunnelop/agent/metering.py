@@ -147,6 +147,7 @@ class Meter:
         if online is True:
             self.sessions.proxy_accepted(key, run_id)
             traffic.online = True
+            traffic.last_refusal = None  # what was refused before is past
         elif online is False and self.sessions.proxy_closed(key, run_id):
             traffic.online = False
             traffic.active_connections = 0

@@ -185,7 +185,7 @@ def client_condition(
             f"frpc is connected to relay {relay}",
             generation,
         )
-    refusal = observed.reading.refused_since_seen()
+    refusal = observed.reading.standing_refusal()
     if suspended:
         reason, message = "TunnelSuspended", "The tunnel is suspended: its client is refused"
     elif refusal is not None:

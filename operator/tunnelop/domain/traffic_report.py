@@ -42,12 +42,11 @@ class AgentReading:
     last_seen: float | None = None
     last_refusal: AgentRefusal | None = None
 
-    def refused_since_seen(self) -> AgentRefusal | None:
-        """The last refusal, if the client has not been seen alive since."""
-        refusal = self.last_refusal
-        if refusal is None or (self.last_seen is not None and refusal.at <= self.last_seen):
-            return None
-        return refusal
+    def standing_refusal(self) -> AgentRefusal | None:
+        """The last refusal, while the client has no proxy online: the agent forgets it when
+        it accepts the tunnel's proxy, so a client that logs in and pings but whose proxy is
+        refused still shows why."""
+        return None if self.connected else self.last_refusal
 
 
 def parse_agent_metrics(text: str) -> dict[TunnelKey, AgentReading]:

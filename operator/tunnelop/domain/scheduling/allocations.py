@@ -224,6 +224,8 @@ class AllocationTable:
         where the relay no longer allows it (`misplaced()` reports that). False, recording
         nothing, when its relay is unknown, it is incomplete, or its port or any of its host
         names is held by another key: the caller schedules that tunnel afresh."""
+        # Custom domains as a request names them: lowercase, sorted, once.
+        alloc = replace(alloc, custom_domains=normal_hosts(alloc.custom_domains))
         state = self._relays.get(alloc.relay)
         if state is None or not _complete(alloc):
             return False
