@@ -159,7 +159,9 @@ def refused_agent_metrics_text(accepted_after: bool) -> str:
 
 
 def test_the_operator_reads_the_agents_last_refusal():
-    reading = parse_agent_metrics(refused_agent_metrics_text(accepted_after=False))[("team-a", "web")]
+    reading = parse_agent_metrics(refused_agent_metrics_text(accepted_after=False))[
+        ("team-a", "web")
+    ]
     assert reading.last_refusal is not None
     assert (reading.last_refusal.op, reading.last_refusal.reason) == (
         "NewProxy",
