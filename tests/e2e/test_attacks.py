@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from support import objects, tools
@@ -40,6 +39,7 @@ from support.dataplane import (
 )
 from support.netutil import echo_server
 from support.objects import tunnel, wait_condition
+from tunnelop.contract import basicauth
 from tunnelop.platform.certs import issue_webhook_certificate
 
 RUN = uuid.uuid4().hex[:5]
@@ -228,8 +228,8 @@ async def test_b_cannot_route_into_the_host_of_a(
         # A's site answers by its names, on every path and for every login, with A's page.
         await site_a.answers()
         assert await served_http(address, A_DOMAIN, "/admin") == A_BODY
-        auth = aiohttp.BasicAuth("alice", "secret")
-        assert await http_body(address, A_DOMAIN, "/admin", auth=auth) == A_BODY
+        login = basicauth.header("alice", "secret")  # a visitor of A who logs in
+        assert await http_body(address, A_DOMAIN, "/admin", headers=login) == A_BODY
 
 
 async def test_b_cannot_take_the_host_of_a_while_a_is_away(

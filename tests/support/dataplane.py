@@ -293,16 +293,17 @@ async def sink_server(host: str = "127.0.0.1") -> AsyncIterator[tuple[int, list[
 # ---- one visitor at a time: served or not ---------------------------------------------------
 
 
-async def http_body(address: str, host: str, path: str = "/", **kwargs) -> str | None:
+async def http_body(
+    address: str, host: str, path: str = "/", headers: dict[str, str] | None = None
+) -> str | None:
     """The page a browser gets for http://host/path through the relay, None if none."""
     try:
         async with (
             aiohttp.ClientSession() as http,
             http.get(
                 f"http://{address}:{HOST_NETWORK_HTTP_PORT}{path}",
-                headers={"Host": host},
+                headers={"Host": host, **(headers or {})},
                 timeout=aiohttp.ClientTimeout(total=2),
-                **kwargs,
             ) as response,
         ):
             text = await response.text()
