@@ -24,6 +24,7 @@ import pytest
 from support import objects, tools
 from support.dataplane import (
     Frpc,
+    delete_relay,
     edited_config,
     http_body,
     http_site,
@@ -65,7 +66,7 @@ async def relay(operator, relay_runner):
         labels={"tunnelop.test/relay": name},
     )
     yield name, address
-    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--timeout=60s")
+    delete_relay(name)
 
 
 @pytest.fixture(scope="module")

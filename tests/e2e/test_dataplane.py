@@ -17,6 +17,7 @@ from support import objects, tools
 from support.dataplane import (
     Frpc,
     connect_refused,
+    delete_relay,
     edited_config,
     http_site,
     running_frpc,
@@ -59,23 +60,6 @@ async def tcp_only_relay(operator, relay_runner):
     )
     yield name, address
     delete_relay(name)
-
-
-def delete_relay(name: str) -> None:
-    """Delete a relay and wait until its pod is gone: a HostNetwork relay pod holds its
-    node's ports, and the local cluster has only a few fake nodes."""
-    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--timeout=60s")
-    tools.kubectl(
-        "wait",
-        "--for=delete",
-        "pod",
-        "-n",
-        "tunnelop-system",
-        "-l",
-        f"tunnelop.dev/relay={name}",
-        "--timeout=60s",
-        check=False,
-    )
 
 
 def on(relay_name: str) -> dict:

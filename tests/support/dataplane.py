@@ -56,6 +56,23 @@ async def start_relay(
     return address
 
 
+def delete_relay(name: str) -> None:
+    """Delete a relay and wait until its pod is gone: a HostNetwork relay pod holds its
+    node's ports, and the local cluster has only a few fake nodes."""
+    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--timeout=60s")
+    tools.kubectl(
+        "wait",
+        "--for=delete",
+        "pod",
+        "-n",
+        "tunnelop-system",
+        "-l",
+        f"tunnelop.dev/relay={name}",
+        "--timeout=60s",
+        check=False,
+    )
+
+
 async def wait_agent_ready(runner: RelayPodRunner, relay: str, timeout: float = 60) -> None:
     """Until the relay's agent answers /readyz (it has a table) and frps listens."""
     address = runner.address_of(relay)

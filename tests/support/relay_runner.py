@@ -113,6 +113,7 @@ class RelayPodRunner:
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
         self.pods: dict[str, RunningPod] = {}
+        self._terminating: set[asyncio.Future[None]] = set()
         self._api: client.ApiClient | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
@@ -136,7 +137,7 @@ class RelayPodRunner:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        await asyncio.gather(*(self._stop_pod(uid) for uid in list(self.pods)))
+        await asyncio.gather(*self._terminating, *(self._stop_pod(uid) for uid in list(self.pods)))
         if self._api:
             await self._api.close()
 
@@ -296,6 +297,14 @@ class RelayPodRunner:
         pod = self.pods.pop(uid, None)
         if pod is None:
             return
+        # Shielded and remembered: a stop() that cancels the watcher in the middle of this
+        # still waits for the pod's processes to be gone (they hold the relay's address).
+        task = asyncio.ensure_future(self._terminate_pod(pod))
+        self._terminating.add(task)
+        task.add_done_callback(self._terminating.discard)
+        await asyncio.shield(task)
+
+    async def _terminate_pod(self, pod: RunningPod) -> None:
         pod.stopping = True
         if pod.token_refresher:
             pod.token_refresher.cancel()
