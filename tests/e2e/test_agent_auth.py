@@ -15,8 +15,8 @@ import uuid
 import aiohttp
 import pytest
 
-from support import objects, tools
-from support.dataplane import running_frpc, start_relay
+from support import objects
+from support.dataplane import running_frpc, serving_relay
 from support.netutil import echo_server, wait_for_echo
 from support.objects import tunnel, wait_condition
 from support.relay_runner import RelayPodRunner
@@ -28,39 +28,8 @@ RELAY_NAMESPACE = "tunnelop-system"
 
 @pytest.fixture(scope="module")
 async def relay(operator, relay_runner):
-    name = f"auth-{RUN}"
-    address = await start_relay(
-        relay_runner, name, ports="24000-24099", labels={"tunnelop.test/relay": name}
-    )
-    yield name, address
-    tools.kubectl("delete", "relaynode", name, "--ignore-not-found", "--timeout=60s")
-    tools.kubectl(
-        "wait",
-        "--for=delete",
-        "pod",
-        "-n",
-        RELAY_NAMESPACE,
-        "-l",
-        f"{naming.RELAY_LABEL}={name}",
-        "--timeout=60s",
-        check=False,
-    )
-    # The pod object goes at once; its processes take a moment to stop. The next module's
-    # runner hands out this loopback address again, so wait until the relay lets go of it.
-    await until_closed(address, naming.PLUGIN_PORT, timeout=30)
-
-
-async def until_closed(address: str, port: int, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(address, port)
-        except OSError:
-            return
-        writer.close()
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"{address}:{port} still open {timeout} s after the relay was deleted")
+    async with serving_relay(relay_runner, f"auth-{RUN}", ports="24000-24099") as relay:
+        yield relay
 
 
 def relay_secrets(relay_name: str) -> dict[str, str]:

@@ -24,12 +24,12 @@ import pytest
 from support import objects, tools
 from support.dataplane import (
     Frpc,
-    delete_relay,
     edited_config,
     http_body,
     http_site,
+    on,
     served_http,
-    start_relay,
+    serving_relay,
     tcp_served,
     time_to_refusal,
     tls_echo_server,
@@ -56,17 +56,14 @@ OUTSIDER = "127.0.0.250"  # a visitor address outside every allowSourceRanges be
 
 @pytest.fixture(scope="module")
 async def relay(operator, relay_runner):
-    name = f"atk-{RUN}"
-    address = await start_relay(
+    async with serving_relay(
         relay_runner,
-        name,
+        f"atk-{RUN}",
         ports="23000-23199",
         protocols=["tcp", "udp", "http", "https"],
         http_domain=HTTP_DOMAIN,
-        labels={"tunnelop.test/relay": name},
-    )
-    yield name, address
-    delete_relay(name)
+    ) as relay:
+        yield relay
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +75,6 @@ def tenants(operator):
     yield names
     for name in names:
         tools.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def on(relay_name: str) -> dict:
-    return {"relay": {"nodeSelector": {"tunnelop.test/relay": relay_name}}}
 
 
 class Site:

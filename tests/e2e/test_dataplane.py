@@ -17,13 +17,13 @@ from support import objects, tools
 from support.dataplane import (
     Frpc,
     connect_refused,
-    delete_relay,
     edited_config,
     http_site,
+    on,
     running_frpc,
     served_http,
+    serving_relay,
     sink_server,
-    start_relay,
     udp_echo_server,
     wait_for_udp_echo,
 )
@@ -38,32 +38,21 @@ HTTP_DOMAIN = "tunnels.test"
 @pytest.fixture(scope="module")
 async def relay(operator, relay_runner):
     """One relay for the module, offering every protocol; returns (name, address)."""
-    name = f"dp-{RUN}"
-    address = await start_relay(
+    async with serving_relay(
         relay_runner,
-        name,
+        f"dp-{RUN}",
         ports="21000-21999",
         protocols=["tcp", "udp", "http", "https"],
         http_domain=HTTP_DOMAIN,
-        labels={"tunnelop.test/relay": name},
-    )
-    yield name, address
-    delete_relay(name)
+    ) as relay:
+        yield relay
 
 
 @pytest.fixture(scope="module")
 async def tcp_only_relay(operator, relay_runner):
     """A relay that offers only tcp and udp, as providers who had to block HTTP run them."""
-    name = f"dpt-{RUN}"
-    address = await start_relay(
-        relay_runner, name, ports="22000-22099", labels={"tunnelop.test/relay": name}
-    )
-    yield name, address
-    delete_relay(name)
-
-
-def on(relay_name: str) -> dict:
-    return {"relay": {"nodeSelector": {"tunnelop.test/relay": relay_name}}}
+    async with serving_relay(relay_runner, f"dpt-{RUN}", ports="22000-22099") as relay:
+        yield relay
 
 
 async def ready_tunnel(namespace: str, name: str, protocol: str, relay_name: str, **spec) -> dict:

@@ -21,6 +21,7 @@ import aiohttp
 from support import objects, tools
 from support.objects import relay_node
 from support.relay_runner import RelayPodRunner
+from tunnelop.contract.naming import PLUGIN_PORT
 
 HOST_NETWORK_HTTP_PORT = 80
 HOST_NETWORK_HTTPS_PORT = 443
@@ -71,6 +72,43 @@ def delete_relay(name: str) -> None:
         "--timeout=60s",
         check=False,
     )
+
+
+TEST_RELAY_LABEL = "tunnelop.test/relay"  # what a test's tunnels select their relay by
+
+
+def on(relay_name: str) -> dict[str, Any]:
+    """spec.relay of a tunnel for the test relay `relay_name` (see serving_relay)."""
+    return {"relay": {"nodeSelector": {TEST_RELAY_LABEL: relay_name}}}
+
+
+@contextlib.asynccontextmanager
+async def serving_relay(
+    runner: RelayPodRunner, name: str, *, ports: str, **spec: Any
+) -> AsyncIterator[tuple[str, str]]:
+    """A relay for a test module, labelled for `on(name)`; yields (name, address). Deleted
+    afterwards, waiting until its processes let go of the address, which the next module's
+    runner hands out again."""
+    address = await start_relay(runner, name, ports=ports, labels={TEST_RELAY_LABEL: name}, **spec)
+    try:
+        yield name, address
+    finally:
+        delete_relay(name)
+        await until_closed(address, PLUGIN_PORT, timeout=30)
+
+
+async def until_closed(address: str, port: int, timeout: float) -> None:
+    """Until nothing listens on address:port."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(address, port)
+        except OSError:
+            return
+        writer.close()
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{address}:{port} still open {timeout} s after the relay was deleted")
 
 
 async def wait_agent_ready(runner: RelayPodRunner, relay: str, timeout: float = 60) -> None:
