@@ -107,8 +107,8 @@ async def validate_tunnel(
         denials = admission.review(
             obj, dict(old) if old else None, relays.values(), claims, host_claims
         )
-        if not denials and namespace in rt.cache.quotas:
-            denials = _quota_denials(rt, namespace, obj, dict(old) if old else None)
+        if namespace in rt.cache.quotas:
+            denials += _quota_denials(rt, namespace, obj, dict(old) if old else None)
     except Exception:
         # A bug here must not turn into a puzzling denial: admit, and let the scheduler,
         # which enforces the same rules, answer in the tunnel's status.
