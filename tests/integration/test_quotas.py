@@ -273,6 +273,13 @@ async def test_the_limit_holds_exactly_and_waiting_tunnels_take_room_as_it_appea
         what="status.used.tunnels 8",
     )
     assert used
+    # kubectl shows use beside the limits.
+    shown = tools.kubectl("get", "tq", "tier", "-n", namespace).stdout.split("\n")
+    assert shown[0].split() == [
+        "NAME", "TUNNELS", "MAX", "TUNNELS", "BANDWIDTH", "MAX", "BANDWIDTH", "TRAFFIC",
+        "MAX", "TRAFFIC", "SUSPENDED", "AGE",
+    ]  # fmt: skip
+    assert shown[1].split()[:3] == ["tier", "8", "8"]
 
 
 async def test_a_restart_with_waiting_tunnels_moves_nothing(
