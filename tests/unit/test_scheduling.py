@@ -780,3 +780,41 @@ def test_a_changed_http_domain_leaves_no_stale_hold_of_the_table() -> None:
     assert table.host_holders("blog.example.com") == set()
     assert table.host_holders("blog.new.dev") == set()
     assert allocated(table.schedule(request("b", "http", subdomain="blog"))).host == "blog.new.dev"
+
+
+# A namespace's TunnelQuota hard.pools ----------------------------------------------------------
+
+
+def test_a_pool_filter_places_only_on_relays_of_allowed_pools() -> None:
+    free = relay("free-1", labels={"tunnelop.dev/pool": "free"})
+    paid = relay("paid-1", labels={"tunnelop.dev/pool": "paid"})
+    table = table_with(free, paid)
+    for i in range(4):
+        placed = allocated(table.schedule(request(f"t{i}", pools=frozenset({"free"}))))
+        assert placed.relay == "free-1"
+    assert [a.key[1] for a in table.allocations_on("paid-1")] == []
+
+
+def test_a_pool_filter_that_no_relay_matches_names_hard_pools_and_the_quota() -> None:
+    table = table_with(relay("paid-1", labels={"tunnelop.dev/pool": "paid"}), relay("plain"))
+    limit = "hard.pools [free] of TunnelQuota tenant/tier"
+    result = refused(table.schedule(request(pools=frozenset({"free"}), pools_limit=limit)))
+    assert result.reason == NO_RELAY_MATCHES
+    assert (
+        "2 (paid-1, plain) are not in a pool hard.pools [free] of TunnelQuota tenant/tier "
+        "allows (free)" in result.message
+    ), result.message
+    assert table.allocation_of(("tenant", "t")) is None
+
+
+def test_the_namespace_index_follows_binds_and_releases() -> None:
+    table = table_with(relay())
+    for key in (("a", "x"), ("a", "y"), ("b", "x")):
+        allocated(table.schedule(request(key[1], namespace=key[0])))
+    assert sorted(table.allocations_in("a")) == [("a", "x"), ("a", "y")]
+    table.release(("a", "x"))
+    assert sorted(table.allocations_in("a")) == [("a", "y")]
+    table.release(("a", "y"))
+    assert dict(table.allocations_in("a")) == {}
+    assert table.remove_relay("relay-1")
+    assert dict(table.allocations_in("b")) == {}

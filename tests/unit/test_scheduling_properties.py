@@ -105,12 +105,18 @@ placements = mostly(
         ),
     ),
 )
+# A namespace's TunnelQuota hard.pools: mostly none, else p1, p2 (no relay) or an empty list.
+pool_filters = mostly(
+    None,
+    st.sampled_from([frozenset({"p1"}), frozenset({"p2"}), frozenset({"p1", "p2"}), frozenset()]),
+)
 requests = st.one_of(
     st.builds(
         TunnelRequest,
         key=st.sampled_from(KEYS),
         protocol=st.sampled_from(["tcp", "udp"]),
         placement=placements,
+        pools=pool_filters,
         remote_port=mostly(None, st.integers(PORT_LOW - 1, PORT_HIGH + 1)),
         bandwidth=mostly(None, st.integers(1, 12)),
     ),
@@ -122,6 +128,7 @@ requests = st.one_of(
         subdomain=st.one_of(st.none(), st.sampled_from(SUBDOMAINS)),
         bandwidth=mostly(None, st.integers(1, 12)),
         custom_domains=custom_domain_lists,
+        pools=pool_filters,
     ),
 )
 
@@ -161,6 +168,8 @@ def fits(view: RelayView, req: TunnelRequest, others: list[Allocation]) -> bool:
     (custom domains aside: `custom_domains_free` decides for every relay at once)."""
     on_relay = [a for a in others if a.relay == view.name]
     if not view.matches(req.placement) or req.protocol not in view.protocols:
+        return False
+    if req.pools is not None and view.pool not in req.pools:
         return False
     if view.unschedulable or not view.ready:
         return False
@@ -440,6 +449,13 @@ class TableMachine(RuleBasedStateMachine):
                 bandwidth=sum(a.bandwidth or 0 for a in on_relay),
             )
         assert all(a.relay in self.views for a in allocs)
+
+    @invariant()
+    def the_namespace_index_matches_the_allocations(self) -> None:
+        allocs = self.table.allocations()
+        for namespace in {key[0] for key in KEYS}:
+            expected = {a.key: a for a in allocs if a.key[0] == namespace}
+            assert dict(self.table.allocations_in(namespace)) == expected
 
 
 def _clash(a: Allocation, b: Allocation) -> bool:

@@ -3,6 +3,7 @@ grow across agent and operator restarts, and a bounded write rate."""
 
 from __future__ import annotations
 
+import datetime
 from types import SimpleNamespace
 
 from hypothesis import given
@@ -16,6 +17,8 @@ from tunnelop.controllers.traffic import (
     TrafficOptions,
     client_condition,
 )
+from tunnelop.domain.quota.period import period_start
+from tunnelop.domain.quota.period import rfc3339 as month_text
 from tunnelop.domain.traffic_report import (
     AgentReading,
     AgentRefusal,
@@ -229,9 +232,16 @@ def test_a_new_refusal_is_a_routine_write_and_once_shown_no_write():
         "reason": "ClientNotConnected",
         "message": "No frpc is connected to relay eu-1: run frpc with the frpc.toml of Secret web-frpc",
     }
+    this_month = month_text(period_start(datetime.datetime.now(datetime.UTC)))
     status = {
         "conditions": [not_connected],
-        "traffic": {"bytesIn": 0, "bytesOut": 0, "activeConnections": 0},
+        "traffic": {
+            "bytesIn": 0,
+            "bytesOut": 0,
+            "activeConnections": 0,
+            "periodStart": this_month,
+            "periodBytes": 0,
+        },
     }
     # Not urgent (no flip): it waits for the write budget, like traffic.
     assert _collector(status)._observe(("team-a", "web"), "eu-1", reading) is False
@@ -242,3 +252,36 @@ def test_a_new_refusal_is_a_routine_write_and_once_shown_no_write():
     collector = _collector(status)
     for _ in range(3):
         assert collector._observe(("team-a", "web"), "eu-1", reading) is None
+
+
+def test_period_bytes_grow_with_the_totals_and_restart_each_month():
+    collector = _collector(
+        {
+            "traffic": {
+                "bytesIn": 1000,
+                "bytesOut": 500,
+                "periodStart": "2025-06-01T00:00:00Z",
+                "periodBytes": 700,
+            }
+        }
+    )
+    collector.now = lambda: datetime.datetime(2025, 6, 20, tzinfo=datetime.UTC)
+    key = ("team-a", "web")
+    # A restarted operator: the agent counted less than status says; nothing new yet.
+    collector._observe(key, "eu-1", AgentReading(bytes_in=100, bytes_out=0))
+    observed = collector.observed[key]
+    assert (observed.totals.bytes_in, observed.period_bytes) == (1000, 700)
+    # 300 more bytes in, 200 out: into June's count and the totals alike.
+    collector._observe(key, "eu-1", AgentReading(bytes_in=400, bytes_out=200))
+    observed = collector.observed[key]
+    assert observed.period_bytes == 1200
+    assert observed.traffic()["periodStart"] == "2025-06-01T00:00:00Z"
+    # July: the bytes read now are July's; June's are not carried over.
+    collector.now = lambda: datetime.datetime(2025, 7, 1, 0, 0, 5, tzinfo=datetime.UTC)
+    collector._observe(key, "eu-1", AgentReading(bytes_in=450, bytes_out=200))
+    observed = collector.observed[key]
+    assert (observed.period_bytes, observed.traffic()["periodStart"]) == (
+        50,
+        "2025-07-01T00:00:00Z",
+    )
+    assert observed.traffic()["bytesIn"] == 1350

@@ -8,8 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunnelop.domain.quota import Limits, limits_of, parse_quotas
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import TunnelKey
+from tunnelop.platform import logs
+
+log = logs.get(__name__)
 
 
 @dataclass
@@ -25,14 +29,63 @@ class Caches:
     subdomains: dict[str, set[TunnelKey]] = field(default_factory=dict)
     # custom domain (lowercase) -> tunnels whose spec.customDomains names it (likewise)
     custom_domains: dict[str, set[TunnelKey]] = field(default_factory=dict)
+    # namespace -> its tunnels' keys (what a namespace's quotas count)
+    namespace_tunnels: dict[str, set[TunnelKey]] = field(default_factory=dict)
+    # namespace -> TunnelQuota name -> object
+    quotas: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # namespace -> the effective limits of its quotas, computed once per quota change
+    _limits: dict[str, Limits] = field(default_factory=dict)
 
     def remember_tunnel(self, key: TunnelKey, body: dict[str, Any]) -> None:
         self._index(key, self.tunnels.get(key), remove=True)
         self.tunnels[key] = body
         self._index(key, body)
+        self.namespace_tunnels.setdefault(key[0], set()).add(key)
 
     def forget_tunnel(self, key: TunnelKey) -> None:
         self._index(key, self.tunnels.pop(key, None), remove=True)
+        keys = self.namespace_tunnels.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.namespace_tunnels[key[0]]
+
+    def tunnels_in(self, namespace: str) -> list[TunnelKey]:
+        return sorted(self.namespace_tunnels.get(namespace, ()))
+
+    # TunnelQuotas ----------------------------------------------------------------------------
+
+    def remember_quota(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self.quotas.setdefault(meta["namespace"], {})[meta["name"]] = body
+        self._limits.pop(meta["namespace"], None)
+
+    def forget_quota(self, namespace: str, name: str) -> None:
+        found = self.quotas.get(namespace)
+        if found is not None:
+            found.pop(name, None)
+            if not found:
+                del self.quotas[namespace]
+        self._limits.pop(namespace, None)
+
+    def quota(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.quotas.get(namespace, {}).get(name)
+
+    def quotas_in(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's TunnelQuota objects, by name."""
+        found = self.quotas.get(namespace, {})
+        return [found[name] for name in sorted(found)]
+
+    def limits(self, namespace: str) -> Limits:
+        """The namespace's effective limits (the tightest of its quotas; none without one).
+        A quota that does not validate is skipped, with a warning."""
+        limits = self._limits.get(namespace)
+        if limits is None:
+            quotas, errors = parse_quotas(self.quotas_in(namespace))
+            for error in errors:
+                log.warning("TunnelQuota ignored", namespace=namespace, error=error)
+            limits = self._limits[namespace] = limits_of(quotas)
+        return limits
 
     def _index(self, key: TunnelKey, body: dict[str, Any] | None, remove: bool = False) -> None:
         if not body:

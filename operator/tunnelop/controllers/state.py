@@ -54,6 +54,15 @@ class Runtime:
     unschedulable: set[TunnelKey] = field(default_factory=set)
     tunnel_queue: WorkQueue[TunnelKey] | None = None
     relay_queue: WorkQueue[str] | None = None
+    # TunnelQuotas by (namespace, name), for their status.
+    quota_queue: WorkQueue[TunnelKey] | None = None
+    # Per namespace, the tunnels its quotas' gate turned away: retried when room appears (a
+    # bound tunnel released, a quota changed), not by polling.
+    quota_waiting: dict[str, set[TunnelKey]] = field(default_factory=dict)
+    # Per namespace capped by hard.monthlyTraffic, its bytes this period as last counted.
+    quota_traffic: dict[str, int] = field(default_factory=dict)
+    # When each quota's status was last written (monotonic), to bound the write rate.
+    quota_written_at: dict[TunnelKey, float] = field(default_factory=dict)
     tables: RelayTables | None = None
     # Each tunnel's traffic as last read from its relay's agent (the traffic controller
     # writes it, the Tunnel controller reports it).
@@ -82,7 +91,7 @@ class Runtime:
     async def stop(self) -> None:
         for part in self.running:
             await part.stop()
-        for queue in (self.tunnel_queue, self.relay_queue):
+        for queue in (self.tunnel_queue, self.relay_queue, self.quota_queue):
             if queue is not None:
                 await queue.stop()
         await self.kube.close()

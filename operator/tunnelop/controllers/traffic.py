@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 import aiohttp
 
 from tunnelop.contract import basicauth, naming
+from tunnelop.controllers import quotametrics, quotas
 from tunnelop.controllers.state import Runtime
 from tunnelop.domain import conditions
+from tunnelop.domain.quota import advance_period_bytes
+from tunnelop.domain.quota.period import parse_time, period_start
 from tunnelop.domain.scheduling import TunnelKey
 from tunnelop.domain.traffic_report import (
     AgentReading,
@@ -28,13 +32,14 @@ from tunnelop.domain.traffic_report import (
     advance,
     due_writes,
     parse_agent_metrics,
+    total_bytes,
 )
 from tunnelop.platform import logs
 
 log = logs.get(__name__)
 SCRAPE_TIMEOUT = 3.0
 # The status.traffic fields whose change is worth a write (lastSeen alone is not).
-COUNTED_FIELDS = ("bytesIn", "bytesOut", "activeConnections")
+COUNTED_FIELDS = ("bytesIn", "bytesOut", "activeConnections", "periodStart")
 
 
 @dataclass
@@ -52,6 +57,7 @@ class TrafficCollector:
         self.observed: dict[TunnelKey, Observed] = rt.traffic
         self.written_at: dict[TunnelKey, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self.now = lambda: datetime.datetime.now(datetime.UTC)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="traffic")
@@ -100,6 +106,31 @@ class TrafficCollector:
         for key in [k for k in self.observed if k not in rt.cache.tunnels]:
             self.observed.pop(key, None)
             self.written_at.pop(key, None)
+        self._account(self.now())
+
+    def _account(self, now: datetime.datetime) -> None:
+        """Each capped namespace's traffic from this round's readings: a namespace crossing
+        hard.monthlyTraffic (or a new period lifting it) has its tunnels reconciled now, so
+        the hold applies within the traffic interval; its quotas report the new figures (at
+        their bounded write rate). Then the leaderboard gauges."""
+        rt = self.rt
+        for namespace in list(rt.cache.quotas):
+            before = rt.quota_traffic.get(namespace)
+            if quotas.refresh_traffic(rt, namespace, now):
+                quotas.requeue_namespace(rt, namespace)
+            elif rt.quota_traffic.get(namespace) != before:
+                quotas.requeue_quotas(rt, namespace)
+        period = period_start(now)
+        per_tunnel = [
+            (key[0], key[1], observed.period_bytes)
+            for key, observed in self.observed.items()
+            if observed.period_start == period and observed.period_bytes > 0
+        ]
+        per_namespace: dict[str, int] = {}
+        for namespace, _, count in per_tunnel:
+            per_namespace[namespace] = per_namespace.get(namespace, 0) + count
+        per_namespace.update(rt.quota_traffic)  # with deleted tunnels' bytes, where counted
+        quotametrics.export_leaderboard(per_tunnel, per_namespace.items(), now)
 
     def _observe(self, key: TunnelKey, relay: str, reading: AgentReading) -> bool | None:
         """Record a reading; None if status already says it all, else whether the change is
@@ -113,7 +144,19 @@ class TrafficCollector:
             totals = advance(Totals(t.bytes_in, t.bytes_out, 0, 0), reported, reading)
         else:
             totals = advance(previous.totals if previous else None, reported, reading)
-        observed = Observed(relay, totals, reading)
+        # This month's bytes: the growth of the totals since the last reading (or since what
+        # status reports, for the first reading of this process) goes into now's period.
+        grown = totals.bytes_in + totals.bytes_out
+        delta = max(0, grown - total_bytes(previous.totals if previous else None, reported))
+        if previous is not None:
+            since, counted = previous.period_start, previous.period_bytes
+        else:
+            since = parse_time((reported or {}).get("periodStart"))
+            counted = (reported or {}).get("periodBytes")
+        start, period_bytes = advance_period_bytes(
+            since, counted if isinstance(counted, int) else 0, delta, self.now()
+        )
+        observed = Observed(relay, totals, reading, start, period_bytes)
         self.observed[key] = observed
         shown = conditions.find(status.get("conditions"), "ClientConnected")
         if shown is None:

@@ -17,17 +17,27 @@ from tunnelop.api.v1alpha1 import (
     HTTP_PROTOCOLS,
     Tunnel,
     TunnelStatus,
-    bits_per_second,
     error_messages,
 )
 from tunnelop.builders.frpc import build_frpc_config, endpoint
 from tunnelop.builders.relay import build_credentials_secret, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, token_sha256
+from tunnelop.controllers import quotas
 from tunnelop.controllers.state import FINALIZER, Runtime
 from tunnelop.controllers.status import merge_patch, status_dict
 from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
 from tunnelop.domain import conditions
+from tunnelop.domain.quota import (
+    NAMESPACE_SUSPENDED,
+    TRAFFIC_QUOTA_EXCEEDED,
+    Hold,
+    allowed_pools,
+    effective_bandwidth,
+    may_bind,
+    tunnel_hold_condition,
+    tunnel_use,
+)
 from tunnelop.domain.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.workqueue import Requeue
@@ -48,7 +58,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         tunnel = Tunnel.model_validate(body)
     except ValidationError as error:  # admitted before a rule existed, or webhook bypassed
         # Nothing is enforced for a spec the operator cannot read: off every relay's table.
-        rt.table.release(key)
+        if rt.table.release(key) is not None:
+            quotas.requeue_waiting(rt, key[0])
         assert rt.tables is not None
         await rt.tables.remove_everywhere(key)
         await _report(
@@ -60,13 +71,45 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         )
         return
 
+    limits = rt.cache.limits(key[0])
+    now = quotas.utcnow()
+    hold = quotas.hold_of(rt, key[0], now)
+    bandwidth = effective_bandwidth(tunnel.spec, limits)
     previous = rt.table.allocation_of(key)
     why_moved = rt.table.misplacement(key)
     request = replace(
         TunnelRequest.from_tunnel(tunnel),
-        table_bytes=table_bytes_of(tunnel, tunnel.spec.remote_port, tunnel.spec.subdomain),
+        bandwidth=bandwidth,
+        table_bytes=table_bytes_of(
+            tunnel, tunnel.spec.remote_port, tunnel.spec.subdomain, bandwidth, hold is not None
+        ),
+        pools=allowed_pools(limits),
+        pools_limit=quotas.pools_limit(limits),
     )
+    # The quota gate and the binding below run with no await in between: the event loop is
+    # the allocation table's single writer, so the namespace's bound count is exact.
+    if previous is None and limits.quotas:
+        decision = may_bind(
+            limits,
+            quotas.bound_bandwidths(rt, key[0]),
+            tunnel_use(tunnel, limits),
+            rt.quota_traffic.get(key[0], 0),
+            now,
+        )
+        if not decision.allowed:
+            assert decision.reason is not None
+            await _wait_for_quota(
+                rt, key, body, status, generation, decision.reason, decision.message
+            )
+            return
+    quotas.unmark_waiting(rt, key)
     result = rt.table.schedule(request, prefer=_from_status(key, status, tunnel.spec.protocol))
+    if previous is not None and (
+        isinstance(result, Unschedulable) or (result.bandwidth or 0) < (previous.bandwidth or 0)
+    ):
+        quotas.requeue_waiting(rt, key[0])  # room freed in the namespace's quota
+    elif previous is None and not isinstance(result, Unschedulable):
+        quotas.requeue_quotas(rt, key[0])  # one more in use
     if isinstance(result, Unschedulable):
         rt.unschedulable.add(key)
         assert rt.tables is not None
@@ -93,7 +136,14 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     if token is None:
         token = rt.tokens[key] = secrets.token_urlsafe(24)
     assert rt.tables is not None
-    entry = _table_entry(tunnel, result.port, result.subdomain, token_sha256=token_sha256(token))
+    entry = _table_entry(
+        tunnel,
+        result.port,
+        result.subdomain,
+        token_sha256=token_sha256(token),
+        bandwidth=bandwidth,
+        held=hold is not None,
+    )
     rt.tables.set_entry(result.relay, entry)
     if previous is not None and previous.relay != result.relay:
         rt.tables.drop_entry(previous.relay, key)
@@ -104,8 +154,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     await _write_credentials(rt, tunnel, result, address, relay_secrets.token, token)
 
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
-    new = _bound_status(status, generation, tunnel, result, address, relay_ready)
-    _add_traffic(rt, new, tunnel, result.relay)
+    new = _bound_status(status, generation, tunnel, result, address, relay_ready, hold)
+    _add_traffic(rt, new, tunnel, result.relay, hold is not None)
     new = _typed(new)
     if new != _typed(status):
         await _report(rt, body, new)
@@ -128,13 +178,13 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
                 f"Moved from {old_relay}:{old_port} to {result.relay}:{result.port}{because}; "
                 f"new endpoint {new['endpoint']}",
             )
-        _suspension_event(rt, body, status, tunnel.spec.suspended, result.relay, new)
+        _suspension_event(rt, body, status, result.relay, new)
 
 
 # ---- pieces ------------------------------------------------------------------------------
 
 
-def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str) -> None:
+def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str, held: bool) -> None:
     """status.traffic and ClientConnected from the last reading of the relay's agent."""
     key = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
     observed = rt.traffic.get(key)
@@ -146,25 +196,37 @@ def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str) -
         # A heartbeat alone is no reason to write: lastSeen moves with the counted figures.
         traffic["lastSeen"] = shown["lastSeen"]
     new["traffic"] = traffic
-    client = client_condition(observed, tunnel.spec.suspended, key[1], new["observedGeneration"])
+    suspended = tunnel.spec.suspended or held
+    client = client_condition(observed, suspended, key[1], new["observedGeneration"])
     if client is not None:
         new["conditions"] = conditions.merge(new["conditions"], client)
 
 
+STOPPED = ("TunnelSuspended", NAMESPACE_SUSPENDED, TRAFFIC_QUOTA_EXCEEDED)
+
+
 def _suspension_event(
-    rt: Runtime,
-    body: dict[str, Any],
-    old: dict[str, Any],
-    suspended: bool,
-    relay: str,
-    new: dict[str, Any],
+    rt: Runtime, body: dict[str, Any], old: dict[str, Any], relay: str, new: dict[str, Any]
 ) -> None:
-    ready = conditions.find(old.get("conditions"), "Ready")
-    was_suspended = bool(ready and ready.get("reason") == "TunnelSuspended")
-    if suspended and not was_suspended:
+    """An Event when the tunnel stops (its own spec.suspended, or its namespace held by a
+    TunnelQuota) or runs again."""
+    before = (conditions.find(old.get("conditions"), "Ready") or {}).get("reason")
+    after = (conditions.find(new.get("conditions"), "Ready") or {}).get("reason")
+    if before == after:
+        return
+    if after == "TunnelSuspended":
         message = f"Relay {relay} refuses the tunnel's visitors and client"
         _event(rt, body, "Normal", "Suspended", message)
-    elif was_suspended and not suspended:
+    elif after in STOPPED:
+        ready = conditions.find(new.get("conditions"), "Ready") or {}
+        _event(
+            rt,
+            body,
+            "Warning",
+            after,
+            f"Relay {relay} refuses the tunnel's visitors and client: {ready.get('message', '')}",
+        )
+    elif before in STOPPED:
         _event(rt, body, "Normal", "Resumed", f"Visitors connect to {new['endpoint']}")
 
 
@@ -184,11 +246,6 @@ def _from_status(key: TunnelKey, status: dict[str, Any], protocol: str) -> Alloc
     )
 
 
-def bandwidth_of(tunnel: Tunnel) -> int | None:
-    bandwidth = tunnel.spec.bandwidth
-    return bits_per_second(bandwidth) if bandwidth is not None else None
-
-
 # Stand-ins for what is not allocated yet, as long as the longest real value: a tunnel's
 # table entry is sized before it has a port or subdomain.
 _LONGEST_PORT = 65535
@@ -196,19 +253,38 @@ _LONGEST_SUBDOMAIN = "x" * 63
 _DIGEST_SIZED = "0" * 64
 
 
-def table_bytes_of(tunnel: Tunnel, port: int | None, subdomain: str | None) -> int:
+def table_bytes_of(
+    tunnel: Tunnel,
+    port: int | None,
+    subdomain: str | None,
+    bandwidth: int | None,
+    held: bool = False,
+) -> int:
     """The size of the tunnel's entry in its relay's table (an upper bound while the port or
     subdomain is still to be allocated)."""
     if tunnel.spec.protocol in HTTP_PROTOCOLS:
         port, subdomain = None, subdomain or _LONGEST_SUBDOMAIN
     else:
         port, subdomain = port or _LONGEST_PORT, None
-    return _table_entry(tunnel, port, subdomain, token_sha256=_DIGEST_SIZED).size()
+    entry = _table_entry(
+        tunnel, port, subdomain, token_sha256=_DIGEST_SIZED, bandwidth=bandwidth, held=held
+    )
+    return entry.size()
 
 
 def _table_entry(
-    tunnel: Tunnel, port: int | None, subdomain: str | None, *, token_sha256: str
+    tunnel: Tunnel,
+    port: int | None,
+    subdomain: str | None,
+    *,
+    token_sha256: str,
+    bandwidth: int | None,
+    held: bool,
 ) -> TableEntry:
+    """The tunnel's entry in its relay's table. `bandwidth` is the effective limit (its
+    namespace's hard.bandwidthPerTunnel when spec.bandwidth is unset), which the agent
+    enforces; `held`: its namespace is stopped by a TunnelQuota, so the agent refuses it as
+    when spec.suspended is true (the spec itself is never written)."""
     spec = tunnel.spec
     return TableEntry(
         namespace=tunnel.metadata.namespace or "",
@@ -219,9 +295,9 @@ def _table_entry(
         subdomain=subdomain,
         # Sorted as the table stores them, so that a read-back table compares equal.
         custom_domains=tuple(sorted(spec.custom_domains)),
-        bandwidth_bps=bandwidth_of(tunnel),
+        bandwidth_bps=bandwidth,
         allow_source_ranges=tuple(sorted(spec.allow_source_ranges)),
-        suspended=spec.suspended,
+        suspended=spec.suspended or held,
     )
 
 
@@ -259,11 +335,14 @@ def _bound_status(
     alloc: Allocation,
     address: str,
     relay_ready: bool,
+    hold: Hold | None = None,
 ) -> dict[str, Any]:
     visitors = endpoint(
         tunnel.spec.protocol, address, alloc.port, alloc.subdomain, alloc.http_domain
     )
-    if tunnel.spec.suspended:
+    if hold is not None:  # the provider's switch comes before the tenant's
+        ready = tunnel_hold_condition(hold, generation)
+    elif tunnel.spec.suspended:
         ready = conditions.condition(
             "Ready",
             False,
@@ -333,11 +412,36 @@ def _event(rt: Runtime, body: dict[str, Any], type_: str, reason: str, message: 
     rt.post_event(body, type_, reason, message)
 
 
+async def _wait_for_quota(
+    rt: Runtime,
+    key: TunnelKey,
+    body: dict[str, Any],
+    status: dict[str, Any],
+    generation: int | None,
+    reason: str,
+    message: str,
+) -> None:
+    """The quota gate turned the tunnel away: it waits, remembered, until room appears."""
+    quotas.mark_waiting(rt, key)
+    rt.unschedulable.discard(key)
+    assert rt.tables is not None
+    await rt.tables.remove_everywhere(key)  # a no-op unless a table still names it
+    new = _typed(_unbound_status(status, generation, reason, message))
+    if new != _typed(status):
+        await _report(rt, body, new)
+        before = conditions.find(status.get("conditions"), "Scheduled") or {}
+        if before.get("reason") != reason or before.get("status") != "False":
+            _event(rt, body, "Warning", reason, message)
+
+
 async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> None:
-    """Free the port or subdomain, take the tunnel out of its relay's table, then let the
-    tunnel go (finalizer)."""
+    """Free the port or subdomain, take the tunnel out of its relay's table, count its bytes
+    into its namespace's quotas, then let the tunnel go (finalizer)."""
     rt.unschedulable.discard(key)
     released = rt.table.release(key)
+    quotas.unmark_waiting(rt, key)
+    if released is not None:
+        quotas.requeue_waiting(rt, key[0])  # its place is free for a waiting tunnel
     assert rt.tables is not None
     # Off every relay whose table names it (one normally; two after a crash mid-move) before
     # the finalizer goes: its token must not outlive the tunnel.
@@ -346,6 +450,8 @@ async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> 
     rt.credential_checksums.pop(key, None)
     if body is None:
         return
+    # Its bytes this period stay counted once it is gone (idempotent by UID).
+    await quotas.record_deletion(rt, key, body)
     await rt.kube.remove_finalizer("Tunnel", body, FINALIZER)
     if released is not None:
         target = released.port or released.subdomain

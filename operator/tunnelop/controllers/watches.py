@@ -16,11 +16,12 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
-from tunnelop.controllers import relays, tunnels
+from tunnelop.controllers import quotas, relays, tunnels
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
+from tunnelop.domain.quota import effective_bandwidth
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
 from tunnelop.domain.scheduling import Allocation, TunnelKey, normal_hosts
 from tunnelop.platform import logs, metrics
@@ -43,12 +44,14 @@ async def start(
     rt = Runtime(kube=kube, relay_namespace=relay_namespace, node_port_range=node_port_range)
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
+    rt.quota_queue = WorkQueue("quotas", lambda key: quotas.reconcile(rt, key), 2)
     # After each table write the relay's status reports the new allocation.
     rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
     await restore(rt)
     informers = [
         Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)),
+        Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnelquotas", lambda k, o: on_quota(rt, k, o)),
         Informer(
             kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
         ),
@@ -67,6 +70,7 @@ async def start(
             health.add_check(f"informer {informer.path}", informer.healthy)
     rt.relay_queue.start()
     rt.tunnel_queue.start()
+    rt.quota_queue.start()
     collector = TrafficCollector(rt, traffic)
     collector.start()
     rt.running = [*informers, collector]
@@ -109,6 +113,10 @@ async def restore(rt: Runtime) -> None:
             in_tables.setdefault(key, []).append((relay, entry))
     for body in await rt.kube.list("v1", "Secret", labels=TUNNEL_LABEL):
         _remember_credentials(rt, body)
+    # The quotas before the tunnels: a restored allocation carries its effective bandwidth
+    # (hard.bandwidthPerTunnel for a tunnel that sets none), as the gate counts it.
+    for body in await rt.kube.list(GROUP_VERSION, "TunnelQuota"):
+        rt.cache.remember_quota(body)
     restored = conflicts = 0
     for body in await rt.kube.list(GROUP_VERSION, "Tunnel"):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -134,6 +142,12 @@ async def restore(rt: Runtime) -> None:
     for relay in stale:
         # Entries of deleted or moved tunnels: off the relay before anything else runs.
         await rt.tables.flush(relay)
+    # Each namespace's traffic this period, from the statuses and the quotas' ledgers, before
+    # any tunnel is reconciled: a namespace over its cap stays held across a restart.
+    now = quotas.utcnow()
+    for namespace in list(rt.cache.quotas):
+        quotas.refresh_traffic(rt, namespace, now)
+        quotas.requeue_quotas(rt, namespace)
 
 
 def _recorded_allocation(
@@ -156,6 +170,7 @@ def _recorded_allocation(
         return None
     relay, port, subdomain = recorded
     view = next((r for r in rt.table.relays() if r.name == relay), None)
+    bandwidth = effective_bandwidth(tunnel.spec, rt.cache.limits(tunnel.metadata.namespace or ""))
     return Allocation(
         key=(body["metadata"]["namespace"], body["metadata"]["name"]),
         relay=relay,
@@ -163,8 +178,8 @@ def _recorded_allocation(
         port=port,
         subdomain=subdomain,
         http_domain=view.http_domain if view and subdomain else None,
-        bandwidth=tunnels.bandwidth_of(tunnel),
-        table_bytes=tunnels.table_bytes_of(tunnel, port, subdomain),
+        bandwidth=bandwidth,
+        table_bytes=tunnels.table_bytes_of(tunnel, port, subdomain, bandwidth),
         # Held at once, so that a tunnel waiting for one of them cannot take it first.
         custom_domains=normal_hosts(tunnel.spec.custom_domains),
     )
@@ -250,12 +265,32 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     if kind == "DELETED":
         rt.cache.forget_tunnel(key)
         metrics.scheduling.forget(key)
+        # Its UID may leave the quotas' deletion ledgers now.
+        quotas.requeue_quotas(rt, key[0])
     else:
         rt.cache.remember_tunnel(key, body)
         if not (body.get("status") or {}).get("relayNode"):
             metrics.scheduling.enqueued(key)
     assert rt.tunnel_queue is not None
     rt.tunnel_queue.add(key)
+
+
+def on_quota(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """A TunnelQuota changed: the namespace's limits are recomputed, and every Tunnel of the
+    namespace is reconciled (waiting ones first: room may have appeared; a hold may have
+    begun or ended; a default bandwidth changed), with the quota itself."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    spec_before = (rt.cache.quota(namespace, meta["name"]) or {}).get("spec")
+    if kind == "DELETED":
+        rt.cache.forget_quota(namespace, meta["name"])
+    else:
+        rt.cache.remember_quota(body)
+    quotas.refresh_traffic(rt, namespace, quotas.utcnow())
+    assert rt.quota_queue is not None
+    rt.quota_queue.add((namespace, meta["name"]))
+    if kind == "DELETED" or spec_before != body.get("spec"):
+        quotas.requeue_namespace(rt, namespace)
 
 
 def on_relay_table(rt: Runtime, kind: str, body: dict[str, Any]) -> None:

@@ -10,8 +10,10 @@ import kopf
 from pydantic import ValidationError
 
 from tunnelop.api.v1alpha1 import GROUP, VERSION, Tunnel
+from tunnelop.controllers import quotas
 from tunnelop.controllers.state import FINALIZER, Runtime
 from tunnelop.domain import admission
+from tunnelop.domain.quota import quota_denials
 from tunnelop.domain.relayview import RelayView
 from tunnelop.platform import logs
 
@@ -59,6 +61,21 @@ def _host_claims(
     ]
 
 
+def _quota_denials(
+    rt: Runtime, namespace: str, obj: dict[str, Any], old: dict[str, Any] | None
+) -> list[str]:
+    """The namespace's TunnelQuotas against the Tunnel, with its other Tunnels as the caches
+    know them (those being deleted left out)."""
+    obj = {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": namespace}}
+    try:
+        tunnel = Tunnel.model_validate(obj)
+        previous = Tunnel.model_validate(old) if old else None
+    except ValidationError:
+        return []  # the schema and the rules above answer for a spec that does not validate
+    limits = rt.cache.limits(namespace)
+    return quota_denials(tunnel, previous, limits, quotas.namespace_uses(rt, namespace, limits))
+
+
 @kopf.on.validate(
     GROUP,
     VERSION,
@@ -90,6 +107,8 @@ async def validate_tunnel(
         denials = admission.review(
             obj, dict(old) if old else None, relays.values(), claims, host_claims
         )
+        if namespace in rt.cache.quotas:
+            denials += _quota_denials(rt, namespace, obj, dict(old) if old else None)
     except Exception:
         # A bug here must not turn into a puzzling denial: admit, and let the scheduler,
         # which enforces the same rules, answer in the tunnel's status.

@@ -138,14 +138,29 @@ def rfc3339(timestamp: float) -> str:
 
 @dataclass
 class Observed:
-    """A tunnel's traffic as last read from the agent of `relay`."""
+    """A tunnel's traffic as last read from the agent of `relay`, with its bytes of the
+    current period (calendar month, UTC; see domain/quota/period.py)."""
 
     relay: str
     totals: Totals
     reading: AgentReading
+    period_start: datetime.datetime | None = None
+    period_bytes: int = 0
 
     def traffic(self) -> dict:
-        return traffic_status(self.totals, self.reading)
+        traffic = traffic_status(self.totals, self.reading)
+        if self.period_start is not None:
+            traffic["periodStart"] = self.period_start.strftime("%Y-%m-%dT%H:%M:%SZ")
+            traffic["periodBytes"] = self.period_bytes
+        return traffic
+
+
+def total_bytes(totals: Totals | None, reported: dict | None) -> int:
+    """Bytes in and out so far: of the totals when there are some, else as status reports."""
+    if totals is not None:
+        return totals.bytes_in + totals.bytes_out
+    reported = reported or {}
+    return int(reported.get("bytesIn") or 0) + int(reported.get("bytesOut") or 0)
 
 
 def due_writes(

@@ -59,6 +59,7 @@ PLURALS = {
     "Node": "nodes",
     "Tunnel": "tunnels",
     "RelayNode": "relaynodes",
+    "TunnelQuota": "tunnelquotas",
     "Lease": "leases",
 }
 
@@ -216,13 +217,21 @@ class Kube:
         return await self.request("PUT", path, obj)
 
     async def patch_status(
-        self, kind: str, name: str, namespace: str | None, status: dict[str, Any]
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        status: dict[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """Merge-patch the status subresource of a tunnelop object."""
+        """Merge-patch the status subresource of a tunnelop object; with `resource_version`,
+        only if the object is still that version (a KubeError with status 409 otherwise)."""
         path = _path(GROUP_VERSION, PLURALS[kind], name, namespace) + "/status"
-        return await self.request(
-            "PATCH", path, {"status": status}, content_type="application/merge-patch+json"
-        )
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
 
     async def set_finalizers(
         self,

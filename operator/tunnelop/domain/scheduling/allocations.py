@@ -18,9 +18,10 @@ reaches another tenant only once a table without the old entry is written.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
+from types import MappingProxyType
 
 from tunnelop.api.v1alpha1 import PORT_PROTOCOLS
 from tunnelop.contract.table import TableEntry
@@ -122,6 +123,8 @@ class AllocationTable:
         self._relays: dict[str, _RelayState] = {}
         self._names: list[str] = []  # sorted, so that every decision is deterministic
         self._allocations: dict[TunnelKey, Allocation] = {}
+        # The same, per namespace: what the quota gate counts, without scanning every tunnel.
+        self._by_namespace: dict[str, dict[TunnelKey, Allocation]] = {}
         # Host names held by allocations: host -> key.
         self._hosts: dict[str, TunnelKey] = {}
         # Host names named by relays' tables: host -> {(relay, key)}.
@@ -166,6 +169,7 @@ class AllocationTable:
         released = sorted(state.tunnels.values(), key=lambda a: a.key)
         for allocation in released:
             self._allocations.pop(allocation.key, None)
+            self._unindex(allocation.key)
             self._free_hosts(allocation)
         return released
 
@@ -180,6 +184,10 @@ class AllocationTable:
     def allocations(self) -> list[Allocation]:
         """Every allocation, by key."""
         return [self._allocations[key] for key in sorted(self._allocations)]
+
+    def allocations_in(self, namespace: str) -> Mapping[TunnelKey, Allocation]:
+        """The namespace's allocations, by key (a read-only view)."""
+        return MappingProxyType(self._by_namespace.get(namespace, {}))
 
     def allocations_on(self, relay: str) -> list[Allocation]:
         state = self._relays.get(relay)
@@ -253,6 +261,7 @@ class AllocationTable:
         allocation = self._allocations.pop(key, None)
         if allocation is None:
             return None
+        self._unindex(key)
         state = self._relays.get(allocation.relay)
         if state is not None:
             del state.tunnels[key]
@@ -317,6 +326,7 @@ class AllocationTable:
     def _record(self, alloc: Allocation) -> None:
         state = self._relays[alloc.relay]
         self._allocations[alloc.key] = alloc
+        self._by_namespace.setdefault(alloc.key[0], {})[alloc.key] = alloc
         state.tunnels[alloc.key] = alloc
         state.bandwidth += alloc.bandwidth or 0
         state.table_bytes += alloc.table_bytes
@@ -325,6 +335,13 @@ class AllocationTable:
             state.free[alloc.protocol].discard(alloc.port)
         for host in alloc.hosts:
             self._hosts[host] = alloc.key
+
+    def _unindex(self, key: TunnelKey) -> None:
+        namespace = self._by_namespace.get(key[0])
+        if namespace is not None:
+            namespace.pop(key, None)
+            if not namespace:
+                del self._by_namespace[key[0]]
 
     @staticmethod
     def _holds(state: _RelayState, entries: Iterable[TableEntry]) -> set[TableHold]:
@@ -505,6 +522,8 @@ class AllocationTable:
         if not view.matches(request.placement):
             node = request.placement.node
             return partial(explain.not_matching, request.placement, node in self._relays)
+        if request.pools is not None and view.pool not in request.pools:
+            return partial(explain.pool_not_allowed, request.pools, request.pools_limit)
         if protocol not in view.protocols:
             return partial(explain.protocol_not_allowed, protocol, view)
         if uses_subdomain(protocol) and not view.http_domain:

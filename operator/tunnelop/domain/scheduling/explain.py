@@ -132,6 +132,18 @@ def not_matching(placement: RelayPlacement, node_exists: bool) -> Refusal:
     )
 
 
+def pool_not_allowed(pools: frozenset[str], limit: str) -> Refusal:
+    """The relay is in no pool the namespace's TunnelQuota allows (`limit` names hard.pools
+    and the quota)."""
+    allowed = ", ".join(sorted(pools)) or "none"
+    return Refusal(
+        NO_RELAY_MATCHES,
+        f"is not in a pool {limit} allows ({allowed})",
+        f"are not in a pool {limit} allows ({allowed})",
+        ("ask the provider for a relay in an allowed pool or another pool in hard.pools",),
+    )
+
+
 def protocol_not_allowed(protocol: str, relay: RelayView) -> Refusal:
     allowed = ", ".join(relay.protocols)
     return Refusal(

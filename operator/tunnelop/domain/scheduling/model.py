@@ -72,6 +72,10 @@ class TunnelRequest:
     # The size of the tunnel's entry in its relay's table (an upper bound before the port or
     # subdomain is known): a relay takes no more tunnels than its table Secret can carry.
     table_bytes: int = 0
+    # The RelayPools the tunnel may run in (its namespace's TunnelQuota hard.pools), None
+    # for any; `pools_limit` names the limit and the quota for the refusal message.
+    pools: frozenset[str] | None = None
+    pools_limit: str = "hard.pools"
 
     @classmethod
     def from_tunnel(cls, tunnel: Tunnel) -> TunnelRequest:
