@@ -237,3 +237,33 @@ async def test_sigkill_of_the_leader_during_500_creates_loses_nothing(
     in_tables = {e.name: (relay, e.remote_port) for relay, e in entries}
     assert len(entries) == len(in_tables) == len(created)
     assert in_tables == in_status
+
+
+async def test_a_leader_change_keeps_a_tunnel_quota_exact(pair, namespace, three_relays) -> None:
+    """hard.tunnels 3 and 6 tunnels: exactly 3 bound before a SIGKILL of the leader and after
+    the follower took over; a deleted one makes room for exactly one waiting tunnel."""
+    _, label = three_relays
+    leader, follower = await leader_and_follower(pair)
+    await objects.apply_quota(namespace, "tier", {"tunnels": 3})
+    names = [f"q{i}" for i in range(6)]
+    objects.apply([objects.tunnel(n, relay={"nodeSelector": label}) for n in names], namespace)
+
+    def ready_ones(expected: int) -> list[str] | None:
+        found = [objects.get("tunnel", n, namespace) for n in names]
+        ready = [t["metadata"]["name"] for t in found if load.is_ready(t)]
+        waiting = [
+            t["metadata"]["name"]
+            for t in found
+            if (objects.condition(t, "Scheduled") or {}).get("reason") == "QuotaExceeded"
+        ]
+        return ready if len(ready) == expected and len(waiting) == len(names) - expected else None
+
+    before = await objects.wait_for(lambda: ready_ones(3), what="3 bound, 3 waiting")
+    await leader.kill()
+    assert await the_leader([follower], timeout=30) is follower
+    await follower.wait_settled(len(objects.list_objects("tunnel")))
+    assert ready_ones(3) == before  # nothing moved, nothing more bound
+    tools.kubectl("delete", "tunnel", before[0], "-n", namespace, "--timeout=30s")
+    names.remove(before[0])
+    after = await objects.wait_for(lambda: ready_ones(3), what="one waiting tunnel bound")
+    assert set(before[1:]) < set(after)

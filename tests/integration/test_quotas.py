@@ -21,33 +21,6 @@ RUN = uuid.uuid4().hex[:6]
 GV = ("tunnelop.dev", "v1alpha1")
 
 
-def quota(name: str, hard: dict, suspended: bool = False) -> dict:
-    return {
-        "apiVersion": "tunnelop.dev/v1alpha1",
-        "kind": "TunnelQuota",
-        "metadata": {"name": name},
-        "spec": {"hard": hard, "suspended": suspended},
-    }
-
-
-async def apply_quota(namespace: str, name: str, hard: dict, suspended: bool = False) -> None:
-    """Apply a TunnelQuota and wait until the operator counts it (its Ready condition)."""
-    objects.apply(quota(name, hard, suspended), namespace)
-
-    def counted():
-        found = objects.get("tunnelquota", name, namespace)
-        ready = objects.condition(found, "Ready")
-        generation = found["metadata"]["generation"] if found else None
-        return ready and ready["observedGeneration"] == generation and found
-
-    await objects.wait_for(counted, what=f"TunnelQuota {name} counted")
-
-
-def patch_quota(namespace: str, name: str, spec: dict) -> None:
-    patch = json.dumps({"spec": spec})
-    tools.kubectl("patch", "tq", name, "-n", namespace, "--type=merge", "-p", patch)
-
-
 def refusal(manifest: dict, namespace: str) -> str:
     """The API server's answer to creating `manifest` (empty when admitted)."""
     doc = json.dumps(manifest)
@@ -112,7 +85,7 @@ async def test_each_limit_is_refused_at_admission_naming_field_value_limit_and_q
 ) -> None:
     relay = f"qa-{RUN}"
     placement = await pool_relay(relay, "28000-28009", "free", relay_label, cleanup_relays)
-    await apply_quota(
+    await objects.apply_quota(
         namespace,
         "tier",
         {
@@ -167,13 +140,13 @@ async def test_tunnels_without_a_pool_go_only_to_relays_of_allowed_pools(
     operator, namespace, relay_namespace, relay_label, cleanup_relays
 ) -> None:
     placement = await pool_relay(f"qp-{RUN}", "28100-28109", "paid", relay_label, cleanup_relays)
-    await apply_quota(namespace, "tier", {"pools": ["free"]})
+    await objects.apply_quota(namespace, "tier", {"pools": ["free"]})
     objects.apply(tunnel("t", **placement), namespace)
     waiting = await wait_condition("tunnel", "t", namespace, "Scheduled", "False", "NoRelayMatches")
     message = objects.condition(waiting, "Scheduled")["message"]
     assert f"hard.pools [free] of TunnelQuota {namespace}/tier" in message, message
     # The provider opens the paid pool to the namespace: scheduled, without polling.
-    patch_quota(namespace, "tier", {"hard": {"pools": ["free", "paid"]}})
+    objects.patch_quota(namespace, "tier", {"hard": {"pools": ["free", "paid"]}})
     bound = await wait_condition("tunnel", "t", namespace, "Ready")
     assert bound["status"]["relayNode"] == f"qp-{RUN}"
 
@@ -185,7 +158,7 @@ async def test_twelve_created_at_once_under_a_limit_of_five(
     operator, kube, namespace, relay_namespace, ready_relay
 ) -> None:
     relay, placement = await ready_relay(f"q12-{RUN}", "28200-28299")
-    await apply_quota(namespace, "tier", {"tunnels": 5})
+    await objects.apply_quota(namespace, "tier", {"tunnels": 5})
     custom = client.CustomObjectsApi(kube)
 
     async def create(name: str) -> str | None:
@@ -223,7 +196,7 @@ async def five_of_twelve(operator, namespace, relay_label, cleanup_relays):
     names = [f"t{i:02d}" for i in range(12)]
     placement = {"relay": {"nodeSelector": relay_label}}
     objects.apply([tunnel(name, **placement) for name in names], namespace)
-    await apply_quota(namespace, "tier", {"tunnels": 5})
+    await objects.apply_quota(namespace, "tier", {"tunnels": 5})
     relay = f"q5-{RUN}-{uuid.uuid4().hex[:4]}"
     cleanup_relays.append(relay)
     objects.apply(relay_node(relay, labels=relay_label, ports="28300-28399"))
@@ -251,7 +224,7 @@ async def test_the_limit_holds_exactly_and_waiting_tunnels_take_room_as_it_appea
     }
 
     # Raised to 8: three more, at once; the five keep their ports.
-    patch_quota(namespace, "tier", {"hard": {"tunnels": 8}})
+    objects.patch_quota(namespace, "tier", {"hard": {"tunnels": 8}})
     found = await settled(namespace, names, ready=8)
     assert await objects.wait_for(lambda: in_table() == ready_names(found), what="the table")
     for name, port in ports.items():
@@ -308,8 +281,8 @@ async def test_several_quotas_all_apply_and_the_tightest_wins(
     operator, namespace, ready_relay
 ) -> None:
     _, placement = await ready_relay(f"qs-{RUN}", "28400-28409")
-    await apply_quota(namespace, "tier", {"tunnels": 4, "bandwidthPerTunnel": "20M"})
-    await apply_quota(namespace, "cap", {"tunnels": 2})
+    await objects.apply_quota(namespace, "tier", {"tunnels": 4, "bandwidthPerTunnel": "20M"})
+    await objects.apply_quota(namespace, "cap", {"tunnels": 2})
     for name in ("a", "b"):
         objects.apply(tunnel(name, bandwidth="20M", **placement), namespace)
         await wait_condition("tunnel", name, namespace, "Ready")
@@ -326,7 +299,7 @@ async def test_the_kill_switch_stops_every_tunnel_and_lifting_it_restores_the_po
     operator, namespace, relay_namespace, ready_relay
 ) -> None:
     relay, placement = await ready_relay(f"qk-{RUN}", "28500-28509")
-    await apply_quota(namespace, "tier", {"tunnels": 5})
+    await objects.apply_quota(namespace, "tier", {"tunnels": 5})
     names = ["a", "b"]
     objects.apply([tunnel(name, **placement) for name in names], namespace)
     ports, generations = {}, {}
@@ -335,7 +308,7 @@ async def test_the_kill_switch_stops_every_tunnel_and_lifting_it_restores_the_po
         ports[name] = ready["status"]["remotePort"]
         generations[name] = ready["metadata"]["generation"]
 
-    patch_quota(namespace, "tier", {"suspended": True})
+    objects.patch_quota(namespace, "tier", {"suspended": True})
     for name in names:
         held = await wait_condition(
             "tunnel", name, namespace, "Ready", "False", "NamespaceSuspended"
@@ -362,7 +335,7 @@ async def test_the_kill_switch_stops_every_tunnel_and_lifting_it_restores_the_po
     objects.apply(tunnel("late", **placement), namespace)
     await wait_condition("tunnel", "late", namespace, "Scheduled", "False", "NamespaceSuspended")
 
-    patch_quota(namespace, "tier", {"suspended": False})
+    objects.patch_quota(namespace, "tier", {"suspended": False})
     for name in [*names, "late"]:
         ready = await wait_condition("tunnel", name, namespace, "Ready")
         if name in ports:
@@ -380,7 +353,7 @@ async def test_a_limit_lowered_below_use_moves_nothing_and_new_tunnels_wait(
     operator, namespace, relay_namespace, ready_relay
 ) -> None:
     relay, placement = await ready_relay(f"ql-{RUN}", "28600-28609")
-    await apply_quota(namespace, "tier", {"tunnels": 5})
+    await objects.apply_quota(namespace, "tier", {"tunnels": 5})
     names = ["a", "b", "c"]
     objects.apply([tunnel(name, **placement) for name in names], namespace)
     # One more, placed where no relay is yet: admitted, not bound.
@@ -392,7 +365,7 @@ async def test_a_limit_lowered_below_use_moves_nothing_and_new_tunnels_wait(
         ports[name] = ready["status"]["remotePort"]
     await wait_condition("tunnel", "later", namespace, "Scheduled", "False", "NoRelayMatches")
 
-    patch_quota(namespace, "tier", {"hard": {"tunnels": 2}})
+    objects.patch_quota(namespace, "tier", {"hard": {"tunnels": 2}})
     over = await wait_condition("tunnelquota", "tier", namespace, "Exceeded", "True", "OverLimit")
     message = objects.condition(over, "Exceeded")["message"]
     assert message.startswith("3/2 tunnels of hard.tunnels: the limit is below what is in use")

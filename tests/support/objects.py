@@ -188,3 +188,33 @@ def relay_own_ports(
 
 def _port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
+
+
+# ---- TunnelQuota ---------------------------------------------------------------------------
+
+
+def tunnel_quota(name: str, hard: dict, suspended: bool = False) -> dict:
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "TunnelQuota",
+        "metadata": {"name": name},
+        "spec": {"hard": hard, "suspended": suspended},
+    }
+
+
+async def apply_quota(namespace: str, name: str, hard: dict, suspended: bool = False) -> None:
+    """Apply a TunnelQuota and wait until the operator counts it (its Ready condition)."""
+    apply(tunnel_quota(name, hard, suspended), namespace)
+
+    def counted():
+        found = get("tunnelquota", name, namespace)
+        ready = condition(found, "Ready")
+        generation = found["metadata"]["generation"] if found else None
+        return ready and ready["observedGeneration"] == generation and found
+
+    await wait_for(counted, what=f"TunnelQuota {name} counted")
+
+
+def patch_quota(namespace: str, name: str, spec: dict) -> None:
+    patch = json.dumps({"spec": spec})
+    tools.kubectl("patch", "tq", name, "-n", namespace, "--type=merge", "-p", patch)
