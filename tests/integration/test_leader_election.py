@@ -239,31 +239,38 @@ async def test_sigkill_of_the_leader_during_500_creates_loses_nothing(
     assert in_tables == in_status
 
 
-async def test_a_leader_change_keeps_a_tunnel_quota_exact(pair, namespace, three_relays) -> None:
-    """hard.tunnels 3 and 6 tunnels: exactly 3 bound before a SIGKILL of the leader and after
-    the follower took over; a deleted one makes room for exactly one waiting tunnel."""
-    _, label = three_relays
+async def test_a_leader_change_keeps_a_tunnel_quota_exact(pair, namespace) -> None:
+    """hard.tunnels 3 and 6 tunnels racing to be bound (created before their relay, so that
+    admission lets all in): exactly 3 bound before a SIGKILL of the leader and after the
+    follower took over; a deleted one makes room for exactly one waiting tunnel."""
     leader, follower = await leader_and_follower(pair)
-    await objects.apply_quota(namespace, "tier", {"tunnels": 3})
+    label = {"tunnelop.test/election": uuid.uuid4().hex[:8]}
     names = [f"q{i}" for i in range(6)]
     objects.apply([objects.tunnel(n, relay={"nodeSelector": label}) for n in names], namespace)
+    await objects.apply_quota(namespace, "tier", {"tunnels": 3})
+    relay = f"haq-{label['tunnelop.test/election']}"
+    objects.apply(relay_node(relay, labels=label, ports="46000-46099"))
+    try:
 
-    def ready_ones(expected: int) -> list[str] | None:
-        found = [objects.get("tunnel", n, namespace) for n in names]
-        ready = [t["metadata"]["name"] for t in found if load.is_ready(t)]
-        waiting = [
-            t["metadata"]["name"]
-            for t in found
-            if (objects.condition(t, "Scheduled") or {}).get("reason") == "QuotaExceeded"
-        ]
-        return ready if len(ready) == expected and len(waiting) == len(names) - expected else None
+        def ready_ones(expected: int) -> list[str] | None:
+            found = [objects.get("tunnel", n, namespace) for n in names]
+            ready = sorted(t["metadata"]["name"] for t in found if load.is_ready(t))
+            waiting = [
+                t
+                for t in found
+                if (objects.condition(t, "Scheduled") or {}).get("reason") == "QuotaExceeded"
+            ]
+            enough = len(ready) == expected and len(waiting) == len(names) - expected
+            return ready if enough else None
 
-    before = await objects.wait_for(lambda: ready_ones(3), what="3 bound, 3 waiting")
-    await leader.kill()
-    assert await the_leader([follower], timeout=30) is follower
-    await follower.wait_settled(len(objects.list_objects("tunnel")))
-    assert ready_ones(3) == before  # nothing moved, nothing more bound
-    tools.kubectl("delete", "tunnel", before[0], "-n", namespace, "--timeout=30s")
-    names.remove(before[0])
-    after = await objects.wait_for(lambda: ready_ones(3), what="one waiting tunnel bound")
-    assert set(before[1:]) < set(after)
+        before = await objects.wait_for(lambda: ready_ones(3), what="3 bound, 3 waiting")
+        await leader.kill()
+        assert await the_leader([follower], timeout=30) is follower
+        await follower.wait_settled(len(objects.list_objects("tunnel")))
+        assert ready_ones(3) == before  # nothing moved, nothing more bound
+        tools.kubectl("delete", "tunnel", before[0], "-n", namespace, "--timeout=30s")
+        names.remove(before[0])
+        after = await objects.wait_for(lambda: ready_ones(3), what="one waiting tunnel bound")
+        assert set(before[1:]) < set(after)
+    finally:
+        tools.kubectl("delete", "relaynode", relay, "--ignore-not-found", "--wait=false")
