@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -134,7 +136,24 @@ async def test_the_monthly_traffic_cap_suspends_the_namespace_until_raised(
         exceeded = objects.condition(quota, "Exceeded")
         assert exceeded and exceeded["status"] == "True", quota.get("status")
         used = quota["status"]["used"]["traffic"]
-        tools.kubectl("get", "tq", "-n", namespace)  # the columns render
+        columns = tools.kubectl("get", "tq", "-n", namespace).stdout
+        print(f"kubectl get tq:\n{columns}")
+        # The leaderboard, as a provider reads it: this tunnel is on it, with its bytes.
+        await objects.wait_for(
+            lambda: objects.get("tunnel", "bulk", namespace)["status"]["traffic"].get(
+                "periodBytes"
+            ),
+            what="periodBytes in status",
+        )
+        top = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "tunnelop.cli", "top", "--kubeconfig", str(tools.KUBECONFIG)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        print(f"tunnelop top:\n{top.stdout}{top.stderr}")
+        assert top.returncode == 0 and namespace in top.stdout, top.stdout + top.stderr
         # Raising the limit lifts the hold: the same endpoint serves again.
         objects.patch_quota(namespace, "tier", {"hard": {"monthlyTraffic": "1Gi"}})
         await wait_condition("tunnel", "bulk", namespace, "Ready", timeout=30)
