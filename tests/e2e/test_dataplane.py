@@ -479,21 +479,21 @@ async def test_operator_restart_with_a_connected_client_writes_nothing(
         await asyncio.sleep(4)  # past the traffic write interval: nothing is pending
 
         def snapshot() -> dict[str, dict]:
-            objs = [
-                objects.get("tunnel", "calm", namespace),
-                objects.get("secret", "calm-frpc", namespace),
-                objects.get("secret", f"relay-{relay_name}-table", relay_namespace),
-                objects.get("relaynode", relay_name),
-            ]
-            return {f"{o['kind']}/{o['metadata']['name']}": o for o in objs}
+            return objects.snapshot_of(
+                [
+                    objects.get("tunnel", "calm", namespace),
+                    objects.get("secret", "calm-frpc", namespace),
+                    objects.get("secret", f"relay-{relay_name}-table", relay_namespace),
+                    objects.get("relaynode", relay_name),
+                ]
+            )
 
         before = snapshot()
         await operator.stop()
         await operator.start()
         await asyncio.sleep(6)  # several traffic rounds (1 s) and every reconcile
         after = snapshot()
-        changed = objects.rewritten(before, after)
-        assert not changed, json.dumps(changed, indent=1)[:4000]
+        objects.assert_unchanged(before, after)
 
         # A reconcile for another reason (a label) while heartbeats keep coming: the status
         # stays as it is; lastSeen moves only with the counted figures.

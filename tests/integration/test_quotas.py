@@ -16,6 +16,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from support import objects, tools
 from support.objects import relay_node, tunnel, wait_condition
+from support.operator import restart_settled
 
 RUN = uuid.uuid4().hex[:6]
 GV = ("tunnelop.dev", "v1alpha1")
@@ -264,16 +265,11 @@ async def test_a_restart_with_waiting_tunnels_moves_nothing(
     def snapshot() -> dict[str, dict]:
         watched = objects.list_objects("tunnel", namespace)
         watched.append(objects.get("secret", f"relay-{relay}-table", relay_namespace))
-        return {f"{o['kind']}/{o['metadata']['name']}": o for o in watched}
+        return objects.snapshot_of(watched)
 
     before = snapshot()
-    await operator.stop()
-    await operator.start()
-    await operator.wait_ready()
-    await operator.wait_settled(len(objects.list_objects("tunnel")))
-    after = snapshot()
-    changed = objects.rewritten(before, after)
-    assert not changed, json.dumps(changed, indent=1)[:4000]
+    await restart_settled(operator)
+    objects.assert_unchanged(before, snapshot())
     assert ready_names(states(namespace)) == ready_names(found)
 
 

@@ -16,6 +16,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from support import objects, tools
 from support.objects import relay_node, tunnel, wait_condition
+from support.operator import restart_settled
 
 RUN = uuid.uuid4().hex[:6]
 
@@ -214,17 +215,11 @@ async def test_restart_with_everything_in_place_writes_nothing(
         )
         watched.append(objects.get("secret", f"relay-{name}-table", relay_namespace))
         watched.append(objects.get("relaynode", name))
-        return {f"{o['kind']}/{o['metadata']['name']}": o for o in watched}
+        return objects.snapshot_of(watched)
 
     before = snapshot()
-    await operator.stop()
-    await operator.start()
-    # Every tunnel of the cluster reconciled again by the new process, its queues empty.
-    await operator.wait_ready()
-    await operator.wait_settled(len(objects.list_objects("tunnel")))
-    after = snapshot()
-    changed = objects.rewritten(before, after)
-    assert not changed, json.dumps(changed, indent=1)[:4000]
+    await restart_settled(operator)
+    objects.assert_unchanged(before, snapshot())
 
 
 async def test_a_table_changed_by_anyone_else_is_rewritten(

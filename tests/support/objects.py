@@ -121,6 +121,17 @@ def rewritten(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict
     }
 
 
+def snapshot_of(objs: list[dict[str, Any] | None]) -> dict[str, dict]:
+    """name -> object, for `rewritten` and `assert_unchanged`."""
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objs if o}
+
+
+def assert_unchanged(before: dict[str, dict], after: dict[str, dict]) -> None:
+    """No object of the snapshot was written in between (its resourceVersion is the same)."""
+    changed = rewritten(before, after)
+    assert not changed, json.dumps(changed, indent=1)[:4000]
+
+
 def set_suspended(tunnel_name: str, namespace: str, suspended: bool) -> None:
     """Suspend or resume a Tunnel, as a provider would (merge patch of spec.suspended)."""
     patch = json.dumps({"spec": {"suspended": suspended}})

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import tools
+from support import objects, tools
 from support.netutil import free_port
 
 
@@ -190,3 +190,12 @@ def delete_webhook_configurations(kubeconfig: Path = tools.KUBECONFIG) -> None:
         kubeconfig=kubeconfig,
         check=False,
     )
+
+
+async def restart_settled(operator: OperatorProcess) -> None:
+    """Stop and start `operator`, until it leads and has reconciled every tunnel of the
+    cluster with its queues empty: what a restart would rewrite has been written by then."""
+    await operator.stop()
+    await operator.start()
+    await operator.wait_ready()
+    await operator.wait_settled(len(objects.list_objects("tunnel")))

@@ -120,11 +120,16 @@ def _custom_domains_not_provided(added: list[str], relays: list[RelayView]) -> l
     return []
 
 
+def _claimed_by(others: list[HostClaim], host: str) -> tuple[str, str] | None:
+    """The first tunnel (by namespace and name) of `others` that claims `host`."""
+    return min(((c.namespace, c.name) for c in others if c.host == host), default=None)
+
+
 def _custom_domains_unique(
     added: list[str], others: list[HostClaim], me: tuple[str, str]
 ) -> list[str]:
     for domain in added:
-        holder = min(((c.namespace, c.name) for c in others if c.host == domain), default=None)
+        holder = _claimed_by(others, domain)
         if holder is not None:
             return [
                 f"spec.customDomains: {domain!r} is already asked for by "
@@ -138,7 +143,7 @@ def _subdomain_not_a_custom_domain(
     spec: TunnelSpec, eligible: list[RelayView], others: list[HostClaim], me: tuple[str, str]
 ) -> list[str]:
     for host in subdomain_hosts(spec, eligible):
-        holder = min(((c.namespace, c.name) for c in others if c.host == host), default=None)
+        holder = _claimed_by(others, host)
         if holder is not None:
             return [
                 f"spec.subdomain: {spec.subdomain!r} makes {host}, a custom domain of "

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tunnelop.domain.quota.figures import rate, rounded
-from tunnelop.domain.quota.limits import Limits, TunnelUse
+from tunnelop.domain.quota.limits import Limit, Limits, TunnelUse
 from tunnelop.domain.quota.period import next_period_start, period_start, rfc3339
 from tunnelop.domain.scheduling import TunnelKey
 
@@ -130,24 +130,24 @@ def _total_bandwidth(
 
 
 def _protocol(limits: Limits, candidate: TunnelUse) -> str:
-    refusing = limits.refusing(limits.protocols, candidate.protocol)
-    if refusing is None:
-        return ""
-    return (
-        f"protocol {candidate.protocol} is no longer in {refusing.described()}; {WAIT} the "
-        "protocol is allowed again"
-    )
+    return _no_longer_listed(limits, limits.protocols, "protocol", candidate.protocol)
 
 
 def _pool(limits: Limits, candidate: TunnelUse) -> str:
     if candidate.pool is None:
         return ""  # the scheduler keeps it to allowed_pools(limits)
-    refusing = limits.refusing(limits.pools, candidate.pool)
+    return _no_longer_listed(limits, limits.pools, "pool", candidate.pool)
+
+
+def _no_longer_listed(
+    limits: Limits, lists: tuple[Limit[frozenset[str]], ...], what: str, value: str
+) -> str:
+    """A protocol or pool that a quota's list no longer names (admitted before it changed)."""
+    refusing = limits.refusing(lists, value)
     if refusing is None:
         return ""
     return (
-        f"pool {candidate.pool} is no longer in {refusing.described()}; {WAIT} the pool is "
-        "allowed again"
+        f"{what} {value} is no longer in {refusing.described()}; {WAIT} the {what} is allowed again"
     )
 
 
