@@ -184,7 +184,8 @@ METRICS: tuple[MetricName, ...] = (
         "tunnelop_quota_waiting_tunnels",
         "gauge",
         ("namespace", "quota"),
-        "Tunnels waiting for room (Scheduled=False, reason QuotaExceeded).",
+        "Tunnels the quota keeps waiting: for room (QuotaExceeded) or while the namespace is "
+        "held (NamespaceSuspended, TrafficQuotaExceeded).",
     ),
     MetricName(
         "tunnelop_quota_used_bandwidth_bits_per_second",

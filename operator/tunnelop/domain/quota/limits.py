@@ -198,7 +198,9 @@ class Usage:
     bandwidth: int = 0  # the sum of the limited Tunnels' effective bandwidth, bits/s
     unlimited: int = 0  # Tunnels with no bandwidth limit at all
     traffic: int = 0  # bytes this period, deleted Tunnels included
-    waiting: int = 0  # Tunnels the gate turned away (Scheduled=False, QuotaExceeded)
+    # Tunnels the gate turned away: Scheduled=False with QuotaExceeded, NamespaceSuspended or
+    # TrafficQuotaExceeded (created while the namespace was held, they wait too).
+    waiting: int = 0
 
     @classmethod
     def of(
