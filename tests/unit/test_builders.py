@@ -39,6 +39,7 @@ from tunnelop.builders import (
     config_checksum,
     endpoint,
 )
+from tunnelop.builders.relay import agent_resources
 from tunnelop.contract.naming import (
     DEFAULT_AGENT_IMAGE,
     DEFAULT_FRPS_IMAGE,
@@ -1011,3 +1012,17 @@ def test_objects_match_the_kubernetes_schema(obj: dict[str, Any]) -> None:
     api = ApiClient()
     model = api._ApiClient__deserialize(obj, KUBERNETES_MODELS[obj["kind"]])
     assert api.sanitize_for_serialization(model) == obj
+
+
+@pytest.mark.parametrize(
+    ("capacity", "cpu"),
+    [(None, "20m"), (1000, "270m"), (4000, "1020m"), (20000, "2000m")],
+)
+def test_the_agents_cpu_request_grows_with_the_tunnels_the_relay_may_carry(
+    capacity: int | None, cpu: str
+) -> None:
+    """A heartbeat a second per client costs the agent about a quarter millicore each."""
+    spec = {"capacity": {"tunnels": capacity}} if capacity else {}
+    resources = agent_resources(relay(**spec))
+    assert resources["requests"]["cpu"] == cpu
+    assert "cpu" not in resources.get("limits", {})  # never throttled on frps's path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,6 +67,11 @@ STATE_VOLUME = "state"
 
 # The agent is a small Python process; frps gets spec.template.resources or these requests.
 AGENT_RESOURCES = {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "192Mi"}}
+# Every connected client's heartbeat (one a second) is a plugin call costing the agent about
+# 0.22 ms of CPU (bench/bench_agent.py): a quarter of a millicore per tunnel the relay may
+# carry (spec.capacity.tunnels) on top of its base request, up to two cores.
+AGENT_MILLICORES_PER_TUNNEL = 0.25
+AGENT_MAX_MILLICORES = 2000
 DEFAULT_FRPS_RESOURCES = {"requests": {"cpu": "100m", "memory": "64Mi"}}
 
 
@@ -247,6 +253,17 @@ def _frps_container(relay: RelayNode, image: str) -> dict[str, Any]:
     }
 
 
+def agent_resources(relay: RelayNode) -> dict[str, Any]:
+    """The agent's requests and limits, its CPU request sized for the relay's capacity (no CPU
+    limit: a throttled agent would delay every frps call)."""
+    resources = copy.deepcopy(AGENT_RESOURCES)
+    tunnels = relay.spec.capacity.tunnels or 0
+    base = int(resources["requests"]["cpu"].removesuffix("m"))
+    millicores = min(AGENT_MAX_MILLICORES, base + math.ceil(tunnels * AGENT_MILLICORES_PER_TUNNEL))
+    resources["requests"]["cpu"] = f"{millicores}m"
+    return resources
+
+
 def _agent_container(relay: RelayNode, namespace: str, image: str) -> dict[str, Any]:
     relay_name = _relay_name(relay)
     return {
@@ -306,7 +323,7 @@ def _agent_container(relay: RelayNode, namespace: str, image: str) -> dict[str, 
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "resources": copy.deepcopy(AGENT_RESOURCES),
+        "resources": agent_resources(relay),
         "securityContext": _hardened(),
     }
 
