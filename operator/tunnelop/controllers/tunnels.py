@@ -81,7 +81,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         TunnelRequest.from_tunnel(tunnel),
         bandwidth=bandwidth,
         table_bytes=table_bytes_of(
-            tunnel, tunnel.spec.remote_port, tunnel.spec.subdomain, bandwidth, hold is not None
+            tunnel, tunnel.spec.remote_port, tunnel.spec.subdomain, bandwidth
         ),
         pools=allowed_pools(limits),
         pools_limit=quotas.pools_limit(limits),
@@ -254,20 +254,18 @@ _DIGEST_SIZED = "0" * 64
 
 
 def table_bytes_of(
-    tunnel: Tunnel,
-    port: int | None,
-    subdomain: str | None,
-    bandwidth: int | None,
-    held: bool = False,
+    tunnel: Tunnel, port: int | None, subdomain: str | None, bandwidth: int | None
 ) -> int:
-    """The size of the tunnel's entry in its relay's table (an upper bound while the port or
-    subdomain is still to be allocated)."""
+    """The size of the tunnel's entry in its relay's table: an upper bound while the port or
+    subdomain is still to be allocated, and always as if suspended. A suspension (the
+    tenant's, or its namespace's) grows the entry and must never be refused for want of
+    room, so the room is counted from the start."""
     if tunnel.spec.protocol in HTTP_PROTOCOLS:
         port, subdomain = None, subdomain or _LONGEST_SUBDOMAIN
     else:
         port, subdomain = port or _LONGEST_PORT, None
     entry = _table_entry(
-        tunnel, port, subdomain, token_sha256=_DIGEST_SIZED, bandwidth=bandwidth, held=held
+        tunnel, port, subdomain, token_sha256=_DIGEST_SIZED, bandwidth=bandwidth, held=True
     )
     return entry.size()
 
