@@ -23,12 +23,9 @@ from tunnelop.domain.pools.members import PoolMember, RelayLoad, load
 SCALE_DOWN_SHARE_PERCENT = 90
 
 
-@dataclass(frozen=True)
-class Demand:
-    """What the pool carries (allocated on its relays) plus what waits for room in it."""
-
-    tunnels: int = 0
-    bandwidth: int = 0
+# What the pool carries (allocated on its relays) plus what waits for room in it: the same
+# two figures as a relay's load.
+Demand = RelayLoad
 
 
 @dataclass(frozen=True)
