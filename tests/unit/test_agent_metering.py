@@ -19,12 +19,12 @@ from tunnelop.agent.index import TableIndex
 from tunnelop.agent.metering import (
     FrpsProxy,
     Meter,
-    Refusal,
     TunnelCollector,
     parse_frps_metrics,
 )
 from tunnelop.agent.sessions import REGISTRATION_READINGS
 from tunnelop.contract.table import TableEntry, token_sha256
+from tunnelop.contract.tunnel_metrics import Refusal
 
 RELAY = "relay-a"
 

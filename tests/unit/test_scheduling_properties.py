@@ -31,7 +31,12 @@ from tunnelop.domain.scheduling import (
     Unschedulable,
 )
 from tunnelop.domain.scheduling.freeports import FreePorts
-from tunnelop.domain.scheduling.model import normal_hosts, uses_port, uses_subdomain
+from tunnelop.domain.scheduling.model import (
+    normal_hosts,
+    uses_port,
+    uses_subdomain,
+    wanted_hosts,
+)
 
 # Small worlds, so that ports, subdomains and capacity collide often.
 RELAY_NAMES = ("r1", "r2", "r3")
@@ -351,7 +356,8 @@ class TableMachine(RuleBasedStateMachine):
         assert self.table.restore(alloc) == expected
         # Recorded as read, with its custom domains as a request names them (a status or a
         # spec may list them in any order).
-        recorded = dataclasses.replace(alloc, custom_domains=normal_hosts(alloc.custom_domains))
+        hosts = wanted_hosts(alloc.protocol, alloc.custom_domains)
+        recorded = dataclasses.replace(alloc, custom_domains=hosts)
         assert self.table.allocation_of(alloc.key) == (recorded if expected else before)
 
     @rule(release_first=st.booleans())

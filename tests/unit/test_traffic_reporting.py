@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tunnelop.agent.metering import Meter, TunnelCollector
+from tunnelop.contract.tunnel_metrics import Refusal
 from tunnelop.controllers.traffic import (
     Observed,
     TrafficCollector,
@@ -21,7 +22,6 @@ from tunnelop.domain.quota.period import period_start
 from tunnelop.domain.quota.period import rfc3339 as month_text
 from tunnelop.domain.traffic_report import (
     AgentReading,
-    AgentRefusal,
     Totals,
     advance,
     due_writes,
@@ -179,12 +179,12 @@ def test_the_newest_refusal_wins_if_several_are_exported():
         'tunnelop_tunnel_last_refusal_timestamp_seconds{namespace="n",tunnel="t",relay="r",op="Login",reason="old"} 10\n'
         'tunnelop_tunnel_last_refusal_timestamp_seconds{namespace="n",tunnel="t",relay="r",op="Ping",reason="new"} 20\n'
     )
-    assert parse_agent_metrics(text)[("n", "t")].last_refusal == AgentRefusal(20, "Ping", "new")
+    assert parse_agent_metrics(text)[("n", "t")].last_refusal == Refusal(20, "Ping", "new")
 
 
 def test_a_refusal_stands_while_the_client_has_no_proxy_online():
     # Its heartbeats go on (last_seen moves) while its proxy is refused: the refusal stands.
-    reading = AgentReading(last_seen=100.0, last_refusal=AgentRefusal(99.0, "NewProxy", "x"))
+    reading = AgentReading(last_seen=100.0, last_refusal=Refusal(99.0, "NewProxy", "x"))
     assert reading.standing_refusal() is not None
     reading.connected = True
     assert reading.standing_refusal() is None
@@ -200,7 +200,7 @@ def test_the_agent_forgets_a_refusal_once_it_accepts_the_proxy():
 
 
 def test_client_condition_says_the_relay_refused_the_client_and_why():
-    refusal = AgentRefusal(200.0, "NewProxy", "tunnel team-a/web: set type = 'http'")
+    refusal = Refusal(200.0, "NewProxy", "tunnel team-a/web: set type = 'http'")
     refused = Observed(
         "eu-1", Totals(0, 0, 0, 0), AgentReading(last_seen=100.0, last_refusal=refusal)
     )
@@ -224,7 +224,7 @@ def _collector(status: dict) -> TrafficCollector:
 
 
 def test_a_new_refusal_is_a_routine_write_and_once_shown_no_write():
-    refusal = AgentRefusal(200.0, "Login", "credentials refused by relay eu-1")
+    refusal = Refusal(200.0, "Login", "credentials refused by relay eu-1")
     reading = AgentReading(last_seen=100.0, last_refusal=refusal)
     not_connected = {
         "type": "ClientConnected",

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tunnelop.agent.index import TableIndex, split_proxy_name
 from tunnelop.agent.sessions import Sessions
 from tunnelop.contract import tunnel_metrics
+from tunnelop.contract.tunnel_metrics import Refusal
 
 TRAFFIC_IN = "frp_server_traffic_in"
 TRAFFIC_OUT = "frp_server_traffic_out"
@@ -66,15 +67,6 @@ def parse_frps_metrics(text: str) -> dict[str, FrpsProxy]:
             elif metric == PROXY_ONLINE:
                 proxy.online = proxy.online or sample.value > 0
     return proxies
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The last call of a tunnel's client the relay refused."""
-
-    at: float  # unix time
-    op: str
-    reason: str  # as the client was told, at most REFUSAL_REASON_MAX_CHARS
 
 
 @dataclass

@@ -3,6 +3,8 @@ one set of names and labels for both sides."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 BYTES_IN = "tunnelop_tunnel_bytes_in"  # a counter: exposed with _total
 BYTES_OUT = "tunnelop_tunnel_bytes_out"  # a counter: exposed with _total
 ACTIVE_CONNECTIONS = "tunnelop_tunnel_active_connections"
@@ -15,3 +17,13 @@ LABELS = ("namespace", "tunnel", "relay")
 LAST_REFUSAL = "tunnelop_tunnel_last_refusal_timestamp_seconds"
 REFUSAL_LABELS = ("op", "reason")
 REFUSAL_REASON_MAX_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The last call of a tunnel's client its relay refused: what the agent exports as
+    LAST_REFUSAL and the operator reads back."""
+
+    at: float  # unix time
+    op: str
+    reason: str  # as the client was told, at most REFUSAL_REASON_MAX_CHARS

@@ -18,17 +18,9 @@ from tunnelop.contract.tunnel_metrics import (
     CLIENT_CONNECTED,
     LAST_REFUSAL,
     LAST_SEEN,
+    Refusal,
 )
 from tunnelop.domain.scheduling import TunnelKey
-
-
-@dataclass(frozen=True)
-class AgentRefusal:
-    """The last call of a tunnel's client its relay refused."""
-
-    at: float  # unix time
-    op: str
-    reason: str
 
 
 @dataclass
@@ -40,9 +32,9 @@ class AgentReading:
     active_connections: int = 0
     connected: bool = False
     last_seen: float | None = None
-    last_refusal: AgentRefusal | None = None
+    last_refusal: Refusal | None = None
 
-    def standing_refusal(self) -> AgentRefusal | None:
+    def standing_refusal(self) -> Refusal | None:
         """The last refusal, while the client has no proxy online: the agent forgets it when
         it accepts the tunnel's proxy, so a client that logs in and pings but whose proxy is
         refused still shows why."""
@@ -70,7 +62,7 @@ def parse_agent_metrics(text: str) -> dict[TunnelKey, AgentReading]:
             elif name == LAST_SEEN:
                 reading.last_seen = sample.value
             elif name == LAST_REFUSAL:
-                refusal = AgentRefusal(
+                refusal = Refusal(
                     sample.value, sample.labels.get("op", ""), sample.labels.get("reason", "")
                 )
                 if reading.last_refusal is None or refusal.at > reading.last_refusal.at:

@@ -38,6 +38,7 @@ from tunnelop.domain.scheduling.model import (
     normal_hosts,
     uses_port,
     uses_subdomain,
+    wanted_hosts,
 )
 from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 
@@ -232,8 +233,8 @@ class AllocationTable:
         where the relay no longer allows it (`misplaced()` reports that). False, recording
         nothing, when its relay is unknown, it is incomplete, or its port or any of its host
         names is held by another key: the caller schedules that tunnel afresh."""
-        # Custom domains as a request names them: lowercase, sorted, once.
-        alloc = replace(alloc, custom_domains=normal_hosts(alloc.custom_domains))
+        # Custom domains as a request names them: lowercase, sorted, once; none for tcp/udp.
+        alloc = replace(alloc, custom_domains=wanted_hosts(alloc.protocol, alloc.custom_domains))
         state = self._relays.get(alloc.relay)
         if state is None or not _complete(alloc):
             return False

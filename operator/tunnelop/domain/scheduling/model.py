@@ -45,6 +45,12 @@ def uses_subdomain(protocol: str) -> bool:
     return protocol in HTTP_PROTOCOLS
 
 
+def wanted_hosts(protocol: str, custom_domains: Iterable[str]) -> tuple[str, ...]:
+    """The custom domains a tunnel of `protocol` holds: as normal_hosts gives them for http
+    and https, none for tcp and udp."""
+    return normal_hosts(custom_domains) if uses_subdomain(protocol) else ()
+
+
 def normal_hosts(names: Iterable[str]) -> tuple[str, ...]:
     """Host names as they are compared: lowercase, without a trailing dot, sorted, once."""
     return tuple(sorted({name.lower().rstrip(".") for name in names}))
@@ -102,7 +108,7 @@ class TunnelRequest:
 
     @property
     def wanted_custom_domains(self) -> tuple[str, ...]:
-        return normal_hosts(self.custom_domains) if uses_subdomain(self.protocol) else ()
+        return wanted_hosts(self.protocol, self.custom_domains)
 
 
 @dataclass(frozen=True)
