@@ -3,6 +3,7 @@ relay-pod runner. Tests under tests/unit need none of them."""
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -65,7 +66,12 @@ async def relay_runner(
     """Plays kubelet for relay pods: runs their containers locally on 127.0.0.x. One per
     test module that uses it, stopped with it: relays of other modules (the integration
     suites) stay paper relays, whose status no agent changes."""
-    runner = RelayPodRunner(cluster.kubeconfig, tmp_path_factory.mktemp("relay-pods"))
+    runner = RelayPodRunner(
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("relay-pods"),
+        # Two checkouts may run end-to-end tests at once on one machine: each its own range.
+        first_address=os.environ.get("TUNNELOP_TEST_FIRST_RELAY_ADDRESS", "127.0.0.2"),
+    )
     await runner.start()
     yield runner
     await runner.stop()
