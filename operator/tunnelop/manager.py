@@ -220,10 +220,7 @@ async def _drain(runtime: Any, timeout: float) -> None:
     """Let the reconciles in flight finish (both queues share the deadline)."""
     if runtime is None:
         return
-    queues = [
-        q for q in (runtime.tunnel_queue, runtime.relay_queue, runtime.quota_queue) if q is not None
-    ]
-    finished = await asyncio.gather(*(q.drain(timeout) for q in queues))
+    finished = await asyncio.gather(*(q.drain(timeout) for q in runtime.queues()))
     log.info("work queues drained", complete=all(finished), timeout=timeout)
 
 

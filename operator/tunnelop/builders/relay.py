@@ -52,6 +52,7 @@ from tunnelop.contract.naming import (
     table_secret_name,
 )
 from tunnelop.contract.table import TableEntry, table_json
+from tunnelop.domain.relayview import POOL_LABEL
 
 # The API server refuses Secrets whose data exceeds 1 MiB.
 MAX_SECRET_DATA_BYTES = 1024 * 1024
@@ -202,6 +203,16 @@ def build_role_binding(relay: RelayNode, namespace: str) -> dict[str, Any]:
 
 
 # Deployment ------------------------------------------------------------------------------------
+
+
+def _pod_labels(relay: RelayNode) -> dict[str, str]:
+    """The relay's labels, and its pool's: a RelayPool's status.selector then selects its
+    relay pods too, so a HorizontalPodAutoscaler on their CPU can size the pool."""
+    labels = relay_labels(relay.metadata.name or "")
+    pool = relay.metadata.labels.get(POOL_LABEL)
+    if pool:
+        labels[POOL_LABEL] = pool
+    return labels
 
 
 def _pod_ip_env() -> dict[str, Any]:
@@ -392,7 +403,7 @@ def build_deployment(
             "selector": {"matchLabels": relay_selector(relay_name)},
             "template": {
                 "metadata": {
-                    "labels": relay_labels(relay_name),
+                    "labels": _pod_labels(relay),
                     # frps has no hot reload: a new config must roll the pod.
                     "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum},
                 },

@@ -20,6 +20,7 @@ log = logs.get(__name__)
 class Caches:
     tunnels: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
     relays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The relay Deployments, by relay name.
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Every RelayNode as last seen, for admission: known as soon as it is watched, before the

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tunnelop.api.v1alpha1 import TunnelQuota, TunnelQuotaStatus, bits_per_second
 from tunnelop.controllers import quotametrics
 from tunnelop.controllers.state import Runtime
-from tunnelop.controllers.status import merge_patch, status_dict
+from tunnelop.controllers.status import merge_patch, status_dict, utcnow
 from tunnelop.domain import conditions
 from tunnelop.domain.quota import (
     DeletedTraffic,
@@ -47,10 +47,6 @@ log = logs.get(__name__)
 # of the deletion ledger is written at once.
 FIGURES_WRITE_INTERVAL = 30.0
 CONFLICT_RETRIES = 5
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 # ---- what a namespace uses ---------------------------------------------------------------------

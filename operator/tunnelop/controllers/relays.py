@@ -1,9 +1,13 @@
 """The RelayNode controller: run the relay's workload (frps and the relay agent), and report
-its public address, readiness and allocation. Deleting a relay moves its tunnels first."""
+its public address, readiness and allocation. A relay that drains (deleted, spec.drain,
+failover) takes no new tunnels and has its tunnels moved (domain/drain.py); a deleted one
+lets go (finalizer) once none is left on it and its table names none."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime
 import secrets
 from typing import Any
 
@@ -27,8 +31,9 @@ from tunnelop.builders.relay import (
 )
 from tunnelop.contract import naming
 from tunnelop.controllers.state import FINALIZER, RelaySecrets, Runtime
-from tunnelop.controllers.status import merge_patch, status_dict
+from tunnelop.controllers.status import merge_patch, status_dict, utcnow
 from tunnelop.domain import conditions
+from tunnelop.domain.drain import DELETING, Drain, drain_of, failover_in
 from tunnelop.domain.relayview import RelayView
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.workqueue import Requeue
@@ -70,20 +75,86 @@ async def reconcile(rt: Runtime, name: str) -> None:
 
     ready, reason, message = _readiness(rt.cache.deployments.get(name))
     address = await _public_address(rt, relay, rt.tables.services.get(name))
+    now = utcnow()
+    not_ready_since = not_ready_since_of(body, ready, now)
+    drain = drain_of(relay, not_ready_since, now)
     view = RelayView.from_model(
-        relay, ready=ready and address is not None, node_port_range=rt.node_port_range
+        relay,
+        ready=ready and address is not None,
+        node_port_range=rt.node_port_range,
+        drain=drain,
     )
     rt.table.upsert_relay(view)
-    new = _status(rt, body, relay, view, reason, message, address, ready)
-    if new != (body.get("status") or {}):
-        await _report(rt, body, new)
+    found = [
+        conditions.condition("Ready", ready, reason, message, body["metadata"].get("generation"))
+    ]
+    new = _status(rt, body, relay, view, address, found)
+    await _report_changes(rt, body, new)
     # A relay that appeared, recovered or grew may fit tunnels that fit nowhere before.
     rt.retry_unschedulable()
-    for alloc in rt.table.misplaced():
-        assert rt.tunnel_queue is not None
-        rt.tunnel_queue.add(alloc.key)
+    _queue_moves(rt)
+    wait = failover_in(relay, not_ready_since, now)
+    if drain is None and wait is not None:
+        assert rt.relay_queue is not None
+        rt.relay_queue.add_after(name, max(wait, 0) + 0.5)  # fail over on time
     if address is None:
         raise Requeue(2.0)  # the address comes from a Service or Node that may appear later
+
+
+def not_ready_since_of(
+    body: dict[str, Any], ready: bool, now: datetime.datetime
+) -> datetime.datetime | None:
+    """When the relay's pod stopped being ready (its Ready condition's transition, or now if
+    the condition still says True); None while it is ready."""
+    if ready:
+        return None
+    conds = (body.get("status") or {}).get("conditions")
+    return conditions.since(conds, "Ready", False) or now
+
+
+def _queue_moves(rt: Runtime) -> None:
+    """Every tunnel that must move (its relay drains, its port got blocked, ...) is reconciled:
+    the scheduler moves it, or says why it cannot."""
+    assert rt.tunnel_queue is not None
+    for alloc in rt.table.misplaced():
+        rt.tunnel_queue.add(alloc.key)
+
+
+def _draining_condition(
+    rt: Runtime, name: str, drain: Drain | None, generation: int | None
+) -> dict[str, Any]:
+    """Draining: why the relay's tunnels move away and how many are left, or that it keeps
+    them."""
+    if drain is None:
+        return conditions.condition(
+            "Draining", False, "NotDraining", "The relay keeps its tunnels", generation
+        )
+    left = rt.table.allocations_on(name)
+    stuck = [s for a in left if (s := rt.table.stuck(a.key)) is not None]
+    if not left:
+        message = f"{drain.message}: no tunnel left on it"
+    else:
+        message = f"{drain.message}: {len(left)} tunnels left to move"
+        if stuck:
+            message += f"; {len(stuck)} have nowhere to go and stay: {stuck[0].message}"
+    return conditions.condition("Draining", True, drain.reason, message, generation)
+
+
+async def _report_changes(rt: Runtime, body: dict[str, Any], new: dict[str, Any]) -> None:
+    """Write the status if it changed, with an Event when the relay starts or stops
+    draining."""
+    old = body.get("status") or {}
+    if new == old:
+        return
+    await _report(rt, body, new)
+    before = conditions.find(old.get("conditions"), "Draining") or {}
+    after = conditions.find(new.get("conditions"), "Draining") or {}
+    if after.get("status") == "True" and (
+        before.get("status") != "True" or before.get("reason") != after.get("reason")
+    ):
+        rt.post_event(body, "Warning", after["reason"], after["message"])
+    elif before.get("status") == "True" and after.get("status") != "True":
+        rt.post_event(body, "Normal", "DrainStopped", "The relay keeps its tunnels again")
 
 
 async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySecrets) -> None:
@@ -169,16 +240,15 @@ def _status(
     body: dict[str, Any],
     relay: RelayNode,
     view: RelayView,
-    reason: str,
-    message: str,
     address: str | None,
-    ready: bool,
+    found: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The RelayNode's whole status, built through its model (this is its one writer)."""
+    """The RelayNode's whole status, built through its model (this is its one writer), with
+    the conditions `found` (Ready, or Ready and others) and Draining."""
     name = relay.metadata.name or ""
     generation = body["metadata"].get("generation")
     old = body.get("status") or {}
-    found = [conditions.condition("Ready", ready, reason, message, generation)]
+    found = [*found, _draining_condition(rt, name, view.drain, generation)]
     assert rt.tables is not None
     refused = rt.tables.service_errors.get(name)
     if relay.spec.exposure.type != "HostNetwork":
@@ -246,12 +316,43 @@ async def _relay_secrets(rt: Runtime, name: str) -> RelaySecrets:
 
 
 async def _drain_and_release(rt: Runtime, body: dict[str, Any]) -> None:
-    """Before the relay's workload goes (garbage collection, by owner references), its
-    tunnels are rescheduled elsewhere, keeping their ports where free."""
+    """A deleted relay keeps serving (its workload goes only with it, by owner references)
+    while its tunnels move elsewhere, keeping their ports where free; a tunnel no other relay
+    takes is unbound and says why. It lets go once no tunnel is left on it and its table
+    names none, so nothing it still enforces is handed to anyone else."""
     name = body["metadata"]["name"]
-    moved = _forget(rt, name)
+    view = next((r for r in rt.table.relays() if r.name == name), None)
+    if view is not None:
+        if view.drain is None or view.drain.reason != DELETING:
+            drain = Drain(DELETING, f"RelayNode {name} is being deleted", stay_if_stuck=False)
+            view = dataclasses.replace(view, drain=drain)
+            rt.table.upsert_relay(view)
+        left = rt.table.allocations_on(name)
+        if left:
+            _queue_moves(rt)
+            await _report_draining(rt, body, view)
+            raise Requeue(5.0)  # normally sooner: each table write reconciles the relay
+        holders = rt.table.table_holders(name)  # entries no allocation accounts for
+        if holders:
+            assert rt.tables is not None
+            for key in holders:
+                rt.tables.drop_entry(name, key)
+            await rt.tables.flush(name)
+            if rt.table.table_holders(name):
+                raise Requeue(2.0)
+    _forget(rt, name)
     await rt.kube.remove_finalizer("RelayNode", body, FINALIZER)
-    log.info("relay removed; its tunnels are being moved", relay=name, tunnels=moved)
+    log.info("relay removed after its tunnels moved", relay=name)
+
+
+async def _report_draining(rt: Runtime, body: dict[str, Any], view: RelayView) -> None:
+    """The Draining condition of a relay being deleted (whose spec may not even parse)."""
+    generation = body["metadata"].get("generation")
+    status = dict(body.get("status") or {})
+    status["conditions"] = conditions.merge(
+        status.get("conditions"), _draining_condition(rt, view.name, view.drain, generation)
+    )
+    await _report_changes(rt, body, status)
 
 
 def _forget(rt: Runtime, name: str) -> int:

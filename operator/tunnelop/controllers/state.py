@@ -9,12 +9,14 @@ every scheduling decision is taken synchronously between two awaits.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.controllers.caches import Caches
 from tunnelop.controllers.relaytables import RelayTables
+from tunnelop.domain.pools import RelayLoad
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.domain.traffic_report import Observed
@@ -64,6 +66,16 @@ class Runtime:
     # When each quota's status was last written (monotonic), to bound the write rate.
     quota_written_at: dict[TunnelKey, float] = field(default_factory=dict)
     tables: RelayTables | None = None
+    # RelayPools by name.
+    pool_queue: WorkQueue[str] | None = None
+    # Per pool, the tunnels that wait because it is full (spec.relay.pool names it), with
+    # what each needs: the autoscaler's demand beyond what is placed.
+    pool_waiting: dict[str, dict[TunnelKey, RelayLoad]] = field(default_factory=dict)
+    waiting_in_pool: dict[TunnelKey, str] = field(default_factory=dict)
+    # Pools due for a reconcile in a moment (see pools.poke), and since when each pool's load
+    # has allowed one relay fewer (the autoscaler's scale-down delay).
+    pools_poked: set[str] = field(default_factory=set)
+    pool_below_since: dict[str, datetime.datetime] = field(default_factory=dict)
     # Each tunnel's traffic as last read from its relay's agent (the traffic controller
     # writes it, the Tunnel controller reports it).
     traffic: dict[TunnelKey, Observed] = field(default_factory=dict)
@@ -91,10 +103,17 @@ class Runtime:
     async def stop(self) -> None:
         for part in self.running:
             await part.stop()
-        for queue in (self.tunnel_queue, self.relay_queue, self.quota_queue):
+        for queue in self.queues():
             if queue is not None:
                 await queue.stop()
         await self.kube.close()
+
+    def queues(self) -> list[WorkQueue[Any]]:
+        return [
+            q
+            for q in (self.tunnel_queue, self.relay_queue, self.quota_queue, self.pool_queue)
+            if q is not None
+        ]
 
     def retry_unschedulable(self) -> None:
         assert self.tunnel_queue is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from tunnelop.api.v1alpha1.common import StatusModel
@@ -16,3 +17,8 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A JSON merge patch from `old` to `new` at the top level: fields gone from `new` are
     nulled explicitly."""
     return {key: new.get(key) for key in set(new) | set(old)}
+
+
+def utcnow() -> datetime.datetime:
+    """Now, as the controllers compare it with the times in statuses."""
+    return datetime.datetime.now(datetime.UTC)

@@ -23,9 +23,9 @@ from tunnelop.builders.frpc import build_frpc_config, endpoint
 from tunnelop.builders.relay import build_credentials_secret, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, token_sha256
-from tunnelop.controllers import quotas
+from tunnelop.controllers import pools, quotas
 from tunnelop.controllers.state import FINALIZER, Runtime
-from tunnelop.controllers.status import merge_patch, status_dict
+from tunnelop.controllers.status import merge_patch, status_dict, utcnow
 from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
 from tunnelop.domain import conditions
 from tunnelop.domain.quota import (
@@ -72,7 +72,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         return
 
     limits = rt.cache.limits(key[0])
-    now = quotas.utcnow()
+    now = utcnow()
     hold = quotas.hold_of(rt, key[0], now)
     bandwidth = effective_bandwidth(tunnel.spec, limits)
     previous = rt.table.allocation_of(key)
@@ -112,6 +112,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
         quotas.requeue_quotas(rt, key[0])  # one more in use
     if isinstance(result, Unschedulable):
         rt.unschedulable.add(key)
+        pools.waiting_for_room(rt, key, request, result)
         assert rt.tables is not None
         await rt.tables.remove_everywhere(key)  # a no-op unless it was bound
         new = _typed(_unbound_status(status, generation, result.reason, result.message))
@@ -123,6 +124,7 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
                 _event(rt, body, "Warning", result.reason, result.message)
         return
     rt.unschedulable.discard(key)
+    pools.not_waiting(rt, key)
 
     relay = rt.cache.relays.get(result.relay, {})
     relay_status = relay.get("status") or {}
@@ -155,6 +157,19 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
 
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready, hold)
+    stuck = rt.table.stuck(key)
+    if stuck is not None:
+        new["conditions"] = conditions.merge(
+            new["conditions"],
+            conditions.condition(
+                "Scheduled",
+                True,
+                "MovePending",
+                f"{rt.table.misplacement(key)}; no other relay takes the tunnel, so it stays "
+                f"on {result.relay} for now: {stuck.message}",
+                generation,
+            ),
+        )
     _add_traffic(rt, new, tunnel, result.relay, hold is not None)
     new = _typed(new)
     if new != _typed(status):
@@ -421,6 +436,7 @@ async def _wait_for_quota(
 ) -> None:
     """The quota gate turned the tunnel away: it waits, remembered, until room appears."""
     quotas.mark_waiting(rt, key)
+    pools.not_waiting(rt, key)
     rt.unschedulable.discard(key)
     assert rt.tables is not None
     await rt.tables.remove_everywhere(key)  # a no-op unless a table still names it
@@ -436,6 +452,7 @@ async def _release(rt: Runtime, key: TunnelKey, body: dict[str, Any] | None) -> 
     """Free the port or subdomain, take the tunnel out of its relay's table, count its bytes
     into its namespace's quotas, then let the tunnel go (finalizer)."""
     rt.unschedulable.discard(key)
+    pools.not_waiting(rt, key)
     released = rt.table.release(key)
     quotas.unmark_waiting(rt, key)
     if released is not None:

@@ -16,13 +16,15 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
-from tunnelop.controllers import quotas, relays, tunnels
+from tunnelop.controllers import pools, quotas, relays, tunnels
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.controllers.state import Runtime
+from tunnelop.controllers.status import utcnow
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
+from tunnelop.domain.drain import drain_of
 from tunnelop.domain.quota import effective_bandwidth
-from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, RelayView
+from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, POOL_LABEL, RelayView
 from tunnelop.domain.scheduling import Allocation, TunnelKey, normal_hosts
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.informer import Informer
@@ -45,6 +47,7 @@ async def start(
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     rt.quota_queue = WorkQueue("quotas", lambda key: quotas.reconcile(rt, key), 2)
+    rt.pool_queue = WorkQueue("pools", lambda name: pools.reconcile(rt, name), 2)
     # After each table write the relay's status reports the new allocation.
     rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
@@ -71,6 +74,7 @@ async def start(
     rt.relay_queue.start()
     rt.tunnel_queue.start()
     rt.quota_queue.start()
+    rt.pool_queue.start()
     collector = TrafficCollector(rt, traffic)
     collector.start()
     rt.running = [*informers, collector]
@@ -90,6 +94,8 @@ async def restore(rt: Runtime) -> None:
     before any tunnel is placed. A live tunnel then gets back the binding its relay's table
     names (written before its credentials and status, so the freshest), else the one its
     status records. Table entries nothing accounts for are dropped by a rewrite at once."""
+    for body in await rt.kube.list(GROUP_VERSION, "RelayPool"):
+        rt.cache.pools[body["metadata"]["name"]] = body
     for body in await rt.kube.list(GROUP_VERSION, "RelayNode"):
         rt.cache.relays[body["metadata"]["name"]] = body
         view = _remember_view(rt, body)
@@ -144,7 +150,7 @@ async def restore(rt: Runtime) -> None:
         await rt.tables.flush(relay)
     # Each namespace's traffic this period, from the statuses and the quotas' ledgers, before
     # any tunnel is reconciled: a namespace over its cap stays held across a restart.
-    now = quotas.utcnow()
+    now = utcnow()
     for namespace in list(rt.cache.quotas):
         quotas.refresh_traffic(rt, namespace, now)
         quotas.requeue_quotas(rt, namespace)
@@ -231,6 +237,22 @@ async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         _remember_view(rt, body)
     assert rt.relay_queue is not None
     rt.relay_queue.add(name)
+    pool = (body["metadata"].get("labels") or {}).get(POOL_LABEL)
+    if pool:
+        pools.poke(rt, pool)  # its count, readiness or load changed
+
+
+@kopf.on.event(GROUP, VERSION, "relaypools")
+async def pool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    body = event["object"]
+    name = body["metadata"]["name"]
+    if event["type"] == "DELETED":
+        rt.cache.pools.pop(name, None)
+    else:
+        rt.cache.pools[name] = body
+    assert rt.pool_queue is not None
+    rt.pool_queue.add(name)
 
 
 def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
@@ -240,7 +262,9 @@ def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
         rt.cache.relay_views.pop(body["metadata"]["name"], None)
         return None
     ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
-    view = RelayView.from_model(model, ready=ready, node_port_range=rt.node_port_range)
+    now = utcnow()
+    drain = drain_of(model, relays.not_ready_since_of(body, ready, now), now)
+    view = RelayView.from_model(model, ready=ready, node_port_range=rt.node_port_range, drain=drain)
     rt.cache.relay_views[view.name] = view
     return view
 
@@ -286,7 +310,7 @@ def on_quota(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
         rt.cache.forget_quota(namespace, meta["name"])
     else:
         rt.cache.remember_quota(body)
-    quotas.refresh_traffic(rt, namespace, quotas.utcnow())
+    quotas.refresh_traffic(rt, namespace, utcnow())
     assert rt.quota_queue is not None
     rt.quota_queue.add((namespace, meta["name"]))
     if kind == "DELETED" or spec_before != body.get("spec"):

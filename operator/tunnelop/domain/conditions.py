@@ -44,3 +44,19 @@ def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] 
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     found = find(conditions, type_)
     return bool(found and found.get("status") == "True")
+
+
+def since(
+    conditions: list[dict[str, Any]] | None, type_: str, status: bool
+) -> datetime.datetime | None:
+    """When the condition took `status` (its lastTransitionTime), None when it has another
+    status, is absent or carries no readable time."""
+    found = find(conditions, type_)
+    if not found or found.get("status") != ("True" if status else "False"):
+        return None
+    try:
+        return datetime.datetime.strptime(
+            found.get("lastTransitionTime") or "", "%Y-%m-%dT%H:%M:%SZ"
+        ).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None

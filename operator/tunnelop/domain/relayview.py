@@ -24,6 +24,7 @@ from tunnelop.contract.naming import (
     VHOST_HTTPS_PORT,
 )
 from tunnelop.contract.table import TABLE_BUDGET_BYTES
+from tunnelop.domain.drain import Drain
 
 # The API server's --service-node-port-range by default: a LoadBalancer Service takes one node
 # port from it per tunnel port (unless allocateLoadBalancerNodePorts is false).
@@ -84,6 +85,8 @@ class RelayView:
     http_domain: str | None = None
     unschedulable: bool = False
     ready: bool = True
+    # Its tunnels move away (deleted, spec.drain, failover): it takes no new ones.
+    drain: Drain | None = None
     capacity_tunnels: int | None = None
     capacity_bandwidth: int | None = None
     # What the relay's table Secret can carry, in bytes of entries.
@@ -99,6 +102,7 @@ class RelayView:
         relay: RelayNode,
         ready: bool = True,
         node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
+        drain: Drain | None = None,
     ) -> RelayView:
         spec = relay.spec
         node_port_budget = None
@@ -117,6 +121,7 @@ class RelayView:
             http_domain=spec.http_domain,
             unschedulable=spec.unschedulable,
             ready=ready,
+            drain=drain,
             capacity_tunnels=spec.capacity.tunnels,
             capacity_bandwidth=spec.capacity_bps,
             node_port_budget=node_port_budget,

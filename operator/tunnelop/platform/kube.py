@@ -59,6 +59,7 @@ PLURALS = {
     "Node": "nodes",
     "Tunnel": "tunnels",
     "RelayNode": "relaynodes",
+    "RelayPool": "relaypools",
     "TunnelQuota": "tunnelquotas",
     "Lease": "leases",
 }
@@ -215,6 +216,23 @@ class Kube:
         meta = obj["metadata"]
         path = _path(obj["apiVersion"], PLURALS[obj["kind"]], meta["name"], meta.get("namespace"))
         return await self.request("PUT", path, obj)
+
+    async def patch(
+        self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch an object the operator owns (a KubeError with status 404 if gone)."""
+        path = _path(api_version, PLURALS[kind], name, namespace)
+        return await self.request("PATCH", path, patch, content_type="application/merge-patch+json")
+
+    async def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> None:
+        """Delete; gone already is fine."""
+        try:
+            await self.request("DELETE", _path(api_version, PLURALS[kind], name, namespace))
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
 
     async def patch_status(
         self,

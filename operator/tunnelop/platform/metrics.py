@@ -50,6 +50,19 @@ RELAY_ALLOCATIONS = Gauge(
     ["relay"],
     registry=REGISTRY,
 )
+POOL_REPLICAS = Gauge(
+    "tunnelop_pool_replicas",
+    "RelayNodes of a RelayPool: desired (spec.replicas or the autoscaler's choice) and ready.",
+    ["pool", "state"],
+    registry=REGISTRY,
+)
+POOL_UTILIZATION = Gauge(
+    "tunnelop_pool_utilization_percent",
+    "A RelayPool's utilization: the larger of allocated tunnels and bandwidth over the "
+    "capacity of its ready relays (what spec.autoscaling targets; KEDA and HPA can use it).",
+    ["pool"],
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "tunnelop_leader",
     "1 while this process holds the leader Lease, else 0.",
@@ -99,3 +112,21 @@ def forget_relay(relay: str) -> None:
         RELAY_ALLOCATIONS.remove(relay)
     except KeyError:
         pass
+
+
+def set_pool(pool: str, desired: int, ready: int, utilization: int) -> None:
+    POOL_REPLICAS.labels(pool=pool, state="desired").set(desired)
+    POOL_REPLICAS.labels(pool=pool, state="ready").set(ready)
+    POOL_UTILIZATION.labels(pool=pool).set(utilization)
+
+
+def forget_pool(pool: str) -> None:
+    for gauge, labels in (
+        (POOL_REPLICAS, (pool, "desired")),
+        (POOL_REPLICAS, (pool, "ready")),
+        (POOL_UTILIZATION, (pool,)),
+    ):
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, StrictStr, ValidationInfo, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from tunnelop.api.v1alpha1.common import (
@@ -210,6 +218,23 @@ class RelayNodeSpec(ApiModel):
             "running. false (default) makes it schedulable."
         ),
     )
+    drain: StrictBool = Field(
+        default=False,
+        description=(
+            "true drains the relay, as `kubectl drain` does a Node: no new tunnels, and its "
+            "tunnels move to other relays (keeping their port where it is free there), each "
+            "move reported. A tunnel no other relay can take stays, serving, and says why. "
+            "A RelayPool sets it on the relays it removes. Default false."
+        ),
+    )
+    failover_after_seconds: Annotated[StrictInt, Field(ge=0, le=86400)] = Field(
+        default=60,
+        description=(
+            "How long the relay's pod may stay not ready before its tunnels move to other "
+            "relays (failover), in seconds (0-86400). 0 never moves them: they wait for the "
+            "relay to come back. Default 60."
+        ),
+    )
     template: RelayPodTemplate = Field(
         default_factory=RelayPodTemplate,
         description="Settings of the relay Pod: images, Node selection, tolerations, resources.",
@@ -320,9 +345,12 @@ class RelayNode(Resource):
             PrinterColumn(
                 "Unschedulable", ".spec.unschedulable", "Cordoned.", "boolean", priority=1
             ),
+            PrinterColumn(
+                "Drain", ".spec.drain", "Moving its tunnels away.", "boolean", priority=1
+            ),
             AGE_COLUMN,
         ),
-        selectable_fields=(".spec.unschedulable",),
+        selectable_fields=(".spec.unschedulable", ".spec.drain"),
         root_rules=(relay_name_rule(RELAY_NODE_NAME_MAX),),
     )
 

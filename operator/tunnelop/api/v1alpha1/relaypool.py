@@ -24,8 +24,8 @@ from tunnelop.api.v1alpha1.common import (
 from tunnelop.api.v1alpha1.formats import LabelMap, check_relay_name, relay_name_rule
 from tunnelop.api.v1alpha1.relaynode import RelayNodeSpec
 
-# The pool's RelayNodes are named "<pool>-<5 characters>", which must stay a valid RelayNode
-# name.
+# The pool's RelayNodes are named "<pool>-<index>" (index up to 5 digits), which must stay a
+# valid RelayNode name.
 RELAY_POOL_NAME_MAX = 51
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
@@ -124,6 +124,14 @@ class RelayPoolSpec(ApiModel):
     autoscaling: RelayPoolAutoscaling | None = Field(
         default=None,
         description="Scale the pool by load between minReplicas and maxReplicas.",
+    )
+    max_draining: PositiveInt = Field(
+        default=1,
+        description=(
+            "The disruption budget: at most this many of the pool's RelayNodes drain at once "
+            "(scale-down and template roll-out move tunnels off a relay before removing it). "
+            "Default 1."
+        ),
     )
 
 

@@ -133,6 +133,9 @@ class AllocationTable:
         # The relays' httpDomains, with how many relays serve each: names under one are the
         # provider's, never a tenant's custom domain.
         self._http_domains: dict[str, int] = {}
+        # Tunnels that must leave a draining relay but that no other relay takes: they stay,
+        # and this says why they could not move.
+        self._stuck: dict[TunnelKey, Unschedulable] = {}
 
     # Relays -----------------------------------------------------------------------------------
 
@@ -220,6 +223,10 @@ class AllocationTable:
         candidates = self.allocations() if relay is None else self.allocations_on(relay)
         return [a for a in candidates if self._misplacement(a) is not None]
 
+    def stuck(self, key: TunnelKey) -> Unschedulable | None:
+        """Why the key's tunnel could not leave its draining relay (it stays there), if so."""
+        return self._stuck.get(key)
+
     def misplacement(self, key: TunnelKey) -> str | None:
         """Why the key's allocation must move, for the Event that reports the move; None when
         it may stay (or there is none)."""
@@ -260,6 +267,7 @@ class AllocationTable:
         """Forget the key's allocation. Its port or host names are free again once no version
         of the relay's table that may be in force names them (see `table_written`)."""
         allocation = self._allocations.pop(key, None)
+        self._stuck.pop(key, None)
         if allocation is None:
             return None
         self._unindex(key)
@@ -317,10 +325,17 @@ class AllocationTable:
                 )
                 self._record(updated)
                 return updated
-        if current is not None:
-            self.release(request.key)
-            prefer = prefer or current
-        return self._place(request, prefer)
+        if current is None:
+            return self._place(request, prefer)
+        self.release(request.key)
+        placed = self._place(request, prefer or current)
+        if isinstance(placed, Unschedulable) and self._may_stay(current, request):
+            # Its relay is draining, but no other relay takes it: it keeps serving where it
+            # is (and its port or host names) until one does.
+            self._record(current)
+            self._stuck[request.key] = placed
+            return current
+        return placed
 
     # Internals --------------------------------------------------------------------------------
 
@@ -445,11 +460,15 @@ class AllocationTable:
                 return explain.custom_domain_taken(relays, host, holder, request.key)
         return None
 
-    def _misplacement(self, alloc: Allocation) -> str | None:
+    def _misplacement(self, alloc: Allocation, *, drain: bool = True) -> str | None:
+        """Why the allocation must move; `drain=False` leaves the relay's drain out (what else
+        would make it move)."""
         state = self._relays.get(alloc.relay)
         if state is None:
             return f"RelayNode {alloc.relay} is gone"
         view = state.view
+        if drain and view.drain is not None:
+            return view.drain.message
         if alloc.protocol not in view.protocols:
             return f"RelayNode {view.name} no longer allows {alloc.protocol}"
         if alloc.port is not None and uses_port(alloc.protocol):
@@ -467,8 +486,9 @@ class AllocationTable:
                 return f"custom domain {host} is under the httpDomain {http_domain} of a RelayNode"
         return None
 
-    def _satisfies(self, alloc: Allocation, request: TunnelRequest) -> bool:
-        """Whether the allocation may stay as the answer to the request (bandwidth aside)."""
+    def _satisfies(self, alloc: Allocation, request: TunnelRequest, *, drain: bool = True) -> bool:
+        """Whether the allocation may stay as the answer to the request (bandwidth aside;
+        its relay's drain too with `drain=False`)."""
         state = self._relays.get(alloc.relay)
         return (
             state is not None
@@ -477,7 +497,19 @@ class AllocationTable:
             and request.wanted_port in (None, alloc.port)
             and request.wanted_subdomain in (None, alloc.subdomain)
             and request.wanted_custom_domains == normal_hosts(alloc.custom_domains)
-            and self._misplacement(alloc) is None
+            and self._misplacement(alloc, drain=drain) is None
+        )
+
+    def _may_stay(self, alloc: Allocation, request: TunnelRequest) -> bool:
+        """Whether an allocation that found no other relay may stay: only its relay's drain
+        (one that keeps stuck tunnels) moves it, and it still answers the request."""
+        state = self._relays.get(alloc.relay)
+        drain = state.view.drain if state is not None else None
+        return (
+            drain is not None
+            and drain.stay_if_stuck
+            and alloc.bandwidth == request.bandwidth
+            and self._satisfies(alloc, request, drain=False)
         )
 
     def _bandwidth_fits_in_place(self, alloc: Allocation, bandwidth: int | None) -> bool:
@@ -531,6 +563,8 @@ class AllocationTable:
             return partial(explain.no_http_domain, protocol)
         if port is not None and not view.port_allowed(port):
             return partial(explain.port_not_allowed, port, view)
+        if view.drain is not None:
+            return explain.draining
         if view.unschedulable:
             return explain.cordoned
         if not view.ready:

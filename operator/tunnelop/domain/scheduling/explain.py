@@ -177,6 +177,15 @@ def port_not_allowed(port: int, relay: RelayView) -> Refusal:
     )
 
 
+def draining() -> Refusal:
+    return Refusal(
+        NO_RELAY_READY,
+        "is being drained (its tunnels move away)",
+        "are being drained (their tunnels move away)",
+        ("wait for a relay with room",),
+    )
+
+
 def cordoned() -> Refusal:
     return Refusal(
         NO_RELAY_READY,
