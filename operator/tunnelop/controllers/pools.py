@@ -31,6 +31,7 @@ from tunnelop.domain.pools import (
     ScaleDecision,
     autoscale,
     check_template,
+    desired_replicas,
     member_of,
     plan,
     pool_status,
@@ -161,8 +162,8 @@ def _autoscale(
     name = pool.metadata.name or ""
     assert pool.spec.autoscaling is not None
     current = pool.status.desired_replicas
-    if current is None:
-        current = len([m for m in members if not m.going_away])
+    if current is None:  # a new pool starts from spec.replicas, within min and max
+        current = desired_replicas(pool)
     waiting = rt.pool_waiting.get(name, {}).values()
     demand = Demand(
         tunnels=sum(w.tunnels for w in waiting), bandwidth=sum(w.bandwidth for w in waiting)

@@ -91,7 +91,6 @@ class Runtime:
                     type_=type_,
                     reason=reason,
                     message=message,
-                    namespace=body["metadata"].get("namespace") or self.relay_namespace,
                 )
             except Exception as exc:  # e.g. the namespace is being deleted
                 log.debug("cannot post event", reason=reason, error=str(exc))

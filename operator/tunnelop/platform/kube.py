@@ -296,10 +296,12 @@ class Kube:
         type_: str,
         reason: str,
         message: str,
-        namespace: str,
     ) -> None:
-        """Post a core/v1 Event about an object (shown by `kubectl describe`)."""
+        """Post a core/v1 Event about an object (shown by `kubectl describe`). Events about
+        a cluster-scoped object live in the default namespace, as the API server requires
+        (as a Node's do)."""
         meta = regarding["metadata"]
+        namespace = meta.get("namespace") or "default"
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
