@@ -34,6 +34,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -50,6 +51,7 @@ from support import tools
 
 RELAY_LABEL = "tunnelop.dev/relay"
 LOCALHOST = "127.0.0.1"
+LOCALHOST_PATTERN = re.compile(r"(?<![\d.])127\.0\.0\.1(?!\d)")
 log = logging.getLogger("relay-runner")
 
 
@@ -497,7 +499,11 @@ def _argv(binary: Path, command: list[str] | None, args: list[str] | None) -> li
 def _rewrite(text: str, path_map: dict[str, str]) -> str:
     # Longest mount path first, so /etc/frp/tls wins over /etc/frp.
     for mount in sorted(path_map, key=len, reverse=True):
-        text = text.replace(mount, path_map[mount])
+        if mount == LOCALHOST:
+            # The whole address only: 127.0.0.160 (a relay's own address) stays as it is.
+            text = LOCALHOST_PATTERN.sub(path_map[mount], text)  # an IPv4 address: no escapes
+        else:
+            text = text.replace(mount, path_map[mount])
     return text
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from support.relay_runner import _argv, _expand, _field_value, _rewrite, default_image_map
+from support.relay_runner import (
+    LOCALHOST,
+    _argv,
+    _expand,
+    _field_value,
+    _rewrite,
+    default_image_map,
+)
 
 
 def test_image_entry_point_is_the_local_binary() -> None:
@@ -45,3 +52,11 @@ def test_downward_api_pod_ip_is_the_relay_address() -> None:
 
 def test_unknown_images_are_not_run() -> None:
     assert default_image_map("registry.example/nginx:1.27") is None
+
+
+def test_localhost_is_rewritten_as_a_whole_address_only() -> None:
+    to_relay = {LOCALHOST: "127.0.0.160"}
+    assert _rewrite("--listen 127.0.0.1:7400", to_relay) == "--listen 127.0.0.160:7400"
+    # The relay's own address, or another one that starts alike, is no localhost.
+    assert _rewrite("bindAddr = 127.0.0.160", to_relay) == "bindAddr = 127.0.0.160"
+    assert _rewrite("127.0.0.10 127.0.0.1", to_relay) == "127.0.0.10 127.0.0.160"
