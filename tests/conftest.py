@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.aio import client, config
@@ -60,8 +61,18 @@ async def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> A
 
 
 @pytest.fixture(scope="module")
+def relay_runner_options() -> dict[str, Any]:
+    """Extra RelayPodRunner arguments for a module's runner. A module overrides this fixture
+    to ask for more, e.g. `{"serve_load_balancers": True}` to have LoadBalancer Services of
+    relays get the relay's address."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 async def relay_runner(
-    cluster: local_cluster.LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    cluster: local_cluster.LocalCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    relay_runner_options: dict[str, Any],
 ) -> AsyncIterator[RelayPodRunner]:
     """Plays kubelet for relay pods: runs their containers locally on 127.0.0.x. One per
     test module that uses it, stopped with it: relays of other modules (the integration
@@ -71,6 +82,7 @@ async def relay_runner(
         tmp_path_factory.mktemp("relay-pods"),
         # Two checkouts may run end-to-end tests at once on one machine: each its own range.
         first_address=os.environ.get("TUNNELOP_TEST_FIRST_RELAY_ADDRESS", "127.0.0.2"),
+        **relay_runner_options,
     )
     await runner.start()
     yield runner

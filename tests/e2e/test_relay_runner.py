@@ -1,5 +1,7 @@
 """The relay-pod runner plays kubelet for relay pods: a plain pod that runs frps from a
-ConfigMap really serves, and a real frpc pushes bytes through it on loopback."""
+ConfigMap really serves, and a real frpc pushes bytes through it on loopback. It also plays
+the cloud's load balancer for relay Services (this module asks for it), and holds a relay's
+pod down for as long as a test wants, as failing readiness probes would."""
 
 from __future__ import annotations
 
@@ -7,12 +9,33 @@ import asyncio
 import os
 import textwrap
 import uuid
+from typing import Any
 
+import pytest
 from kubernetes.aio import client
 
-from support import tools
+from support import objects, tools
+from support.dataplane import (
+    TEST_RELAY_LABEL,
+    delete_relay,
+    on,
+    running_frpc,
+    until_closed,
+    wait_agent_ready,
+)
 from support.netutil import echo_server, port_closes, wait_for_echo
+from support.objects import relay_node, tunnel, wait_condition, wait_for
 from support.relay_runner import RELAY_LABEL, RelayPodRunner
+from tunnelop.contract.naming import CONTROL_PORT, PLUGIN_PORT
+
+RELAY_NAMESPACE = "tunnelop-system"
+RUN = uuid.uuid4().hex[:5]
+
+
+@pytest.fixture(scope="module")
+def relay_runner_options() -> dict[str, Any]:
+    return {"serve_load_balancers": True}
+
 
 FRPS_TOML = textwrap.dedent(
     """
@@ -126,3 +149,123 @@ async def test_frps_pod_carries_real_bytes_from_frpc(
     await core.delete_namespaced_pod("relay", namespace, grace_period_seconds=0)
     assert await port_closes(address, 7000, timeout=15), "frps still listening after pod deletion"
     assert relay_runner.pod_for(relay) is None
+
+
+# ---- the cloud's load balancer, and outages that last ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def lb_relay(operator, relay_runner: RelayPodRunner):
+    """A relay exposed by a LoadBalancer Service and no spec.exposure.address, as a pool's
+    relays are; its address comes from the load balancer the runner plays."""
+    name = f"lb-{RUN}"
+    objects.apply(
+        relay_node(
+            name,
+            ports="23000-23099",
+            labels={TEST_RELAY_LABEL: name},
+            exposure={"type": "LoadBalancer"},
+        )
+    )
+    try:
+        yield name
+    finally:
+        delete_relay(name)
+        await until_closed(relay_runner.address_of(name), PLUGIN_PORT, timeout=30)
+
+
+async def answers(address: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 5)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def deployment_of(relay: str) -> dict[str, Any]:
+    (found,) = objects.list_objects("deployment", RELAY_NAMESPACE, f"{RELAY_LABEL}={relay}")
+    return found
+
+
+async def ready_replicas_become(relay: str, count: int) -> None:
+    def reached():
+        status = deployment_of(relay).get("status") or {}
+        return (status.get("readyReplicas") or 0) == count
+
+    await wait_for(reached, timeout=60, what=f"relay {relay}'s Deployment at {count} ready")
+
+
+def pod_ready(pod: dict[str, Any] | None) -> str | None:
+    found = objects.condition(pod, "Ready")
+    return found["status"] if found else None
+
+
+async def test_load_balancer_relay_gets_the_runners_address(
+    lb_relay: str, relay_runner: RelayPodRunner, namespace: str, tmp_path
+) -> None:
+    address = relay_runner.address_of(lb_relay)
+    await wait_condition("relaynode", lb_relay, None, "Ready", timeout=90)
+
+    def public_address():
+        return ((objects.get("relaynode", lb_relay) or {}).get("status") or {}).get("publicAddress")
+
+    # Ready comes from the Deployment; the address from the load balancer, read back after.
+    assert await wait_for(public_address, timeout=30, what="publicAddress") == address
+    service = objects.get("service", f"relay-{lb_relay}", RELAY_NAMESPACE)
+    assert [i["ip"] for i in service["status"]["loadBalancer"]["ingress"]] == [address]
+    await wait_agent_ready(relay_runner, lb_relay)
+    assert await answers(address, CONTROL_PORT)
+
+    # A visitor of the load balancer's address reaches a tunnel on the relay.
+    objects.apply(tunnel("echo", "tcp", **on(lb_relay)), namespace)
+    placed = await wait_condition("tunnel", "echo", namespace, "Ready")
+    port = placed["status"]["remotePort"]
+    assert placed["status"]["endpoint"] == f"{address}:{port}"
+    payload = os.urandom(64 * 1024)
+    async with echo_server() as local, running_frpc("echo", namespace, local, tmp_path) as frpc:
+        try:
+            assert await wait_for_echo(address, port, payload, timeout=30) == payload
+        except TimeoutError:
+            raise AssertionError(frpc.logs() + relay_runner.logs(lb_relay)) from None
+
+
+async def test_held_down_relay_is_not_ready_until_brought_up(
+    lb_relay: str, relay_runner: RelayPodRunner, kube: client.ApiClient
+) -> None:
+    address = relay_runner.address_of(lb_relay)
+    await wait_condition("relaynode", lb_relay, None, "Ready", timeout=90)
+    await wait_agent_ready(relay_runner, lb_relay)
+
+    await relay_runner.hold_down(lb_relay)
+    try:
+        # The deployment controller counts the pod unready; the operator reads that.
+        await ready_replicas_become(lb_relay, 0)
+        await wait_condition(
+            "relaynode", lb_relay, None, "Ready", "False", "RelayPodNotReady", timeout=60
+        )
+        assert not await answers(address, CONTROL_PORT)
+
+        # The Deployment's next pod is held down as well, though kwok reports it ready first.
+        held = relay_runner.pod_for(lb_relay)
+        assert held is not None
+        await client.CoreV1Api(kube).delete_namespaced_pod(
+            held.name, held.namespace, grace_period_seconds=0
+        )
+
+        def next_pod_unready():
+            pod = relay_runner.pod_for(lb_relay)
+            if pod is None or pod.uid == held.uid:
+                return None
+            found = objects.get("pod", pod.name, pod.namespace)
+            return pod if pod_ready(found) == "False" else None
+
+        await wait_for(next_pod_unready, timeout=60, what="the next pod held down")
+        await ready_replicas_become(lb_relay, 0)
+        assert not await answers(address, CONTROL_PORT)
+    finally:
+        await relay_runner.bring_up(lb_relay)
+
+    await ready_replicas_become(lb_relay, 1)
+    await wait_condition("relaynode", lb_relay, None, "Ready", timeout=60)
+    assert await answers(address, CONTROL_PORT)

@@ -21,6 +21,17 @@ What differs from a kubelet, and why:
 - $(VAR) references in args are expanded from the container's env, as the kubelet does.
 - A container that exits is restarted with a capped back-off, as with restartPolicy Always.
 
+Two opt-ins play the rest of a cluster for tests of failover and of relays without a fixed
+address:
+- `serve_load_balancers=True`: the cloud's load balancer (as MetalLB would be). A Service of
+  type LoadBalancer that carries the relay label gets the relay's loopback address as
+  `status.loadBalancer.ingress`; the relay's processes bind that address, so a visitor of
+  ingress-ip:port reaches them where the Service's port equals its targetPort.
+- `hold_down(relay)` / `bring_up(relay)`: a pod outage that lasts. The relay's containers
+  stop and stay down (new pods of the relay too) and the pod is reported not ready, as a
+  kubelet reports failed readiness probes; bring_up runs them again and reports the pod ready
+  once the containers' readiness probes (tcpSocket, httpGet) pass.
+
 Run it inside a test (see the `relay_runner` fixture) or on its own:
     python -m support.relay_runner --kubeconfig .cluster/kubeconfig
 """
@@ -34,12 +45,15 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +64,8 @@ from support import tools
 
 RELAY_LABEL = "tunnelop.dev/relay"
 LOCALHOST = "127.0.0.1"
+LOCALHOST_PATTERN = re.compile(r"(?<![\d.])127\.0\.0\.1(?!\d)")
+POD_READY_CONDITIONS = ("Ready", "ContainersReady")
 log = logging.getLogger("relay-runner")
 
 
@@ -77,9 +93,14 @@ class Container:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
+    readiness: ReadinessCheck | None = None
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.supervisor is not None and not self.supervisor.done()
 
 
 @dataclass
@@ -92,7 +113,27 @@ class RunningPod:
     root: Path
     containers: list[Container] = field(default_factory=list)
     stopping: bool = False
+    held: bool = False  # containers kept down (hold_down)
+    # The readiness the runner reports for the pod: None leaves it to kwok (Ready at once).
+    readiness: bool | None = None
     token_refresher: asyncio.Task[None] | None = None
+    # Set when the pod stops or is held: wakes a supervisor out of its restart back-off.
+    halted: asyncio.Event = field(default_factory=asyncio.Event)
+    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def may_run(self) -> bool:
+        return not (self.stopping or self.held)
+
+
+@dataclass(frozen=True)
+class ReadinessCheck:
+    """A container's readinessProbe, as the runner performs it: connect to `port`, and for
+    an httpGet probe expect a 2xx or 3xx answer to GET `path`."""
+
+    port: int
+    path: str | None = None  # None: a tcpSocket probe
+    https: bool = False
 
 
 class RelayPodRunner:
@@ -105,18 +146,20 @@ class RelayPodRunner:
         image_map: Callable[[str], Path | None] = default_image_map,
         label: str = RELAY_LABEL,
         first_address: str = "127.0.0.2",
+        serve_load_balancers: bool = False,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-runner-"))
         self.image_map = image_map
         self.label = label
+        self.serve_load_balancers = serve_load_balancers
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
         self.pods: dict[str, RunningPod] = {}
+        self._held: set[str] = set()  # relays whose pods are kept down
         self._terminating: set[asyncio.Future[None]] = set()
         self._api: client.ApiClient | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._synced = asyncio.Event()
+        self._watchers: list[asyncio.Task[None]] = []
         self._server: tuple[str, int] | None = None
 
     # ---- public API -------------------------------------------------------------------
@@ -129,14 +172,35 @@ class RelayPodRunner:
         server_host, _, server_port = host.rpartition(":")
         self._server = (server_host, int(server_port or 443))
         self._ca_file = cfg.ssl_ca_cert
-        self._watcher = asyncio.create_task(self._watch_forever(), name="relay-runner-watch")
-        await asyncio.wait_for(self._synced.wait(), timeout=30)
+        core = client.CoreV1Api(self._api)
+        watches = [("pods", core.list_pod_for_all_namespaces, self._on_pods, self._on_pod_event)]
+        if self.serve_load_balancers:
+            watches.append(
+                (
+                    "services",
+                    core.list_service_for_all_namespaces,
+                    self._on_services,
+                    self._on_service_event,
+                )
+            )
+        synced = []
+        for what, list_call, on_listing, on_event in watches:
+            done = asyncio.Event()
+            synced.append(done)
+            self._watchers.append(
+                asyncio.create_task(
+                    self._watch_forever(what, list_call, on_listing, on_event, done),
+                    name=f"relay-runner-watch-{what}",
+                )
+            )
+        await asyncio.wait_for(asyncio.gather(*(done.wait() for done in synced)), timeout=30)
 
     async def stop(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
+        for watcher in self._watchers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await watcher
         await asyncio.gather(*self._terminating, *(self._stop_pod(uid) for uid in list(self.pods)))
         if self._api:
             await self._api.close()
@@ -165,50 +229,147 @@ class RelayPodRunner:
             parts.append(f"--- {pod.name}/{c.name} (restarts: {c.restarts})\n{text}")
         return "\n".join(parts)
 
+    async def hold_down(self, relay: str) -> None:
+        """A pod outage that lasts: stop the relay's containers and keep them down, also in
+        pods of the relay created later, and report the pod not ready (Ready and
+        ContainersReady False, no container ready), as a kubelet does after failed readiness
+        probes. Returns once the processes are gone and the API reports the pod not ready."""
+        self._held.add(relay)
+        pod = self.pod_for(relay)
+        if pod is None:
+            return
+        pod.held = True
+        pod.readiness = False
+        pod.halted.set()
+        await asyncio.gather(*(_terminate(c) for c in pod.containers))
+        # A supervisor that was starting a process when held stops that process itself.
+        supervisors = [c.supervisor for c in pod.containers if c.supervisor]
+        await asyncio.gather(*supervisors, return_exceptions=True)
+        await self._sync_readiness(pod)
+        log.info("holding down relay %s (pod %s)", relay, pod.name)
+
+    async def bring_up(self, relay: str, timeout: float = 60) -> None:
+        """End a hold_down: run the relay's containers again and, once their readiness probes
+        pass, report the pod ready. TimeoutError (with the containers' logs) if they do not
+        pass within `timeout` seconds."""
+        self._held.discard(relay)
+        pod = self.pod_for(relay)
+        if pod is None:
+            return
+        pod.held = False
+        pod.halted.clear()
+        for container in pod.containers:
+            if not container.running:
+                self._run(pod, container)
+        try:
+            await asyncio.wait_for(_until_ready(pod), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"relay {relay}: readiness probes failing {timeout}s after bring_up\n"
+                + self.logs(relay)
+            ) from None
+        pod.readiness = True
+        await self._sync_readiness(pod)
+        log.info("brought up relay %s (pod %s)", relay, pod.name)
+
     # ---- watching ---------------------------------------------------------------------
 
-    async def _watch_forever(self) -> None:
-        core = client.CoreV1Api(self._api)
+    async def _watch_forever(
+        self,
+        what: str,
+        list_call: Callable[..., Any],
+        on_listing: Callable[[list[Any]], Awaitable[None]],
+        on_event: Callable[[str, Any], Awaitable[None]],
+        synced: asyncio.Event,
+    ) -> None:
+        """List, then watch from the listing's version; relist when the watch breaks."""
         while True:
             try:
-                listing = await core.list_pod_for_all_namespaces(label_selector=self.label)
-                seen = set()
-                for pod in listing.items:
-                    seen.add(pod.metadata.uid)
-                    await self._on_pod(pod)
-                for uid in set(self.pods) - seen:
-                    await self._stop_pod(uid)
-                self._synced.set()
+                listing = await list_call(label_selector=self.label)
+                await on_listing(listing.items)
+                synced.set()
                 async with watch.Watch() as w:
                     events = w.stream(
-                        core.list_pod_for_all_namespaces,
+                        list_call,
                         label_selector=self.label,
                         resource_version=listing.metadata.resource_version,
                         timeout_seconds=300,
                     )
                     async for event in events:
-                        pod = event["object"]
-                        if event["type"] == "DELETED":
-                            await self._stop_pod(pod.metadata.uid)
-                        else:
-                            await self._on_pod(pod)
+                        await on_event(event["type"], event["object"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the API server restarts, a watch expires: relist
-                log.warning("watch interrupted (%s); relisting", exc)
+                log.warning("%s watch interrupted (%s); relisting", what, exc)
                 await asyncio.sleep(1)
+
+    async def _on_pods(self, pods: list[Any]) -> None:
+        for pod in pods:
+            await self._on_pod(pod)
+        for uid in set(self.pods) - {pod.metadata.uid for pod in pods}:
+            await self._stop_pod(uid)
+
+    async def _on_pod_event(self, kind: str, pod: Any) -> None:
+        if kind == "DELETED":
+            await self._stop_pod(pod.metadata.uid)
+        else:
+            await self._on_pod(pod)
 
     async def _on_pod(self, pod: Any) -> None:
         uid = pod.metadata.uid
         if pod.metadata.deletion_timestamp is not None:
             await self._stop_pod(uid)
             return
-        if uid in self.pods or not pod.spec.node_name:
-            return  # already running, or not scheduled yet
+        if uid in self.pods:
+            await self._keep_status(self.pods[uid], pod)
+            return
+        if not pod.spec.node_name:
+            return  # not scheduled yet
         try:
             await self._start_pod(pod)
         except Exception:
             log.exception("cannot run pod %s/%s", pod.metadata.namespace, pod.metadata.name)
+
+    async def _keep_status(self, running: RunningPod, pod: Any) -> None:
+        """What the runner reports stays reported: kwok's pod-ready stage, which runs while a
+        pod is Pending, may land after the runner's own report and write its fake IP and
+        Ready over it."""
+        if running.stopping:
+            return
+        if (pod.status.pod_ip if pod.status else None) != running.address:
+            await self._report_pod_ip(pod, running.address)
+        if running.readiness is not None:
+            await self._sync_readiness(running)
+
+    async def _on_services(self, services: list[Any]) -> None:
+        for service in services:
+            await self._on_service(service)
+
+    async def _on_service_event(self, kind: str, service: Any) -> None:
+        if kind != "DELETED":
+            await self._on_service(service)
+
+    async def _on_service(self, service: Any) -> None:
+        """A relay's LoadBalancer Service gets the relay's address, as MetalLB gives one."""
+        meta = service.metadata
+        if service.spec.type != "LoadBalancer" or meta.deletion_timestamp is not None:
+            return
+        address = self.address_of((meta.labels or {}).get(self.label) or meta.name)
+        balancer = service.status.load_balancer if service.status else None
+        current = [i.ip for i in (balancer.ingress if balancer else None) or []]
+        patch = _load_balancer_status(current, address)
+        if patch is None:
+            return
+        core = client.CoreV1Api(self._api)
+        try:
+            # A merge patch replaces the ingress list as a whole.
+            await core.patch_namespaced_service_status(
+                meta.name, meta.namespace, patch, _content_type="application/merge-patch+json"
+            )
+        except ApiException as exc:
+            log.warning("cannot set the address of Service %s: %s", meta.name, exc.reason)
+            return
+        log.info("load balancer address %s for Service %s/%s", address, meta.namespace, meta.name)
 
     # ---- running a pod ----------------------------------------------------------------
 
@@ -219,6 +380,9 @@ class RelayPodRunner:
         root = self.workdir / f"{meta.namespace}.{meta.name}.{meta.uid[:8]}"
         root.mkdir(parents=True, exist_ok=True)
         running = RunningPod(meta.uid, meta.namespace, meta.name, relay, address, root)
+        if relay in self._held:  # a new pod of a held relay (its Deployment re-created it)
+            running.held = True
+            running.readiness = False
         self.pods[meta.uid] = running
 
         mounts_by_volume = await self._materialize_volumes(pod, root)
@@ -243,12 +407,23 @@ class RelayPodRunner:
             argv = _argv(binary, spec.command, spec.args)
             argv = [argv[0], *(_rewrite(_expand(a, env), path_map) for a in argv[1:])]
             container = Container(spec.name, argv, env, root / f"{spec.name}.log")
+            try:
+                container.readiness = _readiness_check(self._api.sanitize_for_serialization(spec))
+            except ValueError as exc:
+                log.warning("pod %s: %s; bring_up will not wait for it", meta.name, exc)
             running.containers.append(container)
-            container.supervisor = asyncio.create_task(
-                self._supervise(running, container), name=f"{meta.name}/{spec.name}"
-            )
+            if running.may_run:
+                self._run(running, container)
         await self._report_pod_ip(pod, address)
-        log.info("running pod %s/%s for relay %s on %s", meta.namespace, meta.name, relay, address)
+        await self._sync_readiness(running)
+        log.info(
+            "%s pod %s/%s for relay %s on %s",
+            "running" if running.may_run else "holding down",
+            meta.namespace,
+            meta.name,
+            relay,
+            address,
+        )
 
     async def _report_pod_ip(self, pod: Any, address: str) -> None:
         """Report the relay's address as the pod's IP, as a kubelet reports the IP it gave the
@@ -270,10 +445,15 @@ class RelayPodRunner:
         except ApiException as exc:
             log.warning("cannot report the IP of pod %s: %s", pod.metadata.name, exc.reason)
 
+    def _run(self, pod: RunningPod, container: Container) -> None:
+        container.supervisor = asyncio.create_task(
+            self._supervise(pod, container), name=f"{pod.name}/{container.name}"
+        )
+
     async def _supervise(self, pod: RunningPod, container: Container) -> None:
         """Run a container and restart it when it exits, with a capped back-off."""
         backoff = 0.5
-        while not pod.stopping:
+        while pod.may_run:
             with container.log_path.open("ab") as out:
                 container.process = await asyncio.create_subprocess_exec(
                     *container.argv,
@@ -285,12 +465,16 @@ class RelayPodRunner:
                     start_new_session=True,  # its own process group, killed as a whole
                     preexec_fn=tools.die_with_parent,  # no container outlives the runner
                 )
+            if not pod.may_run:  # stopped or held while the process started
+                await _terminate(container)
+                return
             code = await container.process.wait()
-            if pod.stopping:
+            if not pod.may_run:
                 return
             container.restarts += 1
             log.warning("%s/%s exited with %s; restarting", pod.name, container.name, code)
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pod.halted.wait(), backoff)
             backoff = min(backoff * 2, 10)
 
     async def _stop_pod(self, uid: str) -> None:
@@ -306,6 +490,7 @@ class RelayPodRunner:
 
     async def _terminate_pod(self, pod: RunningPod) -> None:
         pod.stopping = True
+        pod.halted.set()
         if pod.token_refresher:
             pod.token_refresher.cancel()
         await asyncio.gather(*(_terminate(c) for c in pod.containers))
@@ -314,6 +499,35 @@ class RelayPodRunner:
                 c.supervisor.cancel()
         shutil.rmtree(pod.root / "volumes", ignore_errors=True)
         log.info("stopped pod %s/%s", pod.namespace, pod.name)
+
+    async def _sync_readiness(self, pod: RunningPod) -> None:
+        """Report the pod's readiness as the runner decided it (pod.readiness), as a kubelet
+        reports its probes' results; nothing when the API already says so."""
+        if pod.readiness is None:
+            return
+        core = client.CoreV1Api(self._api)
+        async with pod.status_lock:  # one read-then-patch at a time, on the newest decision
+            try:
+                current = await core.read_namespaced_pod_status(pod.name, pod.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return  # deleted meanwhile
+                raise
+            status = self._api.sanitize_for_serialization(current.status) or {}
+            if status.get("phase") != "Running":
+                # kwok's pod-ready stage still owns a Pending pod and would mark it ready
+                # after us; its move to Running is an event that brings the runner back here.
+                return
+            patch = _readiness_status(status, pod.readiness, _now())
+            if patch is None:
+                return
+            await core.patch_namespaced_pod_status(
+                pod.name,
+                pod.namespace,
+                {"status": patch},
+                # Strategic: conditions merge by type; containerStatuses is replaced whole.
+                _content_type="application/strategic-merge-patch+json",
+            )
 
     # ---- volumes and environment ------------------------------------------------------
 
@@ -497,7 +711,11 @@ def _argv(binary: Path, command: list[str] | None, args: list[str] | None) -> li
 def _rewrite(text: str, path_map: dict[str, str]) -> str:
     # Longest mount path first, so /etc/frp/tls wins over /etc/frp.
     for mount in sorted(path_map, key=len, reverse=True):
-        text = text.replace(mount, path_map[mount])
+        if mount == LOCALHOST:
+            # The whole address only: 127.0.0.160 (a relay's own address) stays as it is.
+            text = LOCALHOST_PATTERN.sub(path_map[mount], text)  # an IPv4 address: no escapes
+        else:
+            text = text.replace(mount, path_map[mount])
     return text
 
 
@@ -542,6 +760,123 @@ def _field_value(pod: Any, field_path: str, address: str) -> str:
             key = field_path[len(prefix) + 2 : -2]
             return (mapping or {}).get(key, "")
     return ""
+
+
+def _load_balancer_status(current_ips: list[str | None], address: str) -> dict[str, Any] | None:
+    """The Service status patch that gives it `address` as its one ingress, or None when it
+    has that already."""
+    if current_ips == [address]:
+        return None
+    return {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
+
+
+def _readiness_check(container: dict[str, Any]) -> ReadinessCheck | None:
+    """A container's readinessProbe (a serialized V1Container) as the runner performs it;
+    None without a probe, or with an exec or grpc one, which the runner cannot perform."""
+    probe = container.get("readinessProbe") or {}
+    if "tcpSocket" in probe:
+        port, path, https = probe["tcpSocket"]["port"], None, False
+    elif "httpGet" in probe:
+        get = probe["httpGet"]
+        port, path, https = get["port"], get.get("path") or "/", get.get("scheme") == "HTTPS"
+    else:
+        return None
+    if isinstance(port, int) or str(port).isdigit():
+        return ReadinessCheck(int(port), path, https)
+    named = {p["name"]: p["containerPort"] for p in container.get("ports") or [] if "name" in p}
+    if port not in named:
+        raise ValueError(
+            f"readinessProbe of container {container.get('name')}: port {port!r} is neither "
+            f"a number nor one of its named ports ({', '.join(sorted(named)) or 'none'})"
+        )
+    return ReadinessCheck(named[port], path, https)
+
+
+def _readiness_status(status: dict[str, Any], ready: bool, now: str) -> dict[str, Any] | None:
+    """The pod status patch (strategic merge) that reports the pod's containers `ready` or
+    not, as a kubelet does after its readiness probes: the Ready and ContainersReady
+    conditions, and each container's ready, started and state. None when `status` (a
+    serialized V1PodStatus) reports that already."""
+    wanted = "True" if ready else "False"
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    statuses = status.get("containerStatuses") or []
+    if all(conditions.get(t, {}).get("status") == wanted for t in POD_READY_CONDITIONS) and all(
+        s.get("ready") is ready for s in statuses
+    ):
+        return None
+    unready = " ".join(s["name"] for s in statuses)
+    patch_conditions = []
+    for type_ in POD_READY_CONDITIONS:
+        old = conditions.get(type_, {})
+        unchanged = old.get("status") == wanted and old.get("lastTransitionTime")
+        patch_conditions.append(
+            {
+                "type": type_,
+                "status": wanted,
+                "lastProbeTime": None,
+                "lastTransitionTime": old["lastTransitionTime"] if unchanged else now,
+                # null removes a not-ready reason and message in a strategic merge patch.
+                "reason": None if ready else "ContainersNotReady",
+                "message": None if ready else f"containers with unready status: [{unready}]",
+            }
+        )
+    return {
+        "conditions": patch_conditions,
+        "containerStatuses": [_container_status(s, ready, now) for s in statuses],
+    }
+
+
+def _container_status(old: dict[str, Any], ready: bool, now: str) -> dict[str, Any]:
+    status = {k: v for k, v in old.items() if k not in ("ready", "started", "state")}
+    was_running = "running" in (old.get("state") or {})
+    if ready:
+        state: dict[str, Any] = {"running": {"startedAt": now}}
+        if not was_running:  # it comes back: one more restart, as the kubelet counts them
+            status["restartCount"] = old.get("restartCount", 0) + 1
+    else:
+        reason = {"reason": "CrashLoopBackOff", "message": "held down by the relay-pod runner"}
+        state = {"waiting": reason}
+    return {**status, "ready": ready, "started": ready, "state": state}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _until_ready(pod: RunningPod, interval: float = 0.3) -> None:
+    """Until every container's readiness probe passes (as the kubelet probes, from outside
+    the pod, at the pod's address)."""
+    checks = [c.readiness for c in pod.containers if c.readiness is not None]
+    while True:
+        if all(await asyncio.gather(*(_probe(pod.address, c) for c in checks))):
+            return
+        await asyncio.sleep(interval)
+
+
+async def _probe(address: str, check: ReadinessCheck, timeout: float = 2.0) -> bool:
+    tls = None
+    if check.https:  # the kubelet does not verify a probe's certificate
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, check.port, ssl=tls), timeout
+        )
+    except (OSError, TimeoutError):
+        return False
+    try:
+        if check.path is None:
+            return True
+        writer.write(f"GET {check.path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        status_line = (await asyncio.wait_for(reader.readline(), timeout)).split()
+        code = status_line[1] if len(status_line) >= 2 else b""
+        return code.isdigit() and 200 <= int(code) < 400
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 async def _terminate(container: Container, grace: float = 5.0) -> None:

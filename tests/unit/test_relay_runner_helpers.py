@@ -1,11 +1,29 @@
-"""Pure helpers of the relay-pod runner: how a pod spec becomes a local command line."""
+"""Pure helpers of the relay-pod runner: how a pod spec becomes a local command line, and
+what it reports as load balancer and kubelet (addresses, readiness)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 
-from support.relay_runner import _argv, _expand, _field_value, _rewrite, default_image_map
+import pytest
+
+from support.netutil import free_port
+from support.relay_runner import (
+    LOCALHOST,
+    ReadinessCheck,
+    _argv,
+    _expand,
+    _field_value,
+    _load_balancer_status,
+    _probe,
+    _readiness_check,
+    _readiness_status,
+    _rewrite,
+    default_image_map,
+)
 
 
 def test_image_entry_point_is_the_local_binary() -> None:
@@ -45,3 +63,155 @@ def test_downward_api_pod_ip_is_the_relay_address() -> None:
 
 def test_unknown_images_are_not_run() -> None:
     assert default_image_map("registry.example/nginx:1.27") is None
+
+
+def test_localhost_is_rewritten_as_a_whole_address_only() -> None:
+    to_relay = {LOCALHOST: "127.0.0.160"}
+    assert _rewrite("--listen 127.0.0.1:7400", to_relay) == "--listen 127.0.0.160:7400"
+    # The relay's own address, or another one that starts alike, is no localhost.
+    assert _rewrite("bindAddr = 127.0.0.160", to_relay) == "bindAddr = 127.0.0.160"
+    assert _rewrite("127.0.0.10 127.0.0.1", to_relay) == "127.0.0.10 127.0.0.160"
+
+
+# ---- the load balancer ------------------------------------------------------------------------
+
+
+def test_load_balancer_gives_the_relay_address_once() -> None:
+    wanted = {"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.5"}]}}}
+    assert _load_balancer_status([], "127.0.0.5") == wanted
+    assert _load_balancer_status(["127.0.0.9"], "127.0.0.5") == wanted
+    assert _load_balancer_status(["127.0.0.5", "127.0.0.9"], "127.0.0.5") == wanted
+    assert _load_balancer_status([None], "127.0.0.5") == wanted  # a hostname-only ingress
+    assert _load_balancer_status(["127.0.0.5"], "127.0.0.5") is None
+
+
+# ---- readiness ----------------------------------------------------------------------------------
+
+
+def test_readiness_probes_as_the_runner_performs_them() -> None:
+    tcp = {"name": "frps", "readinessProbe": {"tcpSocket": {"port": 7000}}}
+    assert _readiness_check(tcp) == ReadinessCheck(7000)
+    http = {
+        "name": "agent",
+        "ports": [{"name": "health", "containerPort": 7401}],
+        "readinessProbe": {"httpGet": {"port": "health", "path": "/readyz"}},
+    }
+    assert _readiness_check(http) == ReadinessCheck(7401, "/readyz")
+    https = {"readinessProbe": {"httpGet": {"port": "8443", "scheme": "HTTPS"}}}
+    assert _readiness_check(https) == ReadinessCheck(8443, "/", https=True)
+    assert _readiness_check({"readinessProbe": {"exec": {"command": ["true"]}}}) is None
+    assert _readiness_check({"name": "plain"}) is None
+
+
+def test_a_probe_on_an_unknown_named_port_is_refused_by_name() -> None:
+    container = {
+        "name": "agent",
+        "ports": [{"name": "health", "containerPort": 7401}],
+        "readinessProbe": {"tcpSocket": {"port": "metrics"}},
+    }
+    with pytest.raises(ValueError, match=r"container agent: port 'metrics'.*\(health\)"):
+        _readiness_check(container)
+
+
+def kwok_ready_status() -> dict:
+    """A pod's status as kwok's pod-ready stage writes it."""
+    since = "2026-01-01T00:00:00Z"
+    return {
+        "phase": "Running",
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": since},
+            {"type": "Ready", "status": "True", "lastTransitionTime": since},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": since},
+        ],
+        "containerStatuses": [
+            {
+                "name": name,
+                "image": f"{name}:1",
+                "ready": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": since}},
+            }
+            for name in ("frps", "agent")
+        ],
+    }
+
+
+def apply_status_patch(status: dict, patch: dict) -> dict:
+    """The strategic merge the API server does: conditions by type, containerStatuses whole."""
+    conditions = {c["type"]: c for c in status["conditions"]}
+    for c in patch["conditions"]:
+        merged = {**conditions.get(c["type"], {}), **c}
+        conditions[c["type"]] = {k: v for k, v in merged.items() if v is not None}
+    return {
+        **status,
+        "conditions": list(conditions.values()),
+        "containerStatuses": patch["containerStatuses"],
+    }
+
+
+def test_held_down_pod_is_reported_not_ready_as_a_kubelet_would() -> None:
+    status = kwok_ready_status()
+    patch = _readiness_status(status, False, "2026-01-01T00:05:00Z")
+    assert patch is not None
+    ready = [c for c in patch["conditions"] if c["type"] in ("Ready", "ContainersReady")]
+    assert [(c["status"], c["reason"]) for c in ready] == [("False", "ContainersNotReady")] * 2
+    assert ready[0]["message"] == "containers with unready status: [frps agent]"
+    assert all(c["lastTransitionTime"] == "2026-01-01T00:05:00Z" for c in ready)
+    frps, agent = patch["containerStatuses"]
+    assert (frps["name"], frps["image"], frps["restartCount"]) == ("frps", "frps:1", 0)
+    assert not frps["ready"] and not agent["ready"] and not frps["started"]
+    assert frps["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    # Once reported, nothing more to patch.
+    assert _readiness_status(apply_status_patch(status, patch), False, "later") is None
+
+
+def test_brought_up_pod_is_ready_again_with_one_more_restart() -> None:
+    down = _readiness_status(kwok_ready_status(), False, "2026-01-01T00:05:00Z")
+    held = apply_status_patch(kwok_ready_status(), down)
+    patch = _readiness_status(held, True, "2026-01-01T00:09:00Z")
+    assert patch is not None
+    up = apply_status_patch(held, patch)
+    ready = {c["type"]: c for c in up["conditions"]}
+    assert ready["Ready"] == {
+        "type": "Ready",
+        "status": "True",
+        "lastTransitionTime": "2026-01-01T00:09:00Z",
+    }
+    assert ready["Initialized"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    for container in up["containerStatuses"]:
+        assert container["ready"] and container["started"]
+        assert container["state"] == {"running": {"startedAt": "2026-01-01T00:09:00Z"}}
+        assert container["restartCount"] == 1
+    assert _readiness_status(up, True, "later") is None
+
+
+def test_a_ready_pod_keeps_its_transition_times() -> None:
+    status = kwok_ready_status()
+    status["containerStatuses"][1]["ready"] = False  # one container not ready yet
+    patch = _readiness_status(status, True, "2026-01-01T00:09:00Z")
+    assert patch is not None
+    assert {c["lastTransitionTime"] for c in patch["conditions"]} == {"2026-01-01T00:00:00Z"}
+
+
+@contextlib.asynccontextmanager
+async def http_answering(status_line: bytes):
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(status_line + b"\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_probes_pass_on_a_listening_port_and_a_good_answer() -> None:
+    async with http_answering(b"HTTP/1.1 200 OK") as ok, http_answering(b"HTTP/1.1 503 No") as no:
+        assert await _probe("127.0.0.1", ReadinessCheck(ok))
+        assert await _probe("127.0.0.1", ReadinessCheck(ok, "/readyz"))
+        assert not await _probe("127.0.0.1", ReadinessCheck(no, "/readyz"))
+    assert not await _probe("127.0.0.1", ReadinessCheck(free_port()))
