@@ -73,17 +73,22 @@ async def reconcile(rt: Runtime, name: str) -> None:
     await rt.tables.ensure(name)  # the table, even empty, and the Service with it
     await rt.tables.write_service(name)  # a changed spec (exposure, protocols) changes it
 
-    ready, reason, message = _readiness(rt.cache.deployments.get(name))
+    pod_ready, reason, message = _readiness(rt.cache.deployments.get(name))
     address = await _public_address(rt, relay, rt.tables.services.get(name))
     now = utcnow()
-    not_ready_since = not_ready_since_of(body, ready, now)
+    # Failover counts from the pod's readiness only: a load balancer slow to give an
+    # address is no reason to move tunnels.
+    not_ready_since = not_ready_since_of(body, pod_ready, now)
     drain = drain_of(relay, not_ready_since, now)
-    view = RelayView.from_model(
-        relay,
-        ready=ready and address is not None,
-        node_port_range=rt.node_port_range,
-        drain=drain,
-    )
+    ready = pod_ready and address is not None
+    if pod_ready and address is None:
+        reason, message = (
+            "AddressPending",
+            f"frps and the relay agent are ready; waiting for the public address (the load "
+            f"balancer's ingress of Service {naming.relay_object_name(name)}, or "
+            "spec.exposure.address)",
+        )
+    view = RelayView.from_model(relay, ready=ready, node_port_range=rt.node_port_range, drain=drain)
     rt.table.upsert_relay(view)
     found = [
         conditions.condition("Ready", ready, reason, message, body["metadata"].get("generation"))
