@@ -18,14 +18,6 @@ def patch_relay(name: str, spec: dict) -> None:
     tools.kubectl("patch", "relaynode", name, "--type=merge", "-p", json.dumps({"spec": spec}))
 
 
-def events_of(namespace: str, name: str) -> list[dict]:
-    result = tools.kubectl(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
-        "-o", "json",
-    )  # fmt: skip
-    return json.loads(result.stdout)["items"]
-
-
 async def settled_and_consistent(kube, relay_namespace: str, namespace: str, prefix: str) -> None:
     read = functools.partial(read_world, kube, relay_namespace, namespace, prefix)
     world, waiting = await wait_quiescent(read, stable_for=2, timeout=60)
@@ -58,7 +50,7 @@ async def test_spec_drain_moves_tunnels_keeping_their_port_and_reports_each_move
         )
         assert moved["status"]["remotePort"] == port  # free there: kept
         assert moved["status"]["endpoint"].endswith(f":{port}")
-        (event,) = [e for e in events_of(namespace, name) if e["reason"] == "Moved"]
+        (event,) = [e for e in objects.events(namespace, name) if e["reason"] == "Moved"]
         assert f"from {first}:{port} to {second}:{port}" in event["message"]
         assert "spec.drain" in event["message"]
     await wait_condition("relaynode", first, None, "Draining", "True", "DrainRequested")

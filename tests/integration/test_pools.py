@@ -89,17 +89,7 @@ async def until_pool(pool: str, replicas: int, timeout: float = 90) -> list[dict
 
 
 def pool_events(pool: str) -> list[dict[str, Any]]:
-    result = tools.kubectl(
-        "get",
-        "events",
-        "-A",
-        "--field-selector",
-        f"involvedObject.name={pool},involvedObject.kind=RelayPool",
-        "-o",
-        "json",
-    )
-    events = json.loads(result.stdout)["items"]
-    return sorted(events, key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+    return objects.events("default", pool, kind="RelayPool")
 
 
 def delete_pool(pool: str) -> None:

@@ -163,6 +163,17 @@ def frpc_config(tunnel_name: str, namespace: str) -> dict[str, Any]:
     return parse_frpc(secret_data(f"{tunnel_name}-frpc", namespace)["frpc.toml"])
 
 
+def events(namespace: str, name: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """The Events about object `name` in `namespace` (cluster-scoped objects: "default"),
+    oldest first."""
+    selector = f"involvedObject.name={name}" + (f",involvedObject.kind={kind}" if kind else "")
+    result = tools.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", selector, "-o", "json"
+    )
+    found = json.loads(result.stdout)["items"]
+    return sorted(found, key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+
+
 def event_reasons(namespace: str, name: str) -> list[str]:
     """The reasons of the Events about object `name` in `namespace`."""
     return tools.kubectl(
