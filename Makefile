@@ -67,6 +67,7 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
 	$(BIN)/python bench/bench_suspension.py
+	$(BIN)/python bench/bench_pools.py
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_table.py
 
@@ -74,6 +75,11 @@ bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in b
 bench-suspension: venv tools ## suspension of tcp, udp and http tunnels, heartbeats on and off
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/bench_suspension.py $(SUSPENSION_ARGS)
+
+.PHONY: bench-pools
+bench-pools: venv tools ## an autoscaled RelayPool under a burst of tunnels, then with none
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_pools.py $(POOLS_ARGS)
 
 .PHONY: bench-dataplane
 bench-dataplane: venv tools ## data-plane benchmark on loopback (DATAPLANE_ARGS=--help for options)

@@ -227,13 +227,10 @@ def _read_table(body: dict[str, Any]) -> tuple[str, dict[TunnelKey, TableEntry]]
 @kopf.on.event(GROUP, VERSION, "relaynodes")
 async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
-    body = event["object"]
-    name = body["metadata"]["name"]
+    body, name = _cached(rt.cache.relays, event)
     if event["type"] == "DELETED":
-        rt.cache.relays.pop(name, None)
         rt.cache.relay_views.pop(name, None)
     else:
-        rt.cache.relays[name] = body
         _remember_view(rt, body)
     assert rt.relay_queue is not None
     rt.relay_queue.add(name)
@@ -245,14 +242,20 @@ async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "relaypools")
 async def pool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
+    _, name = _cached(rt.cache.pools, event)
+    assert rt.pool_queue is not None
+    rt.pool_queue.add(name)
+
+
+def _cached(cache: dict[str, dict[str, Any]], event: kopf.RawEvent) -> tuple[dict[str, Any], str]:
+    """Keep a cluster-scoped object's cache in step with its watch event: (object, name)."""
     body = event["object"]
     name = body["metadata"]["name"]
     if event["type"] == "DELETED":
-        rt.cache.pools.pop(name, None)
+        cache.pop(name, None)
     else:
-        rt.cache.pools[name] = body
-    assert rt.pool_queue is not None
-    rt.pool_queue.add(name)
+        cache[name] = body
+    return body, name
 
 
 def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
