@@ -34,6 +34,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -497,8 +498,15 @@ def _argv(binary: Path, command: list[str] | None, args: list[str] | None) -> li
 def _rewrite(text: str, path_map: dict[str, str]) -> str:
     # Longest mount path first, so /etc/frp/tls wins over /etc/frp.
     for mount in sorted(path_map, key=len, reverse=True):
-        text = text.replace(mount, path_map[mount])
+        if mount == LOCALHOST:
+            # Only the whole address: 127.0.0.1 is also the start of 127.0.0.120.
+            text = _LOCALHOST_ALONE.sub(path_map[mount], text)
+        else:
+            text = text.replace(mount, path_map[mount])
     return text
+
+
+_LOCALHOST_ALONE = re.compile(rf"(?<![\d.]){re.escape(LOCALHOST)}(?!\d)")
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -25,6 +25,13 @@ def test_longest_mount_path_wins() -> None:
     assert _rewrite("/etc/frp/tls/ca.crt", mounts) == "/tmp/b/ca.crt"
 
 
+def test_localhost_becomes_the_relay_address_but_not_inside_a_longer_address() -> None:
+    pod = {"127.0.0.1": "127.0.0.120"}
+    assert _rewrite("http://127.0.0.1:7400/handler", pod) == "http://127.0.0.120:7400/handler"
+    assert _rewrite('bindAddr = "127.0.0.120"', pod) == 'bindAddr = "127.0.0.120"'
+    assert _rewrite("127.0.0.12 127.0.0.1", pod) == "127.0.0.12 127.0.0.120"
+
+
 def test_env_expansion_like_kubernetes() -> None:
     assert _expand("$(HOST):7000", {"HOST": "127.0.0.2"}) == "127.0.0.2:7000"
     assert _expand("$(MISSING)", {}) == "$(MISSING)"
