@@ -20,7 +20,7 @@ from tunnelop.client import follow as follow_module
 from tunnelop.client.credentials import Credentials, describe_change, must_restart, read_secret
 from tunnelop.client.follow import Follower
 from tunnelop.client.options import check_local_host, parse_tunnel_ref
-from tunnelop.client.supervisor import FrpcProcess, frpc_env
+from tunnelop.client.supervisor import FrpcProcess, frpc_env, frpc_line
 
 NAMESPACE, TUNNEL = "team-a", "game"
 SECRET = f"{NAMESPACE}/{TUNNEL}-frpc"
@@ -82,6 +82,32 @@ def test_the_local_service_is_an_ip_address_or_a_host_name():
     for bad in ("", 'a"b', "a b", "-host", "host/path"):
         with pytest.raises(ValueError, match="must be an IP address or a host name"):
             check_local_host(bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "logged"),
+    [
+        (
+            "\x1b[1;34m2026-12-01 01:32:59.956 [I] [client/service.go:332] login to server "
+            "success, get run id [9cf1]\n",
+            ("info", "login to server success, get run id [9cf1]"),
+        ),
+        (
+            "\x1b[0m\x1b[1;33m2026-12-01 01:33:00.504 [W] [client/service.go:312] connect to "
+            "server error: EOF\x1b[0m",
+            ("warning", "connect to server error: EOF"),
+        ),
+        ("2026-12-01 01:33:00 [E] [a.go:1] refused", ("error", "refused")),
+        ("2026-12-01 01:33:00.1 [D] [a.go:1] detail", ("debug", "detail")),
+        (
+            'template: frpc:1: template "TUNNELOP_LOCAL_PORT is not set" not defined\n',
+            ("warning", 'template: frpc:1: template "TUNNELOP_LOCAL_PORT is not set" not defined'),
+        ),
+        ("\x1b[0m\n", ("warning", "")),
+    ],
+)
+def test_frpc_output_is_logged_without_colours_at_its_level(raw, logged):
+    assert frpc_line(raw) == logged
 
 
 def test_frpc_gets_the_local_service_in_its_environment():
@@ -170,6 +196,9 @@ record = {
 }
 with open(os.environ["STAND_IN_RECORD"], "a") as out:
     out.write(json.dumps(record) + "\\n")
+# As frpc prints its log: coloured, whatever the output is.
+print("\\x1b[1;34m2026-12-01 01:32:59.956 [I] [client/service.go:312] try to connect\\x1b[0m")
+print("a line of its own", flush=True)
 if "exit-at-once" in config:
     sys.exit(3)
 if "ignore-sigterm" in config:
@@ -182,11 +211,10 @@ class RecordingLog:
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, dict]] = []
 
-    def info(self, event: str, **fields) -> None:
-        self.lines.append(("info", event, fields))
-
-    def warning(self, event: str, **fields) -> None:
-        self.lines.append(("warning", event, fields))
+    def __getattr__(self, level: str):
+        if level not in ("debug", "info", "warning", "error"):
+            raise AttributeError(level)
+        return lambda event, **fields: self.lines.append((level, event, fields))
 
     def events(self) -> list[str]:
         return [event for _, event, _ in self.lines]
@@ -201,7 +229,8 @@ class Harness:
         workdir = tmp_path / "work"
         workdir.mkdir(mode=0o700)
         env = frpc_env({**os.environ, "STAND_IN_RECORD": str(self.record)}, 8080, "10.0.0.7")
-        self.frpc = FrpcProcess(str(script), workdir, env, stop_grace)
+        self.output = RecordingLog()
+        self.frpc = FrpcProcess(str(script), workdir, env, stop_grace, self.output)
         self.log = RecordingLog()
         self.follower = Follower(self.frpc, SECRET, self.log)
         self.synced = asyncio.Event()
@@ -273,6 +302,11 @@ async def test_frpc_runs_the_secret_config_privately_with_the_local_service(tmp_
             "remote_port": 21000,
         },
     )
+    await harness.until(lambda: len(harness.output.lines) == 2, "frpc's output logged")
+    assert harness.output.lines == [
+        ("info", "try to connect", {"pid": started["pid"]}),
+        ("warning", "a line of its own", {"pid": started["pid"]}),
+    ]
     await harness.stop()
     assert not alive(started["pid"])
     assert harness.log.events()[-1] == "frpc stopped"
@@ -379,6 +413,30 @@ async def test_frpc_that_exits_is_started_again_with_growing_back_off(tmp_path, 
     exits = [fields for _, event, fields in harness.log.lines if event.startswith("frpc exited")]
     assert [e["retry_in"] for e in exits[:3]] == [0.01, 0.02, 0.04]
     assert {e["exit_code"] for e in exits} == {3}
+
+
+async def test_a_new_config_starts_the_back_off_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(follow_module, "FIRST_RESTART_DELAY", 0.01)
+    harness = Harness(tmp_path).start()
+    harness.follower.on_secret("ADDED", secret(frpc_toml() + "# exit-at-once\n"))
+    harness.synced.set()
+    await harness.until(lambda: len(harness.starts()) >= 3, "frpc started thrice")
+    harness.follower.on_secret("MODIFIED", secret(frpc_toml("relay-2") + "# exit-at-once\n"))
+    await harness.until(
+        lambda: any("relay-2" in start["config"] for start in harness.starts()),
+        "the new config started",
+    )
+    await harness.until(
+        lambda: (
+            harness.log.events().count("tunnel moved; restarting frpc") == 1
+            and harness.log.lines[-1][1] == "frpc exited; starting it again"
+        ),
+        "the new config's frpc exited",
+    )
+    await harness.stop()
+    moved = harness.log.events().index("tunnel moved; restarting frpc")
+    after = [fields for _, event, fields in harness.log.lines[moved:] if "retry_in" in fields]
+    assert after[0]["retry_in"] == 0.01
 
 
 async def test_a_new_config_during_the_back_off_is_started_at_once(tmp_path, monkeypatch):

@@ -98,6 +98,8 @@ class Follower:
                     if wanted is not None:
                         event, fields = describe_change(last, wanted)
                         said_waiting = False
+                        if wanted != last:
+                            failures = 0  # a new config: earlier failures say nothing of it
                         try:
                             await self.frpc.start(wanted.frpc_toml)
                         except OSError as error:
