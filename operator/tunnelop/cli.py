@@ -65,6 +65,36 @@ def port_range(value: str) -> str:
     return value
 
 
+def tunnel_ref(value: str) -> tuple[str, str]:
+    """argparse type: NAMESPACE/TUNNEL."""
+    from tunnelop.client.options import parse_tunnel_ref
+
+    try:
+        return parse_tunnel_ref(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port_number(value: str) -> int:
+    """argparse type: a port of 1-65535."""
+    from tunnelop.client.options import check_local_port
+
+    try:
+        return check_local_port(int(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {value!r}") from None
+
+
+def local_host(value: str) -> str:
+    """argparse type: an IP address or a host name."""
+    from tunnelop.client.options import check_local_host
+
+    try:
+        return check_local_host(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelop",
@@ -227,7 +257,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top.add_argument("-n", "--namespace", default=None, help="only the Tunnels of this namespace")
     top.add_argument("--kubeconfig", default=None, help="kubeconfig (default: KUBECONFIG)")
-    for command in (run, agent):
+    client = sub.add_parser(
+        "client",
+        help="run frpc for a tunnel and follow it when it moves to another relay",
+        description=(
+            "Run frpc from the Tunnel's credentials Secret (<tunnel>-frpc) for a service on "
+            "this machine, and restart it with the new config whenever the operator rewrites "
+            "the Secret (the tunnel moved to another relay, or its token changed). Needs list "
+            "and watch on that Secret. Stops frpc and exits 0 on SIGTERM or SIGINT."
+        ),
+    )
+    client.add_argument(
+        "tunnel", type=tunnel_ref, metavar="NAMESPACE/TUNNEL", help="the Tunnel to run frpc for"
+    )
+    client.add_argument(
+        "--local-port",
+        type=port_number,
+        required=True,
+        help="port of the local service the tunnel forwards to (1-65535)",
+    )
+    client.add_argument(
+        "--local-ip",
+        type=local_host,
+        default="127.0.0.1",
+        help="address or host name of the local service (default: 127.0.0.1)",
+    )
+    client.add_argument("--frpc", default="frpc", help="the frpc binary (default: frpc on PATH)")
+    client.add_argument("--kubeconfig", default=None, help="kubeconfig (default: KUBECONFIG)")
+    client.add_argument(
+        "--stop-grace",
+        type=positive_seconds,
+        default=10.0,
+        help="seconds frpc gets to stop after SIGTERM before SIGKILL (default: 10)",
+    )
+    for command in (run, agent, client):
         command.add_argument(
             "--log-format",
             choices=["auto", "json", "console"],
@@ -303,6 +366,43 @@ def run_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_client(args: argparse.Namespace) -> int:
+    import asyncio
+    import shutil
+
+    from tunnelop.client.follow import NoClusterConfig, follow
+    from tunnelop.client.options import ClientOptions
+    from tunnelop.platform import logs
+
+    frpc = shutil.which(args.frpc)
+    if frpc is None:
+        print(
+            f"tunnelop client: --frpc: {args.frpc!r} is not an executable file or on PATH",
+            file=sys.stderr,
+        )
+        return 2
+    if args.kubeconfig and not Path(args.kubeconfig).is_file():
+        print(f"tunnelop client: --kubeconfig: no such file {args.kubeconfig!r}", file=sys.stderr)
+        return 2
+    logs.configure(args.log_format, args.log_level.upper())
+    namespace, tunnel = args.tunnel
+    options = ClientOptions(
+        namespace=namespace,
+        tunnel=tunnel,
+        local_port=args.local_port,
+        local_ip=args.local_ip,
+        frpc=frpc,
+        kubeconfig=args.kubeconfig,
+        stop_grace=args.stop_grace,
+    )
+    try:
+        asyncio.run(follow(options))
+    except NoClusterConfig as exc:
+        print(f"tunnelop client: no usable kubeconfig or in-cluster config: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_crds(output_dir: Path, check: bool) -> int:
     # Imported here so that `tunnelop version` stays fast and free of the API's imports.
     from tunnelop.api import crdgen
@@ -336,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_agent(args)
     if args.command == "top":
         return run_top(args)
+    if args.command == "client":
+        return run_client(args)
     if args.command == "run":
         from tunnelop import manager
 

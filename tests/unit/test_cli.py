@@ -7,6 +7,7 @@ import pytest
 from tunnelop.cli import build_parser
 
 AGENT = ["agent", "--relay", "r", "--namespace", "n", "--table-secret", "t"]
+CLIENT = ["client", "team-a/web"]
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,14 @@ AGENT = ["agent", "--relay", "r", "--namespace", "n", "--table-secret", "t"]
         (["run", "--lease-duration", "2"], "--lease-duration: must be at least 3 seconds"),
         (["run", "--lease-duration", "1.5"], "--lease-duration: must be a whole number of seconds"),
         (["run", "--health-listen", "8081"], "--health-listen: must be host:port"),
+        ([*CLIENT, "--local-port", "0"], "--local-port: must be a port from 1 to 65535, got '0'"),
+        ([*CLIENT, "--local-port", "65536"], "--local-port: must be a port from 1 to 65535"),
+        ([*CLIENT, "--local-port", "http"], "--local-port: must be a port from 1 to 65535"),
+        (CLIENT, "required: --local-port"),
+        (["client", "web", "--local-port", "80"], "NAMESPACE/TUNNEL: must be NAMESPACE/TUNNEL"),
+        (["client", "Team/web", "--local-port", "80"], "the namespace must be a DNS label"),
+        ([*CLIENT, "--local-port", "80", "--local-ip", "a b"], "--local-ip: must be an IP"),
+        ([*CLIENT, "--local-port", "80", "--stop-grace", "0"], "--stop-grace: must be more than"),
     ],
 )
 def test_bad_values_are_refused_by_name(argv, message, capsys):
@@ -85,3 +94,39 @@ def test_the_agent_takes_the_plugin_password_from_the_environment(monkeypatch):
     assert cli.main([*AGENT, "--log-format", "console"]) == 0
     assert served[0].plugin_password == "pw-from-env"
     assert served[0].allow_unauthenticated_plugin is False
+
+
+def test_client_values():
+    args = build_parser().parse_args([*CLIENT, "--local-port", "8080"])
+    assert (args.tunnel, args.local_port, args.local_ip) == (("team-a", "web"), 8080, "127.0.0.1")
+    assert (args.frpc, args.kubeconfig, args.stop_grace) == ("frpc", None, 10.0)
+    args = build_parser().parse_args([*CLIENT, "--local-port", "22", "--local-ip", "fd00::7"])
+    assert (args.local_port, args.local_ip) == (22, "fd00::7")
+
+
+def test_the_client_refuses_an_frpc_it_cannot_run(monkeypatch, tmp_path, capsys):
+    from tunnelop import cli
+
+    followed = []
+    monkeypatch.setattr("tunnelop.client.follow.follow", lambda options: followed.append(options))
+    argv = [*CLIENT, "--local-port", "80", "--frpc", str(tmp_path / "frpc")]
+    assert cli.main(argv) == 2
+    assert "--frpc: " in capsys.readouterr().err
+    (tmp_path / "frpc").write_text("#!/bin/sh\n")
+    (tmp_path / "frpc").chmod(0o755)
+    assert cli.main([*argv, "--kubeconfig", str(tmp_path / "absent")]) == 2
+    assert "--kubeconfig: no such file" in capsys.readouterr().err
+    assert followed == []
+
+
+def test_the_client_without_a_cluster_config_says_so(monkeypatch, capsys):
+    from tunnelop import cli
+    from tunnelop.client.follow import NoClusterConfig
+
+    async def no_cluster(options):
+        raise NoClusterConfig("no current-context")
+
+    monkeypatch.setattr("tunnelop.client.follow.follow", no_cluster)
+    assert cli.main([*CLIENT, "--local-port", "80", "--frpc", "/bin/sh"]) == 1
+    err = capsys.readouterr().err
+    assert "no usable kubeconfig or in-cluster config: no current-context" in err

@@ -22,8 +22,10 @@ ALLOWED = {
     "controllers": {"controllers", "builders", "domain", "api", "contract", "platform"},
     "agent": {"agent", "contract", "platform"},
     "manager": {"controllers", "platform", "api", "contract"},
+    # `tunnelop client`: frpc that follows its tunnel, with no API models.
+    "client": {"client", "contract", "platform"},
     # `tunnelop top` ranks with the pure leaderboard.
-    "cli": {"platform", "api", "agent", "manager", "contract", "domain"},
+    "cli": {"platform", "api", "agent", "manager", "contract", "domain", "client"},
 }
 
 

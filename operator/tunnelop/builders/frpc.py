@@ -8,12 +8,11 @@ from collections.abc import Sequence
 from tunnelop.api.v1alpha1 import HTTP_PROTOCOLS, PORT_PROTOCOLS
 from tunnelop.builders import _toml as toml
 from tunnelop.builders.frps import CLIENT_HEARTBEAT_INTERVAL, CLIENT_HEARTBEAT_TIMEOUT
+from tunnelop.contract.naming import LOCAL_IP_ENV, LOCAL_PORT_ENV
 
 # frp renders its config file as a Go template with the environment in .Envs, so the file the
 # operator writes runs unedited: the tenant names the local service when starting frpc. There
 # is no default port: a guess (22, 8080...) would publish whatever listens there, unasked.
-LOCAL_PORT_ENV = "TUNNELOP_LOCAL_PORT"
-LOCAL_IP_ENV = "TUNNELOP_LOCAL_IP"
 RUN_EXAMPLE = "TUNNELOP_LOCAL_PORT=8080 frpc -c frpc.toml"
 # Go templates without sprig have no function that fails with a message, but executing an
 # undefined template does, quoting its name: unset, frpc stops with

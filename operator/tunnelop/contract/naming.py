@@ -73,6 +73,11 @@ DASHBOARD_PASSWORD_ENV = "TUNNELOP_DASHBOARD_PASSWORD"
 PLUGIN_PASSWORD_ENV = "TUNNELOP_PLUGIN_PASSWORD"
 STATE_DIR_ENV = "TUNNELOP_STATE_DIR"
 
+# Environment variables frpc reads the tenant's local service from: the frpc.toml the
+# operator writes refers to them, and `tunnelop client` sets them.
+LOCAL_PORT_ENV = "TUNNELOP_LOCAL_PORT"
+LOCAL_IP_ENV = "TUNNELOP_LOCAL_IP"
+
 
 def common_labels(relay: str) -> dict[str, str]:
     """The recommended app.kubernetes.io labels of a relay's objects."""
