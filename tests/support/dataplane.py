@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
+import signal
 import ssl
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -222,6 +225,88 @@ async def running_frpc(
         yield frpc
     finally:
         await frpc.stop()
+
+
+class TunnelopClient:
+    """`tunnelop client NAMESPACE/TUNNEL` as a tenant runs it, logging JSON to a file."""
+
+    def __init__(self, tunnel_ref: str, local_port: int, kubeconfig: Path, log_path: Path):
+        self.argv = [
+            str(Path(sys.executable).parent / "tunnelop"),
+            "client",
+            tunnel_ref,
+            "--local-port",
+            str(local_port),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--frpc",
+            str(tools.tool("frpc")),
+            "--log-format",
+            "json",
+        ]
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELOP_LOCAL_")}
+        with self.log_path.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                env=env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=tools.die_with_parent,
+            )
+
+    async def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; its exit code."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 30)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        return self.process.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines: the client's, and frpc's logged again (logger "frpc")."""
+        found = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
+
+    async def wait_event(self, event: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+        """The first log line with this event and these fields, once there is one."""
+        return await self.wait_line(
+            lambda e: e.get("event") == event and all(e.get(k) == v for k, v in fields.items()),
+            f"{event!r} {fields or ''}",
+            timeout,
+        )
+
+    async def wait_line(self, accept, what: str, timeout: float = 60) -> dict[str, Any]:
+        def logged():
+            return next((e for e in self.events() if accept(e)), None)
+
+        try:
+            return await objects.wait_for(logged, timeout=timeout, what=f"client log {what}")
+        except TimeoutError:
+            raise AssertionError(f"no {what} in the client's log:\n{self.logs()}") from None
+
+    def restarts(self) -> int:
+        """How often it restarted frpc for a changed Secret (a move, a new token)."""
+        return sum(
+            1
+            for e in self.events()
+            if e.get("event")
+            in ("tunnel moved; restarting frpc", "credentials changed; restarting frpc")
+        )
 
 
 # ---- services and visitors ------------------------------------------------------------------
