@@ -50,7 +50,12 @@ async def test_spec_drain_moves_tunnels_keeping_their_port_and_reports_each_move
         )
         assert moved["status"]["remotePort"] == port  # free there: kept
         assert moved["status"]["endpoint"].endswith(f":{port}")
-        (event,) = [e for e in objects.events(namespace, name) if e["reason"] == "Moved"]
+        (event,) = await wait_for(
+            lambda name=name: [
+                e for e in objects.events(namespace, name) if e["reason"] == "Moved"
+            ],
+            what=f"the Moved Event of {name}",
+        )
         assert f"from {first}:{port} to {second}:{port}" in event["message"]
         assert "spec.drain" in event["message"]
     await wait_condition("relaynode", first, None, "Draining", "True", "DrainRequested")

@@ -299,7 +299,10 @@ async def test_a_template_change_rolls_out_relay_by_relay_and_tunnels_follow(
         endpoints = bound_endpoints(namespace, names)
         assert len(set(endpoints)) == len(endpoints)
         for name in names:
-            assert "Moved" in objects.event_reasons(namespace, name)
+            await wait_for(
+                lambda name=name: "Moved" in objects.event_reasons(namespace, name),
+                what=f"the Moved Event of {name}",
+            )
     finally:
         tools.kubectl("delete", "tunnels", "--all", "-n", namespace, "--wait=false")
         delete_pool(pool)
