@@ -1,11 +1,11 @@
 """RelayPool: the RelayNodes a pool should own, its built-in autoscaler and its status.
 Pure: no I/O, no Kubernetes client.
 
-The pool controller (not written yet) would: turn owned RelayNodes into `member_of` views and
-`load_of` loads; when spec.autoscaling is set, call `autoscale` and keep its `below_since`;
-call `check_template`, then `plan` (with the autoscaler's count) and, unless the template has
-problems, create `relay_manifest` for each name in `create`, drain `drain` and `replace`,
-delete `delete`; and write `pool_status`.
+The pool controller (controllers/pools.py) turns owned RelayNodes into `member_of` views and
+the allocation table's figures into loads; when spec.autoscaling is set, it calls `autoscale`
+and keeps its `below_since`; it calls `check_template`, then `plan` (with the autoscaler's
+count) and, unless the template has problems, creates `relay_manifest` for each name in
+`create`, drains `drain` and `replace`, deletes `delete`; and writes `pool_status`.
 """
 
 from tunnelop.domain.pools.autoscale import (
