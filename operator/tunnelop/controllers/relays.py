@@ -117,11 +117,11 @@ def not_ready_since_of(
     return conditions.since(conds, "Ready", False) or now
 
 
-def _queue_moves(rt: Runtime) -> None:
-    """Every tunnel that must move (its relay drains, its port got blocked, ...) is reconciled:
-    the scheduler moves it, or says why it cannot."""
+def _queue_moves(rt: Runtime, relay: str | None = None) -> None:
+    """Every tunnel that must move (its relay drains, its port got blocked, ...), on all
+    relays or one, is reconciled: the scheduler moves it, or says why it cannot."""
     assert rt.tunnel_queue is not None
-    for alloc in rt.table.misplaced():
+    for alloc in rt.table.misplaced(relay):
         rt.tunnel_queue.add(alloc.key)
 
 
@@ -334,7 +334,7 @@ async def _drain_and_release(rt: Runtime, body: dict[str, Any]) -> None:
             rt.table.upsert_relay(view)
         left = rt.table.allocations_on(name)
         if left:
-            _queue_moves(rt)
+            _queue_moves(rt, name)
             await _report_draining(rt, body, view)
             raise Requeue(5.0)  # normally sooner: each table write reconciles the relay
         holders = rt.table.table_holders(name)  # entries no allocation accounts for
