@@ -390,6 +390,8 @@ async def admission_world(operator, kube):
     ]
     for r in relays:
         r["metadata"]["labels"] = dict(ONLY_OURS)
+        # An address of their own: a relay without one is not Ready (AddressPending).
+        r["spec"]["exposure"] = {"type": "LoadBalancer", "address": "198.51.100.40"}
         result = apply(r, None, dry_run=False)
         assert result.returncode == 0, result.stderr
     for r in relays:
