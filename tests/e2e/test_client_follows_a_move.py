@@ -18,12 +18,11 @@ from support.dataplane import (
     TunnelopClient,
     delete_relay,
     on,
-    start_relay,
-    until_closed,
+    serving_relays,
 )
 from support.netutil import echo_server, wait_for_echo
 from support.objects import tunnel, wait_condition, wait_for
-from tunnelop.contract.naming import CONTROL_PORT, PLUGIN_PORT
+from tunnelop.contract.naming import CONTROL_PORT
 
 RUN = uuid.uuid4().hex[:5]
 SHARED = f"follow-{RUN}"  # the label value both relays carry, which the tunnel selects
@@ -34,18 +33,9 @@ RELAY_PORTS = {f"fa-{RUN}": "27000-27049", f"fb-{RUN}": "27050-27099"}
 async def relays(operator, relay_runner) -> AsyncIterator[dict[str, str]]:
     """Two relays a tunnel on `on(SHARED)` may land on, with disjoint port ranges so that a
     move changes the remote port too; name -> address."""
-    addresses: dict[str, str] = {}
-    try:
-        for name, ports in RELAY_PORTS.items():
-            addresses[name] = await start_relay(
-                relay_runner, name, ports=ports, labels={TEST_RELAY_LABEL: SHARED}
-            )
+    labels = {TEST_RELAY_LABEL: SHARED}
+    async with serving_relays(relay_runner, RELAY_PORTS, labels=labels) as addresses:
         yield addresses
-    finally:
-        for name in RELAY_PORTS:
-            delete_relay(name)
-        for address in addresses.values():
-            await until_closed(address, PLUGIN_PORT, timeout=30)
 
 
 def alive(pid: int) -> bool:

@@ -24,15 +24,12 @@ import pytest
 from support import objects, tools
 from support.dataplane import (
     TunnelopClient,
-    delete_relay,
-    start_relay,
+    serving_relays,
     tcp_served,
-    until_closed,
     until_served,
 )
 from support.netutil import echo_server
 from support.objects import tunnel, wait_condition, wait_for
-from tunnelop.contract.naming import PLUGIN_PORT
 
 CASE_LABEL = "tunnelop.test/moves"
 FAILOVER_SECONDS = 10
@@ -62,20 +59,11 @@ async def following_client(
         await client.stop()
 
 
-@asynccontextmanager
-async def relays(runner, *names: str, ports: str, **spec: Any) -> AsyncIterator[dict[str, str]]:
-    addresses: dict[str, str] = {}
-    try:
-        for name in names:
-            addresses[name] = await start_relay(
-                runner, name, ports=ports, labels={CASE_LABEL: names[0]}, **spec
-            )
-        yield addresses
-    finally:
-        for name in names:
-            delete_relay(name)
-        for address in addresses.values():
-            await until_closed(address, PLUGIN_PORT, timeout=30)
+def relays(runner, *names: str, ports: str, **spec: Any):
+    """The test's relays, all on one port range, labelled for a nodeSelector on the first."""
+    return serving_relays(
+        runner, dict.fromkeys(names, ports), labels={CASE_LABEL: names[0]}, **spec
+    )
 
 
 async def test_failover_moves_the_tunnel_of_a_dead_relay_and_the_client_follows(

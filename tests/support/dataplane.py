@@ -92,12 +92,27 @@ async def serving_relay(
     """A relay for a test module, labelled for `on(name)`; yields (name, address). Deleted
     afterwards, waiting until its processes let go of the address, which the next module's
     runner hands out again."""
-    address = await start_relay(runner, name, ports=ports, labels={TEST_RELAY_LABEL: name}, **spec)
+    labels = {TEST_RELAY_LABEL: name}
+    async with serving_relays(runner, {name: ports}, labels=labels, **spec) as addresses:
+        yield name, addresses[name]
+
+
+@contextlib.asynccontextmanager
+async def serving_relays(
+    runner: RelayPodRunner, ports_by_name: dict[str, str], *, labels: dict[str, str], **spec: Any
+) -> AsyncIterator[dict[str, str]]:
+    """Relays started one after the other with the same labels and spec; yields name ->
+    address. Deleted afterwards, waiting until each lets go of its address."""
+    addresses: dict[str, str] = {}
     try:
-        yield name, address
+        for name, ports in ports_by_name.items():
+            addresses[name] = await start_relay(runner, name, ports=ports, labels=labels, **spec)
+        yield addresses
     finally:
-        delete_relay(name)
-        await until_closed(address, PLUGIN_PORT, timeout=30)
+        for name in ports_by_name:
+            delete_relay(name)
+        for address in addresses.values():
+            await until_closed(address, PLUGIN_PORT, timeout=30)
 
 
 async def until_closed(address: str, port: int, timeout: float) -> None:
