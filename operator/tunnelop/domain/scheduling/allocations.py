@@ -151,6 +151,10 @@ class AllocationTable:
             return
         old = state.view
         state.view = view
+        if old.drain != view.drain and (view.drain is None or not view.drain.stay_if_stuck):
+            # No longer a drain that keeps stuck tunnels: their "could not move" is void.
+            for key in state.tunnels:
+                self._stuck.pop(key, None)
         if old.allowed_spans() != view.allowed_spans():
             state.rebuild_free_ports()
         if old.http_domain != view.http_domain:
