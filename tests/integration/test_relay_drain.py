@@ -93,8 +93,15 @@ async def test_a_tunnel_with_nowhere_to_go_stays_and_says_so_until_room_appears(
     assert "spec.drain" in message and "cordoned" in message, message
     assert stuck["status"]["relayNode"] == first  # still serving where it is
     assert objects.condition(stuck, "Ready")["status"] == "True"
-    relay = await wait_condition("relaynode", first, None, "Draining", "True")
-    assert "nowhere to go" in objects.condition(relay, "Draining")["message"]
+    await wait_for(
+        lambda: (
+            "nowhere to go"
+            in (objects.condition(objects.get("relaynode", first), "Draining") or {}).get(
+                "message", ""
+            )
+        ),
+        what="the drained relay saying its tunnel has nowhere to go",
+    )
     await settled_and_consistent(kube, relay_namespace, namespace, prefix)
 
     patch_relay(second, {"unschedulable": False})
