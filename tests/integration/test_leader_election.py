@@ -93,6 +93,12 @@ async def pair(cluster, crds, operator, relay_namespace, tmp_path: Path):
     try:
         for p in processes:
             await p.start(wait_for="health")
+            # Health comes up first; the campaign (and the identity it logs) a moment later.
+            await objects.wait_for(
+                lambda p=p: "campaigning for leadership" in p.logs(),
+                timeout=30,
+                what="the campaign's first log line",
+            )
         yield processes
     finally:
         for p in processes:
