@@ -20,10 +20,16 @@ from support.netutil import free_port
 class OperatorProcess:
     """`tunnelop run` with `extra_args`, logging to `log_path`. It dies with its parent. With
     own_process_group, a Ctrl-C in the terminal does not reach it, so that its parent can
-    still delete objects that carry its finalizers before stopping it."""
+    still delete objects that carry its finalizers before stopping it. `env` adds to its
+    environment (POD_NAMESPACE, say, as a pod gets it from the downward API)."""
 
     def __init__(
-        self, kubeconfig: Path, log_path: Path, *extra_args: str, own_process_group: bool = False
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        *extra_args: str,
+        own_process_group: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -31,6 +37,7 @@ class OperatorProcess:
         self.health_port = free_port()
         self.extra_args = extra_args
         self.own_process_group = own_process_group
+        self.env = env or {}
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -51,7 +58,7 @@ class OperatorProcess:
     async def start(self, wait_for: str = "webhook") -> None:
         """Start; then wait for its "webhook" (a leader's, registered and answering),
         "leading" (/readyz 200) or "health" (the health port answers: a follower too)."""
-        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig))
+        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig), **self.env)
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,

@@ -14,6 +14,7 @@ from cryptography import x509
 
 from tunnelop.cli import main
 from tunnelop.platform import certs, webhook_tls
+from tunnelop.platform.kube import KubeError
 
 NOW = datetime.datetime(2026, 3, 1, tzinfo=datetime.UTC)
 SERVICE = ("tunnelop", "tunnelop-webhook")
@@ -260,3 +261,73 @@ def test_webhook_flags_that_do_not_go_together_are_refused(argv, message, capsys
         code = exit_.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_long_namespace_still_gets_a_certificate() -> None:
+    hosts = certs.service_host_names("n" * 63, "tunnelop-webhook")
+    pair = certs.issue_pair(hosts, NOW)
+    cert = x509.load_pem_x509_certificate(pair.cert)
+    assert certs.certificate_names(cert) == set(hosts)
+    assert cert.subject.rfc4514_string() == "CN=tunnelop-webhook"
+
+
+class FakeKube:
+    """A Secret store that, like the API server, refuses a create of a name taken meanwhile
+    (409) and a replace of a version read before another write (409)."""
+
+    def __init__(self, race_with: dict | None = None) -> None:
+        self.secret: dict | None = None
+        self.race_with = race_with  # written by "another replica" between our read and write
+        self.writes = 0
+
+    async def get(self, api_version, kind, name, namespace=None):
+        return self.secret
+
+    async def create(self, body):
+        if self.race_with is not None:
+            self.secret, self.race_with = self.race_with, None
+        if self.secret is not None:
+            raise KubeError(409, "already exists")
+        self.writes += 1
+        self.secret = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+
+    async def replace(self, body):
+        if self.race_with is not None:
+            self.secret, self.race_with = self.race_with, None
+        if body["metadata"]["resourceVersion"] != self.secret["metadata"]["resourceVersion"]:
+            raise KubeError(409, "the object has been modified")
+        self.writes += 1
+        version = str(int(body["metadata"]["resourceVersion"]) + 1)
+        self.secret = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+
+
+def stored(pair: certs.WebhookPair, version: str = "5") -> dict:
+    return webhook_tls.secret_body("ns", "cert", pair, version)
+
+
+def test_a_replica_that_loses_the_race_to_create_the_secret_takes_the_winners(pair) -> None:
+    kube = FakeKube(race_with=stored(pair))
+    loaded = asyncio.run(webhook_tls.load_or_create(kube, "ns", "cert", HOSTS))
+    assert loaded == pair and kube.writes == 0
+
+
+def test_the_leader_renews_an_expiring_secret_keeping_its_ca() -> None:
+    old = certs.issue_pair(HOSTS, datetime.datetime.now(datetime.UTC), days=20)
+    kube = FakeKube()
+    kube.secret = stored(old)
+    renewed = asyncio.run(webhook_tls.ensure_current(kube, "ns", "cert", HOSTS))
+    assert renewed.ca_cert == old.ca_cert and renewed.cert != old.cert
+    assert webhook_tls.pair_of(kube.secret) == renewed and kube.writes == 1
+    # Current now: nothing more to write.
+    assert asyncio.run(webhook_tls.ensure_current(kube, "ns", "cert", HOSTS)) == renewed
+    assert kube.writes == 1
+
+
+def test_a_renewal_that_conflicts_rereads_and_keeps_the_other_write() -> None:
+    """Another writer renewed in between: its (good) pair wins, nothing is written over it."""
+    now = datetime.datetime.now(datetime.UTC)
+    old, theirs = certs.issue_pair(HOSTS, now, days=20), certs.issue_pair(HOSTS, now)
+    kube = FakeKube(race_with=stored(theirs, "6"))
+    kube.secret = stored(old)
+    assert asyncio.run(webhook_tls.ensure_current(kube, "ns", "cert", HOSTS)) == theirs
+    assert kube.writes == 0

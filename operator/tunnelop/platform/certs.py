@@ -90,6 +90,13 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _subject(hosts: list[str]) -> x509.Name:
+    """The first host short enough for a common name (64 characters); clients check the
+    SubjectAlternativeName, so a long namespace may leave the subject empty."""
+    fitting = [host for host in hosts if len(host) <= 64]
+    return _name(fitting[0]) if fitting else x509.Name([])
+
+
 def _san(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
@@ -151,7 +158,7 @@ def _issue_serving(
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
+        .subject_name(_subject(hosts))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

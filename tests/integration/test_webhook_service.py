@@ -1,0 +1,248 @@
+"""The webhook as installed in a cluster: the chart owns the two `tunnelop.dev` webhook
+configurations (a Service reference, an empty caBundle) and the Service; the operator
+(`--webhook-service`, `--webhook-cert-secret`) creates the certificate Secret once however
+many replicas start together, injects its CA into the caBundle, and the API server calls the
+leader through the Service. A new leader after a takeover serves the same certificate.
+
+How the API server reaches a local process through a Service here: it resolves a Service
+reference of a webhook to the Service's cluster IP (nothing routes that here: no
+kube-proxy) or, for an ExternalName Service, to `externalName:<the webhook's
+clientConfig.service.port>`. Endpoints and EndpointSlices of loopback addresses are refused by
+the API server ("may not be in the loopback range"), and would be used only with
+--enable-aggregator-routing anyway. So the test's Service is an ExternalName one for
+127.0.0.1 and the configurations carry the webhook port; the certificate is still checked
+against the Service's name, <name>.<namespace>.svc, as for any Service reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes.aio import client
+
+from support import objects, tools
+from support.objects import relay_node, wait_for
+from support.operator import OperatorProcess, delete_webhook_configurations
+
+SERVICE = "tunnelop-webhook"
+SECRET = "tunnelop-webhook-cert"
+RUN = uuid.uuid4().hex[:6]
+RELAY_LABEL = {"tunnelop.test/webhook-service": RUN}
+
+
+def webhook_configurations(namespace: str, port: int) -> list[dict]:
+    """The two configurations as the chart writes them: the operator's webhooks (ids
+    validate-tunnel and add-finalizer, served at /<id>), a Service reference, no caBundle."""
+
+    def webhook(id_: str, operations: list[str]) -> dict:
+        return {
+            "name": f"{id_}.tunnelop.dev",
+            "clientConfig": {
+                "service": {
+                    "namespace": namespace,
+                    "name": SERVICE,
+                    "path": f"/{id_}",
+                    "port": port,
+                }
+            },
+            "rules": [
+                {
+                    "apiGroups": ["tunnelop.dev"],
+                    "apiVersions": ["v1alpha1"],
+                    "resources": ["tunnels"],
+                    "operations": operations,
+                    "scope": "*",
+                }
+            ],
+            # Fail, so that a webhook the API server cannot reach or trust shows as an error
+            # instead of an admission.
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }
+
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "tunnelop.dev"},
+            "webhooks": [webhook("validate-tunnel", ["CREATE", "UPDATE"])],
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "tunnelop.dev"},
+            "webhooks": [webhook("add-finalizer", ["CREATE"])],
+        },
+    ]
+
+
+def ca_bundles() -> list[str]:
+    """Every webhook's caBundle, in both configurations."""
+    bundles = []
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        body = objects.get(kind, "tunnelop.dev") or {}
+        bundles += [w["clientConfig"].get("caBundle", "") for w in body.get("webhooks", [])]
+    return bundles
+
+
+async def served_certificate(port: int, ca_pem: bytes, server_name: str) -> bytes:
+    """The DER certificate served on 127.0.0.1:port, verified against `ca_pem` for
+    `server_name` (as the API server checks it)."""
+    tls = ssl.create_default_context(cadata=ca_pem.decode())
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname=server_name
+    )
+    try:
+        return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+
+
+def denied_port_tunnel(name: str) -> dict:
+    """A Tunnel only the webhook refuses: port 30000 lies outside its relay's range."""
+    return objects.tunnel(name, remotePort=30000, relay={"nodeSelector": RELAY_LABEL})
+
+
+def create(manifest: dict, namespace: str):
+    return tools.kubectl(
+        "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(manifest), check=False
+    )
+
+
+async def wait_denied(namespace: str, name: str, timeout: float = 60) -> str:
+    """The webhook's denial of `denied_port_tunnel` (retried: the leader's caches learn of the
+    relay through its watches)."""
+    attempts: list[str] = []
+
+    def denied() -> bool:
+        attempt = f"{name}-{len(attempts)}"
+        result = create(denied_port_tunnel(attempt), namespace)
+        attempts.append(result.stderr)
+        if result.returncode == 0:  # admitted before the caches knew the relay
+            tools.kubectl("delete", "tunnel", attempt, "-n", namespace, "--wait=false")
+        return result.returncode != 0 and "spec.remotePort" in result.stderr
+
+    try:
+        await wait_for(denied, timeout=timeout, interval=0.5, what="the webhook's denial")
+    except TimeoutError:
+        raise AssertionError(f"not denied by the webhook: {attempts[-1:]}") from None
+    return attempts[-1]
+
+
+@pytest.fixture
+async def installed(operator, cluster, namespace, relay_namespace, tmp_path: Path):
+    """The chart's part (configurations, Service) in `namespace`, and two replicas started
+    together; the session's operator, which registers its own configurations, steps aside."""
+    await operator.stop()
+    delete_webhook_configurations()
+    tools.kubectl(
+        "create",
+        "service",
+        "externalname",
+        SERVICE,
+        "-n",
+        namespace,
+        "--external-name",
+        "127.0.0.1",
+    )
+    objects.apply(relay_node(f"whsvc-{RUN}", labels=RELAY_LABEL, ports="40000-40999"))
+    replicas = [
+        OperatorProcess(
+            cluster.kubeconfig,
+            tmp_path / f"operator-{i}.log",
+            "--leader-elect",
+            "--relay-namespace",
+            relay_namespace,
+            "--webhook-service",
+            f"{namespace}/{SERVICE}",
+            "--webhook-cert-secret",
+            SECRET,
+            env={"POD_NAMESPACE": namespace},
+        )
+        for i in range(2)
+    ]
+    # One port for both, as two pods behind one Service: whoever leads serves it.
+    replicas[1].webhook_port = replicas[0].webhook_port
+    objects.apply(webhook_configurations(namespace, replicas[0].webhook_port))
+    try:
+        await asyncio.gather(*(r.start(wait_for="health") for r in replicas))
+        yield replicas
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        delete_webhook_configurations()
+        tools.kubectl("delete", "relaynode", f"whsvc-{RUN}", "--ignore-not-found", "--wait=false")
+        await operator.start()
+
+
+async def leader_of(replicas: list[OperatorProcess], timeout: float = 60) -> OperatorProcess:
+    found: list[OperatorProcess] = []
+
+    async def one_ready() -> bool:
+        found[:] = [r for r in replicas if (await r.readyz())[0] == 200]
+        return len(found) == 1
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await one_ready():
+        if loop.time() > deadline:
+            raise TimeoutError("no single leader:\n" + "\n".join(r.logs() for r in replicas))
+        await asyncio.sleep(0.2)
+    return found[0]
+
+
+async def test_the_operator_serves_the_charts_webhooks_through_the_service(
+    installed: list[OperatorProcess], kube: client.ApiClient, namespace: str
+) -> None:
+    leader = await leader_of(installed)
+
+    # One Secret, though both replicas started together; one of them created it.
+    secrets = await client.CoreV1Api(kube).list_namespaced_secret(
+        namespace, label_selector="app.kubernetes.io/component=webhook"
+    )
+    assert [s.metadata.name for s in secrets.items] == [SECRET]
+    creators = [r for r in installed if "webhook certificate created" in r.logs()]
+    assert len(creators) == 1, "not exactly one replica created the Secret"
+    data = secrets.items[0].data
+    ca_pem, cert_pem = base64.b64decode(data["ca.crt"]), base64.b64decode(data["tls.crt"])
+
+    # The CA is injected into every webhook's caBundle, and only the caBundle changed.
+    await wait_for(
+        lambda: ca_bundles() == [base64.b64encode(ca_pem).decode()] * 2,
+        timeout=30,
+        what="the caBundle injected",
+    )
+    validating = objects.get("validatingwebhookconfiguration", "tunnelop.dev")
+    assert validating["webhooks"][0]["failurePolicy"] == "Fail"
+    assert validating["webhooks"][0]["clientConfig"]["service"]["name"] == SERVICE
+
+    # The API server calls the leader through the Service and trusts its certificate: a
+    # tunnel the rules refuse is denied by the webhook, a good one gets its finalizer from
+    # the mutating webhook at creation.
+    denial = await wait_denied(namespace, "too-high")
+    assert 'admission webhook "validate-tunnel.tunnelop.dev" denied' in denial, denial
+    created = create(objects.tunnel("fine", relay={"nodeSelector": RELAY_LABEL}), namespace)
+    assert created.returncode == 0, created.stderr
+    assert "tunnelop.dev/finalizer" in created.stdout
+
+    server_name = f"{SERVICE}.{namespace}.svc"
+    served = await served_certificate(leader.webhook_port, ca_pem, server_name)
+    assert served == ssl.PEM_cert_to_DER_cert(cert_pem.decode())
+
+    # The other replica takes over and serves the very same certificate: no caBundle change.
+    await leader.stop()
+    follower = next(r for r in installed if r is not leader)
+    await follower.wait_ready()
+    await wait_denied(namespace, "too-high-again")
+    served = await served_certificate(follower.webhook_port, ca_pem, server_name)
+    assert served == ssl.PEM_cert_to_DER_cert(cert_pem.decode())
+    assert ca_bundles() == [base64.b64encode(ca_pem).decode()] * 2
+    tools.kubectl("delete", "tunnel", "fine", "-n", namespace, "--wait=false")
