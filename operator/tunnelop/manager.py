@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tunnelop.api.v1alpha1 import parse_port_span
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 from tunnelop.platform import certs, logs, webhook_tls
 from tunnelop.platform.health import Health
-from tunnelop.platform.kube import Kube, KubeError
+from tunnelop.platform.kube import Kube, KubeError, use_service_account_dir
 from tunnelop.platform.leader import LeaderElector, Timing
 
 log = logs.get(__name__)
@@ -79,10 +80,38 @@ def in_pod(service_account_dir: str = SERVICE_ACCOUNT_DIR) -> bool:
     )
 
 
+def service_account_login(directory: str, env: Mapping[str, str]) -> kopf.ConnectionInfo | None:
+    """kopf's connection from the pod's ServiceAccount token in `directory` (kopf's own
+    in-cluster login knows only the usual place); None outside a pod."""
+    token_file = Path(directory, "token")
+    if not token_file.is_file():
+        return None
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+    server = (
+        f"https://{f'[{host}]' if ':' in host else host}:{port}"
+        if host
+        else "https://kubernetes.default.svc"
+    )
+    ca_file, namespace_file = Path(directory, "ca.crt"), Path(directory, "namespace")
+    return kopf.ConnectionInfo(
+        server=server,
+        ca_path=str(ca_file) if ca_file.is_file() else None,
+        scheme="Bearer",
+        token=token_file.read_text().strip(),
+        default_namespace=namespace_file.read_text().strip() if namespace_file.is_file() else None,
+    )
+
+
 def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
     from tunnelop.controllers import watches, webhook  # noqa: F401
     from tunnelop.controllers.traffic import TrafficOptions
+
+    @kopf.on.login(errors=kopf.ErrorsMode.IGNORED)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Read again at every (re-)login: the kubelet rotates the token file.
+        in_pod = service_account_login(options.service_account_dir, os.environ)
+        return in_pod or kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(backoff=1)
     async def start_runtime(memo: kopf.Memo, **_: object) -> None:
@@ -161,6 +190,7 @@ async def run(options: Options) -> int:
     """The exit code: 0 after SIGTERM or SIGINT, non-zero when leadership was lost or kopf
     ended by itself."""
     logs.configure(options.log_format, options.log_level)
+    use_service_account_dir(options.service_account_dir)
     if options.webhook and options.webhook_cert_dir is not None:
         missing = _missing_cert_files(options.webhook_cert_dir)
         if missing:
@@ -179,7 +209,7 @@ async def run(options: Options) -> int:
         with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
             certificate = None
             if options.webhook and options.webhook_cert_secret:
-                kube = await Kube.connect(service_account_dir=options.service_account_dir)
+                kube = await Kube.connect()
                 certificate = await _prepare_certificate(options, kube, Path(workdir))
             if not options.leader_elect:
                 health.add_check("leader", lambda: (True, "leader election disabled"))
@@ -247,7 +277,7 @@ async def _campaign_then_lead(
     certificate: webhook_tls.SecretCertificate | None,
 ) -> int:
     namespace = options.leader_election_namespace or options.relay_namespace
-    kube = await Kube.connect(service_account_dir=options.service_account_dir)
+    kube = await Kube.connect()
     try:
         await _ensure_namespace(kube, namespace)
         elector = LeaderElector(
