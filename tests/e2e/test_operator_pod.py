@@ -2,12 +2,15 @@
 chart passes, run by the relay-pod runner from the tunnelop image as a kubelet would, with
 its ServiceAccount's token (bound to cluster-admin here; the chart's least-privilege roles
 are tested with the chart). One replica leads and is ready, the other follows and is not;
-the leader makes a RelayNode Ready, whose pods the same runner runs; and the webhook
-certificate Secret lands in the operator's own namespace (POD_NAMESPACE)."""
+the leader makes a RelayNode Ready, whose pods the same runner runs; the webhook certificate
+Secret lands in the operator's own namespace (POD_NAMESPACE), its CA in the chart's webhook
+configurations, and the API server calls the leader through the webhook Service (the runner
+writes its endpoints: only the ready pod's is ready)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -15,12 +18,19 @@ import pytest
 from kubernetes.aio import client
 
 from support import objects, tools
-from support.dataplane import serving_relay
-from support.operator import OperatorProcess, delete_webhook_configurations
+from support.dataplane import on, serving_relay
+from support.operator import (
+    OperatorProcess,
+    ca_bundles,
+    chart_webhook_configurations,
+    delete_webhook_configurations,
+    wait_webhook_denial,
+)
 from support.relay_runner import RelayPodRunner
 from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, SERVICE_ACCOUNT_DIR
 
 OPERATOR_LABELS = {"app.kubernetes.io/name": "tunnelop", "app.kubernetes.io/component": "operator"}
+WEBHOOK_SERVICE = "tunnelop-webhook"
 RUN = uuid.uuid4().hex[:5]
 
 
@@ -46,7 +56,7 @@ def operator_deployment(namespace: str, relay_namespace: str) -> dict[str, Any]:
             "--webhook-port",
             "9443",
             "--webhook-service",
-            f"{namespace}/tunnelop-webhook",
+            f"{namespace}/{WEBHOOK_SERVICE}",
             "--webhook-cert-secret",
             "tunnelop-webhook-cert",
             "--service-account-dir",
@@ -112,12 +122,23 @@ async def installed(operator: OperatorProcess, namespace: str, relay_namespace: 
                     {"kind": "ServiceAccount", "name": "tunnelop", "namespace": namespace}
                 ],
             },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": WEBHOOK_SERVICE, "namespace": namespace},
+                "spec": {
+                    "selector": OPERATOR_LABELS,
+                    "ports": [{"name": "https", "port": 443, "targetPort": "webhook"}],
+                },
+            },
+            *chart_webhook_configurations(namespace, WEBHOOK_SERVICE, 443),
             operator_deployment(namespace, relay_namespace),
         ]
     )
     try:
         yield namespace
     finally:
+        delete_webhook_configurations()  # failurePolicy Fail: not without the operator
         tools.kubectl("delete", "deployment", "tunnelop", "-n", namespace, "--wait=true")
         tools.kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found")
         await operator.start()
@@ -165,19 +186,73 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
     lease = await client.CoordinationV1Api(kube).read_namespaced_lease("tunnelop", relay_namespace)
     assert lease.spec.holder_identity.startswith(f"{leader}_"), lease.spec.holder_identity
 
-    # The operator found its own namespace in the pod and created its webhook Secret there.
+    # The operator found its own namespace in the pod and created its webhook Secret there;
+    # its CA went into the chart's configurations.
     secret = await client.CoreV1Api(kube).read_namespaced_secret("tunnelop-webhook-cert", namespace)
     assert secret.type == "kubernetes.io/tls"
+    await objects.wait_for(
+        lambda: ca_bundles() == [secret.data["ca.crt"]] * 2, timeout=30, what="caBundle injected"
+    )
 
-    # The leader, in its pod, does its job: a relay becomes Ready, its pod run by the runner.
+    # The follower runs all along, only not ready (as a kubelet reports failing probes).
+    follower_pod = next(p for p in pods if p.name == follower)
+    assert all(c.running for c in follower_pod.containers)
+
+    # The leader, in its pod, does its job: a relay becomes Ready, its pod run by the runner;
+    # the API server reaches the leader's webhook through the Service, whose one ready
+    # endpoint is the leader's. The leader's pod deleted, the follower takes over and serves
+    # the same certificate: the webhook keeps working with the caBundle unchanged.
     relay = f"inpod-{RUN}"
+
+    def bad_tunnel(name: str) -> dict:
+        return objects.tunnel(name, remotePort=30000, **on(relay))
+
     try:
         async with serving_relay(relay_runner, relay, ports="46000-46099"):
             node = objects.get("relaynode", relay)
             assert objects.condition(node, "Ready")["status"] == "True"
-    except TimeoutError as exc:
+            denial = await wait_webhook_denial(namespace, bad_tunnel, "spec.remotePort")
+            assert "validate-tunnel.tunnelop.dev" in denial
+            assert await ready_endpoints(kube, namespace) == [address_of(relay_runner, leader)]
+
+            tools.kubectl("delete", "pod", leader, "-n", namespace, "--grace-period=0")
+            await objects.wait_for(
+                lambda: ready_endpoints_now(namespace) == [address_of(relay_runner, follower)],
+                timeout=90,
+                what="the follower leading behind the Service",
+            )
+            await wait_webhook_denial(namespace, bad_tunnel, "spec.remotePort")
+            assert ca_bundles() == [secret.data["ca.crt"]] * 2
+    except (TimeoutError, AssertionError) as exc:
         raise AssertionError(f"{exc}\n{logs()}") from None
 
-    # The follower is running all along, only not ready (as a kubelet reports failing probes).
-    follower_pod = next(p for p in pods if p.name == follower)
-    assert all(c.running for c in follower_pod.containers)
+
+def address_of(runner: RelayPodRunner, pod: str) -> str | None:
+    return next((p.address for p in runner.operator_pods() if p.name == pod), None)
+
+
+async def ready_endpoints(kube: client.ApiClient, namespace: str) -> list[str]:
+    """The ready addresses of the webhook Service's EndpointSlices."""
+    slices = await client.DiscoveryV1Api(kube).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={WEBHOOK_SERVICE}"
+    )
+    return [e.addresses[0] for s in slices.items for e in s.endpoints or [] if e.conditions.ready]
+
+
+def ready_endpoints_now(namespace: str) -> list[str]:
+    result = tools.kubectl(
+        "get",
+        "endpointslices",
+        "-n",
+        namespace,
+        "-l",
+        f"kubernetes.io/service-name={WEBHOOK_SERVICE}",
+        "-o",
+        "json",
+    )
+    return [
+        e["addresses"][0]
+        for s in json.loads(result.stdout)["items"]
+        for e in s.get("endpoints") or []
+        if (e.get("conditions") or {}).get("ready")
+    ]

@@ -28,69 +28,18 @@ from kubernetes.aio import client
 
 from support import objects, tools
 from support.objects import relay_node, wait_for
-from support.operator import OperatorProcess, delete_webhook_configurations
+from support.operator import (
+    OperatorProcess,
+    ca_bundles,
+    chart_webhook_configurations,
+    delete_webhook_configurations,
+    wait_webhook_denial,
+)
 
 SERVICE = "tunnelop-webhook"
 SECRET = "tunnelop-webhook-cert"
 RUN = uuid.uuid4().hex[:6]
 RELAY_LABEL = {"tunnelop.test/webhook-service": RUN}
-
-
-def webhook_configurations(namespace: str, port: int) -> list[dict]:
-    """The two configurations as the chart writes them: the operator's webhooks (ids
-    validate-tunnel and add-finalizer, served at /<id>), a Service reference, no caBundle."""
-
-    def webhook(id_: str, operations: list[str]) -> dict:
-        return {
-            "name": f"{id_}.tunnelop.dev",
-            "clientConfig": {
-                "service": {
-                    "namespace": namespace,
-                    "name": SERVICE,
-                    "path": f"/{id_}",
-                    "port": port,
-                }
-            },
-            "rules": [
-                {
-                    "apiGroups": ["tunnelop.dev"],
-                    "apiVersions": ["v1alpha1"],
-                    "resources": ["tunnels"],
-                    "operations": operations,
-                    "scope": "*",
-                }
-            ],
-            # Fail, so that a webhook the API server cannot reach or trust shows as an error
-            # instead of an admission.
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-        }
-
-    return [
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": "tunnelop.dev"},
-            "webhooks": [webhook("validate-tunnel", ["CREATE", "UPDATE"])],
-        },
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": "tunnelop.dev"},
-            "webhooks": [webhook("add-finalizer", ["CREATE"])],
-        },
-    ]
-
-
-def ca_bundles() -> list[str]:
-    """Every webhook's caBundle, in both configurations."""
-    bundles = []
-    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        body = objects.get(kind, "tunnelop.dev") or {}
-        bundles += [w["clientConfig"].get("caBundle", "") for w in body.get("webhooks", [])]
-    return bundles
 
 
 async def served_certificate(port: int, ca_pem: bytes, server_name: str) -> bytes:
@@ -115,26 +64,6 @@ def create(manifest: dict, namespace: str):
     return tools.kubectl(
         "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(manifest), check=False
     )
-
-
-async def wait_denied(namespace: str, name: str, timeout: float = 60) -> str:
-    """The webhook's denial of `denied_port_tunnel` (retried: the leader's caches learn of the
-    relay through its watches)."""
-    attempts: list[str] = []
-
-    def denied() -> bool:
-        attempt = f"{name}-{len(attempts)}"
-        result = create(denied_port_tunnel(attempt), namespace)
-        attempts.append(result.stderr)
-        if result.returncode == 0:  # admitted before the caches knew the relay
-            tools.kubectl("delete", "tunnel", attempt, "-n", namespace, "--wait=false")
-        return result.returncode != 0 and "spec.remotePort" in result.stderr
-
-    try:
-        await wait_for(denied, timeout=timeout, interval=0.5, what="the webhook's denial")
-    except TimeoutError:
-        raise AssertionError(f"not denied by the webhook: {attempts[-1:]}") from None
-    return attempts[-1]
 
 
 @pytest.fixture
@@ -171,7 +100,7 @@ async def installed(operator, cluster, namespace, relay_namespace, tmp_path: Pat
     ]
     # One port for both, as two pods behind one Service: whoever leads serves it.
     replicas[1].webhook_port = replicas[0].webhook_port
-    objects.apply(webhook_configurations(namespace, replicas[0].webhook_port))
+    objects.apply(chart_webhook_configurations(namespace, SERVICE, replicas[0].webhook_port))
     try:
         await asyncio.gather(*(r.start(wait_for="health") for r in replicas))
         yield replicas
@@ -227,7 +156,7 @@ async def test_the_operator_serves_the_charts_webhooks_through_the_service(
     # The API server calls the leader through the Service and trusts its certificate: a
     # tunnel the rules refuse is denied by the webhook, a good one gets its finalizer from
     # the mutating webhook at creation.
-    denial = await wait_denied(namespace, "too-high")
+    denial = await wait_webhook_denial(namespace, denied_port_tunnel, "spec.remotePort")
     assert 'admission webhook "validate-tunnel.tunnelop.dev" denied' in denial, denial
     created = create(objects.tunnel("fine", relay={"nodeSelector": RELAY_LABEL}), namespace)
     assert created.returncode == 0, created.stderr
@@ -241,7 +170,7 @@ async def test_the_operator_serves_the_charts_webhooks_through_the_service(
     await leader.stop()
     follower = next(r for r in installed if r is not leader)
     await follower.wait_ready()
-    await wait_denied(namespace, "too-high-again")
+    await wait_webhook_denial(namespace, denied_port_tunnel, "spec.remotePort")
     served = await served_certificate(follower.webhook_port, ca_pem, server_name)
     assert served == ssl.PEM_cert_to_DER_cert(cert_pem.decode())
     assert ca_bundles() == [base64.b64encode(ca_pem).decode()] * 2

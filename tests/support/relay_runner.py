@@ -41,7 +41,12 @@ address, and of the operator installed as pods:
   `--service-account-dir`, as the mount path is rewritten only where it appears). Their
   readiness is what their readinessProbe says (initialDelaySeconds, periodSeconds,
   timeoutSeconds, success and failure thresholds as a kubelet counts them): a follower
-  replica is not ready. Liveness probes are not performed.
+  replica is not ready. Liveness probes are not performed. The runner also plays the
+  endpoint slice controller for the Services that select these pods (the controller cannot:
+  the API server refuses loopback addresses in an IPv4 slice): an FQDN-type EndpointSlice
+  whose addresses are the pods' loopback addresses, ready as the pods are. With the local
+  cluster's --enable-aggregator-routing the API server resolves a webhook's Service
+  reference through it, so the chart's webhook Service reaches the leader.
 
 Run it inside a test (see the `relay_runner` fixture) or on its own:
     python -m support.relay_runner --kubeconfig .cluster/kubeconfig
@@ -127,6 +132,8 @@ class RunningPod:
     address: str
     root: Path
     containers: list[Container] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # named container ports
     stopping: bool = False
     held: bool = False  # containers kept down (hold_down)
     # The readiness the runner reports for the pod: None leaves it to kwok (Ready at once).
@@ -180,6 +187,7 @@ class RelayPodRunner:
         self.label = label
         self.serve_load_balancers = serve_load_balancers
         self.operator_selector = operator_selector
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}  # the operator pods' Services
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
         self.pods: dict[str, RunningPod] = {}
@@ -217,6 +225,16 @@ class RelayPodRunner:
                     core.list_pod_for_all_namespaces,
                     self._pod_listing(operator=True),
                     self._pod_event_handler(operator=True),
+                )
+            )
+        if self.operator_selector:
+            watches.append(
+                (
+                    "operator-services",
+                    "",
+                    core.list_service_for_all_namespaces,
+                    self._on_operator_services,
+                    self._on_operator_service_event,
                 )
             )
         if self.serve_load_balancers:
@@ -431,6 +449,68 @@ class RelayPodRunner:
             return
         log.info("load balancer address %s for Service %s/%s", address, meta.namespace, meta.name)
 
+    # ---- the endpoints of the operator's Services ---------------------------------------
+
+    async def _on_operator_services(self, services: list[Any]) -> None:
+        self._services.clear()
+        for service in services:
+            await self._on_operator_service_event("ADDED", service)
+
+    async def _on_operator_service_event(self, kind: str, service: Any) -> None:
+        key = (service.metadata.namespace, service.metadata.name)
+        if kind == "DELETED":  # its EndpointSlice goes with it (owner reference)
+            self._services.pop(key, None)
+            return
+        self._services[key] = self._api.sanitize_for_serialization(service)
+        await self._sync_endpoints(key[0], key[1])
+
+    async def _sync_endpoints(self, namespace: str, only: str | None = None) -> None:
+        """Write the EndpointSlice of each Service of `namespace` that selects operator
+        pods: the endpoint slice controller cannot (the API server refuses loopback
+        addresses in an IPv4 slice), so the runner writes an FQDN slice whose "names" are
+        the pods' addresses. The API server routes a webhook's Service reference through it
+        when it runs with --enable-aggregator-routing (else it dials the cluster IP)."""
+        discovery = client.DiscoveryV1Api(self._api)
+        for (service_namespace, name), service in list(self._services.items()):
+            if service_namespace != namespace or (only is not None and name != only):
+                continue
+            pods = [p for p in self.operator_pods() if p.namespace == namespace]
+            body = _endpoint_slice(service, pods)
+            if body is None:
+                continue
+            try:
+                await discovery.patch_namespaced_endpoint_slice(
+                    body["metadata"]["name"],
+                    namespace,
+                    body,
+                    field_manager="relay-runner",
+                    force=True,
+                    _content_type="application/apply-patch+yaml",
+                )
+                await self._drop_stale_controller_slices(namespace, name)
+            except ApiException as exc:
+                log.warning("cannot write the endpoints of Service %s: %s", name, exc.reason)
+
+    async def _drop_stale_controller_slices(self, namespace: str, service: str) -> None:
+        """The endpoint slice controller's own slice of the Service holds kwok's fake pod
+        IPs, written before the runner reported the pods' addresses (later updates fail:
+        loopback). The API server prefers that slice (the Service's IP family), and would
+        call an address nothing serves: delete it while it has a ready endpoint (the
+        controller cannot write it again while the pods' IPs are loopback ones)."""
+        discovery = client.DiscoveryV1Api(self._api)
+        selector = f"kubernetes.io/service-name={service},{CONTROLLER_SLICES}"
+        slices = await discovery.list_namespaced_endpoint_slice(namespace, label_selector=selector)
+        for stale in slices.items:
+            if any(
+                e.conditions is None or e.conditions.ready is not False
+                for e in stale.endpoints or []
+            ):
+                with contextlib.suppress(ApiException):
+                    await discovery.delete_namespaced_endpoint_slice(stale.metadata.name, namespace)
+                log.info(
+                    "deleted the stale EndpointSlice %s of Service %s", stale.metadata.name, service
+                )
+
     # ---- running a pod ----------------------------------------------------------------
 
     async def _start_pod(self, pod: Any, operator: bool = False) -> None:
@@ -445,6 +525,13 @@ class RelayPodRunner:
         root = self.workdir / f"{meta.namespace}.{meta.name}.{meta.uid[:8]}"
         root.mkdir(parents=True, exist_ok=True)
         running = RunningPod(meta.uid, meta.namespace, meta.name, relay, address, root)
+        running.labels = dict(meta.labels or {})
+        running.ports = {
+            p.name: p.container_port
+            for spec in pod.spec.containers
+            for p in spec.ports or []
+            if p.name
+        }
         if operator:  # not ready until its readiness probes say so, as with a kubelet
             running.operator = True
             running.readiness = False
@@ -498,6 +585,7 @@ class RelayPodRunner:
             running.prober = asyncio.create_task(
                 self._probe_forever(running), name=f"{meta.name}/readiness"
             )
+            await self._sync_endpoints(meta.namespace)
         log.info(
             "%s pod %s/%s for %s on %s",
             "running" if running.may_run else "holding down",
@@ -569,6 +657,9 @@ class RelayPodRunner:
         self._terminating.add(task)
         task.add_done_callback(self._terminating.discard)
         await asyncio.shield(task)
+        if pod.operator:
+            with contextlib.suppress(ApiException):
+                await self._sync_endpoints(pod.namespace)
 
     async def _terminate_pod(self, pod: RunningPod) -> None:
         pod.stopping = True
@@ -604,6 +695,7 @@ class RelayPodRunner:
                 log.info("pod %s/%s %s", pod.namespace, pod.name, "ready" if ready else "not ready")
                 try:
                     await self._sync_readiness(pod)
+                    await self._sync_endpoints(pod.namespace)
                 except ApiException as exc:
                     log.warning("cannot report the readiness of %s: %s", pod.name, exc.reason)
             await asyncio.sleep(min((c.period for c in checks), default=10))
@@ -965,6 +1057,66 @@ def _container_status(old: dict[str, Any], ready: bool, running: bool, now: str)
         reason = {"reason": "CrashLoopBackOff", "message": "held down by the relay-pod runner"}
         state = {"waiting": reason}
     return {**status, "ready": ready, "started": running, "state": state}
+
+
+ENDPOINT_SLICE_MANAGER = "relay-runner.tunnelop.test"
+CONTROLLER_SLICES = "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+
+
+def _endpoint_slice(service: dict[str, Any], pods: list[RunningPod]) -> dict[str, Any] | None:
+    """The EndpointSlice (FQDN type, each pod's loopback address as its name) of `service`
+    (a serialized V1Service) for the operator `pods` its selector matches, each ready as
+    the runner reports it; None for a Service without a selector or of another kind."""
+    spec, meta = service.get("spec") or {}, service["metadata"]
+    selector = spec.get("selector") or {}
+    if not selector or spec.get("type") == "ExternalName":
+        return None
+    chosen = [p for p in pods if selector.items() <= p.labels.items() and not p.stopping]
+    ports = []
+    for port in spec.get("ports") or []:
+        target = port.get("targetPort", port["port"])
+        if not isinstance(target, int) and not str(target).isdigit():
+            target = next((p.ports[target] for p in chosen if target in p.ports), None)
+            if target is None:
+                continue  # no pod names that port: no endpoint for it
+        # The API server matches a slice port to the Service's by name, "" when unnamed.
+        ports.append(
+            {
+                "name": port.get("name") or "",
+                "port": int(target),
+                "protocol": port.get("protocol", "TCP"),
+            }
+        )
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{meta['name']}-relay-runner",
+            "namespace": meta["namespace"],
+            "labels": {
+                "kubernetes.io/service-name": meta["name"],
+                "endpointslice.kubernetes.io/managed-by": ENDPOINT_SLICE_MANAGER,
+            },
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Service", "name": meta["name"], "uid": meta["uid"]}
+            ],
+        },
+        "addressType": "FQDN",
+        "ports": ports,
+        "endpoints": [
+            {
+                "addresses": [p.address],
+                "conditions": {"ready": p.readiness is True},
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "uid": p.uid,
+                },
+            }
+            for p in sorted(chosen, key=lambda p: p.name)
+        ],
+    }
 
 
 def _readiness_after(

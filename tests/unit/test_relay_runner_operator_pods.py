@@ -1,9 +1,11 @@
 """Pure helpers of the runner for the operator's own pods: their every-address listeners,
 their readiness probes as a kubelet times and counts them, a follower reported running but
-not ready, and the check that the operator can find its ServiceAccount token."""
+not ready, the check that the operator can find its ServiceAccount token, and the endpoints
+of their Services."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from support.relay_runner import (
@@ -11,6 +13,8 @@ from support.relay_runner import (
     LOCALHOST,
     SERVICE_ACCOUNT_DIR,
     ReadinessCheck,
+    RunningPod,
+    _endpoint_slice,
     _names_token_dir,
     _readiness_after,
     _readiness_check,
@@ -128,3 +132,57 @@ def test_the_operator_must_name_its_token_directory_to_find_it_here() -> None:
         container(["run", "--service-account-dir", SERVICE_ACCOUNT_DIR], [SERVICE_ACCOUNT_DIR])
     )
     assert _names_token_dir(container(["run"], [SERVICE_ACCOUNT_DIR], {"SA": SERVICE_ACCOUNT_DIR}))
+
+
+LABELS = {"app.kubernetes.io/name": "tunnelop", "app.kubernetes.io/component": "operator"}
+
+
+def operator_pod(name: str, address: str, ready: bool, labels=LABELS) -> RunningPod:
+    pod = RunningPod(f"uid-{name}", "tunnelop", name, f"tunnelop/{name}", address, Path("/x"))
+    pod.labels, pod.ports, pod.readiness, pod.operator = (
+        dict(labels),
+        {"webhook": 9443},
+        ready,
+        True,
+    )
+    return pod
+
+
+def webhook_service(**spec) -> dict:
+    return {
+        "metadata": {"name": "tunnelop-webhook", "namespace": "tunnelop", "uid": "svc-uid"},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app.kubernetes.io/name": "tunnelop"},
+            "ports": [{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}],
+            **spec,
+        },
+    }
+
+
+def test_the_webhook_service_routes_to_the_ready_replica() -> None:
+    pods = [
+        operator_pod("b", "127.0.0.201", ready=False),
+        operator_pod("a", "127.0.0.200", ready=True),
+        operator_pod("other", "127.0.0.202", ready=True, labels={"app": "else"}),
+    ]
+    body = _endpoint_slice(webhook_service(), pods)
+    assert body["addressType"] == "FQDN"  # an IPv4 slice may not hold loopback addresses
+    assert body["metadata"]["labels"]["kubernetes.io/service-name"] == "tunnelop-webhook"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "svc-uid"
+    assert body["ports"] == [{"name": "https", "port": 9443, "protocol": "TCP"}]
+    assert [(e["addresses"], e["conditions"]["ready"]) for e in body["endpoints"]] == [
+        (["127.0.0.200"], True),
+        (["127.0.0.201"], False),
+    ]
+
+
+def test_ports_without_a_target_and_services_without_endpoints() -> None:
+    unnamed = webhook_service(
+        ports=[{"port": 8081}, {"name": "x", "port": 1, "targetPort": "nope"}]
+    )
+    body = _endpoint_slice(unnamed, [operator_pod("a", "127.0.0.200", ready=True)])
+    # The API server matches slice ports to the Service's by name: "" when it has none.
+    assert body["ports"] == [{"name": "", "port": 8081, "protocol": "TCP"}]
+    assert _endpoint_slice(webhook_service(selector={}), []) is None
+    assert _endpoint_slice(webhook_service(type="ExternalName"), []) is None
