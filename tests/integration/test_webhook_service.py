@@ -4,14 +4,14 @@ configurations (a Service reference, an empty caBundle) and the Service; the ope
 many replicas start together, injects its CA into the caBundle, and the API server calls the
 leader through the Service. A new leader after a takeover serves the same certificate.
 
-How the API server reaches a local process through a Service here: it resolves a Service
-reference of a webhook to the Service's cluster IP (nothing routes that here: no
-kube-proxy) or, for an ExternalName Service, to `externalName:<the webhook's
-clientConfig.service.port>`. Endpoints and EndpointSlices of loopback addresses are refused by
-the API server ("may not be in the loopback range"), and would be used only with
---enable-aggregator-routing anyway. So the test's Service is an ExternalName one for
-127.0.0.1 and the configurations carry the webhook port; the certificate is still checked
-against the Service's name, <name>.<namespace>.svc, as for any Service reference.
+How the API server reaches a local process through a Service here: the local cluster runs
+it with --enable-aggregator-routing, so it resolves a webhook's Service reference through
+the Service's EndpointSlices (without it, to the cluster IP, which nothing routes here: no
+kube-proxy). Loopback addresses are refused in Endpoints and in IPv4 EndpointSlices ("may
+not be in the loopback range"), so the test writes an FQDN-type slice whose one "name" is
+127.0.0.1; its port is the process's webhook port, behind the Service's 443 as in the
+chart. The certificate is still checked against the Service's name, <name>.<namespace>.svc,
+as for any Service reference.
 """
 
 from __future__ import annotations
@@ -66,22 +66,32 @@ def create(manifest: dict, namespace: str):
     )
 
 
+def local_endpoints(namespace: str, port: int) -> dict:
+    """The Service's endpoints: this machine's webhook port, as an FQDN slice (an IPv4 one
+    may not hold a loopback address)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{SERVICE}-local",
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": SERVICE,
+                "endpointslice.kubernetes.io/managed-by": "tunnelop.test",
+            },
+        },
+        "addressType": "FQDN",
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+    }
+
+
 @pytest.fixture
 async def installed(operator, cluster, namespace, relay_namespace, tmp_path: Path):
     """The chart's part (configurations, Service) in `namespace`, and two replicas started
     together; the session's operator, which registers its own configurations, steps aside."""
     await operator.stop()
     delete_webhook_configurations()
-    tools.kubectl(
-        "create",
-        "service",
-        "externalname",
-        SERVICE,
-        "-n",
-        namespace,
-        "--external-name",
-        "127.0.0.1",
-    )
     objects.apply(relay_node(f"whsvc-{RUN}", labels=RELAY_LABEL, ports="40000-40999"))
     replicas = [
         OperatorProcess(
@@ -100,7 +110,18 @@ async def installed(operator, cluster, namespace, relay_namespace, tmp_path: Pat
     ]
     # One port for both, as two pods behind one Service: whoever leads serves it.
     replicas[1].webhook_port = replicas[0].webhook_port
-    objects.apply(chart_webhook_configurations(namespace, SERVICE, replicas[0].webhook_port))
+    objects.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": SERVICE, "namespace": namespace},
+                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": "webhook"}]},
+            },
+            local_endpoints(namespace, replicas[0].webhook_port),
+            *chart_webhook_configurations(namespace, SERVICE, 443),
+        ]
+    )
     try:
         await asyncio.gather(*(r.start(wait_for="health") for r in replicas))
         yield replicas

@@ -187,7 +187,9 @@ class RelayPodRunner:
         self.label = label
         self.serve_load_balancers = serve_load_balancers
         self.operator_selector = operator_selector
-        self._services: dict[tuple[str, str], dict[str, Any]] = {}  # the operator pods' Services
+        # Services by (namespace, name), and those that select operator pods the runner runs.
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._served: set[tuple[str, str]] = set()
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
         self.pods: dict[str, RunningPod] = {}
@@ -228,6 +230,15 @@ class RelayPodRunner:
                 )
             )
         if self.operator_selector:
+            watches.append(
+                (
+                    "controller-slices",
+                    CONTROLLER_SLICES,
+                    client.DiscoveryV1Api(self._api).list_endpoint_slice_for_all_namespaces,
+                    self._on_controller_slices,
+                    self._on_controller_slice_event,
+                )
+            )
             watches.append(
                 (
                     "operator-services",
@@ -460,6 +471,7 @@ class RelayPodRunner:
         key = (service.metadata.namespace, service.metadata.name)
         if kind == "DELETED":  # its EndpointSlice goes with it (owner reference)
             self._services.pop(key, None)
+            self._served.discard(key)
             return
         self._services[key] = self._api.sanitize_for_serialization(service)
         await self._sync_endpoints(key[0], key[1])
@@ -477,7 +489,14 @@ class RelayPodRunner:
             pods = [p for p in self.operator_pods() if p.namespace == namespace]
             body = _endpoint_slice(service, pods)
             if body is None:
+                if (namespace, name) in self._served:  # its last pod is gone
+                    self._served.discard((namespace, name))
+                    with contextlib.suppress(ApiException):
+                        await discovery.delete_namespaced_endpoint_slice(
+                            _slice_name(name), namespace
+                        )
                 continue
+            self._served.add((namespace, name))
             try:
                 await discovery.patch_namespaced_endpoint_slice(
                     body["metadata"]["name"],
@@ -490,6 +509,19 @@ class RelayPodRunner:
                 await self._drop_stale_controller_slices(namespace, name)
             except ApiException as exc:
                 log.warning("cannot write the endpoints of Service %s: %s", name, exc.reason)
+
+    async def _on_controller_slices(self, slices: list[Any]) -> None:
+        for endpoint_slice in slices:
+            await self._on_controller_slice_event("ADDED", endpoint_slice)
+
+    async def _on_controller_slice_event(self, kind: str, endpoint_slice: Any) -> None:
+        """The controller may write its slice again from a new pod's kwok IP (before the
+        runner reported the pod's address): dropped again."""
+        meta = endpoint_slice.metadata
+        service = (meta.labels or {}).get("kubernetes.io/service-name")
+        if kind != "DELETED" and (meta.namespace, service) in self._served:
+            with contextlib.suppress(ApiException):
+                await self._drop_stale_controller_slices(meta.namespace, service)
 
     async def _drop_stale_controller_slices(self, namespace: str, service: str) -> None:
         """The endpoint slice controller's own slice of the Service holds kwok's fake pod
@@ -1066,12 +1098,15 @@ CONTROLLER_SLICES = "endpointslice.kubernetes.io/managed-by=endpointslice-contro
 def _endpoint_slice(service: dict[str, Any], pods: list[RunningPod]) -> dict[str, Any] | None:
     """The EndpointSlice (FQDN type, each pod's loopback address as its name) of `service`
     (a serialized V1Service) for the operator `pods` its selector matches, each ready as
-    the runner reports it; None for a Service without a selector or of another kind."""
+    the runner reports it; None for a Service without a selector, of another kind, or that
+    selects none of them."""
     spec, meta = service.get("spec") or {}, service["metadata"]
     selector = spec.get("selector") or {}
     if not selector or spec.get("type") == "ExternalName":
         return None
     chosen = [p for p in pods if selector.items() <= p.labels.items() and not p.stopping]
+    if not chosen:
+        return None
     ports = []
     for port in spec.get("ports") or []:
         target = port.get("targetPort", port["port"])
@@ -1091,7 +1126,7 @@ def _endpoint_slice(service: dict[str, Any], pods: list[RunningPod]) -> dict[str
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": f"{meta['name']}-relay-runner",
+            "name": _slice_name(meta["name"]),
             "namespace": meta["namespace"],
             "labels": {
                 "kubernetes.io/service-name": meta["name"],
@@ -1117,6 +1152,10 @@ def _endpoint_slice(service: dict[str, Any], pods: list[RunningPod]) -> dict[str
             for p in sorted(chosen, key=lambda p: p.name)
         ],
     }
+
+
+def _slice_name(service: str) -> str:
+    return f"{service}-relay-runner"
 
 
 def _readiness_after(

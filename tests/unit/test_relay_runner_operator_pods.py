@@ -186,3 +186,5 @@ def test_ports_without_a_target_and_services_without_endpoints() -> None:
     assert body["ports"] == [{"name": "", "port": 8081, "protocol": "TCP"}]
     assert _endpoint_slice(webhook_service(selector={}), []) is None
     assert _endpoint_slice(webhook_service(type="ExternalName"), []) is None
+    relay_pods_only = webhook_service(selector={"tunnelop.dev/relay": "r"})
+    assert _endpoint_slice(relay_pods_only, [operator_pod("a", "127.0.0.200", ready=True)]) is None
