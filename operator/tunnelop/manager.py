@@ -241,7 +241,7 @@ async def _prepare_certificate(
     )
     try:
         await certificate.prepare()
-    except KubeError as exc:
+    except Exception as exc:  # the API server away, no right yet: the leader tries again
         log.warning(
             "cannot read the webhook certificate yet", secret=certificate.where, error=str(exc)
         )
@@ -261,7 +261,7 @@ async def _take_over_certificate(
                 "webhook-certificate", lambda: (True, f"from Secret {certificate.where}")
             )
             return
-        except KubeError as exc:
+        except Exception as exc:  # the API server away, no right to the Secret: again
             message = f"cannot read or write Secret {certificate.where}: {exc}"
             health.add_check("webhook-certificate", lambda message=message: (False, message))
             log.warning("webhook certificate not ready; retrying", error=str(exc), retry_in=delay)

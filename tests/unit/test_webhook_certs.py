@@ -331,3 +331,29 @@ def test_a_renewal_that_conflicts_rereads_and_keeps_the_other_write() -> None:
     kube.secret = stored(old)
     assert asyncio.run(webhook_tls.ensure_current(kube, "ns", "cert", HOSTS)) == theirs
     assert kube.writes == 0
+
+
+def test_a_ca_of_another_key_type_is_replaced(pair) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "someone's CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + datetime.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    foreign = certs.WebhookPair(
+        ca.public_bytes(serialization.Encoding.PEM), key_pem, pair.cert, pair.key
+    )
+    renewal = certs.renewal_due(foreign, HOSTS, NOW)
+    assert renewal is not None and renewal.new_ca and "not an EC key" in renewal.reason

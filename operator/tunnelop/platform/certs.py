@@ -214,6 +214,8 @@ def renewal_due(
         ca_key = serialization.load_pem_private_key(pair.ca_key, password=None)
     except ValueError as exc:
         return Renewal(f"the CA cannot be read: {exc}", new_ca=True)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        return Renewal("ca.key is not an EC key (the operator signs with EC P-256)", new_ca=True)
     if ca_key.public_key() != ca_cert.public_key():
         return Renewal("ca.key does not belong to ca.crt", new_ca=True)
     ca_left = ca_cert.not_valid_after_utc - now

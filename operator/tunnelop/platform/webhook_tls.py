@@ -352,7 +352,7 @@ class SecretCertificate:
             await asyncio.sleep(self.check_interval)
             try:
                 await self._check()
-            except KubeError as exc:
+            except Exception as exc:  # the API server away: the next check tries again
                 log.warning(
                     "cannot check the webhook certificate", secret=self.where, error=str(exc)
                 )
