@@ -55,6 +55,14 @@ options:
   kubeAdmission: true
   # Benchmarks measure the operator, not client-side throttling of the control plane.
   disableQPSLimits: true
+componentsPatches:
+- name: kube-apiserver
+  extraArgs:
+  # A webhook's Service reference is resolved through the Service's EndpointSlices, not its
+  # cluster IP (nothing routes cluster IPs here: no kube-proxy). The relay-pod runner writes
+  # the slices of the operator pods it runs (tests/support/relay_runner.py).
+  - key: enable-aggregator-routing
+    value: "true"
 YAML
 }
 

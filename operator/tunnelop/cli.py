@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -95,6 +96,41 @@ def local_host(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def webhook_service(value: str) -> tuple[str, str]:
+    """argparse type: NAMESPACE/NAME of a Service."""
+    from tunnelop.platform.webhook_tls import parse_service
+
+    try:
+        return parse_service(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def secret_name(value: str) -> str:
+    """argparse type: a Secret name (a DNS subdomain)."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value) or len(value) > 253:
+        raise argparse.ArgumentTypeError(
+            f"must be a Secret name (lowercase letters, digits, '-' and '.', starting and ending "
+            f"with a letter or digit), got {value!r}"
+        )
+    return value
+
+
+def webhook_flags_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of `tunnelop run`'s webhook flags, if anything."""
+    certificate = args.webhook_cert_secret or args.webhook_cert_dir
+    if args.no_webhook and (args.webhook_service or certificate):
+        return "--no-webhook: no --webhook-service, --webhook-cert-secret or --webhook-cert-dir with it"
+    if args.webhook_service and not certificate:
+        return "--webhook-service needs --webhook-cert-secret NAME or --webhook-cert-dir DIR"
+    if certificate and not args.webhook_service:
+        which = "--webhook-cert-secret" if args.webhook_cert_secret else "--webhook-cert-dir"
+        return (
+            f"{which} needs --webhook-service NAMESPACE/NAME (the Service the webhook is called at)"
+        )
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelop",
@@ -139,6 +175,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--webhook-port", type=int, default=9443, help="webhook port (default: 9443)")
     run.add_argument("--no-webhook", action="store_true", help="run without the admission webhook")
+    run.add_argument(
+        "--webhook-service",
+        type=webhook_service,
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help=(
+            "serve the webhook behind this Service, in a cluster: the Validating- and "
+            "MutatingWebhookConfiguration named tunnelop.dev exist already (the chart's); the "
+            "operator only keeps their caBundle (with --webhook-cert-secret). Needs "
+            "--webhook-cert-secret or --webhook-cert-dir. Without it (local runs) the operator "
+            "registers the webhook itself at https://WEBHOOK_HOST:WEBHOOK_PORT"
+        ),
+    )
+    certificate = run.add_mutually_exclusive_group()
+    certificate.add_argument(
+        "--webhook-cert-secret",
+        type=secret_name,
+        default=None,
+        metavar="NAME",
+        help=(
+            "Secret of the operator's namespace (POD_NAMESPACE, else its ServiceAccount's) with "
+            "the webhook's CA and serving certificate: created if absent, renewed by the leader "
+            "30 days before it expires, its CA injected into the configurations' caBundle"
+        ),
+    )
+    certificate.add_argument(
+        "--webhook-cert-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=(
+            "directory with tls.crt and tls.key (cert-manager's Secret, mounted), reread when "
+            "they change; the caBundle is left to cert-manager's CA injector"
+        ),
+    )
+    run.add_argument(
+        "--service-account-dir",
+        default=None,
+        help="where the pod's ServiceAccount token and CA are mounted (default: the usual place)",
+    )
     run.add_argument(
         "--traffic-interval",
         type=positive_seconds,
@@ -440,7 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_client(args)
     if args.command == "run":
         from tunnelop import manager
+        from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 
+        error = webhook_flags_error(args)
+        if error:
+            print(f"tunnelop run: error: {error}", file=sys.stderr)
+            return 2
         health_host, health_port = split_host_port(args.health_listen)
         leader_elect = manager.in_pod() if args.leader_elect is None else args.leader_elect
         return manager.main(
@@ -459,6 +540,10 @@ def main(argv: list[str] | None = None) -> int:
                 lease_duration=args.lease_duration,
                 health_host=health_host,
                 health_port=health_port,
+                webhook_service=args.webhook_service,
+                webhook_cert_secret=args.webhook_cert_secret,
+                webhook_cert_dir=args.webhook_cert_dir,
+                service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
             )
         )
     parser.print_help(sys.stderr)

@@ -3,6 +3,12 @@ for the Lease, and only while leading kopf with tunnelop's handlers, settings an
 webhook. A follower runs no watch and no webhook: it is not ready, so no Service routes
 admission calls to it.
 
+The webhook, two ways. Locally (no --webhook-service) kopf registers the configurations
+itself, with a throw-away certificate for 127.0.0.1. In a cluster (--webhook-service) the
+chart owns the configurations and the Service; the operator serves behind that Service with
+a certificate from a Secret it creates and renews (--webhook-cert-secret), injecting its CA
+into the configurations' caBundle, or from files cert-manager mounts (--webhook-cert-dir).
+
 Losing the lease stops every reconcile at once and exits non-zero (the pod restarts as a
 follower, as with controller-runtime). SIGTERM makes a leader drain the reconciles in flight
 (bounded), stop kopf (which takes its webhook entries down), release the lease and exit 0.
@@ -15,6 +21,7 @@ import contextlib
 import os
 import signal
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +30,9 @@ import kopf
 
 from tunnelop.api.v1alpha1 import parse_port_span
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
-from tunnelop.platform import certs, logs
+from tunnelop.platform import certs, logs, webhook_tls
 from tunnelop.platform.health import Health
-from tunnelop.platform.kube import Kube, KubeError
+from tunnelop.platform.kube import Kube, KubeError, use_service_account_dir
 from tunnelop.platform.leader import LeaderElector, Timing
 
 log = logs.get(__name__)
@@ -52,6 +59,18 @@ class Options:
     health_port: int = 8081
     # SIGTERM: how long the reconciles in flight may take to finish.
     drain_timeout: float = 10.0
+    # Behind a Service (NAMESPACE, NAME) with a chart-owned webhook configuration; None:
+    # kopf registers the webhook itself at https://webhook_host:webhook_port (local runs).
+    webhook_service: tuple[str, str] | None = None
+    # The serving certificate behind a Service: a Secret the operator keeps in its own
+    # namespace, or a directory with tls.crt and tls.key (cert-manager).
+    webhook_cert_secret: str | None = None
+    webhook_cert_dir: Path | None = None
+    service_account_dir: str = SERVICE_ACCOUNT_DIR
+    # How often the leader checks whether the webhook certificate needs renewal.
+    cert_check_interval: float = 300.0
+    # How often the webhook server rereads its certificate files for a change.
+    cert_file_check_interval: float = 10.0
 
 
 def in_pod(service_account_dir: str = SERVICE_ACCOUNT_DIR) -> bool:
@@ -61,10 +80,38 @@ def in_pod(service_account_dir: str = SERVICE_ACCOUNT_DIR) -> bool:
     )
 
 
+def service_account_login(directory: str, env: Mapping[str, str]) -> kopf.ConnectionInfo | None:
+    """kopf's connection from the pod's ServiceAccount token in `directory` (kopf's own
+    in-cluster login knows only the usual place); None outside a pod."""
+    token_file = Path(directory, "token")
+    if not token_file.is_file():
+        return None
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+    server = (
+        f"https://{f'[{host}]' if ':' in host else host}:{port}"
+        if host
+        else "https://kubernetes.default.svc"
+    )
+    ca_file, namespace_file = Path(directory, "ca.crt"), Path(directory, "namespace")
+    return kopf.ConnectionInfo(
+        server=server,
+        ca_path=str(ca_file) if ca_file.is_file() else None,
+        scheme="Bearer",
+        token=token_file.read_text().strip(),
+        default_namespace=namespace_file.read_text().strip() if namespace_file.is_file() else None,
+    )
+
+
 def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
     from tunnelop.controllers import watches, webhook  # noqa: F401
     from tunnelop.controllers.traffic import TrafficOptions
+
+    @kopf.on.login(errors=kopf.ErrorsMode.IGNORED)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Read again at every (re-)login: the kubelet rotates the token file.
+        in_pod = service_account_login(options.service_account_dir, os.environ)
+        return in_pod or kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(backoff=1)
     async def start_runtime(memo: kopf.Memo, **_: object) -> None:
@@ -103,7 +150,18 @@ def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
     settings.watching.label_selectors["v1", "secrets"] = "tunnelop.dev/tunnel"
     settings.watching.label_selectors["apps", "deployments"] = "tunnelop.dev/relay"
     settings.watching.server_timeout = 300
-    if options.webhook:
+    if options.webhook and options.webhook_service is not None:
+        # The chart owns the configurations (kopf's `managed` stays off) and the Service.
+        directory = serving_directory(options, workdir)
+        settings.admission.server = kopf.WebhookServer(
+            addr=options.webhook_host,
+            port=options.webhook_port,
+            certfile=str(directory / certs.CERT_KEY),
+            pkeyfile=str(directory / certs.KEY_KEY),
+            # A renewed Secret or a cert-manager rotation changes the files: served anew.
+            file_check_interval=options.cert_file_check_interval,
+        )
+    elif options.webhook:
         cert = certs.issue_webhook_certificate(
             workdir / "webhook", [options.webhook_host, "localhost"]
         )
@@ -119,24 +177,105 @@ def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
     return settings
 
 
+def serving_directory(options: Options, workdir: Path) -> Path:
+    """Where the webhook server reads tls.crt and tls.key behind a Service."""
+    return options.webhook_cert_dir or workdir / "webhook"
+
+
+def _missing_cert_files(directory: Path) -> list[str]:
+    return [name for name in (certs.CERT_KEY, certs.KEY_KEY) if not (directory / name).is_file()]
+
+
 async def run(options: Options) -> int:
     """The exit code: 0 after SIGTERM or SIGINT, non-zero when leadership was lost or kopf
     ended by itself."""
     logs.configure(options.log_format, options.log_level)
+    use_service_account_dir(options.service_account_dir)
+    if options.webhook and options.webhook_cert_dir is not None:
+        missing = _missing_cert_files(options.webhook_cert_dir)
+        if missing:
+            log.error(
+                "--webhook-cert-dir lacks the serving certificate",
+                directory=str(options.webhook_cert_dir),
+                missing=missing,
+            )
+            return 2
     stopping = asyncio.Event()
     _on_signals(stopping.set)
     health = Health()
     await health.start(options.health_host, options.health_port)
+    kube = None
     try:
-        if not options.leader_elect:
-            health.add_check("leader", lambda: (True, "leader election disabled"))
-            return await _lead(options, health, stopping, lost=None)
-        return await _campaign_then_lead(options, health, stopping)
+        with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
+            certificate = None
+            if options.webhook and options.webhook_cert_secret:
+                kube = await Kube.connect()
+                certificate = await _prepare_certificate(options, kube, Path(workdir))
+            if not options.leader_elect:
+                health.add_check("leader", lambda: (True, "leader election disabled"))
+                return await _lead(options, health, stopping, None, Path(workdir), certificate)
+            return await _campaign_then_lead(options, health, stopping, Path(workdir), certificate)
     finally:
+        if kube is not None:
+            await kube.close()
         await health.stop()
 
 
-async def _campaign_then_lead(options: Options, health: Health, stopping: asyncio.Event) -> int:
+async def _prepare_certificate(
+    options: Options, kube: Kube, workdir: Path
+) -> webhook_tls.SecretCertificate:
+    """Every replica, at start-up: the webhook certificate from the Secret in the operator's
+    own namespace, the Secret created if absent. A failure here is retried by the leader."""
+    assert options.webhook_service is not None and options.webhook_cert_secret is not None
+    namespace = webhook_tls.operator_namespace(
+        os.environ, options.service_account_dir, options.relay_namespace
+    )
+    certificate = webhook_tls.SecretCertificate(
+        kube,
+        namespace,
+        options.webhook_cert_secret,
+        options.webhook_service,
+        serving_directory(options, workdir),
+        WEBHOOK_CONFIGURATION,
+        check_interval=options.cert_check_interval,
+    )
+    try:
+        await certificate.prepare()
+    except Exception as exc:  # the API server away, no right yet: the leader tries again
+        log.warning(
+            "cannot read the webhook certificate yet", secret=certificate.where, error=str(exc)
+        )
+    return certificate
+
+
+async def _take_over_certificate(
+    certificate: webhook_tls.SecretCertificate, health: Health
+) -> None:
+    """Until the leader serves the Secret's current certificate (retried: without it the
+    webhook cannot serve; /readyz says why meanwhile)."""
+    delay = 1.0
+    while True:
+        try:
+            await certificate.take_over()
+            health.add_check(
+                "webhook-certificate", lambda: (True, f"from Secret {certificate.where}")
+            )
+            return
+        except Exception as exc:  # the API server away, no right to the Secret: again
+            message = f"cannot read or write Secret {certificate.where}: {exc}"
+            health.add_check("webhook-certificate", lambda message=message: (False, message))
+            log.warning("webhook certificate not ready; retrying", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def _campaign_then_lead(
+    options: Options,
+    health: Health,
+    stopping: asyncio.Event,
+    workdir: Path,
+    certificate: webhook_tls.SecretCertificate | None,
+) -> int:
     namespace = options.leader_election_namespace or options.relay_namespace
     kube = await Kube.connect()
     try:
@@ -158,13 +297,18 @@ async def _campaign_then_lead(options: Options, health: Health, stopping: asynci
             await _first(elector.leading.wait(), stopping.wait(), campaign)
             if not elector.is_leader:
                 return 0 if stopping.is_set() else LEADERSHIP_LOST_EXIT
-            return await _lead(options, health, stopping, lost=elector.lost)
+            return await _lead(options, health, stopping, elector.lost, workdir, certificate)
     finally:
         await kube.close()
 
 
 async def _lead(
-    options: Options, health: Health, stopping: asyncio.Event, lost: asyncio.Event | None
+    options: Options,
+    health: Health,
+    stopping: asyncio.Event,
+    lost: asyncio.Event | None,
+    workdir: Path,
+    certificate: webhook_tls.SecretCertificate | None,
 ) -> int:
     registry = _register_handlers(options)
     memo = kopf.Memo()
@@ -181,39 +325,66 @@ async def _lead(
     waiters = [asyncio.ensure_future(stopping.wait())]
     if lost is not None:
         waiters.append(asyncio.ensure_future(lost.wait()))
-    with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
-        settings = build_settings(options, Path(workdir))
-        # kopf cancels, when it ends, every task created after this point.
-        existing = asyncio.all_tasks()
-        tasks = await kopf.spawn_tasks(
-            registry=registry,
-            settings=settings,
-            clusterwide=True,
-            standalone=True,
-            stop_flag=stop_kopf,
-            memo=memo,
-        )
-        # kopf installed its own SIGTERM/SIGINT handlers: ours decide the order of shutdown.
-        _on_signals(stopping.set)
-        operator = asyncio.create_task(kopf.run_tasks(tasks, ignored=existing), name="kopf")
-        try:
-            await _first(operator, *waiters)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        if lost is not None and lost.is_set():
-            log.error("leadership lost: stopping every reconcile now and exiting")
-            await _cancel_everything_else()
-            return LEADERSHIP_LOST_EXIT
-        if stopping.is_set():
-            await _drain(getattr(memo, "runtime", None), options.drain_timeout)
-            stop_kopf.set()
-        try:
-            await operator
-        except Exception:
-            log.exception("the operator ended with an error")
-            return 1
-        return 0 if stopping.is_set() else 1
+    keeper: asyncio.Task[None] | None = None
+    try:
+        if certificate is not None:
+            # The webhook server must find the certificate files when it starts.
+            taken = asyncio.ensure_future(_take_over_certificate(certificate, health))
+            await _first(taken, *waiters)
+            if not taken.done():
+                taken.cancel()
+                return _left_before_leading(lost)
+            keeper = asyncio.create_task(certificate.keep(), name="webhook certificate")
+        return await _run_kopf(options, registry, memo, stop_kopf, stopping, lost, waiters, workdir)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        if keeper is not None:
+            keeper.cancel()
+
+
+def _left_before_leading(lost: asyncio.Event | None) -> int:
+    return LEADERSHIP_LOST_EXIT if lost is not None and lost.is_set() else 0
+
+
+async def _run_kopf(
+    options: Options,
+    registry: kopf.OperatorRegistry,
+    memo: kopf.Memo,
+    stop_kopf: asyncio.Event,
+    stopping: asyncio.Event,
+    lost: asyncio.Event | None,
+    waiters: list[asyncio.Future[Any]],
+    workdir: Path,
+) -> int:
+    settings = build_settings(options, workdir)
+    # kopf cancels, when it ends, every task created after this point.
+    existing = asyncio.all_tasks()
+    tasks = await kopf.spawn_tasks(
+        registry=registry,
+        settings=settings,
+        clusterwide=True,
+        standalone=True,
+        stop_flag=stop_kopf,
+        memo=memo,
+    )
+    # kopf installed its own SIGTERM/SIGINT handlers: ours decide the order of shutdown.
+    _on_signals(stopping.set)
+    operator = asyncio.create_task(kopf.run_tasks(tasks, ignored=existing), name="kopf")
+    await _first(operator, *waiters)
+    if lost is not None and lost.is_set():
+        log.error("leadership lost: stopping every reconcile now and exiting")
+        await _cancel_everything_else()
+        return LEADERSHIP_LOST_EXIT
+    if stopping.is_set():
+        await _drain(getattr(memo, "runtime", None), options.drain_timeout)
+        stop_kopf.set()
+    try:
+        await operator
+    except Exception:
+        log.exception("the operator ended with an error")
+        return 1
+    return 0 if stopping.is_set() else 1
 
 
 async def _drain(runtime: Any, timeout: float) -> None:

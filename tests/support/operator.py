@@ -5,9 +5,11 @@ killing: stop() sends SIGTERM, kill() sends SIGKILL. Each process gets its own h
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -20,10 +22,16 @@ from support.netutil import free_port
 class OperatorProcess:
     """`tunnelop run` with `extra_args`, logging to `log_path`. It dies with its parent. With
     own_process_group, a Ctrl-C in the terminal does not reach it, so that its parent can
-    still delete objects that carry its finalizers before stopping it."""
+    still delete objects that carry its finalizers before stopping it. `env` adds to its
+    environment (POD_NAMESPACE, say, as a pod gets it from the downward API)."""
 
     def __init__(
-        self, kubeconfig: Path, log_path: Path, *extra_args: str, own_process_group: bool = False
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        *extra_args: str,
+        own_process_group: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -31,6 +39,7 @@ class OperatorProcess:
         self.health_port = free_port()
         self.extra_args = extra_args
         self.own_process_group = own_process_group
+        self.env = env or {}
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -51,7 +60,7 @@ class OperatorProcess:
     async def start(self, wait_for: str = "webhook") -> None:
         """Start; then wait for its "webhook" (a leader's, registered and answering),
         "leading" (/readyz 200) or "health" (the health port answers: a follower too)."""
-        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig))
+        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig), **self.env)
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -199,3 +208,83 @@ async def restart_settled(operator: OperatorProcess) -> None:
     await operator.start()
     await operator.wait_ready()
     await operator.wait_settled(len(objects.list_objects("tunnel")))
+
+
+def chart_webhook_configurations(namespace: str, service: str, port: int) -> list[dict]:
+    """The two configurations as the chart writes them: the operator's webhooks (ids
+    validate-tunnel and add-finalizer, served at /<id>), a Service reference, no caBundle."""
+
+    def webhook(id_: str, operations: list[str]) -> dict:
+        return {
+            "name": f"{id_}.tunnelop.dev",
+            "clientConfig": {
+                "service": {
+                    "namespace": namespace,
+                    "name": service,
+                    "path": f"/{id_}",
+                    "port": port,
+                }
+            },
+            "rules": [
+                {
+                    "apiGroups": ["tunnelop.dev"],
+                    "apiVersions": ["v1alpha1"],
+                    "resources": ["tunnels"],
+                    "operations": operations,
+                    "scope": "*",
+                }
+            ],
+            # Fail, so that a webhook the API server cannot reach or trust shows as an error
+            # instead of an admission.
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }
+
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "tunnelop.dev"},
+            "webhooks": [webhook("validate-tunnel", ["CREATE", "UPDATE"])],
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "tunnelop.dev"},
+            "webhooks": [webhook("add-finalizer", ["CREATE"])],
+        },
+    ]
+
+
+def ca_bundles() -> list[str]:
+    """Every webhook's caBundle, in both configurations."""
+    bundles = []
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        body = objects.get(kind, "tunnelop.dev") or {}
+        bundles += [w["clientConfig"].get("caBundle", "") for w in body.get("webhooks", [])]
+    return bundles
+
+
+async def wait_webhook_denial(
+    namespace: str, manifest: Callable[[str], dict], field: str, timeout: float = 60
+) -> str:
+    """The admission webhook's denial (naming `field`) of `manifest(name)`, retried under
+    new names: the leader's caches learn through their watches of what the rule needs, and
+    an attempt admitted before that is deleted again."""
+    attempts: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        name = f"denied-{len(attempts)}"
+        result = tools.kubectl(
+            "create", "-n", namespace, "-f", "-", input=json.dumps(manifest(name)), check=False
+        )
+        attempts.append(result.stderr)
+        if result.returncode == 0:
+            tools.kubectl("delete", "tunnel", name, "-n", namespace, "--wait=false")
+        elif field in result.stderr and "admission webhook" in result.stderr:
+            return result.stderr
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no denial by the webhook naming {field}; last answers: {attempts[-3:]}")

@@ -1,4 +1,4 @@
-"""A test-side stand-in for the kubelet, for relay pods only.
+"""A test-side stand-in for the kubelet, for relay pods (and, opted in, the operator's own).
 
 Pods on kwok's fake nodes are reported Running but run nothing. The runner brings the pods
 that carry the `tunnelop.dev/relay` label to life: it runs each container's own command and
@@ -10,19 +10,21 @@ What differs from a kubelet, and why:
 - A container image is mapped to a local binary (`frps`/`frpc` from the tool cache, the
   project's own entry point for tunnelop images), since nothing is pulled here.
 - Each relay (the label's value) gets its own loopback address, 127.0.0.2, 127.0.0.3, ...,
-  stable across pod re-creation; `status.podIP` and `status.hostIP` in the downward API
+  stable across pod re-creation (an operator pod: one of its own, kept by its name); `status.podIP` and `status.hostIP` in the downward API
   resolve to it, so a process that binds to its pod IP binds to that address, and the runner
   reports it as the pod's `status.podIP`, so that others reach the pod by its IP.
 - Volume mount paths are rewritten: every mountPath that appears in a container's command,
   args, env values or in a materialized text file is replaced by the local directory.
 - A pod has a network namespace of its own, and so a localhost of its own: 127.0.0.1 in
   args, env values and materialized files becomes the relay's address, so two relays'
-  localhost-only ports (frps's plugin and dashboard ports) do not collide.
+  localhost-only ports (frps's plugin and dashboard ports) do not collide. Likewise 0.0.0.0
+  (all of the pod's addresses) becomes the pod's address, so two operator replicas that
+  listen on 0.0.0.0:8081 do not collide either.
 - $(VAR) references in args are expanded from the container's env, as the kubelet does.
 - A container that exits is restarted with a capped back-off, as with restartPolicy Always.
 
-Two opt-ins play the rest of a cluster for tests of failover and of relays without a fixed
-address:
+Opt-ins play the rest of a cluster for tests of failover, of relays without a fixed
+address, and of the operator installed as pods:
 - `serve_load_balancers=True`: the cloud's load balancer (as MetalLB would be). A Service of
   type LoadBalancer that carries the relay label gets the relay's loopback address as
   `status.loadBalancer.ingress`; the relay's processes bind that address, so a visitor of
@@ -31,6 +33,20 @@ address:
   stop and stay down (new pods of the relay too) and the pod is reported not ready, as a
   kubelet reports failed readiness probes; bring_up runs them again and reports the pod ready
   once the containers' readiness probes (tcpSocket, httpGet) pass.
+- `operator_selector="app.kubernetes.io/name=tunnelop,app.kubernetes.io/component=operator"`:
+  the operator's own pods (a Deployment, a Helm release) run too, from the same tunnelop
+  image mapping, each on its own address. Their ServiceAccount token comes from the
+  TokenRequest API and KUBERNETES_SERVICE_HOST/PORT name the API server, so the operator runs
+  with its real RBAC (its in-cluster config: the token directory must be named in its args,
+  `--service-account-dir`, as the mount path is rewritten only where it appears). Their
+  readiness is what their readinessProbe says (initialDelaySeconds, periodSeconds,
+  timeoutSeconds, success and failure thresholds as a kubelet counts them): a follower
+  replica is not ready. Liveness probes are not performed. The runner also plays the
+  endpoint slice controller for the Services that select these pods (the controller cannot:
+  the API server refuses loopback addresses in an IPv4 slice): an FQDN-type EndpointSlice
+  whose addresses are the pods' loopback addresses, ready as the pods are. With the local
+  cluster's --enable-aggregator-routing the API server resolves a webhook's Service
+  reference through it, so the chart's webhook Service reaches the leader.
 
 Run it inside a test (see the `relay_runner` fixture) or on its own:
     python -m support.relay_runner --kubeconfig .cluster/kubeconfig
@@ -65,6 +81,10 @@ from support import tools
 RELAY_LABEL = "tunnelop.dev/relay"
 LOCALHOST = "127.0.0.1"
 LOCALHOST_PATTERN = re.compile(r"(?<![\d.])127\.0\.0\.1(?!\d)")
+ANY_ADDRESS = "0.0.0.0"
+# The whole address, not a CIDR: 0.0.0.0/0 in a config means every source, not the pod.
+ANY_ADDRESS_PATTERN = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d/])")
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 POD_READY_CONDITIONS = ("Ready", "ContainersReady")
 log = logging.getLogger("relay-runner")
 
@@ -112,11 +132,17 @@ class RunningPod:
     address: str
     root: Path
     containers: list[Container] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # named container ports
     stopping: bool = False
     held: bool = False  # containers kept down (hold_down)
     # The readiness the runner reports for the pod: None leaves it to kwok (Ready at once).
     readiness: bool | None = None
+    # A pod of the operator (operator_selector): `relay` is then namespace/name, and its
+    # readiness follows its readiness probes.
+    operator: bool = False
     token_refresher: asyncio.Task[None] | None = None
+    prober: asyncio.Task[None] | None = None
     # Set when the pod stops or is held: wakes a supervisor out of its restart back-off.
     halted: asyncio.Event = field(default_factory=asyncio.Event)
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -134,6 +160,12 @@ class ReadinessCheck:
     port: int
     path: str | None = None  # None: a tcpSocket probe
     https: bool = False
+    # How a kubelet times and counts it (the probe's fields, with Kubernetes' defaults).
+    initial_delay: float = 0
+    period: float = 10
+    timeout: float = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
 
 
 class RelayPodRunner:
@@ -147,12 +179,17 @@ class RelayPodRunner:
         label: str = RELAY_LABEL,
         first_address: str = "127.0.0.2",
         serve_load_balancers: bool = False,
+        operator_selector: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-runner-"))
         self.image_map = image_map
         self.label = label
         self.serve_load_balancers = serve_load_balancers
+        self.operator_selector = operator_selector
+        # Services by (namespace, name), and those that select operator pods the runner runs.
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._served: set[tuple[str, str]] = set()
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
         self.pods: dict[str, RunningPod] = {}
@@ -173,23 +210,61 @@ class RelayPodRunner:
         self._server = (server_host, int(server_port or 443))
         self._ca_file = cfg.ssl_ca_cert
         core = client.CoreV1Api(self._api)
-        watches = [("pods", core.list_pod_for_all_namespaces, self._on_pods, self._on_pod_event)]
+        watches = [
+            (
+                "pods",
+                self.label,
+                core.list_pod_for_all_namespaces,
+                self._pod_listing(operator=False),
+                self._pod_event_handler(operator=False),
+            )
+        ]
+        if self.operator_selector:
+            watches.append(
+                (
+                    "operator-pods",
+                    self.operator_selector,
+                    core.list_pod_for_all_namespaces,
+                    self._pod_listing(operator=True),
+                    self._pod_event_handler(operator=True),
+                )
+            )
+        if self.operator_selector:
+            watches.append(
+                (
+                    "controller-slices",
+                    CONTROLLER_SLICES,
+                    client.DiscoveryV1Api(self._api).list_endpoint_slice_for_all_namespaces,
+                    self._on_controller_slices,
+                    self._on_controller_slice_event,
+                )
+            )
+            watches.append(
+                (
+                    "operator-services",
+                    "",
+                    core.list_service_for_all_namespaces,
+                    self._on_operator_services,
+                    self._on_operator_service_event,
+                )
+            )
         if self.serve_load_balancers:
             watches.append(
                 (
                     "services",
+                    self.label,
                     core.list_service_for_all_namespaces,
                     self._on_services,
                     self._on_service_event,
                 )
             )
         synced = []
-        for what, list_call, on_listing, on_event in watches:
+        for what, selector, list_call, on_listing, on_event in watches:
             done = asyncio.Event()
             synced.append(done)
             self._watchers.append(
                 asyncio.create_task(
-                    self._watch_forever(what, list_call, on_listing, on_event, done),
+                    self._watch_forever(what, selector, list_call, on_listing, on_event, done),
                     name=f"relay-runner-watch-{what}",
                 )
             )
@@ -212,6 +287,10 @@ class RelayPodRunner:
             self._next_address += 1
         return self._addresses[relay]
 
+    def operator_pods(self) -> list[RunningPod]:
+        """The operator's pods the runner runs (operator_selector)."""
+        return [pod for pod in self.pods.values() if pod.operator and not pod.stopping]
+
     def pod_for(self, relay: str) -> RunningPod | None:
         for pod in self.pods.values():
             if pod.relay == relay and not pod.stopping:
@@ -219,7 +298,8 @@ class RelayPodRunner:
         return None
 
     def logs(self, relay: str) -> str:
-        """All container logs of a relay's current pod, for test failure messages."""
+        """All container logs of a relay's current pod (or of an operator pod, by
+        namespace/name), for test failure messages."""
         pod = self.pod_for(relay)
         if pod is None:
             return f"(no running pod for relay {relay})"
@@ -277,6 +357,7 @@ class RelayPodRunner:
     async def _watch_forever(
         self,
         what: str,
+        selector: str,
         list_call: Callable[..., Any],
         on_listing: Callable[[list[Any]], Awaitable[None]],
         on_event: Callable[[str, Any], Awaitable[None]],
@@ -285,13 +366,13 @@ class RelayPodRunner:
         """List, then watch from the listing's version; relist when the watch breaks."""
         while True:
             try:
-                listing = await list_call(label_selector=self.label)
+                listing = await list_call(label_selector=selector)
                 await on_listing(listing.items)
                 synced.set()
                 async with watch.Watch() as w:
                     events = w.stream(
                         list_call,
-                        label_selector=self.label,
+                        label_selector=selector,
                         resource_version=listing.metadata.resource_version,
                         timeout_seconds=300,
                     )
@@ -303,19 +384,27 @@ class RelayPodRunner:
                 log.warning("%s watch interrupted (%s); relisting", what, exc)
                 await asyncio.sleep(1)
 
-    async def _on_pods(self, pods: list[Any]) -> None:
-        for pod in pods:
-            await self._on_pod(pod)
-        for uid in set(self.pods) - {pod.metadata.uid for pod in pods}:
-            await self._stop_pod(uid)
+    def _pod_listing(self, operator: bool) -> Callable[[list[Any]], Awaitable[None]]:
+        async def on_listing(pods: list[Any]) -> None:
+            for pod in pods:
+                await self._on_pod(pod, operator)
+            listed = {pod.metadata.uid for pod in pods}
+            for uid, running in list(self.pods.items()):
+                if running.operator is operator and uid not in listed:
+                    await self._stop_pod(uid)
 
-    async def _on_pod_event(self, kind: str, pod: Any) -> None:
-        if kind == "DELETED":
-            await self._stop_pod(pod.metadata.uid)
-        else:
-            await self._on_pod(pod)
+        return on_listing
 
-    async def _on_pod(self, pod: Any) -> None:
+    def _pod_event_handler(self, operator: bool) -> Callable[[str, Any], Awaitable[None]]:
+        async def on_event(kind: str, pod: Any) -> None:
+            if kind == "DELETED":
+                await self._stop_pod(pod.metadata.uid)
+            else:
+                await self._on_pod(pod, operator)
+
+        return on_event
+
+    async def _on_pod(self, pod: Any, operator: bool = False) -> None:
         uid = pod.metadata.uid
         if pod.metadata.deletion_timestamp is not None:
             await self._stop_pod(uid)
@@ -326,7 +415,7 @@ class RelayPodRunner:
         if not pod.spec.node_name:
             return  # not scheduled yet
         try:
-            await self._start_pod(pod)
+            await self._start_pod(pod, operator)
         except Exception:
             log.exception("cannot run pod %s/%s", pod.metadata.namespace, pod.metadata.name)
 
@@ -371,21 +460,119 @@ class RelayPodRunner:
             return
         log.info("load balancer address %s for Service %s/%s", address, meta.namespace, meta.name)
 
+    # ---- the endpoints of the operator's Services ---------------------------------------
+
+    async def _on_operator_services(self, services: list[Any]) -> None:
+        self._services.clear()
+        for service in services:
+            await self._on_operator_service_event("ADDED", service)
+
+    async def _on_operator_service_event(self, kind: str, service: Any) -> None:
+        key = (service.metadata.namespace, service.metadata.name)
+        if kind == "DELETED":  # its EndpointSlice goes with it (owner reference)
+            self._services.pop(key, None)
+            self._served.discard(key)
+            return
+        self._services[key] = self._api.sanitize_for_serialization(service)
+        await self._sync_endpoints(key[0], key[1])
+
+    async def _sync_endpoints(self, namespace: str, only: str | None = None) -> None:
+        """Write the EndpointSlice of each Service of `namespace` that selects operator
+        pods: the endpoint slice controller cannot (the API server refuses loopback
+        addresses in an IPv4 slice), so the runner writes an FQDN slice whose "names" are
+        the pods' addresses. The API server routes a webhook's Service reference through it
+        when it runs with --enable-aggregator-routing (else it dials the cluster IP)."""
+        discovery = client.DiscoveryV1Api(self._api)
+        for (service_namespace, name), service in list(self._services.items()):
+            if service_namespace != namespace or (only is not None and name != only):
+                continue
+            pods = [p for p in self.operator_pods() if p.namespace == namespace]
+            body = _endpoint_slice(service, pods)
+            if body is None:
+                if (namespace, name) in self._served:  # its last pod is gone
+                    self._served.discard((namespace, name))
+                    with contextlib.suppress(ApiException):
+                        await discovery.delete_namespaced_endpoint_slice(
+                            _slice_name(name), namespace
+                        )
+                continue
+            self._served.add((namespace, name))
+            try:
+                await discovery.patch_namespaced_endpoint_slice(
+                    body["metadata"]["name"],
+                    namespace,
+                    body,
+                    field_manager="relay-runner",
+                    force=True,
+                    _content_type="application/apply-patch+yaml",
+                )
+                await self._drop_stale_controller_slices(namespace, name)
+            except ApiException as exc:
+                log.warning("cannot write the endpoints of Service %s: %s", name, exc.reason)
+
+    async def _on_controller_slices(self, slices: list[Any]) -> None:
+        for endpoint_slice in slices:
+            await self._on_controller_slice_event("ADDED", endpoint_slice)
+
+    async def _on_controller_slice_event(self, kind: str, endpoint_slice: Any) -> None:
+        """The controller may write its slice again from a new pod's kwok IP (before the
+        runner reported the pod's address): dropped again."""
+        meta = endpoint_slice.metadata
+        service = (meta.labels or {}).get("kubernetes.io/service-name")
+        if kind != "DELETED" and (meta.namespace, service) in self._served:
+            with contextlib.suppress(ApiException):
+                await self._drop_stale_controller_slices(meta.namespace, service)
+
+    async def _drop_stale_controller_slices(self, namespace: str, service: str) -> None:
+        """The endpoint slice controller's own slice of the Service holds kwok's fake pod
+        IPs, written before the runner reported the pods' addresses (later updates fail:
+        loopback). The API server prefers that slice (the Service's IP family), and would
+        call an address nothing serves: delete it while it has a ready endpoint (the
+        controller cannot write it again while the pods' IPs are loopback ones)."""
+        discovery = client.DiscoveryV1Api(self._api)
+        selector = f"kubernetes.io/service-name={service},{CONTROLLER_SLICES}"
+        slices = await discovery.list_namespaced_endpoint_slice(namespace, label_selector=selector)
+        for stale in slices.items:
+            if any(
+                e.conditions is None or e.conditions.ready is not False
+                for e in stale.endpoints or []
+            ):
+                with contextlib.suppress(ApiException):
+                    await discovery.delete_namespaced_endpoint_slice(stale.metadata.name, namespace)
+                log.info(
+                    "deleted the stale EndpointSlice %s of Service %s", stale.metadata.name, service
+                )
+
     # ---- running a pod ----------------------------------------------------------------
 
-    async def _start_pod(self, pod: Any) -> None:
+    async def _start_pod(self, pod: Any, operator: bool = False) -> None:
         meta = pod.metadata
-        relay = (meta.labels or {}).get(self.label) or meta.name
+        # An operator pod's address is its own (a replica's pods never share one).
+        relay = (
+            f"{meta.namespace}/{meta.name}"
+            if operator
+            else (meta.labels or {}).get(self.label) or meta.name
+        )
         address = self.address_of(relay)
         root = self.workdir / f"{meta.namespace}.{meta.name}.{meta.uid[:8]}"
         root.mkdir(parents=True, exist_ok=True)
         running = RunningPod(meta.uid, meta.namespace, meta.name, relay, address, root)
-        if relay in self._held:  # a new pod of a held relay (its Deployment re-created it)
+        running.labels = dict(meta.labels or {})
+        running.ports = {
+            p.name: p.container_port
+            for spec in pod.spec.containers
+            for p in spec.ports or []
+            if p.name
+        }
+        if operator:  # not ready until its readiness probes say so, as with a kubelet
+            running.operator = True
+            running.readiness = False
+        elif relay in self._held:  # a new pod of a held relay (its Deployment re-created it)
             running.held = True
             running.readiness = False
         self.pods[meta.uid] = running
 
-        mounts_by_volume = await self._materialize_volumes(pod, root)
+        mounts_by_volume = await self._materialize_volumes(pod, root, address)
         running.token_refresher = asyncio.create_task(
             self._refresh_tokens(pod, mounts_by_volume), name=f"{meta.name}/tokens"
         )
@@ -401,11 +588,21 @@ class RelayPodRunner:
                 for m in spec.volume_mounts or []
                 if m.name in mounts_by_volume
             }
-            # A pod's localhost is its own; here its own is the relay's loopback address.
-            path_map[LOCALHOST] = address
+            # A pod's localhost (and its every address) is its own; here its own is its
+            # loopback address.
+            path_map[LOCALHOST] = path_map[ANY_ADDRESS] = address
             env = await self._container_env(pod, spec, address, path_map)
             argv = _argv(binary, spec.command, spec.args)
             argv = [argv[0], *(_rewrite(_expand(a, env), path_map) for a in argv[1:])]
+            if operator and not _names_token_dir(spec):
+                log.warning(
+                    "pod %s: container %s mounts its ServiceAccount token at %s, but no arg "
+                    "names that path: here it is at %s (pass --service-account-dir)",
+                    meta.name,
+                    spec.name,
+                    SERVICE_ACCOUNT_DIR,
+                    path_map.get(SERVICE_ACCOUNT_DIR),
+                )
             container = Container(spec.name, argv, env, root / f"{spec.name}.log")
             try:
                 container.readiness = _readiness_check(self._api.sanitize_for_serialization(spec))
@@ -416,8 +613,13 @@ class RelayPodRunner:
                 self._run(running, container)
         await self._report_pod_ip(pod, address)
         await self._sync_readiness(running)
+        if operator:
+            running.prober = asyncio.create_task(
+                self._probe_forever(running), name=f"{meta.name}/readiness"
+            )
+            await self._sync_endpoints(meta.namespace)
         log.info(
-            "%s pod %s/%s for relay %s on %s",
+            "%s pod %s/%s for %s on %s",
             "running" if running.may_run else "holding down",
             meta.namespace,
             meta.name,
@@ -487,18 +689,48 @@ class RelayPodRunner:
         self._terminating.add(task)
         task.add_done_callback(self._terminating.discard)
         await asyncio.shield(task)
+        if pod.operator:
+            with contextlib.suppress(ApiException):
+                await self._sync_endpoints(pod.namespace)
 
     async def _terminate_pod(self, pod: RunningPod) -> None:
         pod.stopping = True
         pod.halted.set()
-        if pod.token_refresher:
-            pod.token_refresher.cancel()
+        for task in (pod.token_refresher, pod.prober):
+            if task:
+                task.cancel()
         await asyncio.gather(*(_terminate(c) for c in pod.containers))
         for c in pod.containers:
             if c.supervisor:
                 c.supervisor.cancel()
         shutil.rmtree(pod.root / "volumes", ignore_errors=True)
         log.info("stopped pod %s/%s", pod.namespace, pod.name)
+
+    async def _probe_forever(self, pod: RunningPod) -> None:
+        """Probe each container's readinessProbe as a kubelet does, and report the pod ready
+        while every one passes (a container without a probe counts as ready)."""
+        checks = [c.readiness for c in pod.containers if c.readiness is not None]
+        states = [(False, 0)] * len(checks)
+        if checks:
+            await asyncio.sleep(min(c.initial_delay for c in checks))
+        while not pod.stopping:
+            results = await asyncio.gather(
+                *(_probe(pod.address, c, timeout=c.timeout) for c in checks)
+            )
+            states = [
+                _readiness_after(ready, streak, passed, check)
+                for (ready, streak), passed, check in zip(states, results, checks, strict=True)
+            ]
+            ready = all(r for r, _ in states)
+            if ready != pod.readiness:
+                pod.readiness = ready
+                log.info("pod %s/%s %s", pod.namespace, pod.name, "ready" if ready else "not ready")
+                try:
+                    await self._sync_readiness(pod)
+                    await self._sync_endpoints(pod.namespace)
+                except ApiException as exc:
+                    log.warning("cannot report the readiness of %s: %s", pod.name, exc.reason)
+            await asyncio.sleep(min((c.period for c in checks), default=10))
 
     async def _sync_readiness(self, pod: RunningPod) -> None:
         """Report the pod's readiness as the runner decided it (pod.readiness), as a kubelet
@@ -518,7 +750,8 @@ class RelayPodRunner:
                 # kwok's pod-ready stage still owns a Pending pod and would mark it ready
                 # after us; its move to Running is an event that brings the runner back here.
                 return
-            patch = _readiness_status(status, pod.readiness, _now())
+            # Held down: not running at all; failing its probes: running, not ready.
+            patch = _readiness_status(status, pod.readiness, _now(), running=not pod.held)
             if patch is None:
                 return
             await core.patch_namespaced_pod_status(
@@ -531,7 +764,7 @@ class RelayPodRunner:
 
     # ---- volumes and environment ------------------------------------------------------
 
-    async def _materialize_volumes(self, pod: Any, root: Path) -> dict[str, Path]:
+    async def _materialize_volumes(self, pod: Any, root: Path, address: str) -> dict[str, Path]:
         core = client.CoreV1Api(self._api)
         ns = pod.metadata.namespace
         out: dict[str, Path] = {}
@@ -569,9 +802,7 @@ class RelayPodRunner:
             for m in spec.volume_mounts or []
             if m.name in out
         }
-        path_map[LOCALHOST] = self.address_of(
-            (pod.metadata.labels or {}).get(self.label) or pod.metadata.name
-        )
+        path_map[LOCALHOST] = path_map[ANY_ADDRESS] = address
         for directory in out.values():
             for path in directory.rglob("*"):
                 if path.is_file():
@@ -714,6 +945,8 @@ def _rewrite(text: str, path_map: dict[str, str]) -> str:
         if mount == LOCALHOST:
             # The whole address only: 127.0.0.160 (a relay's own address) stays as it is.
             text = LOCALHOST_PATTERN.sub(path_map[mount], text)  # an IPv4 address: no escapes
+        elif mount == ANY_ADDRESS:
+            text = ANY_ADDRESS_PATTERN.sub(path_map[mount], text)
         else:
             text = text.replace(mount, path_map[mount])
     return text
@@ -781,27 +1014,44 @@ def _readiness_check(container: dict[str, Any]) -> ReadinessCheck | None:
         port, path, https = get["port"], get.get("path") or "/", get.get("scheme") == "HTTPS"
     else:
         return None
+    timing = {
+        name: probe[field]
+        for name, field in (
+            ("initial_delay", "initialDelaySeconds"),
+            ("period", "periodSeconds"),
+            ("timeout", "timeoutSeconds"),
+            ("success_threshold", "successThreshold"),
+            ("failure_threshold", "failureThreshold"),
+        )
+        if probe.get(field) is not None
+    }
     if isinstance(port, int) or str(port).isdigit():
-        return ReadinessCheck(int(port), path, https)
+        return ReadinessCheck(int(port), path, https, **timing)
     named = {p["name"]: p["containerPort"] for p in container.get("ports") or [] if "name" in p}
     if port not in named:
         raise ValueError(
             f"readinessProbe of container {container.get('name')}: port {port!r} is neither "
             f"a number nor one of its named ports ({', '.join(sorted(named)) or 'none'})"
         )
-    return ReadinessCheck(named[port], path, https)
+    return ReadinessCheck(named[port], path, https, **timing)
 
 
-def _readiness_status(status: dict[str, Any], ready: bool, now: str) -> dict[str, Any] | None:
+def _readiness_status(
+    status: dict[str, Any], ready: bool, now: str, running: bool | None = None
+) -> dict[str, Any] | None:
     """The pod status patch (strategic merge) that reports the pod's containers `ready` or
     not, as a kubelet does after its readiness probes: the Ready and ContainersReady
-    conditions, and each container's ready, started and state. None when `status` (a
-    serialized V1PodStatus) reports that already."""
+    conditions, and each container's ready, started and state. A not-ready pod's containers
+    are running (failing readiness probes) or not (held down: the default when not ready).
+    None when `status` (a serialized V1PodStatus) reports that already."""
+    running = ready if running is None else running
     wanted = "True" if ready else "False"
     conditions = {c["type"]: c for c in status.get("conditions") or []}
     statuses = status.get("containerStatuses") or []
-    if all(conditions.get(t, {}).get("status") == wanted for t in POD_READY_CONDITIONS) and all(
-        s.get("ready") is ready for s in statuses
+    if (
+        all(conditions.get(t, {}).get("status") == wanted for t in POD_READY_CONDITIONS)
+        and all(s.get("ready") is ready for s in statuses)
+        and all(("running" in (s.get("state") or {})) is running for s in statuses)
     ):
         return None
     unready = " ".join(s["name"] for s in statuses)
@@ -822,21 +1072,115 @@ def _readiness_status(status: dict[str, Any], ready: bool, now: str) -> dict[str
         )
     return {
         "conditions": patch_conditions,
-        "containerStatuses": [_container_status(s, ready, now) for s in statuses],
+        "containerStatuses": [_container_status(s, ready, running, now) for s in statuses],
     }
 
 
-def _container_status(old: dict[str, Any], ready: bool, now: str) -> dict[str, Any]:
+def _container_status(old: dict[str, Any], ready: bool, running: bool, now: str) -> dict[str, Any]:
     status = {k: v for k, v in old.items() if k not in ("ready", "started", "state")}
     was_running = "running" in (old.get("state") or {})
-    if ready:
-        state: dict[str, Any] = {"running": {"startedAt": now}}
-        if not was_running:  # it comes back: one more restart, as the kubelet counts them
-            status["restartCount"] = old.get("restartCount", 0) + 1
+    if running and was_running:
+        state: dict[str, Any] = old["state"]
+    elif running:
+        state = {"running": {"startedAt": now}}
+        # It comes back: one more restart, as the kubelet counts them.
+        status["restartCount"] = old.get("restartCount", 0) + 1
     else:
         reason = {"reason": "CrashLoopBackOff", "message": "held down by the relay-pod runner"}
         state = {"waiting": reason}
-    return {**status, "ready": ready, "started": ready, "state": state}
+    return {**status, "ready": ready, "started": running, "state": state}
+
+
+ENDPOINT_SLICE_MANAGER = "relay-runner.tunnelop.test"
+CONTROLLER_SLICES = "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+
+
+def _endpoint_slice(service: dict[str, Any], pods: list[RunningPod]) -> dict[str, Any] | None:
+    """The EndpointSlice (FQDN type, each pod's loopback address as its name) of `service`
+    (a serialized V1Service) for the operator `pods` its selector matches, each ready as
+    the runner reports it; None for a Service without a selector, of another kind, or that
+    selects none of them."""
+    spec, meta = service.get("spec") or {}, service["metadata"]
+    selector = spec.get("selector") or {}
+    if not selector or spec.get("type") == "ExternalName":
+        return None
+    chosen = [p for p in pods if selector.items() <= p.labels.items() and not p.stopping]
+    if not chosen:
+        return None
+    ports = []
+    for port in spec.get("ports") or []:
+        target = port.get("targetPort", port["port"])
+        if not isinstance(target, int) and not str(target).isdigit():
+            target = next((p.ports[target] for p in chosen if target in p.ports), None)
+            if target is None:
+                continue  # no pod names that port: no endpoint for it
+        # The API server matches a slice port to the Service's by name, "" when unnamed.
+        ports.append(
+            {
+                "name": port.get("name") or "",
+                "port": int(target),
+                "protocol": port.get("protocol", "TCP"),
+            }
+        )
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": _slice_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {
+                "kubernetes.io/service-name": meta["name"],
+                "endpointslice.kubernetes.io/managed-by": ENDPOINT_SLICE_MANAGER,
+            },
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Service", "name": meta["name"], "uid": meta["uid"]}
+            ],
+        },
+        "addressType": "FQDN",
+        "ports": ports,
+        "endpoints": [
+            {
+                "addresses": [p.address],
+                "conditions": {"ready": p.readiness is True},
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "uid": p.uid,
+                },
+            }
+            for p in sorted(chosen, key=lambda p: p.name)
+        ],
+    }
+
+
+def _slice_name(service: str) -> str:
+    return f"{service}-relay-runner"
+
+
+def _readiness_after(
+    ready: bool, streak: int, passed: bool, check: ReadinessCheck
+) -> tuple[bool, int]:
+    """A kubelet's count of probe results: a not-ready container turns ready after
+    successThreshold passes in a row, a ready one unready after failureThreshold failures in
+    a row. (ready, streak), where streak counts the results in a row that disagree with
+    ready."""
+    if passed == ready:
+        return ready, 0
+    threshold = check.success_threshold if passed else check.failure_threshold
+    if streak + 1 >= threshold:
+        return passed, 0
+    return ready, streak + 1
+
+
+def _names_token_dir(container: Any) -> bool:
+    """Whether the container can find its ServiceAccount token here: it mounts none at the
+    usual place, or names that place in its command, args or env (which the runner
+    rewrites to where the token is)."""
+    mounted = any(m.mount_path == SERVICE_ACCOUNT_DIR for m in container.volume_mounts or [])
+    named = [*(container.command or []), *(container.args or [])]
+    named += [v.value or "" for v in container.env or []]
+    return not mounted or any(SERVICE_ACCOUNT_DIR in value for value in named)
 
 
 def _now() -> str:

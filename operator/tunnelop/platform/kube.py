@@ -73,19 +73,29 @@ def _load_incluster(cfg: client.Configuration, service_account_dir: str) -> None
     loader.load_and_set(cfg)
 
 
+# Where the pod's ServiceAccount token and CA are, for every connection of this process that
+# names no other place (`tunnelop run --service-account-dir` sets it once, at start-up).
+_service_account_dir = SERVICE_ACCOUNT_DIR
+
+
+def use_service_account_dir(path: str) -> None:
+    global _service_account_dir
+    _service_account_dir = path
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
 
     @classmethod
     async def connect(
-        cls, kubeconfig: str | None = None, service_account_dir: str = SERVICE_ACCOUNT_DIR
+        cls, kubeconfig: str | None = None, service_account_dir: str | None = None
     ) -> Kube:
         """In-cluster config when running in a pod (the token and CA mounted in
         `service_account_dir`), else the kubeconfig (KUBECONFIG)."""
         cfg = client.Configuration()
         try:
-            _load_incluster(cfg, service_account_dir)
+            _load_incluster(cfg, service_account_dir or _service_account_dir)
         except config.ConfigException:
             await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         # Thousands of tunnels are reconciled concurrently: allow enough parallel requests.
