@@ -33,7 +33,8 @@ async def lease_holder(kube: client.ApiClient, namespace: str) -> str | None:
 
 def identity_of(process: OperatorProcess) -> str:
     """The candidate identity the process announced in its log."""
-    for line in process.logs().splitlines():
+    # The whole log: logs() is its tail, where a busy DEBUG log has long pushed the line out.
+    for line in process.log_path.read_text(errors="replace").splitlines():
         if "campaigning for leadership" in line:
             return json.loads(line)["identity"]
     raise AssertionError(f"no identity in the log:\n{process.logs()}")
@@ -95,7 +96,7 @@ async def pair(cluster, crds, operator, relay_namespace, tmp_path: Path):
             await p.start(wait_for="health")
             # Health comes up first; the campaign (and the identity it logs) a moment later.
             await objects.wait_for(
-                lambda p=p: "campaigning for leadership" in p.logs(),
+                lambda p=p: "campaigning for leadership" in p.log_path.read_text(errors="replace"),
                 timeout=30,
                 what="the campaign's first log line",
             )

@@ -183,3 +183,17 @@ def test_draining_never_gives_one_port_to_two_tunnels(ops: list[str], picks: lis
             state_drain = drains[allocation.relay]
             if table.stuck(allocation.key) is not None:
                 assert state_drain is not None and state_drain.stay_if_stuck
+
+
+def test_a_blocked_port_moves_within_its_relay_while_the_relay_restarts() -> None:
+    """A new port list restarts the relay (not ready for a moment): its tunnel on the newly
+    blocked port still gets another port there, and keeps its relay and its report."""
+    table = table_with(view("a"))
+    game = table.schedule(request("game"))
+    assert not isinstance(game, Unschedulable)
+    table.upsert_relay(view("a", ready=False, blocked=(PortSpan(game.port, game.port),)))
+    moved = table.schedule(request("game"))
+    assert not isinstance(moved, Unschedulable)
+    assert moved.relay == "a" and moved.port != game.port
+    # A new tunnel still waits for the relay to be ready.
+    assert isinstance(table.schedule(request("new")), Unschedulable)

@@ -332,7 +332,7 @@ class AllocationTable:
         if current is None:
             return self._place(request, prefer)
         self.release(request.key)
-        placed = self._place(request, prefer or current)
+        placed = self._place(request, prefer or current, own_relay=current.relay)
         if isinstance(placed, Unschedulable) and self._may_stay(current, request):
             # Its relay is draining, but no other relay takes it: it keeps serving where it
             # is (and its port or host names) until one does.
@@ -526,7 +526,7 @@ class AllocationTable:
         return state.bandwidth - (alloc.bandwidth or 0) + bandwidth <= limit
 
     def _place(
-        self, request: TunnelRequest, prefer: Allocation | None
+        self, request: TunnelRequest, prefer: Allocation | None, own_relay: str | None = None
     ) -> Allocation | Unschedulable:
         refused = self._request_refusal(request)
         if refused is not None:
@@ -536,7 +536,7 @@ class AllocationTable:
         best: tuple[tuple[int, float, str], _RelayState] | None = None
         for name in self._names:
             state = self._relays[name]
-            refusal = self._refusal(state, request)
+            refusal = self._refusal(state, request, own=name == own_relay)
             if refusal is not None:
                 refusals.append((name, refusal))
                 continue
@@ -549,10 +549,16 @@ class AllocationTable:
         self._record(allocation)
         return allocation
 
-    def _refusal(self, state: _RelayState, request: TunnelRequest) -> DeferredRefusal | None:
+    def _refusal(
+        self, state: _RelayState, request: TunnelRequest, *, own: bool = False
+    ) -> DeferredRefusal | None:
         """Why this relay cannot take the request, checked from the most static reason to the
         most transient; None if it can. The Refusal is built only if no relay fits, so that
-        the message text costs nothing when the tunnel is placed."""
+        the message text costs nothing when the tunnel is placed.
+
+        `own`: the relay the tunnel is on now. Cordon and readiness keep
+        no tunnel off its own relay, as they move none away: a tunnel whose port got blocked
+        takes another port there even while the relay restarts for its new port list."""
         view = state.view
         protocol = request.protocol
         port = request.wanted_port
@@ -569,9 +575,9 @@ class AllocationTable:
             return partial(explain.port_not_allowed, port, view)
         if view.drain is not None:
             return explain.draining
-        if view.unschedulable:
+        if view.unschedulable and not own:
             return explain.cordoned
-        if not view.ready:
+        if not view.ready and not own:
             return explain.not_ready
         if view.capacity_tunnels is not None and len(state.tunnels) >= view.capacity_tunnels:
             return explain.full
