@@ -162,7 +162,10 @@ def test_default_install_runs_two_leader_elected_replicas_with_restricted_securi
         "--service-node-port-range": "30000-32767",
         "--log-level": "INFO",
         "--log-format": "json",
+        "--service-account-dir": "/var/run/secrets/kubernetes.io/serviceaccount",
     }
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert container["image"] == f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
