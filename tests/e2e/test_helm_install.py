@@ -15,7 +15,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -149,9 +149,22 @@ async def echoed(address: str, port: int, runner: RelayPodRunner, *logs) -> None
         raise AssertionError("\n".join([*(f() for f in logs), operator_logs(runner)])) from None
 
 
+@pytest.fixture
+def tenant() -> Iterator[str]:
+    """A tenant's namespace, which the test itself deletes (and so not the `namespace`
+    fixture, whose teardown expects it to exist)."""
+    name = f"tenant-{RUN}"
+    tools.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        tools.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")
+
+
 async def test_helm_installed_operator_serves_a_tenant_tunnel(
-    release: float, kube: client.ApiClient, relay_runner: RelayPodRunner, namespace: str, tmp_path
+    release: float, kube: client.ApiClient, relay_runner: RelayPodRunner, tenant: str, tmp_path
 ) -> None:
+    namespace = tenant
     leader = await one_leader(kube, relay_runner)
     # The operators run the chart's command line with the chart's ServiceAccount.
     pods = relay_runner.operator_pods()
@@ -207,12 +220,38 @@ async def test_helm_installed_operator_serves_a_tenant_tunnel(
             assert kept["status"]["endpoint"] == endpoint
             await echoed(address, port, relay_runner, frpc.logs)
 
-    # Uninstalled: no webhook configuration is left, and the tenant's namespace, Tunnels
-    # with finalizers included, is deleted without an operator.
+            # Uninstalled: no webhook configuration is left, and the relay keeps carrying
+            # the tunnel from its last table.
+            helm("uninstall", RELEASE, "--wait", "--timeout", "60s")
+            for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+                assert objects.get(kind, "tunnelop.dev") is None, kind
+            await echoed(address, port, relay_runner, frpc.logs)
+
+            # Installed again: the new release adopts the tunnel, port and endpoint unchanged.
+            helm("install", RELEASE, str(CHART), *sets(VALUES))
+            await one_leader(kube, relay_runner)
+            await ready_tunnel("after-reinstall", namespace, relay)
+            adopted = objects.get("tunnel", "echo", namespace)
+            assert adopted["status"]["remotePort"] == port
+            assert adopted["status"]["endpoint"] == endpoint
+            await echoed(address, port, relay_runner, frpc.logs)
+
+    # Uninstalled for good: Tunnels keep their finalizer (docs/install.md), so the tenant's
+    # namespace is deleted once their finalizers are removed by hand, which no webhook
+    # refuses any more.
     helm("uninstall", RELEASE, "--wait", "--timeout", "60s")
-    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        assert objects.get(kind, "tunnelop.dev") is None, kind
     tools.kubectl("delete", "namespace", namespace, "--wait=false")
+    for name in ("echo", "after-takeover", "after-reinstall"):
+        tools.kubectl(
+            "patch",
+            "tunnel",
+            name,
+            "-n",
+            namespace,
+            "--type=json",
+            "-p",
+            '[{"op":"remove","path":"/metadata/finalizers"}]',
+        )
     await objects.wait_for(
         lambda: objects.get("namespace", namespace) is None,
         timeout=60,
