@@ -940,21 +940,23 @@ def _argv(binary: Path, command: list[str] | None, args: list[str] | None) -> li
 
 
 def _rewrite(text: str, path_map: dict[str, str]) -> str:
-    # Addresses first: the local paths that mount paths become hold no address.
-    for address, pattern in ((LOCALHOST, LOCALHOST_PATTERN), (ANY_ADDRESS, ANY_ADDRESS_PATTERN)):
-        if address in path_map:
+    # Longest mount path first, so /etc/frp/tls wins over /etc/frp. A rewritten path is held
+    # as a placeholder until the end, so that no shorter mount rewrites it again (a mount at
+    # /tmp would else rewrite the local path of every other mount under /tmp).
+    placeholders: dict[str, str] = {}
+    for mount in sorted(path_map, key=len, reverse=True):
+        if mount == LOCALHOST:
             # The whole address only: 127.0.0.160 (a relay's own address) stays as it is.
-            text = pattern.sub(path_map[address], text)  # an IPv4 address: no escapes
-    # Mount paths in one pass, so that a path already rewritten is not rewritten again (a
-    # mount at /tmp would else rewrite the local path of every other mount under /tmp);
-    # longest first, so /etc/frp/tls wins over /etc/frp; whole path components only.
-    mounts = sorted(
-        (m for m in path_map if m not in (LOCALHOST, ANY_ADDRESS)), key=len, reverse=True
-    )
-    if not mounts:
-        return text
-    pattern = re.compile("|".join(re.escape(m) + r"(?![\w.-])" for m in mounts))
-    return pattern.sub(lambda match: path_map[match.group(0)], text)
+            text = LOCALHOST_PATTERN.sub(path_map[mount], text)  # an IPv4 address: no escapes
+        elif mount == ANY_ADDRESS:
+            text = ANY_ADDRESS_PATTERN.sub(path_map[mount], text)
+        elif mount in text:
+            placeholder = f"\0{len(placeholders)}\0"
+            placeholders[placeholder] = path_map[mount]
+            text = text.replace(mount, placeholder)
+    for placeholder, path in placeholders.items():
+        text = text.replace(placeholder, path)
+    return text
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
