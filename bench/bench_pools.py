@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import json
-import os
 import sys
 import tempfile
 import time
@@ -34,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import report  # noqa: E402
 from kubernetes.aio import client, config  # noqa: E402
 
 from support import load, objects, tools  # noqa: E402
@@ -230,21 +228,14 @@ async def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     result: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        },
+        **report.header(),
         "capacity_tunnels": CAPACITY,
         "target_utilization": TARGET,
     }
     with tempfile.TemporaryDirectory(prefix="bench-pools-") as tmp:
         result.update(await run(args, Path(tmp)))
     out = args.output / "pools.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    with contextlib.suppress(ImportError):
-        plot(result, out.with_suffix(".png"))
+    report.publish(result, out, plot)
     burst, down = result["burst"], result["scale_down"]
     print("pool benchmark:")
     print(

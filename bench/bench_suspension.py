@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime
-import json
-import os
 import random
 import sys
 import tempfile
@@ -35,6 +31,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+import report  # noqa: E402
 
 from support import objects, tools  # noqa: E402
 from support.cluster import ensure_cluster, teardown  # noqa: E402
@@ -251,11 +249,7 @@ async def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     result: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        },
+        **report.header(),
         "versions": {"frp": tools.versions()["FRP_VERSION"]},
         "repetitions": args.repetitions,
         "target_refused_seconds": TARGET_SECONDS,
@@ -263,10 +257,7 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-suspension-") as tmp:
         result.update(await run(args, Path(tmp)))
     out = args.output / "suspension.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    with contextlib.suppress(ImportError):
-        plot(result, out.with_suffix(".png"))
+    report.publish(result, out, plot)
     print("suspension benchmark:")
     for label, group in result["groups"].items():
         refused, kicked = group["refused_seconds"], group["kicked_seconds"]

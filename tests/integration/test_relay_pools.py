@@ -92,8 +92,21 @@ def pool_events(pool: str) -> list[dict[str, Any]]:
     return objects.events("default", pool, kind="RelayPool")
 
 
-def delete_pool(pool: str) -> None:
+def delete_pool(pool: str, tunnels_of: str | None = None) -> None:
+    """Delete the pool (its relays go with it), after the tunnels of namespace `tunnels_of`."""
+    if tunnels_of:
+        tools.kubectl("delete", "tunnels", "--all", "-n", tunnels_of, "--wait=false")
     tools.kubectl("delete", "relaypool", pool, "--ignore-not-found", "--wait=false")
+
+
+def autoscaling(max_replicas: int, target: int, delay: int) -> dict[str, int]:
+    """spec.autoscaling from 1 relay up to `max_replicas`."""
+    return {
+        "minReplicas": 1,
+        "maxReplicas": max_replicas,
+        "targetUtilization": target,
+        "scaleDownDelaySeconds": delay,
+    }
 
 
 def bound_endpoints(namespace: str, names: list[str]) -> list[tuple[str, int]]:
@@ -180,21 +193,14 @@ async def test_a_full_pool_keeps_tunnels_waiting_until_a_relay_is_added(
             f"{pool}-1",
         }
     finally:
-        tools.kubectl("delete", "tunnels", "--all", "-n", namespace, "--wait=false")
-        delete_pool(pool)
+        delete_pool(pool, tunnels_of=namespace)
 
 
 async def test_an_autoscaled_pool_serves_a_burst_in_one_step_and_shrinks_after_the_delay(
     crds, operator, namespace
 ) -> None:
     pool = f"p{uuid.uuid4().hex[:6]}"
-    autoscaling = {
-        "minReplicas": 1,
-        "maxReplicas": 6,
-        "targetUtilization": 60,
-        "scaleDownDelaySeconds": 3,
-    }
-    objects.apply(relay_pool(pool, capacity=10, autoscaling=autoscaling))
+    objects.apply(relay_pool(pool, capacity=10, autoscaling=autoscaling(6, 60, 3)))
     names = [f"t{i:02d}" for i in range(24)]
     try:
         await until_pool(pool, 1)
@@ -220,21 +226,14 @@ async def test_an_autoscaled_pool_serves_a_burst_in_one_step_and_shrinks_after_t
         assert downs, "the pool shrank without saying so"
         assert objects.get("relaypool", pool)["status"]["desiredReplicas"] == 1
     finally:
-        tools.kubectl("delete", "tunnels", "--all", "-n", namespace, "--wait=false")
-        delete_pool(pool)
+        delete_pool(pool, tunnels_of=namespace)
 
 
 async def test_a_load_held_at_the_boundary_does_not_make_the_pool_flap(
     crds, operator, namespace
 ) -> None:
     pool = f"p{uuid.uuid4().hex[:6]}"
-    autoscaling = {
-        "minReplicas": 1,
-        "maxReplicas": 4,
-        "targetUtilization": 50,
-        "scaleDownDelaySeconds": 1,
-    }
-    objects.apply(relay_pool(pool, capacity=10, autoscaling=autoscaling))
+    objects.apply(relay_pool(pool, capacity=10, autoscaling=autoscaling(4, 50, 1)))
     try:
         await until_pool(pool, 1)
         # 10 tunnels at a 50% target need exactly 2 relays.
@@ -259,8 +258,7 @@ async def test_a_load_held_at_the_boundary_does_not_make_the_pool_flap(
         assert len(changes) <= 1, changes
         assert all("Scaled up" in c for c in changes), changes
     finally:
-        tools.kubectl("delete", "tunnels", "--all", "-n", namespace, "--wait=false")
-        delete_pool(pool)
+        delete_pool(pool, tunnels_of=namespace)
 
 
 async def test_a_template_change_rolls_out_relay_by_relay_and_tunnels_follow(
@@ -304,8 +302,7 @@ async def test_a_template_change_rolls_out_relay_by_relay_and_tunnels_follow(
                 what=f"the Moved Event of {name}",
             )
     finally:
-        tools.kubectl("delete", "tunnels", "--all", "-n", namespace, "--wait=false")
-        delete_pool(pool)
+        delete_pool(pool, tunnels_of=namespace)
 
 
 async def test_a_template_that_makes_invalid_relays_makes_none_and_names_the_field(

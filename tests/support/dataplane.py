@@ -176,17 +176,8 @@ class Frpc:
         return cls(frpc_toml, workdir, local_port)
 
     async def start(self) -> Frpc:
-        with self.log_path.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                str(tools.tool("frpc")),
-                "-c",
-                str(self.config_path),
-                env=frpc_env(self.local_port),
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=tools.die_with_parent,
-            )
+        argv = [str(tools.tool("frpc")), "-c", str(self.config_path)]
+        self.process = await tools.spawn_logged(argv, self.log_path, frpc_env(self.local_port))
         return self
 
     async def stop(self) -> None:
@@ -264,15 +255,7 @@ class TunnelopClient:
 
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELOP_LOCAL_")}
-        with self.log_path.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                env=env,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=tools.die_with_parent,
-            )
+        self.process = await tools.spawn_logged(self.argv, self.log_path, env)
 
     async def stop(self) -> int:
         """SIGTERM, as a service manager stops it; its exit code."""

@@ -61,16 +61,9 @@ class OperatorProcess:
         """Start; then wait for its "webhook" (a leader's, registered and answering),
         "leading" (/readyz 200) or "health" (the health port answers: a follower too)."""
         env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig), **self.env)
-        with self.log_path.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                env=env,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=self.own_process_group,
-                preexec_fn=tools.die_with_parent,
-            )
+        self.process = await tools.spawn_logged(
+            self.argv, self.log_path, env, own_group=self.own_process_group
+        )
         if wait_for == "webhook":
             await self._wait_for_webhook()
         elif wait_for == "leading":

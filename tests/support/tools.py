@@ -110,6 +110,23 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+async def spawn_logged(
+    argv: list[str], log_path: Path, env: dict[str, str], *, own_group: bool = False
+) -> asyncio.subprocess.Process:
+    """Start a process of a test with its output appended to `log_path`, no stdin, dying
+    with this one (`own_group`: in a process group of its own, for `terminate_group`)."""
+    with log_path.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=own_group,
+            preexec_fn=die_with_parent,
+        )
+
+
 async def terminate_group(process: asyncio.subprocess.Process, grace: float = 5.0) -> None:
     """SIGTERM to a process started in its own group (start_new_session), SIGKILL after
     `grace` seconds: a container's or a tool's children go with it."""
