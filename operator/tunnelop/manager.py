@@ -1,7 +1,9 @@
 """Runs the operator: the health endpoints at once, then (with leader election) a campaign
 for the Lease, and only while leading kopf with tunnelop's handlers, settings and admission
-webhook. A follower runs no watch and no webhook: it is not ready, so no Service routes
-admission calls to it.
+webhook. A follower runs no watch and no webhook: it is ready (standing by, so that a
+disruption budget can count it), and in a pod it labels itself tunnelop.dev/role=follower; the
+leader labels itself leader once ready, and the chart's webhook Service selects that label
+(platform/pod_role.py).
 
 The webhook, two ways. Locally (no --webhook-service) kopf registers the configurations
 itself, with a throw-away certificate for 127.0.0.1. In a cluster (--webhook-service) the
@@ -34,6 +36,7 @@ from tunnelop.platform import certs, logs, webhook_tls
 from tunnelop.platform.health import Health
 from tunnelop.platform.kube import Kube, KubeError, use_service_account_dir
 from tunnelop.platform.leader import LeaderElector, Timing
+from tunnelop.platform.pod_role import POD_NAME_ENV, PodRole
 
 log = logs.get(__name__)
 WEBHOOK_CONFIGURATION = "tunnelop.dev"
@@ -203,22 +206,44 @@ async def run(options: Options) -> int:
     stopping = asyncio.Event()
     _on_signals(stopping.set)
     health = Health()
+    pod_name = os.environ.get(POD_NAME_ENV, "").strip() if options.leader_elect else ""
+    if pod_name:
+        # Not ready before the pod's role label is this process's own (pod_role.py).
+        health.add_check("pod-role", lambda: (False, f"labelling pod {pod_name}"))
     await health.start(options.health_host, options.health_port)
     kube = None
+    labelling: asyncio.Task[None] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="tunnelop-") as workdir:
-            certificate = None
-            if options.webhook and options.webhook_cert_secret:
+            certificate = pod_role = None
+            if (options.webhook and options.webhook_cert_secret) or pod_name:
                 kube = await Kube.connect()
+            if pod_name:
+                assert kube is not None
+                pod_role = PodRole(kube, _own_namespace(options), pod_name)
+                health.add_check("pod-role", pod_role.readiness)
+                labelling = asyncio.create_task(pod_role.set("follower"), name="pod role")
+            if options.webhook and options.webhook_cert_secret:
+                assert kube is not None
                 certificate = await _prepare_certificate(options, kube, Path(workdir))
             if not options.leader_elect:
                 health.add_check("leader", lambda: (True, "leader election disabled"))
                 return await _lead(options, health, stopping, None, Path(workdir), certificate)
-            return await _campaign_then_lead(options, health, stopping, Path(workdir), certificate)
+            return await _campaign_then_lead(
+                options, health, stopping, Path(workdir), certificate, pod_role
+            )
     finally:
+        if labelling is not None:
+            labelling.cancel()
         if kube is not None:
             await kube.close()
         await health.stop()
+
+
+def _own_namespace(options: Options) -> str:
+    return webhook_tls.operator_namespace(
+        os.environ, options.service_account_dir, options.relay_namespace
+    )
 
 
 async def _prepare_certificate(
@@ -227,12 +252,9 @@ async def _prepare_certificate(
     """Every replica, at start-up: the webhook certificate from the Secret in the operator's
     own namespace, the Secret created if absent. A failure here is retried by the leader."""
     assert options.webhook_service is not None and options.webhook_cert_secret is not None
-    namespace = webhook_tls.operator_namespace(
-        os.environ, options.service_account_dir, options.relay_namespace
-    )
     certificate = webhook_tls.SecretCertificate(
         kube,
-        namespace,
+        _own_namespace(options),
         options.webhook_cert_secret,
         options.webhook_service,
         serving_directory(options, workdir),
@@ -275,6 +297,7 @@ async def _campaign_then_lead(
     stopping: asyncio.Event,
     workdir: Path,
     certificate: webhook_tls.SecretCertificate | None,
+    pod_role: PodRole | None,
 ) -> int:
     namespace = options.leader_election_namespace or options.relay_namespace
     kube = await Kube.connect()
@@ -297,7 +320,20 @@ async def _campaign_then_lead(
             await _first(elector.leading.wait(), stopping.wait(), campaign)
             if not elector.is_leader:
                 return 0 if stopping.is_set() else LEADERSHIP_LOST_EXIT
-            return await _lead(options, health, stopping, elector.lost, workdir, certificate)
+            routing = (
+                asyncio.create_task(_route_webhook_here(health, pod_role), name="webhook route")
+                if pod_role is not None
+                else None
+            )
+            try:
+                return await _lead(options, health, stopping, elector.lost, workdir, certificate)
+            finally:
+                if routing is not None:
+                    routing.cancel()
+                if pod_role is not None and stopping.is_set():
+                    # Off the webhook Service before the Lease goes to the other replica.
+                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(pod_role.set("follower"), timeout=2)
     finally:
         await kube.close()
 
@@ -341,6 +377,13 @@ async def _lead(
             waiter.cancel()
         if keeper is not None:
             keeper.cancel()
+
+
+async def _route_webhook_here(health: Health, pod_role: PodRole) -> None:
+    """Once this leader is ready (caches restored, certificate served), label its pod so
+    that the webhook Service routes admission calls to it."""
+    await health.until_ready()
+    await pod_role.set("leader")
 
 
 def _left_before_leading(lost: asyncio.Event | None) -> int:

@@ -1,11 +1,12 @@
 """The operator installed as pods: a Deployment of two replicas with the command line the
 chart passes, run by the relay-pod runner from the tunnelop image as a kubelet would, with
 its ServiceAccount's token (bound to cluster-admin here; the chart's least-privilege roles
-are tested with the chart). One replica leads and is ready, the other follows and is not;
-the leader makes a RelayNode Ready, whose pods the same runner runs; the webhook certificate
-Secret lands in the operator's own namespace (POD_NAMESPACE), its CA in the chart's webhook
-configurations, and the API server calls the leader through the webhook Service (the runner
-writes its endpoints: only the ready pod's is ready)."""
+are tested with the chart). Both replicas are ready; one leads and labels its pod
+tunnelop.dev/role=leader, the other follower; the leader makes a RelayNode Ready, whose pods
+the same runner runs; the webhook certificate Secret lands in the operator's own namespace
+(POD_NAMESPACE), its CA in the chart's webhook configurations, and the API server calls the
+leader through the webhook Service, which selects the leader's label (the runner writes its
+endpoints, following the labels as the endpoint slice controller does)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from support.operator import (
 )
 from support.relay_runner import RelayPodRunner
 from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, SERVICE_ACCOUNT_DIR
+from tunnelop.platform.pod_role import ROLE_LABEL
 
 OPERATOR_LABELS = {"app.kubernetes.io/name": "tunnelop", "app.kubernetes.io/component": "operator"}
 WEBHOOK_SERVICE = "tunnelop-webhook"
@@ -68,7 +70,8 @@ def operator_deployment(namespace: str, relay_namespace: str) -> dict[str, Any]:
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            }
+            },
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
         "ports": [
             {"name": "health", "containerPort": 8081},
@@ -127,7 +130,7 @@ async def installed(operator: OperatorProcess, namespace: str, relay_namespace: 
                 "kind": "Service",
                 "metadata": {"name": WEBHOOK_SERVICE, "namespace": namespace},
                 "spec": {
-                    "selector": OPERATOR_LABELS,
+                    "selector": {**OPERATOR_LABELS, ROLE_LABEL: "leader"},
                     "ports": [{"name": "https", "port": 443, "targetPort": "webhook"}],
                 },
             },
@@ -144,18 +147,20 @@ async def installed(operator: OperatorProcess, namespace: str, relay_namespace: 
         await operator.start()
 
 
-async def ready_pods(kube: client.ApiClient, namespace: str) -> tuple[list[str], list[str]]:
-    """(ready, not ready) names of the operator's running pods, as the API reports them."""
+async def pod_roles(kube: client.ApiClient, namespace: str) -> dict[str, tuple[bool, str]]:
+    """name -> (ready, tunnelop.dev/role) of the operator's running pods, as the API reports
+    them."""
     pods = await client.CoreV1Api(kube).list_namespaced_pod(
         namespace, label_selector="app.kubernetes.io/component=operator"
     )
-    ready, unready = [], []
+    roles = {}
     for pod in pods.items:
         if pod.metadata.deletion_timestamp or (pod.status.phase != "Running"):
             continue
         conditions = {c.type: c.status for c in pod.status.conditions or []}
-        (ready if conditions.get("Ready") == "True" else unready).append(pod.metadata.name)
-    return ready, unready
+        role = (pod.metadata.labels or {}).get(ROLE_LABEL, "")
+        roles[pod.metadata.name] = (conditions.get("Ready") == "True", role)
+    return roles
 
 
 async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
@@ -170,16 +175,17 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
     while True:
-        split = await ready_pods(kube, namespace)
-        if len(split[0]) == 1 and len(split[1]) == 1:
+        roles = await pod_roles(kube, namespace)
+        if sorted(roles.values()) == [(True, "follower"), (True, "leader")]:
             break
         if loop.time() > deadline:
-            raise AssertionError(f"not one ready and one not ready: {split}\n{logs()}")
+            raise AssertionError(f"not two ready pods, one leader: {roles}\n{logs()}")
         await asyncio.sleep(0.5)
-    (leader,), (follower,) = split
+    leader = next(name for name, (_, role) in roles.items() if role == "leader")
+    follower = next(name for name in roles if name != leader)
 
-    # Two processes, each on an address of its own; the ready one holds the Lease, by the
-    # pod's name (its HOSTNAME).
+    # Two processes, each on an address of its own; the leader's label names the Lease
+    # holder, by the pod's name (its HOSTNAME).
     pods = relay_runner.operator_pods()
     assert sorted(p.name for p in pods) == sorted([leader, follower])
     assert len({p.address for p in pods}) == 2
@@ -194,14 +200,15 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
         lambda: ca_bundles() == [secret.data["ca.crt"]] * 2, timeout=30, what="caBundle injected"
     )
 
-    # The follower runs all along, only not ready (as a kubelet reports failing probes).
+    # The follower runs all along, ready to take over, out of the webhook Service.
     follower_pod = next(p for p in pods if p.name == follower)
     assert all(c.running for c in follower_pod.containers)
 
     # The leader, in its pod, does its job: a relay becomes Ready, its pod run by the runner;
-    # the API server reaches the leader's webhook through the Service, whose one ready
-    # endpoint is the leader's. The leader's pod deleted, the follower takes over and serves
-    # the same certificate: the webhook keeps working with the caBundle unchanged.
+    # the API server reaches the leader's webhook through the Service, whose one endpoint
+    # is the leader's. The leader's pod deleted, the follower takes over, labels itself
+    # leader and serves the same certificate: the webhook keeps working with the caBundle
+    # unchanged.
     relay = f"inpod-{RUN}"
 
     def bad_tunnel(name: str) -> dict:
@@ -223,6 +230,7 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
             )
             await wait_webhook_denial(namespace, bad_tunnel, "spec.remotePort")
             assert ca_bundles() == [secret.data["ca.crt"]] * 2
+            assert (await pod_roles(kube, namespace))[follower] == (True, "leader")
     except (TimeoutError, AssertionError) as exc:
         raise AssertionError(f"{exc}\n{logs()}") from None
 

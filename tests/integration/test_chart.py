@@ -166,6 +166,7 @@ def test_default_install_runs_two_leader_elected_replicas_with_restricted_securi
     }
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert container["image"] == f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
@@ -193,6 +194,17 @@ def test_default_install_runs_two_leader_elected_replicas_with_restricted_securi
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_webhook_service_routes_to_the_leader_and_metrics_to_every_replica():
+    """Every replica is ready (the budget counts the follower standing by); admission goes
+    to the pod the leader labelled tunnelop.dev/role=leader."""
+    docs = render()
+    pods = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    services = {s["metadata"]["name"]: s["spec"] for s in of_kind(docs, "Service")}
+    assert services["tunnelop-webhook"]["selector"] == {**pods, "tunnelop.dev/role": "leader"}
+    assert services["tunnelop-metrics"]["selector"] == pods
+    assert services["tunnelop-metrics"]["publishNotReadyAddresses"] is True
 
 
 def test_one_replica_gets_no_disruption_budget():
@@ -801,6 +813,8 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("create", "secrets", home, None),
         ("update", "secrets", home, rbac["cert_secret"]),
         ("get", "secrets", home, rbac["cert_secret"]),
+        # Its own pod's role label.
+        ("patch", "pods", home, "tunnelop-6d9f7c-abcde"),
     ]
     refused = [
         ("*", "*.*", None, None),
@@ -834,6 +848,9 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("impersonate", "serviceaccounts", relays, None),
         ("patch", "deployments.apps", home, "tunnelop"),
         ("create", "pods/exec", relays, None),
+        ("patch", "pods", tenant, "any"),
+        ("patch", "pods", relays, "relay-r-abcde"),
+        ("delete", "pods", home, "tunnelop-6d9f7c-abcde"),
     ]
     answers = access(rbac["account"], needed + refused)
     missing = [check for check in needed if not answers[check]]

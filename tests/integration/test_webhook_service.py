@@ -137,7 +137,7 @@ async def leader_of(replicas: list[OperatorProcess], timeout: float = 60) -> Ope
     found: list[OperatorProcess] = []
 
     async def one_ready() -> bool:
-        found[:] = [r for r in replicas if (await r.readyz())[0] == 200]
+        found[:] = [r for r in replicas if await r.leads()]
         return len(found) == 1
 
     loop = asyncio.get_running_loop()

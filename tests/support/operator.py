@@ -59,7 +59,8 @@ class OperatorProcess:
 
     async def start(self, wait_for: str = "webhook") -> None:
         """Start; then wait for its "webhook" (a leader's, registered and answering),
-        "leading" (/readyz 200) or "health" (the health port answers: a follower too)."""
+        "leading" (ready as the leader) or "health" (the health port answers: a follower
+        too)."""
         env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig), **self.env)
         self.process = await tools.spawn_logged(
             self.argv, self.log_path, env, own_group=self.own_process_group
@@ -69,7 +70,7 @@ class OperatorProcess:
         elif wait_for == "leading":
             await self.wait_ready()
         else:
-            await self._until(lambda status: status is not None, "health endpoints")
+            await self._until(lambda status, _: status is not None, "health endpoints")
 
     async def readyz(self) -> tuple[int | None, str]:
         """(HTTP status, body) of /readyz; (None, why) when nothing answers."""
@@ -115,8 +116,13 @@ class OperatorProcess:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"the operator did not settle in {timeout}s:\n{self.logs()}")
 
+    async def leads(self) -> bool:
+        """Ready as the leader (a follower standing by is ready too, but says following)."""
+        return leading(*await self.readyz())
+
     async def wait_ready(self, timeout: float = 60) -> None:
-        await self._until(lambda status: status == 200, "/readyz 200", timeout)
+        """Until this process leads and is ready (its controllers started)."""
+        await self._until(leading, "/readyz 200 as the leader", timeout)
 
     async def _until(self, accept, what: str, timeout: float = 60) -> None:
         loop = asyncio.get_running_loop()
@@ -128,7 +134,7 @@ class OperatorProcess:
                     f"operator exited with {self.process.returncode}:\n{self.logs()}"
                 )
             status, body = await self.readyz()
-            if accept(status):
+            if accept(status, body):
                 return
             await asyncio.sleep(0.1)
         raise TimeoutError(f"no {what} after {timeout}s; last /readyz: {body}\n{self.logs()}")
@@ -179,6 +185,11 @@ class OperatorProcess:
         if self.process and self.process.returncode is None:
             os.kill(self.process.pid, signal.SIGKILL)
             await self.process.wait()
+
+
+def leading(status: int | None, body: str) -> bool:
+    """Whether a /readyz answer is a ready leader's (or a process without leader election)."""
+    return status == 200 and ("[+]leader: leading" in body or "election disabled" in body)
 
 
 def delete_webhook_configurations(kubeconfig: Path = tools.KUBECONFIG) -> None:

@@ -425,6 +425,12 @@ class RelayPodRunner:
         Ready over it."""
         if running.stopping:
             return
+        labels = dict(pod.metadata.labels or {})
+        if running.operator and labels != running.labels:
+            # A relabelled pod (the leader's tunnelop.dev/role) joins or leaves the Services
+            # that select it, as with the endpoint slice controller.
+            running.labels = labels
+            await self._sync_endpoints(running.namespace)
         if (pod.status.pod_ip if pod.status else None) != running.address:
             await self._report_pod_ip(pod, running.address)
         if running.readiness is not None:

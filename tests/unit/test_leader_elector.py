@@ -78,7 +78,8 @@ async def test_release_on_cancel_hands_over_at_the_next_poll():
         async with b.campaign():
             await asyncio.sleep(0.6)  # several polls of b, several renewals of a
             assert (a.is_leader, b.is_leader, store.holder) == (True, False, "a")
-            assert b.status() == (False, "following a as b")
+            # Ready: it read the Lease and stands by to take over.
+            assert b.status() == (True, "following a as b")
         assert store.holder == "a"
     assert store.holder is None  # released
     async with b.campaign():
@@ -89,6 +90,24 @@ async def test_release_on_cancel_hands_over_at_the_next_poll():
     assert events[:2] == ["a started", "a stopped: shutting down"]
     # created by a (0), taken by b (1), released by b: transitions count takers only
     assert store.lease is not None and store.lease["spec"]["leaseTransitions"] == 1
+
+
+async def test_a_follower_is_ready_only_while_it_can_read_the_lease():
+    store, events = LeaseStore(), []
+    a, b = elector(store, "a", events), elector(store, "b", events)
+    assert b.status()[0] is False  # nothing read yet
+    async with a.campaign():
+        await asyncio.wait_for(a.leading.wait(), 1)
+        async with b.campaign():
+            await asyncio.sleep(0.3)
+            assert b.status() == (True, "following a as b")
+            store.unreachable.add("b")
+            await asyncio.sleep(0.5)
+            ready, message = b.status()
+            assert not ready and "connection refused" in message
+            store.unreachable.discard("b")
+            await asyncio.sleep(0.5)
+            assert b.status() == (True, "following a as b")
 
 
 async def test_a_leader_that_cannot_renew_stops_before_the_lease_can_be_taken():

@@ -2,8 +2,9 @@
 
 - /healthz: the process is alive and its event loop turns (a heartbeat ticks every second;
   500 when it stalled for more than `stall_after` seconds);
-- /readyz: 200 when every registered check passes (the manager registers "leader", the
-  controllers their informers), else 503; the body lists each check and its message;
+- /readyz: 200 when every registered check passes (the manager registers "leader", which a
+  follower standing by passes too, the leader its controllers and certificate), else 503;
+  the body lists each check and its message;
 - /metrics: the Prometheus text of the operator's registry (platform/metrics.py).
 """
 
@@ -57,6 +58,11 @@ class Health:
             ready = ready and ok
             lines.append(f"[{'+' if ok else '-'}]{name}: {message}")
         return ready, lines
+
+    async def until_ready(self, interval: float = 0.2) -> None:
+        """Return once every check passes (checks are functions to call, not events)."""
+        while not self.readiness()[0]:  # noqa: ASYNC110
+            await asyncio.sleep(interval)
 
     def liveness(self) -> tuple[bool, str]:
         stalled = self.clock() - self._beat

@@ -189,6 +189,7 @@ class LeaderElector:
         self.lost = asyncio.Event()
         self.observation: Observation | None = None
         self.last_error: str | None = None
+        self.lease_read = False  # read at least once: a follower able to take over
         self._last_sent = 0.0  # monotonic time the last successful write was sent
 
     @property
@@ -200,12 +201,14 @@ class LeaderElector:
         return max(1, round(self.timing.lease_duration))
 
     def status(self) -> tuple[bool, str]:
-        """For readiness: (leading, what to say)."""
+        """For readiness: a leader is ready; so is a follower that can read the Lease (it
+        stands by to take over), but not one that cannot reach the API server."""
         if self.is_leader:
             return True, f"leading as {self.identity}"
         holder = self.observation.record.holder if self.observation else ""
         why = f"; last error: {self.last_error}" if self.last_error else ""
-        return False, f"following {holder or 'nobody'} as {self.identity}{why}"
+        standing_by = self.lease_read and self.last_error is None
+        return standing_by, f"following {holder or 'nobody'} as {self.identity}{why}"
 
     async def run(self) -> None:
         try:
@@ -273,6 +276,7 @@ class LeaderElector:
         """One read and, if it is ours to take or keep, one write. True when we hold it."""
         sent = self.clock()
         lease = await self.kube.get(LEASE_API, "Lease", self.name, self.namespace)
+        self.lease_read, self.last_error = True, None
         current = LeaseRecord.from_spec(lease["spec"]) if lease else None
         now = self.clock()
         if current is not None:
