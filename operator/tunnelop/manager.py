@@ -60,8 +60,9 @@ class Options:
     lease_duration: float = 10.0
     health_host: str = "127.0.0.1"
     health_port: int = 8081
-    # SIGTERM: how long the reconciles in flight may take to finish.
+    # SIGTERM: how long the reconciles in flight may take to finish, then kopf to stop.
     drain_timeout: float = 10.0
+    stop_timeout: float = 3.0
     # Behind a Service (NAMESPACE, NAME) with a chart-owned webhook configuration; None:
     # kopf registers the webhook itself at https://webhook_host:webhook_port (local runs).
     webhook_service: tuple[str, str] | None = None
@@ -422,6 +423,15 @@ async def _run_kopf(
     if stopping.is_set():
         await _drain(getattr(memo, "runtime", None), options.drain_timeout)
         stop_kopf.set()
+        # kopf's webhook server waits for the API server's keep-alive connections to close
+        # (aiohttp's graceful shutdown, up to a minute): bounded, so that the Lease goes to
+        # the other replica at once. Nothing writes by then: the queues are drained.
+        done, _ = await asyncio.wait({operator}, timeout=options.stop_timeout)
+        if not done:
+            log.info("kopf still stopping; cancelled", waited=options.stop_timeout)
+            operator.cancel()
+            await asyncio.wait({operator}, timeout=1)
+            return 0
     try:
         await operator
     except Exception:

@@ -26,6 +26,7 @@ from support.dataplane import on, running_frpc, serving_relay
 from support.netutil import echo_server, wait_for_echo
 from support.operator import delete_webhook_configurations, wait_webhook_denial
 from support.relay_runner import RelayPodRunner
+from tunnelop.platform.pod_role import ROLE_LABEL
 
 RUN = uuid.uuid4().hex[:5]
 RELEASE = "tunnelop"
@@ -96,32 +97,45 @@ def sets(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
 
-async def operator_pods(kube: client.ApiClient) -> tuple[list[str], list[str]]:
-    """(ready, not ready) names of the release's running operator pods."""
+async def operator_pods(kube: client.ApiClient) -> dict[str, tuple[bool, str]]:
+    """name -> (ready, tunnelop.dev/role) of the release's running operator pods."""
     pods = await client.CoreV1Api(kube).list_namespaced_pod(
         RELEASE_NAMESPACE, label_selector=OPERATOR_SELECTOR
     )
-    ready, unready = [], []
+    roles = {}
     for pod in pods.items:
         if pod.metadata.deletion_timestamp or pod.status.phase != "Running":
             continue
         conditions = {c.type: c.status for c in pod.status.conditions or []}
-        (ready if conditions.get("Ready") == "True" else unready).append(pod.metadata.name)
-    return ready, unready
+        role = (pod.metadata.labels or {}).get(ROLE_LABEL, "")
+        roles[pod.metadata.name] = (conditions.get("Ready") == "True", role)
+    return roles
 
 
 async def one_leader(kube: client.ApiClient, runner: RelayPodRunner, timeout: float = 120) -> str:
-    """The one ready operator pod once exactly one is ready and it holds the Lease."""
+    """The leader's pod, once both replicas are ready (the follower standing by, which the
+    disruption budget counts) and exactly one, the Lease holder, is labelled leader (what
+    the webhook Service selects)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    split: tuple[list[str], list[str]] = ([], [])
+    roles: dict[str, tuple[bool, str]] = {}
     while loop.time() < deadline:
-        split = await operator_pods(kube)
+        roles = await operator_pods(kube)
         holder = lease_holder()
-        if len(split[0]) == 1 and holder and holder.startswith(f"{split[0][0]}_"):
-            return split[0][0]
+        leaders = [name for name, (_, role) in roles.items() if role == "leader"]
+        if (
+            sorted(roles.values()) == [(True, "follower"), (True, "leader")]
+            and holder
+            and holder.startswith(f"{leaders[0]}_")
+        ):
+            return leaders[0]
         await asyncio.sleep(0.5)
-    raise AssertionError(f"no one leader: {split}, Lease {lease_holder()}\n{operator_logs(runner)}")
+    raise AssertionError(f"no one leader: {roles}, Lease {lease_holder()}\n{operator_logs(runner)}")
+
+
+def disruptions_allowed() -> int | None:
+    budget = objects.get("poddisruptionbudget", RELEASE, RELEASE_NAMESPACE) or {}
+    return (budget.get("status") or {}).get("disruptionsAllowed")
 
 
 def lease_holder() -> str | None:
@@ -166,6 +180,10 @@ async def test_helm_installed_operator_serves_a_tenant_tunnel(
 ) -> None:
     namespace = tenant
     leader = await one_leader(kube, relay_runner)
+    # Both replicas ready, so a node drain may evict either one: the budget allows one.
+    await objects.wait_for(
+        lambda: disruptions_allowed() == 1, timeout=30, what="the budget allowing one eviction"
+    )
     # The operators run the chart's command line with the chart's ServiceAccount.
     pods = relay_runner.operator_pods()
     assert len(pods) == 2, [p.name for p in pods]

@@ -256,7 +256,8 @@ def test_webhook_configurations_mirror_the_operators_handlers():
     assert service["spec"]["ports"] == [
         {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
     ]
-    assert service["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    pods = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == {**pods, "tunnelop.dev/role": "leader"}
     handlers = _handlers()
     kinds = {
         "validating": "ValidatingWebhookConfiguration",

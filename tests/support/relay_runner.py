@@ -141,6 +141,9 @@ class RunningPod:
     # A pod of the operator (operator_selector): `relay` is then namespace/name, and its
     # readiness follows its readiness probes.
     operator: bool = False
+    # Seconds between SIGTERM and SIGKILL: an operator pod's terminationGracePeriodSeconds
+    # (its leader releases the Lease on the way out), 5 for relay pods.
+    grace: float = 5.0
     token_refresher: asyncio.Task[None] | None = None
     prober: asyncio.Task[None] | None = None
     # Set when the pod stops or is held: wakes a supervisor out of its restart back-off.
@@ -564,6 +567,9 @@ class RelayPodRunner:
         root.mkdir(parents=True, exist_ok=True)
         running = RunningPod(meta.uid, meta.namespace, meta.name, relay, address, root)
         running.labels = dict(meta.labels or {})
+        if operator:
+            grace = pod.spec.termination_grace_period_seconds
+            running.grace = float(30 if grace is None else min(grace, 30))
         running.ports = {
             p.name: p.container_port
             for spec in pod.spec.containers
@@ -705,7 +711,7 @@ class RelayPodRunner:
         for task in (pod.token_refresher, pod.prober):
             if task:
                 task.cancel()
-        await asyncio.gather(*(_terminate(c) for c in pod.containers))
+        await asyncio.gather(*(_terminate(c, pod.grace) for c in pod.containers))
         for c in pod.containers:
             if c.supervisor:
                 c.supervisor.cancel()
