@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tunnelop import __version__
+from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, DEFAULT_FRPS_IMAGE
 from tunnelop.platform.addresses import split_host_port
 
 
@@ -64,6 +65,16 @@ def port_range(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def image_reference(value: str) -> str:
+    """argparse type: a container image reference, as spec.template.images takes one."""
+    from tunnelop.api.v1alpha1.formats import check_image
+
+    try:
+        return check_image(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tunnel_ref(value: str) -> tuple[str, str]:
@@ -232,6 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
             "the API server's --service-node-port-range (default: 30000-32767): a "
             "LoadBalancer relay's Service takes a node port from it per tunnel port, and a "
             "NodePort relay's tunnel ports must lie in it"
+        ),
+    )
+    run.add_argument(
+        "--agent-image",
+        type=image_reference,
+        default=None,
+        help=(
+            "the relay agent's image in relay pods whose RelayNode sets no "
+            f"spec.template.images.agent (default: {DEFAULT_AGENT_IMAGE}); the chart passes "
+            "its own image, so a registry mirror serves the relays too"
+        ),
+    )
+    run.add_argument(
+        "--frps-image",
+        type=image_reference,
+        default=None,
+        help=(
+            "frps's image in relay pods whose RelayNode sets no spec.template.images.frps "
+            f"(default: {DEFAULT_FRPS_IMAGE})"
         ),
     )
     run.add_argument(
@@ -534,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                 log_level=args.log_level.upper(),
                 traffic_interval=args.traffic_interval,
                 service_node_port_range=args.service_node_port_range,
+                frps_image=args.frps_image,
+                agent_image=args.agent_image,
                 leader_elect=leader_elect,
                 leader_election_namespace=args.leader_election_namespace,
                 leader_election_id=args.leader_election_id,

@@ -31,6 +31,7 @@ from typing import Any
 import kopf
 
 from tunnelop.api.v1alpha1 import parse_port_span
+from tunnelop.builders.relay import PINNED_IMAGES, RelayImages
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 from tunnelop.platform import certs, logs, webhook_tls
 from tunnelop.platform.health import Health
@@ -54,6 +55,9 @@ class Options:
     log_level: str = "INFO"
     traffic_interval: float = 10.0
     service_node_port_range: str = "30000-32767"
+    # Images of relay pods whose RelayNode names none (None: the pinned defaults).
+    frps_image: str | None = None
+    agent_image: str | None = None
     leader_elect: bool = False
     leader_election_namespace: str | None = None  # default: the relay namespace
     leader_election_id: str = "tunnelop"
@@ -130,6 +134,7 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
             options.workers,
             traffic,
             node_port_range=parse_port_span(options.service_node_port_range, allow_single=False),
+            relay_images=relay_images(options),
         )
 
     @kopf.on.cleanup()
@@ -139,6 +144,13 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
             await runtime.stop()
 
     return kopf.get_default_registry()
+
+
+def relay_images(options: Options) -> RelayImages:
+    return RelayImages(
+        frps=options.frps_image or PINNED_IMAGES.frps,
+        agent=options.agent_image or PINNED_IMAGES.agent,
+    )
 
 
 def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:

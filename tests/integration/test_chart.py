@@ -114,6 +114,7 @@ def test_helm_lint_passes(values):
         ("relayNamespace.name=Relays_1", "/relayNamespace/name"),
         ("leaderElection.leaseDuration=2", "/leaderElection/leaseDuration"),
         ("logFormat=xml", "/logFormat"),
+        ("relayImages.agent=a b", "/relayImages/agent"),
         ("crds.instal=true", "instal"),
         ("podDisruptionBudget.unhealthyPodEvictionPolicy=Never", "unhealthyPodEvictionPolicy"),
     ],
@@ -160,6 +161,8 @@ def test_default_install_runs_two_leader_elected_replicas_with_restricted_securi
         "--webhook-cert-secret": "tunnelop-webhook-cert",
         "--traffic-interval": "10",
         "--service-node-port-range": "30000-32767",
+        # The relay agents run the chart's own image (a mirror serves them too).
+        "--agent-image": f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}",
         "--log-level": "INFO",
         "--log-format": "json",
         "--service-account-dir": "/var/run/secrets/kubernetes.io/serviceaccount",
@@ -219,6 +222,15 @@ def test_image_by_digest_wins_over_the_tag():
     assert operator_container(docs)["image"] == f"registry.example.test/tunnelop@{digest}"
     docs = render("image.tag=1.2.3")
     assert operator_container(docs)["image"] == "ghcr.io/tunnelop/tunnelop:1.2.3"
+    # The relay agents follow the chart's image, digest included, unless named.
+    docs = render("image.repository=registry.example.test/tunnelop", f"image.digest={digest}")
+    assert flags(docs)["--agent-image"] == f"registry.example.test/tunnelop@{digest}"
+    assert "--frps-image" not in flags(docs)
+    docs = render("relayImages.agent=a.test/agent:1", "relayImages.frps=a.test/frps:v0.71.0")
+    assert (flags(docs)["--agent-image"], flags(docs)["--frps-image"]) == (
+        "a.test/agent:1",
+        "a.test/frps:v0.71.0",
+    )
 
 
 def test_values_reach_the_flags_and_the_pod():

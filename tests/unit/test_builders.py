@@ -39,7 +39,7 @@ from tunnelop.builders import (
     config_checksum,
     endpoint,
 )
-from tunnelop.builders.relay import agent_resources
+from tunnelop.builders.relay import RelayImages, agent_resources
 from tunnelop.contract.naming import (
     DEFAULT_AGENT_IMAGE,
     DEFAULT_FRPS_IMAGE,
@@ -774,6 +774,17 @@ def test_deployment_images() -> None:
     pinned = containers(build_deployment(override, NAMESPACE, config_checksum="x"))
     assert pinned["frps"]["image"] == "mirror.example.com/frps:v0.71.0"
     assert pinned["agent"]["image"] == DEFAULT_AGENT_IMAGE
+    # The operator's --frps-image and --agent-image replace the defaults, never a
+    # RelayNode's own choice.
+    mirror = RelayImages(frps="mirror.example.com/frps:v0.71.0", agent="mirror.example.com/t:1")
+    mirrored = containers(build_deployment(node, NAMESPACE, config_checksum="x", images=mirror))
+    assert (mirrored["frps"]["image"], mirrored["agent"]["image"]) == (mirror.frps, mirror.agent)
+    own = relay(template={"images": {"agent": "own.example.com/agent:2"}})
+    chosen = containers(build_deployment(own, NAMESPACE, config_checksum="x", images=mirror))
+    assert (chosen["frps"]["image"], chosen["agent"]["image"]) == (
+        mirror.frps,
+        "own.example.com/agent:2",
+    )
 
 
 def test_config_change_changes_the_pod_template() -> None:

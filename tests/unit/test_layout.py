@@ -21,7 +21,7 @@ ALLOWED = {
     "builders": {"builders", "domain", "api", "contract"},
     "controllers": {"controllers", "builders", "domain", "api", "contract", "platform"},
     "agent": {"agent", "contract", "platform"},
-    "manager": {"controllers", "platform", "api", "contract"},
+    "manager": {"controllers", "builders", "platform", "api", "contract"},
     # `tunnelop client`: frpc that follows its tunnel, with no API models.
     "client": {"client", "contract", "platform"},
     # `tunnelop top` ranks with the pure leaderboard.

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tunnelop.api.v1alpha1 import RelayNode
@@ -339,20 +340,34 @@ def _agent_container(relay: RelayNode, namespace: str, image: str) -> dict[str, 
     }
 
 
+@dataclass(frozen=True)
+class RelayImages:
+    """The images of a relay pod whose RelayNode names none: the pinned upstream frps and
+    the tunnelop image of this release (the operator's --frps-image and --agent-image, so
+    that a registry mirror serves the relays too)."""
+
+    frps: str = DEFAULT_FRPS_IMAGE
+    agent: str = DEFAULT_AGENT_IMAGE
+
+
+PINNED_IMAGES = RelayImages()
+
+
 def build_deployment(
     relay: RelayNode,
     namespace: str,
     *,
     config_checksum: str,
+    images: RelayImages = PINNED_IMAGES,
 ) -> dict[str, Any]:
     """The relay pod: frps and the agent side by side. Images: spec.template.images, else
-    the pinned defaults."""
+    `images`."""
     spec = relay.spec
     relay_name = _relay_name(relay)
     name = relay_object_name(relay_name)
     host_network = spec.exposure.type == "HostNetwork"
-    frps = spec.template.images.frps or DEFAULT_FRPS_IMAGE
-    agent = spec.template.images.agent or DEFAULT_AGENT_IMAGE
+    frps = spec.template.images.frps or images.frps
+    agent = spec.template.images.agent or images.agent
 
     pod_spec: dict[str, Any] = {
         "serviceAccountName": name,

@@ -186,7 +186,9 @@ async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySec
         build_service_account(relay, ns),
         build_role(relay, ns),
         build_role_binding(relay, ns),
-        build_deployment(relay, ns, config_checksum=config_checksum(frps_toml)),
+        build_deployment(
+            relay, ns, config_checksum=config_checksum(frps_toml), images=rt.relay_images
+        ),
     ]
     name = relay.metadata.name or ""
     if rt.applied_workloads.get(name) == workload:

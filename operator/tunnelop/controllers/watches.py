@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
-from tunnelop.builders.relay import config_checksum
+from tunnelop.builders.relay import PINNED_IMAGES, RelayImages, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
 from tunnelop.controllers import pools, quotas, relays, tunnels
@@ -41,9 +41,15 @@ async def start(
     workers: int,
     traffic: TrafficOptions,
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
+    relay_images: RelayImages = PINNED_IMAGES,
 ) -> Runtime:
     kube = await Kube.connect()
-    rt = Runtime(kube=kube, relay_namespace=relay_namespace, node_port_range=node_port_range)
+    rt = Runtime(
+        kube=kube,
+        relay_namespace=relay_namespace,
+        node_port_range=node_port_range,
+        relay_images=relay_images,
+    )
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     rt.quota_queue = WorkQueue("quotas", lambda key: quotas.reconcile(rt, key), 2)
