@@ -31,7 +31,7 @@ from typing import Any
 import kopf
 
 from tunnelop.api.v1alpha1 import parse_port_span
-from tunnelop.builders.relay import PINNED_IMAGES, RelayImages
+from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 from tunnelop.platform import certs, logs, webhook_tls
 from tunnelop.platform.health import Health
@@ -146,8 +146,8 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
     return kopf.get_default_registry()
 
 
-def relay_images(options: Options) -> RelayImages:
-    return RelayImages(
+def relay_images(options: Options) -> DefaultRelayImages:
+    return DefaultRelayImages(
         frps=options.frps_image or PINNED_IMAGES.frps,
         agent=options.agent_image or PINNED_IMAGES.agent,
     )

@@ -39,7 +39,7 @@ from tunnelop.builders import (
     config_checksum,
     endpoint,
 )
-from tunnelop.builders.relay import RelayImages, agent_resources
+from tunnelop.builders.relay import DefaultRelayImages, agent_resources
 from tunnelop.contract.naming import (
     DEFAULT_AGENT_IMAGE,
     DEFAULT_FRPS_IMAGE,
@@ -776,7 +776,9 @@ def test_deployment_images() -> None:
     assert pinned["agent"]["image"] == DEFAULT_AGENT_IMAGE
     # The operator's --frps-image and --agent-image replace the defaults, never a
     # RelayNode's own choice.
-    mirror = RelayImages(frps="mirror.example.com/frps:v0.71.0", agent="mirror.example.com/t:1")
+    mirror = DefaultRelayImages(
+        frps="mirror.example.com/frps:v0.71.0", agent="mirror.example.com/t:1"
+    )
     mirrored = containers(build_deployment(node, NAMESPACE, config_checksum="x", images=mirror))
     assert (mirrored["frps"]["image"], mirrored["agent"]["image"]) == (mirror.frps, mirror.agent)
     own = relay(template={"images": {"agent": "own.example.com/agent:2"}})

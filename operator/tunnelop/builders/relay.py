@@ -341,7 +341,7 @@ def _agent_container(relay: RelayNode, namespace: str, image: str) -> dict[str, 
 
 
 @dataclass(frozen=True)
-class RelayImages:
+class DefaultRelayImages:
     """The images of a relay pod whose RelayNode names none: the pinned upstream frps and
     the tunnelop image of this release (the operator's --frps-image and --agent-image, so
     that a registry mirror serves the relays too)."""
@@ -350,7 +350,7 @@ class RelayImages:
     agent: str = DEFAULT_AGENT_IMAGE
 
 
-PINNED_IMAGES = RelayImages()
+PINNED_IMAGES = DefaultRelayImages()
 
 
 def build_deployment(
@@ -358,7 +358,7 @@ def build_deployment(
     namespace: str,
     *,
     config_checksum: str,
-    images: RelayImages = PINNED_IMAGES,
+    images: DefaultRelayImages = PINNED_IMAGES,
 ) -> dict[str, Any]:
     """The relay pod: frps and the agent side by side. Images: spec.template.images, else
     `images`."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunnelop.api.v1alpha1 import PortSpan
-from tunnelop.builders.relay import RelayImages
+from tunnelop.builders.relay import DefaultRelayImages
 from tunnelop.controllers.caches import Caches
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.domain.pools import RelayLoad
@@ -46,7 +46,7 @@ class Runtime:
     # The API server's --service-node-port-range (what a LoadBalancer Service draws from).
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE
     # The images of relay pods whose RelayNode names none.
-    relay_images: RelayImages = field(default_factory=RelayImages)
+    relay_images: DefaultRelayImages = field(default_factory=DefaultRelayImages)
     table: AllocationTable = field(default_factory=AllocationTable)
     cache: Caches = field(default_factory=Caches)
     relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
-from tunnelop.builders.relay import PINNED_IMAGES, RelayImages, config_checksum
+from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
 from tunnelop.controllers import pools, quotas, relays, tunnels
@@ -41,7 +41,7 @@ async def start(
     workers: int,
     traffic: TrafficOptions,
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
-    relay_images: RelayImages = PINNED_IMAGES,
+    relay_images: DefaultRelayImages = PINNED_IMAGES,
 ) -> Runtime:
     kube = await Kube.connect()
     rt = Runtime(

@@ -136,7 +136,8 @@ class RelayExposure(ApiModel):
 
 
 class RelayImages(ApiModel):
-    """Container images of the relay Pod; omitted ones use the operator's pinned defaults."""
+    """Container images of the relay Pod; omitted ones use the operator's defaults (its
+    --frps-image and --agent-image: the pinned frps and the chart's own image)."""
 
     frps: ImageRef | None = Field(default=None, description="The frps image.")
     agent: ImageRef | None = Field(
