@@ -989,3 +989,45 @@ def test_relay_agent_reads_only_its_own_table(installed_rbac):
         ],
     )
     assert list(answers.values()) == [True, True, False, False, False, False, False], answers
+
+
+def can_i(user: str, *args: str) -> str:
+    """`kubectl auth can-i ARGS --as USER`: "yes" or "no", as an administrator would ask."""
+    result = tools.kubectl("auth", "can-i", *args, f"--as={user}", check=False)
+    return result.stdout.strip()
+
+
+def test_kubectl_auth_can_i_agrees(installed_rbac):
+    """The same questions through `kubectl auth can-i`, for the operator and a relay agent."""
+    rbac = installed_rbac
+    operator, relays, tenant = rbac["account"], rbac["relays"], rbac["tenant"]
+    assert can_i(operator, "*", "*") == "no"
+    assert can_i(operator, "delete", "nodes") == "no"
+    assert can_i(operator, "get", "secrets", "-n", "kube-system") == "no"
+    assert can_i(operator, "patch", "tunnels.tunnelop.dev/status", "-n", tenant) == "yes"
+    assert can_i(operator, "create", "secrets", "-n", tenant) == "yes"
+    assert can_i(operator, "create", "deployments.apps", "-n", relays) == "yes"
+    assert can_i(operator, "create", "deployments.apps", "-n", tenant) == "no"
+
+    relay = _relay(f"canI-{suffix()}".lower())
+    agent_objects = [
+        relay_builders.build_service_account(relay, relays),
+        relay_builders.build_role(relay, relays),
+        relay_builders.build_role_binding(relay, relays),
+    ]
+    for obj in agent_objects:
+        obj["metadata"].pop("ownerReferences")  # no RelayNode here to own them
+    listed = {"apiVersion": "v1", "kind": "List", "items": agent_objects}
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(listed))
+    agent = f"system:serviceaccount:{relays}:{naming.relay_object_name(relay.metadata.name)}"
+    own_table = f"secrets/{naming.table_secret_name(relay.metadata.name)}"
+    assert can_i(agent, "get", own_table, "-n", relays) == "yes"
+    assert (
+        can_i(
+            agent, "get", f"secrets/{naming.config_secret_name(relay.metadata.name)}", "-n", relays
+        )
+        == "no"
+    )
+    assert can_i(agent, "get", "secrets/relay-another-table", "-n", relays) == "no"
+    assert can_i(agent, "patch", own_table, "-n", relays) == "no"
+    assert can_i(agent, "list", "tunnels.tunnelop.dev") == "no"
