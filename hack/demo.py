@@ -312,10 +312,15 @@ class Demo:
         if action == "install":
             await self._delete_stray_webhooks()
         else:
-            say(f"Release {RELEASE} is installed already ({status}): an earlier run's leftover.")
+            say(
+                f"Release {RELEASE} is installed already ({status}), as an interrupted run leaves it:"
+            )
             if action == "reinstall":
-                say(f"$ helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}")
+                say(f"installed again.\n$ helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}")
                 demo_helm.uninstall()
+            else:
+                say("upgraded to the demo's values.")
+            say("")
         before = {
             (kind, name): objects.get(kind, name)
             for kind, name in [("namespace", RELEASE_NAMESPACE), *demo_helm.CHART_OBJECTS]
