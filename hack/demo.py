@@ -1,15 +1,19 @@
 """`make demo`: tunnelop end to end on this machine, told as a story of steps.
 
-hack/demo.sh has started the local cluster and installed the CRDs. From there this script
-starts the operator, creates two RelayNodes whose pods the relay-pod runner runs as local
-processes (frps and the relay agent, each relay on its own loopback address), starts two local
-services (a small HTTP site and a TCP echo), applies a Tunnel for each, runs frpc from each
-Tunnel's credentials Secret as it is (the local port in its environment, TUNNELOP_LOCAL_PORT),
-sends visitor traffic through the relays and shows the Tunnels' endpoints, client connection
-and metered traffic.
+hack/demo.sh has started the local cluster. From there this script installs tunnelop with
+Helm as a provider installs it (hack/demo_helm.py): the chart's CRDs, RBAC, webhooks and two
+operator replicas, whose pods the relay-pod runner runs as local processes from the image
+with their ServiceAccount's token, so the chart's RBAC is what the operator gets. Once one
+replica leads, it creates two RelayNodes whose pods the runner runs too (frps and the relay
+agent, each relay on its own loopback address), starts two local services (a small HTTP site
+and a TCP echo), applies a Tunnel for each, runs frpc from each Tunnel's credentials Secret
+as it is (the local port in its environment, TUNNELOP_LOCAL_PORT), sends visitor traffic
+through the relays and shows the Tunnels' endpoints, client connection and metered traffic.
 
 Then it keeps running until Ctrl-C (or, with --check, verifies what it saw and prints the
-figures), and stops and deletes everything it started or created, in reverse order.
+figures), and stops and deletes everything it started or created, in reverse order: the
+Tunnels and RelayNodes while the operator still runs (it releases their finalizers), then
+`helm uninstall`.
 
 Run it through `make demo` (or `make demo CHECK=1`); it needs PYTHONPATH=tests to reuse the
 test support code (tests/support).
@@ -37,21 +41,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import demo_helm
+from demo_helm import (
+    CREATED_LABEL,
+    DEMO_VALUES,
+    LEASE,
+    OPERATOR_SELECTOR,
+    RELAY_NAMESPACE,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    TRAFFIC_INTERVAL,
+)
 from kubernetes.aio import client, config, watch
+from kubernetes.aio.client.exceptions import ApiException
 
 from support import objects, tools
-from support.dataplane import Frpc, http_site, start_relay, wait_for_http
+from support.dataplane import Frpc, http_site, served_http, start_relay, until_closed
 from support.netutil import echo_once, echo_server, wait_for_echo
-from support.operator import OperatorProcess, delete_webhook_configurations
+from support.operator import delete_webhook_configurations
 from support.relay_runner import RelayPodRunner
+from tunnelop.contract.naming import PLUGIN_PORT
 
 NAMESPACE = "tunnelop-demo"  # the tenant's namespace: the demo's Tunnels and their Secrets
-RELAY_NAMESPACE = "tunnelop-system"  # where the operator puts the relay workloads
-FIRST_ADDRESS = "127.0.100.2"  # relays get 127.0.100.2, .3, ...: apart from the tests' 127.0.0.x
+FIRST_ADDRESS = "127.0.100.2"  # pods get 127.0.100.2, .3, ...: apart from the tests' 127.0.0.x
 HTTP_DOMAIN = "tunnels.demo.test"
-TRAFFIC_INTERVAL = 2  # seconds between the operator's readings of the relay agents' metrics
 GROUP, VERSION = objects.GROUP_VERSION.split("/")
 
+LEADER_TIMEOUT = 120
 READY_TIMEOUT = 60
 VISITOR_TIMEOUT = 30
 METERING_TIMEOUT = 45
@@ -146,14 +162,24 @@ class TunnelWatch:
                     async for event in stream:
                         if event["type"] in ("ADDED", "MODIFIED"):
                             await self._seen(event["object"])
+                        elif event["type"] == "DELETED":  # an earlier run's, deleted first
+                            self._forget(event["object"])
             except asyncio.CancelledError:
                 raise
             except Exception:  # an expired watch, a restarting API server: list again
                 await asyncio.sleep(1)
 
+    def _forget(self, tunnel: dict[str, Any]) -> None:
+        name = tunnel["metadata"]["name"]
+        if _uid(self.latest.get(name)) == _uid(tunnel):
+            self.latest.pop(name, None)
+            self.first.pop(name, None)
+
     async def _seen(self, tunnel: dict[str, Any]) -> None:
         name = tunnel["metadata"]["name"]
         now = time.monotonic()
+        if _uid(self.latest.get(name)) not in (None, _uid(tunnel)):  # the same name, anew
+            self.first.pop(name, None)
         self.latest[name] = tunnel
         firsts = self.first.setdefault(name, {})
         traffic = (tunnel.get("status") or {}).get("traffic") or {}
@@ -178,6 +204,10 @@ class TunnelWatch:
         return (self.latest.get(name) or {}).get("status") or {}
 
 
+def _uid(obj: dict[str, Any] | None) -> str | None:
+    return obj["metadata"].get("uid") if obj else None
+
+
 def _condition_true(obj: dict[str, Any], type_: str) -> bool:
     found = objects.condition(obj, type_)
     return bool(found and found["status"] == "True")
@@ -196,9 +226,10 @@ class Figures:
 
 
 class Demo:
-    def __init__(self, check: bool, workdir: Path) -> None:
+    def __init__(self, check: bool, workdir: Path, cluster_stops: bool) -> None:
         self.check = check
         self.workdir = workdir
+        self.cluster_stops = cluster_stops  # stopped at the end: nothing in it to delete
         self.cleanups: list[tuple[str | None, Callable[[], Awaitable[None]]]] = []
         self.addresses: dict[str, str] = {}
         self.ports: dict[str, int] = {}  # local service ports
@@ -207,6 +238,8 @@ class Demo:
         self.failures: list[str] = []
         self.running = False  # up and waiting for Ctrl-C
         self.created_namespace = False
+        self.installed = 0.0  # when `helm install` (or upgrade) started
+        self.leading = 0.0  # when one operator replica led, Ready
 
     def on_cleanup(self, what: str | None, action: Callable[[], Awaitable[None]]) -> None:
         """Register how to undo what was just started or created; undone in reverse order."""
@@ -214,10 +247,11 @@ class Demo:
 
     async def run(self) -> None:
         """The story, top to bottom."""
-        started = time.monotonic()
         await self.watch_tunnels()
-        await self.start_operator()
-        await self.start_relay_runner()
+        await self.start_pod_runner()
+        await self.install_with_helm()
+        await self.wait_for_the_leader()
+        await self.delete_leftovers()
         await self.create_relays()
         await self.start_local_services()
         await self.apply_tunnels()
@@ -226,7 +260,7 @@ class Demo:
         await self.talk_to_the_echo_service()
         await self.wait_for_the_meters()
         self.show_tunnels_and_relays()
-        self.show_figures(time.monotonic() - started)
+        self.show_figures()
         self.explain_your_own_tunnel()
         if self.check:
             self.report_check()
@@ -236,52 +270,157 @@ class Demo:
     # ---- the steps ----------------------------------------------------------------------
 
     async def watch_tunnels(self) -> None:
-        """Not a step of its own: from here on the demo sees every change of its Tunnels."""
+        """Not a step of its own: from here on the demo sees every change of its Tunnels
+        (once the chart has installed the CRDs)."""
         cfg = client.Configuration()
         await config.load_kube_config(config_file=str(tools.KUBECONFIG), client_configuration=cfg)
-        api = client.ApiClient(cfg)
-        self.on_cleanup(None, api.close)
-        self.tunnels = TunnelWatch(api, NAMESPACE)
+        self.api = client.ApiClient(cfg)
+        self.on_cleanup(None, self.api.close)
+        self.tunnels = TunnelWatch(self.api, NAMESPACE)
         watching = asyncio.create_task(self.tunnels.run(), name="tunnel-watch")
         self.on_cleanup(None, lambda: _cancel(watching))
 
-    async def start_operator(self) -> None:
-        args = ["--relay-namespace", RELAY_NAMESPACE, "--traffic-interval", str(TRAFFIC_INTERVAL)]
-        step(f"Starting the operator: tunnelop run {' '.join(args)}")
-        relay_namespace_existed = await _namespace_exists(RELAY_NAMESPACE)
-        operator = OperatorProcess(
-            tools.KUBECONFIG, self.workdir / "operator.log", *args, own_process_group=True
-        )
-        if not relay_namespace_existed:  # the operator creates it
-            self.on_cleanup(
-                f"namespace {RELAY_NAMESPACE} deleted", lambda: _delete_namespace(RELAY_NAMESPACE)
-            )
-        self.on_cleanup("operator stopped", lambda: self._stop_operator(operator))
-        try:
-            await operator.start()
-        except (RuntimeError, TimeoutError) as exc:
-            raise DemoFailed(f"the operator did not start: {exc}") from None
-        say(f"running (pid {operator.process.pid}); its admission webhook is registered")
-        say(f"log: {operator.log_path}")
-        self.operator = operator
-
-    async def start_relay_runner(self) -> None:
-        step("Starting the relay-pod runner: it plays kubelet for relay pods")
+    async def start_pod_runner(self) -> None:
+        step("Starting the relay-pod runner: it plays kubelet for tunnelop's pods")
         say(
-            "kwok's fake nodes run nothing; the runner runs each relay pod's containers (frps and\n"
-            "the `tunnelop agent` sidecar) as local processes, each relay on its own loopback\n"
-            f"address from {FIRST_ADDRESS} on."
+            "kwok's fake nodes run nothing. The runner runs the containers of the operator's\n"
+            "pods (the chart's Deployment, with its ServiceAccount's token: the chart's RBAC is\n"
+            "what the operator gets) and of relay pods (frps and the `tunnelop agent` sidecar)\n"
+            f"as local processes, each pod on its own loopback address from {FIRST_ADDRESS} on."
         )
         runner = RelayPodRunner(
-            tools.KUBECONFIG, self.workdir / "relay-pods", first_address=FIRST_ADDRESS
+            tools.KUBECONFIG,
+            self.workdir / "pods",
+            first_address=FIRST_ADDRESS,
+            operator_selector=OPERATOR_SELECTOR,
         )
-        self.on_cleanup("relay-pod runner stopped (frps and agents)", runner.stop)
+        # The relays' addresses first: the same ones whatever the operator's pods take.
+        for name, _, _ in RELAYS:
+            runner.address_of(name)
+        self.on_cleanup(
+            "relay-pod runner stopped (operator replicas, frps and agents)", runner.stop
+        )
         await runner.start()
         self.runner = runner
+
+    async def install_with_helm(self) -> None:
+        step("Installing tunnelop with Helm, as a provider installs it on their cluster")
+        for namespace in (RELEASE_NAMESPACE, RELAY_NAMESPACE):
+            await _namespace_exists(namespace)  # until an earlier run's deletion is over
+        status = demo_helm.release_status()
+        action = demo_helm.action_for(status)
+        if action == "install":
+            await self._delete_stray_webhooks()
+        else:
+            say(
+                f"Release {RELEASE} is installed already ({status}), as an interrupted run leaves it:"
+            )
+            if action == "reinstall":
+                say(f"installed again.\n$ helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}")
+                demo_helm.uninstall()
+            else:
+                say("upgraded to the demo's values.")
+            say("")
+        before = {
+            (kind, name): objects.get(kind, name)
+            for kind, name in [("namespace", RELEASE_NAMESPACE), *demo_helm.CHART_OBJECTS]
+        }
+        take_ownership = demo_helm.needs_take_ownership(
+            [before[key] for key in demo_helm.CHART_OBJECTS if before[key]]
+        )
+        args = demo_helm.helm_args("upgrade" if action == "upgrade" else "install", take_ownership)
+        say("On your own cluster (docs/install.md):")
+        say("")
+        say(f"  {demo_helm.provider_command()}")
+        say("")
+        say("Here, with what only the demo needs:")
+        say("")
+        say(f"$ {demo_helm.shown(args)}")
+        say("")
+        for value, why in DEMO_VALUES:
+            say(f"{value}: " + textwrap.indent(why, "  ").lstrip())
+        if take_ownership:
+            say(
+                "--take-ownership: the CRDs were applied with kubectl before (the tests do), and\n"
+                "Helm adopts them (docs/install.md, coming from `kubectl apply -f crds/`)."
+            )
+        say("")
+        created = [key for key, obj in before.items() if obj is None]
+        if not self.cluster_stops:  # this run's, and those an interrupted run left
+            self.on_cleanup(None, self._delete_created)
+        # Before helm runs: an install interrupted half-way is uninstalled too.
+        self.on_cleanup(f"uninstalled: helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}", _uninstall)
+        self.installed = time.monotonic()
+        result = demo_helm.helm(*args, check=False)
+        if result.returncode != 0:
+            raise DemoFailed(f"helm {args[0]} failed:\n{result.stderr.strip()}")
+        say(textwrap.indent(_helm_summary(result.stdout), "  "))
+        for kind, name in created:  # the chart's and --create-namespace's, to be deleted at the end
+            tools.kubectl("label", kind, name, f"{CREATED_LABEL}=true", "--overwrite", check=False)
+
+    async def wait_for_the_leader(self) -> None:
+        step("Waiting for one operator replica to lead: it holds the Lease and is Ready")
+        core = client.CoreV1Api(self.api)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_TIMEOUT
+        while True:
+            listing = await core.list_namespaced_pod(
+                RELEASE_NAMESPACE, label_selector=OPERATOR_SELECTOR
+            )
+            pods = demo_helm.operator_pods(self.api.sanitize_for_serialization(listing))
+            holder = await self._lease_holder()
+            if leader := demo_helm.leader(pods, holder):
+                break
+            if loop.time() > deadline:
+                raise DemoFailed(
+                    f"no operator replica led {LEADER_TIMEOUT} s after helm install: pods "
+                    f"{[(p.name, 'Ready' if p.ready else 'not Ready') for p in pods]}, Lease "
+                    f"holder {holder!r}; the operator pods' logs: {self.workdir / 'pods'}"
+                )
+            await asyncio.sleep(0.5)
+        self.leading = time.monotonic()
+        kubectl_shown("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide")  # only the operator's
+        kubectl_shown(
+            "get", "lease", LEASE, "-n", RELEASE_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"
+        )
+        say(
+            f"\n{leader.name} leads ({leader.address}), "
+            f"{seconds(self.leading - self.installed)} after helm started: it holds the Lease,\n"
+            "answers the admission webhook and reconciles. The other replica is not Ready (its\n"
+            "/readyz says it does not lead) and takes over if the leader goes."
+        )
+        pod = next((p for p in self.runner.operator_pods() if p.name == leader.name), None)
+        if pod and pod.containers:
+            say(f"the leader's log: {pod.containers[0].log_path}")
+
+    async def delete_leftovers(self) -> None:
+        """An interrupted earlier run may have left its Tunnels and RelayNodes: deleted by
+        the operator now running, so that this run's figures start from nothing."""
+        tunnels = [name for name in TUNNELS if objects.get("tunnel", name, NAMESPACE)]
+        relays = [name for name, _, _ in RELAYS if objects.get("relaynode", name)]
+        if not tunnels and not relays:
+            return
+        step("Deleting an earlier run's Tunnels and RelayNodes (the operator releases them)")
+        if tunnels:
+            tools.kubectl("delete", "tunnel", "-n", NAMESPACE, *tunnels, "--timeout=60s")
+            say(f"Tunnels {', '.join(tunnels)} deleted")
+        if relays:
+            tools.kubectl("delete", "relaynode", *relays, "--timeout=60s")
+            # Their pods gone and their processes stopped: the new ones take the same address.
+            selector = f"tunnelop.dev/relay in ({','.join(relays)})"
+            tools.kubectl(
+                *("wait", "--for=delete", "pod", "-n", RELAY_NAMESPACE, "-l", selector),
+                "--timeout=60s",
+                check=False,  # none left to wait for
+            )
+            for name in relays:
+                await until_closed(self.runner.address_of(name), PLUGIN_PORT, timeout=30)
+            say(f"RelayNodes {', '.join(relays)} deleted")
 
     async def create_relays(self) -> None:
         names = ", ".join(name for name, _, _ in RELAYS)
         step(f"Creating RelayNodes {names}, exposed with HostNetwork on their pods' addresses")
+        say(f"The operator runs their pods in {RELAY_NAMESPACE}, the chart's relay namespace.")
         self.on_cleanup("RelayNodes deleted", self._delete_relays)
         started = time.monotonic()
         try:
@@ -324,6 +463,10 @@ class Demo:
         step(f"Applying two Tunnels in namespace {NAMESPACE}")
         if not await _namespace_exists(NAMESPACE):
             tools.kubectl("create", "namespace", NAMESPACE)
+            tools.kubectl("label", "namespace", NAMESPACE, f"{CREATED_LABEL}=true")
+        namespace = objects.get("namespace", NAMESPACE) or {}
+        # Created by this run, or by an earlier one that was interrupted.
+        if (namespace["metadata"].get("labels") or {}).get(CREATED_LABEL) == "true":
             self.created_namespace = True
             self.on_cleanup(f"namespace {NAMESPACE} deleted", lambda: _delete_namespace(NAMESPACE))
         say(f"$ kubectl apply -n {NAMESPACE} -f - <<EOF")
@@ -362,7 +505,7 @@ class Demo:
         address = self.addresses["demo-web"]
         say(f"$ curl -H 'Host: {host}' http://{address}/")
         try:
-            body = await wait_for_http(address, host, timeout=VISITOR_TIMEOUT)
+            body = await served_http(address, host, timeout=VISITOR_TIMEOUT)
         except TimeoutError as exc:
             raise DemoFailed(f"{exc}\nfrpc log of web:\n{self.frpc['web'].logs()}") from None
         self.figures["web"].first_byte = time.monotonic()
@@ -441,16 +584,25 @@ class Demo:
         step("What the cluster says")
         kubectl_shown("get", "tun,rn", "-A")
 
-    def show_figures(self, elapsed: float) -> None:
+    def show_figures(self) -> None:
         step("Figures")
         rows = [
-            ("tunnel", "apply->Ready", "Ready->first byte", "->in status", "bytes in", "bytes out")
+            (
+                "tunnel",
+                "helm install->first byte",
+                "apply->Ready",
+                "Ready->first byte",
+                "->in status",
+                "bytes in",
+                "bytes out",
+            )
         ]
         for name in TUNNELS:
             f, traffic = self.figures[name], self.tunnels.status(name).get("traffic") or {}
             rows.append(
                 (
                     name,
+                    seconds(f.first_byte - self.installed),
                     seconds(f.ready - f.applied),
                     seconds(f.first_byte - f.ready),
                     seconds(max(0.0, f.metered - f.first_byte)) if f.metered else "-",
@@ -462,11 +614,18 @@ class Demo:
         for row in rows:
             say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         say(
+            "\nhelm install->first byte: from `helm install` until the tunnel's first visitor was"
+            "\nanswered (the operator's pods up and one leading, the relays Ready, the Tunnel"
+            "\napplied and Ready, frpc started from its Secret and logged in)."
             "\nReady->first byte: frpc started from the Secret, logged in, first visitor answered."
             "\n->in status: from that first byte until status.traffic showed bytes both ways (the"
             "\nagent reads frps, the operator reads the agent, then writes the status)."
         )
-        say(f"From starting the operator to here: {seconds(elapsed)}")
+        say(
+            f"\nhelm install to one operator replica leading (Lease held, pod Ready): "
+            f"{seconds(self.leading - self.installed)}"
+        )
+        say(f"helm install to here: {seconds(time.monotonic() - self.installed)}")
 
     def explain_your_own_tunnel(self) -> None:
         step("Add your own Tunnel")
@@ -510,6 +669,11 @@ In another terminal, from this checkout:
             ),
             (f"nc {host} {port}", "if you have nc: type a line, it comes back"),
             ("kubectl get tun,rn -A", "In and Out grow (a TCP connection's bytes when it closes)"),
+            (
+                f"kubectl get pods -n {RELEASE_NAMESPACE}",
+                "the operator: the leader 1/1, the other 0/1",
+            ),
+            (f"helm list -n {RELEASE_NAMESPACE}", "the release"),
         ]
         width = max(len(command) for command, _ in tries)
         say("Meanwhile, try the tunnels yourself:\n")
@@ -537,18 +701,66 @@ In another terminal, from this checkout:
                     say(what)
         return clean
 
+    # The Tunnels and RelayNodes go before `helm uninstall`: their finalizers need the
+    # operator still running (without it, deleting them waits for the next operator).
+
     async def _delete_tunnels(self) -> None:
-        # In its own namespace, with yours: their finalizers need the operator still running.
+        # In its own namespace, with yours.
         which = ["--all"] if self.created_namespace else TUNNELS
-        tools.kubectl("delete", "tunnel", "-n", NAMESPACE, *which, "--ignore-not-found")
+        tools.kubectl(
+            "delete", "tunnel", "-n", NAMESPACE, *which, "--ignore-not-found", "--timeout=60s"
+        )
 
     async def _delete_relays(self) -> None:
         names = [name for name, _, _ in RELAYS]
-        tools.kubectl("delete", "relaynode", *names, "--ignore-not-found")
+        tools.kubectl("delete", "relaynode", *names, "--ignore-not-found", "--timeout=60s")
 
-    async def _stop_operator(self, operator: OperatorProcess) -> None:
-        await operator.stop()
-        delete_webhook_configurations()
+    async def _delete_created(self) -> None:
+        """The namespaces and CRDs the demo brought into a cluster that keeps running (the
+        chart keeps the CRDs and the relay namespace on uninstall)."""
+        created = f"{CREATED_LABEL}=true"
+        # The tenant's namespace has gone its own way already.
+        namespaces = f"kubernetes.io/metadata.name in ({RELEASE_NAMESPACE},{RELAY_NAMESPACE})"
+        for kind, selector, wait in (
+            ("namespace", f"{created},{namespaces}", "--wait=false"),
+            ("crd", created, "--timeout=60s"),
+        ):
+            deleted = tools.kubectl("delete", kind, "-l", selector, wait, "-o", "name")
+            for line in deleted.stdout.splitlines():  # kind.group/name
+                kind_and_group, _, name = line.partition("/")
+                if name:
+                    say(f"{kind_and_group.split('.')[0]} {name} deleted")
+
+    async def _delete_stray_webhooks(self) -> None:
+        """Webhook configurations without a release are an operator's run outside the chart
+        (a test run that was killed): Helm would refuse to install over them."""
+        kinds = ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
+        if any(objects.get(kind, "tunnelop.dev") for kind in kinds):
+            delete_webhook_configurations()
+            say("(webhook configurations tunnelop.dev of an operator run outside Helm: deleted)")
+
+    async def _lease_holder(self) -> str | None:
+        coordination = client.CoordinationV1Api(self.api)
+        try:
+            lease = await coordination.read_namespaced_lease(LEASE, RELEASE_NAMESPACE)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return lease.spec.holder_identity
+
+
+async def _uninstall() -> None:
+    demo_helm.uninstall()
+
+
+def _helm_summary(output: str) -> str:
+    """helm's answer without its NOTES beyond their first lines (what it installed where)."""
+    lines = output.splitlines()
+    if "NOTES:" in lines:
+        notes = lines.index("NOTES:")
+        lines = lines[: notes + 3]
+    return "\n".join(line for line in lines if line.strip())
 
 
 async def _namespace_exists(name: str) -> bool:
@@ -610,7 +822,8 @@ async def main() -> int:
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    demo = Demo(args.check, workdir)
+    os.chdir(tools.REPO)  # helm is given the chart as ./helm/tunnelop, as a user types it
+    demo = Demo(args.check, workdir, cluster_stops=args.stop_cluster)
     if args.stop_cluster:
         demo.on_cleanup("local cluster stopped", _stop_cluster)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on a fresh machine. make builds what is missing first (the venv
-# and the tools); this starts the local cluster and installs the tunnelop CRDs, then hands
-# over to hack/demo.py, which runs the operator, relays, tunnels and traffic and cleans up.
+# and the tools); this starts the local cluster, then hands over to hack/demo.py, which
+# installs tunnelop with Helm, runs relays, tunnels and traffic, and cleans up.
 #
 # Usage: hack/demo.sh [--check]
 #   --check   run unattended: verify the traffic, print the figures, clean up, exit 0 or 1
@@ -31,10 +31,15 @@ if ! out=$(hack/cluster.sh up 2>&1); then
 fi
 printf '%s\n' "$out" | grep '^\[cluster' | sed 's/^/    /' || true
 
-step "Installing the tunnelop CRDs"
-kubectl apply --server-side --force-conflicts -f crds/ | sed 's/^/    /'
-kubectl wait --for=condition=Established -f crds/ --timeout=60s >/dev/null
-
-trap - EXIT INT TERM
+# demo.py handles Ctrl-C itself (it gets it too) and stops the cluster as its last step.
+trap - EXIT
+trap ':' INT TERM
 export PYTHONPATH=$repo/tests PYTHONUNBUFFERED=1
-exec .venv/bin/python hack/demo.py "$@" ${started_cluster:+--stop-cluster}
+code=0
+.venv/bin/python hack/demo.py "$@" ${started_cluster:+--stop-cluster} || code=$?
+if [[ -n $started_cluster ]] && hack/cluster.sh status >/dev/null 2>&1; then
+  # demo.py ended before its clean-up (a crash): the cluster goes all the same.
+  trap '' INT
+  hack/cluster.sh down 2>&1 | sed 's/^/    /'
+fi
+exit "$code"
