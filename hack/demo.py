@@ -58,7 +58,8 @@ from kubernetes.aio.client.exceptions import ApiException
 from support import objects, tools
 from support.dataplane import Frpc, http_site, served_http, start_relay, until_closed
 from support.netutil import echo_once, echo_server, wait_for_echo
-from support.operator import delete_webhook_configurations
+from support.operator import delete_webhook_configurations, operator_pods
+from support.operator import leader as leading_pod
 from support.relay_runner import RelayPodRunner
 from tunnelop.contract.naming import PLUGIN_PORT
 
@@ -359,7 +360,7 @@ class Demo:
             tools.kubectl("label", kind, name, f"{CREATED_LABEL}=true", "--overwrite", check=False)
 
     async def wait_for_the_leader(self) -> None:
-        step("Waiting for one operator replica to lead: it holds the Lease and is Ready")
+        step("Waiting for one operator replica to lead: it holds the Lease, is Ready and labelled")
         core = client.CoreV1Api(self.api)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEADER_TIMEOUT
@@ -367,14 +368,14 @@ class Demo:
             listing = await core.list_namespaced_pod(
                 RELEASE_NAMESPACE, label_selector=OPERATOR_SELECTOR
             )
-            pods = demo_helm.operator_pods(self.api.sanitize_for_serialization(listing))
+            pods = operator_pods(self.api.sanitize_for_serialization(listing))
             holder = await self._lease_holder()
-            if leader := demo_helm.leader(pods, holder):
+            if leader := leading_pod(pods, holder):
                 break
             if loop.time() > deadline:
                 raise DemoFailed(
                     f"no operator replica led {LEADER_TIMEOUT} s after helm install: pods "
-                    f"{[(p.name, 'Ready' if p.ready else 'not Ready') for p in pods]}, Lease "
+                    f"{[(p.name, 'Ready' if p.ready else 'not Ready', p.role) for p in pods]}, Lease "
                     f"holder {holder!r}; the operator pods' logs: {self.workdir / 'pods'}"
                 )
             await asyncio.sleep(0.5)
@@ -386,8 +387,9 @@ class Demo:
         say(
             f"\n{leader.name} leads ({leader.address}), "
             f"{seconds(self.leading - self.installed)} after helm started: it holds the Lease,\n"
-            "answers the admission webhook and reconciles. The other replica is not Ready (its\n"
-            "/readyz says it does not lead) and takes over if the leader goes."
+            "reconciles and answers the admission webhook: its pod carries tunnelop.dev/role=leader,\n"
+            "which the webhook Service selects. The other replica is Ready too, standing by\n"
+            "(tunnelop.dev/role=follower), and takes over if the leader goes."
         )
         pod = next((p for p in self.runner.operator_pods() if p.name == leader.name), None)
         if pod and pod.containers:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from support import tools
@@ -110,39 +109,6 @@ def shown(args: list[str]) -> str:
         else:
             head.append(arg)
     return " \\\n    ".join([shlex.join(["helm", *head]), *sets])
-
-
-@dataclass(frozen=True)
-class OperatorPod:
-    name: str
-    ready: bool
-    address: str | None
-
-
-def operator_pods(listing: dict[str, Any]) -> list[OperatorPod]:
-    """The release's running operator pods from a pod list (a serialized V1PodList)."""
-    pods = []
-    for pod in listing.get("items") or []:
-        status = pod.get("status") or {}
-        if pod["metadata"].get("deletionTimestamp") or status.get("phase") != "Running":
-            continue
-        conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
-        pods.append(
-            OperatorPod(
-                pod["metadata"]["name"], conditions.get("Ready") == "True", status.get("podIP")
-            )
-        )
-    return sorted(pods, key=lambda p: p.name)
-
-
-def leader(pods: list[OperatorPod], holder: str | None) -> OperatorPod | None:
-    """The one leading replica: the only Ready pod, holding the Lease (its holderIdentity is
-    `<pod name>_<random>`); None while that is not so (no holder yet, a takeover, a stale
-    holder of an earlier run's pod, a roll-out with two Ready pods)."""
-    ready = [p for p in pods if p.ready]
-    if len(ready) == 1 and holder and holder.startswith(f"{ready[0].name}_"):
-        return ready[0]
-    return None
 
 
 # ---- the cluster, through the cached tools ----------------------------------------------------

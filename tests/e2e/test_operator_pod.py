@@ -21,10 +21,14 @@ from kubernetes.aio import client
 from support import objects, tools
 from support.dataplane import on, serving_relay
 from support.operator import (
+    OperatorPod,
     OperatorProcess,
     ca_bundles,
     chart_webhook_configurations,
     delete_webhook_configurations,
+    leader,
+    operator_pods,
+    standing_by,
     wait_webhook_denial,
 )
 from support.relay_runner import RelayPodRunner
@@ -147,20 +151,12 @@ async def installed(operator: OperatorProcess, namespace: str, relay_namespace: 
         await operator.start()
 
 
-async def pod_roles(kube: client.ApiClient, namespace: str) -> dict[str, tuple[bool, str]]:
-    """name -> (ready, tunnelop.dev/role) of the operator's running pods, as the API reports
-    them."""
+async def pod_roles(kube: client.ApiClient, namespace: str) -> list[OperatorPod]:
+    """The operator's running pods, as the API reports them."""
     pods = await client.CoreV1Api(kube).list_namespaced_pod(
         namespace, label_selector="app.kubernetes.io/component=operator"
     )
-    roles = {}
-    for pod in pods.items:
-        if pod.metadata.deletion_timestamp or (pod.status.phase != "Running"):
-            continue
-        conditions = {c.type: c.status for c in pod.status.conditions or []}
-        role = (pod.metadata.labels or {}).get(ROLE_LABEL, "")
-        roles[pod.metadata.name] = (conditions.get("Ready") == "True", role)
-    return roles
+    return operator_pods(kube.sanitize_for_serialization(pods))
 
 
 async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
@@ -175,22 +171,20 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
     while True:
-        roles = await pod_roles(kube, namespace)
-        if sorted(roles.values()) == [(True, "follower"), (True, "leader")]:
+        pods_now = await pod_roles(kube, namespace)
+        leading = leader(pods_now, lease_holder(relay_namespace))
+        if leading and len(standing_by(pods_now)) == 1:
             break
         if loop.time() > deadline:
-            raise AssertionError(f"not two ready pods, one leader: {roles}\n{logs()}")
+            raise AssertionError(f"not one leader and one ready follower: {pods_now}\n{logs()}")
         await asyncio.sleep(0.5)
-    leader = next(name for name, (_, role) in roles.items() if role == "leader")
-    follower = next(name for name in roles if name != leader)
+    leader_pod, follower = leading.name, standing_by(pods_now)[0].name
 
     # Two processes, each on an address of its own; the leader's label names the Lease
     # holder, by the pod's name (its HOSTNAME).
     pods = relay_runner.operator_pods()
-    assert sorted(p.name for p in pods) == sorted([leader, follower])
+    assert sorted(p.name for p in pods) == sorted([leader_pod, follower])
     assert len({p.address for p in pods}) == 2
-    lease = await client.CoordinationV1Api(kube).read_namespaced_lease("tunnelop", relay_namespace)
-    assert lease.spec.holder_identity.startswith(f"{leader}_"), lease.spec.holder_identity
 
     # The operator found its own namespace in the pod and created its webhook Secret there;
     # its CA went into the chart's configurations.
@@ -220,9 +214,9 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
             assert objects.condition(node, "Ready")["status"] == "True"
             denial = await wait_webhook_denial(namespace, bad_tunnel, "spec.remotePort")
             assert "validate-tunnel.tunnelop.dev" in denial
-            assert await ready_endpoints(kube, namespace) == [address_of(relay_runner, leader)]
+            assert await ready_endpoints(kube, namespace) == [address_of(relay_runner, leader_pod)]
 
-            tools.kubectl("delete", "pod", leader, "-n", namespace, "--grace-period=0")
+            tools.kubectl("delete", "pod", leader_pod, "-n", namespace, "--grace-period=0")
             await objects.wait_for(
                 lambda: ready_endpoints_now(namespace) == [address_of(relay_runner, follower)],
                 timeout=90,
@@ -230,9 +224,15 @@ async def test_the_operator_runs_in_pods_and_its_leader_makes_a_relay_ready(
             )
             await wait_webhook_denial(namespace, bad_tunnel, "spec.remotePort")
             assert ca_bundles() == [secret.data["ca.crt"]] * 2
-            assert (await pod_roles(kube, namespace))[follower] == (True, "leader")
+            taken = leader(await pod_roles(kube, namespace), lease_holder(relay_namespace))
+            assert taken is not None and taken.name == follower
     except (TimeoutError, AssertionError) as exc:
         raise AssertionError(f"{exc}\n{logs()}") from None
+
+
+def lease_holder(namespace: str) -> str | None:
+    lease = objects.get("lease", "tunnelop", namespace) or {}
+    return (lease.get("spec") or {}).get("holderIdentity")
 
 
 def address_of(runner: RelayPodRunner, pod: str) -> str | None:

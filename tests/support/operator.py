@@ -10,13 +10,16 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import objects, tools
 from support.netutil import free_port
+from tunnelop.platform.pod_role import ROLE_LABEL
 
 
 class OperatorProcess:
@@ -185,6 +188,46 @@ class OperatorProcess:
         if self.process and self.process.returncode is None:
             os.kill(self.process.pid, signal.SIGKILL)
             await self.process.wait()
+
+
+@dataclass(frozen=True)
+class OperatorPod:
+    """An operator replica's pod as the API reports it."""
+
+    name: str
+    ready: bool
+    role: str  # its tunnelop.dev/role label ("" until the replica has written it)
+    address: str | None
+
+
+def operator_pods(listing: dict[str, Any]) -> list[OperatorPod]:
+    """The running operator pods of a pod list (a serialized V1PodList), by name."""
+    pods = []
+    for pod in listing.get("items") or []:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+            continue
+        conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+        role = (meta.get("labels") or {}).get(ROLE_LABEL, "")
+        pods.append(
+            OperatorPod(meta["name"], conditions.get("Ready") == "True", role, status.get("podIP"))
+        )
+    return sorted(pods, key=lambda p: p.name)
+
+
+def leader(pods: list[OperatorPod], holder: str | None) -> OperatorPod | None:
+    """The leading replica: the one pod labelled leader (what the webhook Service selects),
+    Ready and holding the Lease (its holderIdentity is `<pod name>_<random>`); None while
+    that is not so (no holder yet, a takeover under way, a stale label or holder)."""
+    leaders = [p for p in pods if p.role == "leader"]
+    if len(leaders) != 1 or not leaders[0].ready or not holder:
+        return None
+    return leaders[0] if holder.startswith(f"{leaders[0].name}_") else None
+
+
+def standing_by(pods: list[OperatorPod]) -> list[OperatorPod]:
+    """The followers that are ready to take over (a disruption budget counts them)."""
+    return [p for p in pods if p.ready and p.role == "follower"]
 
 
 def leading(status: int | None, body: str) -> bool:

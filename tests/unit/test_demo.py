@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.operator import leader, operator_pods, standing_by
+from tunnelop.platform.pod_role import ROLE_LABEL
+
 HACK = Path(__file__).parents[2] / "hack"
 CHART_VALUES = HACK.parent / "helm" / "tunnelop" / "values.yaml"
 
@@ -90,8 +93,12 @@ def test_take_ownership_only_of_objects_another_release_or_kubectl_made(demo_hel
     assert demo_helm.needs_take_ownership([owned("tunnelop", "elsewhere")])
 
 
-def pod(name: str, ready: bool, phase: str = "Running", deleting: bool = False) -> dict:
-    metadata = {"name": name, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+def pod(
+    name: str, ready: bool, phase: str = "Running", deleting: bool = False, role: str = ""
+) -> dict:
+    metadata: dict = {"name": name, "labels": {ROLE_LABEL: role} if role else {}}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     status = {
         "phase": phase,
         "podIP": "127.0.100.4",
@@ -100,22 +107,38 @@ def pod(name: str, ready: bool, phase: str = "Running", deleting: bool = False) 
     return {"metadata": metadata, "status": status}
 
 
-def test_leader_is_the_one_ready_pod_holding_the_lease(demo_helm) -> None:
-    pods = demo_helm.operator_pods(
-        {"items": [pod("op-b", ready=False), pod("op-a", ready=True), pod("op-c", True, "Pending")]}
+def test_leader_is_the_ready_pod_labelled_leader_holding_the_lease() -> None:
+    pods = operator_pods(
+        {
+            "items": [
+                pod("op-b", ready=True, role="follower"),
+                pod("op-a", ready=True, role="leader"),
+                pod("op-c", True, "Pending"),
+            ]
+        }
     )
-    assert [(p.name, p.ready) for p in pods] == [("op-a", True), ("op-b", False)]
-    assert demo_helm.leader(pods, "op-a_1f2e3d4c").name == "op-a"
-    assert demo_helm.leader(pods, None) is None
-    assert demo_helm.leader(pods, "op-b_1f2e3d4c") is None  # a takeover under way
-    assert demo_helm.leader(pods, "op-ab_1f2e3d4c") is None  # another pod's name, longer
+    assert [(p.name, p.ready, p.role) for p in pods] == [
+        ("op-a", True, "leader"),
+        ("op-b", True, "follower"),
+    ]
+    assert leader(pods, "op-a_1f2e3d4c").name == "op-a"
+    assert [p.name for p in standing_by(pods)] == ["op-b"]
+    assert leader(pods, None) is None
+    assert leader(pods, "op-b_1f2e3d4c") is None  # a takeover under way
+    assert leader(pods, "op-ab_1f2e3d4c") is None  # another pod's name, longer
 
 
-def test_no_leader_while_two_pods_are_ready_or_the_ready_one_is_going(demo_helm) -> None:
-    both = demo_helm.operator_pods({"items": [pod("op-a", True), pod("op-b", True)]})
-    assert demo_helm.leader(both, "op-a_1f2e3d4c") is None
-    going = demo_helm.operator_pods({"items": [pod("op-a", True, deleting=True)]})
-    assert demo_helm.leader(going, "op-a_1f2e3d4c") is None
+def test_no_leader_while_the_label_is_stale_missing_or_the_pod_is_going() -> None:
+    both = operator_pods(
+        {"items": [pod("op-a", True, role="leader"), pod("op-b", True, role="leader")]}
+    )
+    assert leader(both, "op-a_1f2e3d4c") is None
+    unlabelled = operator_pods({"items": [pod("op-a", True), pod("op-b", True)]})
+    assert leader(unlabelled, "op-a_1f2e3d4c") is None
+    not_ready = operator_pods({"items": [pod("op-a", False, role="leader")]})
+    assert leader(not_ready, "op-a_1f2e3d4c") is None
+    going = operator_pods({"items": [pod("op-a", True, role="leader", deleting=True)]})
+    assert leader(going, "op-a_1f2e3d4c") is None
 
 
 def test_demo_installs_the_charts_defaults(demo_helm) -> None:
