@@ -955,26 +955,27 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
         assert "forbidden" in result.stderr.lower()
 
 
+def apply_agent_rbac(relay: RelayNode, relays: str) -> str:
+    """A relay agent's ServiceAccount, Role and RoleBinding, as the operator writes them;
+    the ServiceAccount's user name."""
+    agent_objects = [
+        relay_builders.build_service_account(relay, relays),
+        relay_builders.build_role(relay, relays),
+        relay_builders.build_role_binding(relay, relays),
+    ]
+    for obj in agent_objects:
+        obj["metadata"].pop("ownerReferences")  # no RelayNode here to own them
+    listed = {"apiVersion": "v1", "kind": "List", "items": agent_objects}
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(listed))
+    return f"system:serviceaccount:{relays}:{naming.relay_object_name(relay.metadata.name)}"
+
+
 def test_relay_agent_reads_only_its_own_table(installed_rbac):
     """The relay agents' RBAC pattern: a ServiceAccount, Role and RoleBinding per relay, the
     Role naming the relay's table Secret only."""
     relays = installed_rbac["relays"]
     relay, other = _relay(f"chart-{suffix()}"), f"relay-chart-{suffix()}-table"
-    objects = [
-        relay_builders.build_service_account(relay, relays),
-        relay_builders.build_role(relay, relays),
-        relay_builders.build_role_binding(relay, relays),
-    ]
-    for obj in objects:
-        obj["metadata"].pop("ownerReferences")  # no RelayNode here to own them
-    tools.kubectl(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-    )
-    agent = f"system:serviceaccount:{relays}:{naming.relay_object_name(relay.metadata.name)}"
+    agent = apply_agent_rbac(relay, relays)
     table = naming.table_secret_name(relay.metadata.name)
     answers = access(
         agent,
@@ -1009,17 +1010,8 @@ def test_kubectl_auth_can_i_agrees(installed_rbac):
     assert can_i(operator, "create", "deployments.apps", "-n", relays) == "yes"
     assert can_i(operator, "create", "deployments.apps", "-n", tenant) == "no"
 
-    relay = _relay(f"canI-{suffix()}".lower())
-    agent_objects = [
-        relay_builders.build_service_account(relay, relays),
-        relay_builders.build_role(relay, relays),
-        relay_builders.build_role_binding(relay, relays),
-    ]
-    for obj in agent_objects:
-        obj["metadata"].pop("ownerReferences")  # no RelayNode here to own them
-    listed = {"apiVersion": "v1", "kind": "List", "items": agent_objects}
-    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(listed))
-    agent = f"system:serviceaccount:{relays}:{naming.relay_object_name(relay.metadata.name)}"
+    relay = _relay(f"can-i-{suffix()}")
+    agent = apply_agent_rbac(relay, relays)
     own_table = f"secrets/{naming.table_secret_name(relay.metadata.name)}"
     assert can_i(agent, "get", own_table, "-n", relays) == "yes"
     assert (
