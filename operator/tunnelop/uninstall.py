@@ -224,8 +224,9 @@ async def release_object(kube: Kube, kind: str, obj: dict[str, Any]) -> bool:
     """Remove tunnelop's finalizers from one object; whether it had any (False when it is
     gone meanwhile)."""
     meta = obj["metadata"]
-    where = f"{kind} {meta.get('namespace') + '/' if meta.get('namespace') else ''}{meta['name']}"
-    path = _path(kind, meta["name"], meta.get("namespace"))
+    namespace = meta.get("namespace")
+    where = f"{kind} {namespace}/{meta['name']}" if namespace else f"{kind} {meta['name']}"
+    path = _path(kind, meta["name"], namespace)
     for _ in range(ATTEMPTS):
         patch = release_patch(meta.get("finalizers") or [])
         if patch is None:
@@ -238,7 +239,7 @@ async def release_object(kube: Kube, kind: str, obj: dict[str, Any]) -> bool:
                 return False
             if exc.status not in CHANGED_MEANWHILE:
                 raise ReleaseError(f"cannot remove the finalizers of {where}: {exc}") from exc
-        fresh = await kube.get(GROUP_VERSION, kind, meta["name"], meta.get("namespace"))
+        fresh = await kube.get(GROUP_VERSION, kind, meta["name"], namespace)
         if fresh is None:
             return False
         meta = fresh["metadata"]
