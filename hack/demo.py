@@ -317,8 +317,12 @@ class Demo:
                 f"Release {RELEASE} is installed already ({status}), as an interrupted run leaves it:"
             )
             if action == "reinstall":
-                say(f"installed again.\n$ helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}")
-                demo_helm.uninstall()
+                # No hook: nothing runs its pod yet, and the release comes straight back.
+                say(
+                    f"installed again.\n$ helm uninstall {RELEASE} -n {RELEASE_NAMESPACE} "
+                    "--no-hooks"
+                )
+                demo_helm.uninstall(hooks=False)
             else:
                 say("upgraded to the demo's values.")
             say("")
@@ -753,7 +757,8 @@ In another terminal, from this checkout:
 
 
 async def _uninstall() -> None:
-    demo_helm.uninstall()
+    # In a thread: the relay-pod runner, on this event loop, runs the uninstall hook's pod.
+    await asyncio.to_thread(demo_helm.uninstall)
 
 
 def _helm_summary(output: str) -> str:

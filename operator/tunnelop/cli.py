@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tunnelop import __version__
@@ -115,6 +116,30 @@ def webhook_service(value: str) -> tuple[str, str]:
         return parse_service(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def deployment_ref(value: str) -> tuple[str, str]:
+    """argparse type: NAMESPACE/NAME of a Deployment."""
+    from tunnelop.uninstall import parse_namespaced_name
+
+    try:
+        return parse_namespaced_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def object_name(kind: str) -> Callable[[str], str]:
+    """argparse type: the name of a `kind` object (a DNS subdomain)."""
+
+    def check(value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value) or len(value) > 253:
+            raise argparse.ArgumentTypeError(
+                f"must be a {kind} name (lowercase letters, digits, '-' and '.', starting and "
+                f"ending with a letter or digit), got {value!r}"
+            )
+        return value
+
+    return check
 
 
 def secret_name(value: str) -> str:
@@ -396,7 +421,59 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds frpc gets to stop after SIGTERM before SIGKILL (default: 10)",
     )
-    for command in (run, agent, client):
+    release = sub.add_parser(
+        "release-finalizers",
+        help="stop the operator and remove tunnelop's finalizers (before an uninstall)",
+        description=(
+            "What `helm uninstall` runs first (the chart's pre-delete hook): scale the "
+            "operator's Deployment to 0 and wait until its pods are gone and its Lease is "
+            "free, then remove every finalizer starting with tunnelop.dev/ from all Tunnels, "
+            "RelayNodes, RelayPools and TunnelQuotas (other finalizers stay), so that deleting "
+            "them, or a namespace holding Tunnels, never waits for an operator. The relays "
+            "keep serving from their last table. Running it twice is fine."
+        ),
+    )
+    release.add_argument(
+        "--deployment",
+        type=deployment_ref,
+        required=True,
+        metavar="NAMESPACE/NAME",
+        help="the operator's Deployment, scaled to 0 through its scale subresource",
+    )
+    release.add_argument(
+        "--lease",
+        type=object_name("Lease"),
+        default=None,
+        metavar="NAME",
+        help=(
+            "the operator's leader Lease, in the Deployment's namespace: waited for until "
+            "released or expired (a leader still running would put the finalizers back)"
+        ),
+    )
+    release.add_argument(
+        "--webhook-configuration",
+        type=object_name("ValidatingWebhookConfiguration"),
+        default=None,
+        metavar="NAME",
+        help=(
+            "the operator's ValidatingWebhookConfiguration: its webhooks with failurePolicy "
+            "Fail are set to Ignore once the operator is stopped, or the API server would "
+            "refuse the finalizers' removal from Tunnels"
+        ),
+    )
+    release.add_argument(
+        "--stop-timeout",
+        type=positive_seconds,
+        default=120.0,
+        help="seconds the operator's pods get to stop before the command fails (default: 120)",
+    )
+    release.add_argument(
+        "--service-account-dir",
+        default=None,
+        help="where the pod's ServiceAccount token and CA are mounted (default: the usual place)",
+    )
+    release.add_argument("--kubeconfig", default=None, help="kubeconfig, when not in a pod")
+    for command in (run, agent, client, release):
         command.add_argument(
             "--log-format",
             choices=["auto", "json", "console"],
@@ -509,6 +586,27 @@ def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_release_finalizers(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tunnelop import uninstall
+    from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
+    from tunnelop.platform import logs
+
+    logs.configure(args.log_format, args.log_level.upper())
+    namespace, deployment = args.deployment
+    options = uninstall.Options(
+        namespace=namespace,
+        deployment=deployment,
+        lease=args.lease,
+        webhook_configuration=args.webhook_configuration,
+        stop_timeout=args.stop_timeout,
+        kubeconfig=args.kubeconfig,
+        service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
+    )
+    return asyncio.run(uninstall.run(options))
+
+
 def run_crds(output_dir: Path, check: bool) -> int:
     # Imported here so that `tunnelop version` stays fast and free of the API's imports.
     from tunnelop.api import crdgen
@@ -544,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_top(args)
     if args.command == "client":
         return run_client(args)
+    if args.command == "release-finalizers":
+        return run_release_finalizers(args)
     if args.command == "run":
         from tunnelop import manager
         from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR

@@ -3,7 +3,9 @@ run by the relay-pod runner from the chart's image with their ServiceAccount's p
 (so the chart's RBAC is what the operator gets: a missing permission fails here). One pod
 leads; a tenant's Tunnel on a relay becomes Ready through it and carries bytes; the chart's
 webhook Service answers the API server; the leader's pod deleted, the other takes over; an
-upgrade keeps the tunnel's port; an uninstall leaves nothing that blocks deleting Tunnels.
+upgrade keeps the tunnel's port; an uninstall (its pre-delete hook run by the runner too, to
+its end) leaves the tunnel carrying bytes and nothing that blocks deleting Tunnels; a
+re-install adopts the tunnel and puts the finalizers back.
 
 No other operator may run meanwhile: the session's operator, if an earlier module started it,
 steps aside for this module."""
@@ -24,9 +26,15 @@ from kubernetes.aio import client
 from support import objects, tools
 from support.dataplane import on, running_frpc, serving_relay
 from support.netutil import echo_server, wait_for_echo
-from support.operator import delete_webhook_configurations, wait_webhook_denial
-from support.relay_runner import RelayPodRunner
-from tunnelop.platform.pod_role import ROLE_LABEL
+from support.operator import (
+    OperatorPod,
+    leader,
+    operator_pods,
+    session_operator_aside,
+    standing_by,
+    wait_webhook_denial,
+)
+from support.relay_runner import KUBELET_SELECTOR, RelayPodRunner
 
 RUN = uuid.uuid4().hex[:5]
 RELEASE = "tunnelop"
@@ -44,7 +52,12 @@ VALUES = [
     f"relayNamespace.name={RELAY_NAMESPACE}",
     "relayNamespace.create=false",
     "trafficInterval=1",
+    # The uninstall hook's pod is the runner's from start to end (kwok would report it
+    # Succeeded at once, before anything ran).
+    "uninstall.podLabels.{}={}".format(*KUBELET_SELECTOR.replace(".", "\\.").split("=")),
 ]
+HOOK_JOB = f"{RELEASE}-release-finalizers"
+OURS = "tunnelop.dev/"
 
 
 @pytest.fixture(scope="module")
@@ -59,78 +72,53 @@ def helm(*args: str, check: bool = True):
     return result
 
 
-def session_operator(request: pytest.FixtureRequest):
-    """The session's operator process if an earlier module started it, else None (asking for
-    the fixture would start it)."""
-    for definition in request._fixturemanager.getfixturedefs("operator", request.node) or ():
-        cached = getattr(definition, "cached_result", None)
-        if cached and cached[2] is None:
-            return cached[0]
-    return None
-
-
 @pytest.fixture(scope="module")
 async def release(
     request: pytest.FixtureRequest, crds, relay_runner: RelayPodRunner
 ) -> AsyncIterator[float]:
     """The chart installed into RELEASE_NAMESPACE; yields the monotonic time `helm install`
     was started at."""
-    other = session_operator(request)
-    if other is not None:
-        await other.stop()
-    delete_webhook_configurations()  # a leftover of a stopped operator would block helm
-    tools.kubectl("create", "namespace", RELAY_NAMESPACE, check=False)
-    started = time.monotonic()
-    # The session applied crds/ with kubectl: the documented way to take them over.
-    helm("install", RELEASE, str(CHART), "--create-namespace", "--take-ownership", *sets(VALUES))
-    try:
-        yield started
-    finally:
-        helm("uninstall", RELEASE, "--wait", "--timeout", "60s", check=False)
-        tools.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false", check=False)
-        delete_webhook_configurations()
-        if other is not None:
-            await other.start()
+    # Its webhook configurations, left behind, would block helm.
+    async with session_operator_aside(request):
+        tools.kubectl("create", "namespace", RELAY_NAMESPACE, check=False)
+        started = time.monotonic()
+        # The session applied crds/ with kubectl: the documented way to take them over.
+        helm(
+            "install", RELEASE, str(CHART), "--create-namespace", "--take-ownership", *sets(VALUES)
+        )
+        try:
+            yield started
+        finally:
+            # In a thread: the runner, on this event loop, runs the uninstall hook meanwhile.
+            uninstall = ("uninstall", RELEASE, "--wait", "--timeout", "120s")
+            await asyncio.to_thread(helm, *uninstall, check=False)
+            tools.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false", check=False)
 
 
 def sets(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
 
-async def operator_pods(kube: client.ApiClient) -> dict[str, tuple[bool, str]]:
-    """name -> (ready, tunnelop.dev/role) of the release's running operator pods."""
+async def release_pods(kube: client.ApiClient) -> list[OperatorPod]:
     pods = await client.CoreV1Api(kube).list_namespaced_pod(
         RELEASE_NAMESPACE, label_selector=OPERATOR_SELECTOR
     )
-    roles = {}
-    for pod in pods.items:
-        if pod.metadata.deletion_timestamp or pod.status.phase != "Running":
-            continue
-        conditions = {c.type: c.status for c in pod.status.conditions or []}
-        role = (pod.metadata.labels or {}).get(ROLE_LABEL, "")
-        roles[pod.metadata.name] = (conditions.get("Ready") == "True", role)
-    return roles
+    return operator_pods(kube.sanitize_for_serialization(pods))
 
 
 async def one_leader(kube: client.ApiClient, runner: RelayPodRunner, timeout: float = 120) -> str:
-    """The leader's pod, once both replicas are ready (the follower standing by, which the
-    disruption budget counts) and exactly one, the Lease holder, is labelled leader (what
-    the webhook Service selects)."""
+    """The leader's pod, once it leads (labelled leader, ready, the Lease holder) and the
+    other replica stands by ready (which the disruption budget counts)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    roles: dict[str, tuple[bool, str]] = {}
+    pods: list[OperatorPod] = []
     while loop.time() < deadline:
-        roles = await operator_pods(kube)
-        holder = lease_holder()
-        leaders = [name for name, (_, role) in roles.items() if role == "leader"]
-        if (
-            sorted(roles.values()) == [(True, "follower"), (True, "leader")]
-            and holder
-            and holder.startswith(f"{leaders[0]}_")
-        ):
-            return leaders[0]
+        pods = await release_pods(kube)
+        leading = leader(pods, lease_holder())
+        if leading and len(pods) == 2 and len(standing_by(pods)) == 1:
+            return leading.name
         await asyncio.sleep(0.5)
-    raise AssertionError(f"no one leader: {roles}, Lease {lease_holder()}\n{operator_logs(runner)}")
+    raise AssertionError(f"no one leader: {pods}, Lease {lease_holder()}\n{operator_logs(runner)}")
 
 
 def disruptions_allowed() -> int | None:
@@ -153,6 +141,27 @@ def operator_logs(runner: RelayPodRunner) -> str:
 async def ready_tunnel(name: str, namespace: str, relay: str) -> dict:
     objects.apply(objects.tunnel(name, **on(relay)), namespace)
     return await objects.wait_condition("tunnel", name, namespace, "Ready", timeout=90)
+
+
+async def uninstall(runner: RelayPodRunner) -> float:
+    """`helm uninstall`, once its hook has run to its end in the runner; how long it took.
+    helm waits in a thread: the runner, on this event loop, runs the hook meanwhile."""
+    started, ran = time.monotonic(), len(runner.completions)
+    args = ("uninstall", RELEASE, "--wait", "--timeout", "120s")
+    result = await asyncio.to_thread(helm, *args, check=False)
+    hooks = [c for c in runner.completions[ran:] if c.name.startswith(f"{HOOK_JOB}-")]
+    logs = "\n".join(c.log_text() for c in hooks)
+    assert result.returncode == 0, f"helm uninstall: {result.stderr}\n{logs}"
+    assert [c.phase for c in hooks] == ["Succeeded"], (
+        f"the hook's pod did not run to its end here: {hooks}\n{logs}"
+    )
+    return time.monotonic() - started
+
+
+def ours(kind: str, name: str, namespace: str | None = None) -> list[str]:
+    """tunnelop's finalizers on an object."""
+    finalizers = (objects.get(kind, name, namespace) or {}).get("metadata", {}).get("finalizers")
+    return [f for f in finalizers or [] if f.startswith(OURS)]
 
 
 async def echoed(address: str, port: int, runner: RelayPodRunner, *logs) -> None:
@@ -238,38 +247,46 @@ async def test_helm_installed_operator_serves_a_tenant_tunnel(
             assert kept["status"]["endpoint"] == endpoint
             await echoed(address, port, relay_runner, frpc.logs)
 
-            # Uninstalled: no webhook configuration is left, and the relay keeps carrying
-            # the tunnel from its last table.
-            helm("uninstall", RELEASE, "--wait", "--timeout", "60s")
+            # Uninstalled: the hook stopped the operator and released tunnelop's finalizers;
+            # no webhook configuration is left, and the relay keeps carrying the tunnel from
+            # its last table.
+            assert ours("tunnel", "echo", namespace) and ours("relaynode", relay)
+            took = await uninstall(relay_runner)
+            print(f"helm uninstall, its hook included: {took:.1f} s")
             for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
                 assert objects.get(kind, "tunnelop.dev") is None, kind
+            assert objects.list_objects("pod", RELEASE_NAMESPACE, OPERATOR_SELECTOR) == []
+            held = {
+                f"Tunnel {t['metadata']['name']}": ours("tunnel", t["metadata"]["name"], namespace)
+                for t in objects.list_objects("tunnel", namespace)
+            }
+            held[f"RelayNode {relay}"] = ours("relaynode", relay)
+            assert not any(held.values()), held
             await echoed(address, port, relay_runner, frpc.logs)
 
-            # Installed again: the new release adopts the tunnel, port and endpoint unchanged.
+            # Installed again: the new release adopts the tunnel, port and endpoint unchanged,
+            # and puts its finalizers back.
             helm("install", RELEASE, str(CHART), *sets(VALUES))
             await one_leader(kube, relay_runner)
             await ready_tunnel("after-reinstall", namespace, relay)
             adopted = objects.get("tunnel", "echo", namespace)
             assert adopted["status"]["remotePort"] == port
             assert adopted["status"]["endpoint"] == endpoint
+            await objects.wait_for(
+                lambda: ours("tunnel", "echo", namespace) and ours("relaynode", relay),
+                timeout=60,
+                what="tunnelop's finalizers back on the Tunnel and the RelayNode",
+            )
             await echoed(address, port, relay_runner, frpc.logs)
 
-    # Uninstalled for good: Tunnels keep their finalizer (docs/install.md), so the tenant's
-    # namespace is deleted once their finalizers are removed by hand, which no webhook
-    # refuses any more.
-    helm("uninstall", RELEASE, "--wait", "--timeout", "60s")
+    # Uninstalled for good: the tenant's namespace, with its Tunnels and their credentials
+    # Secrets, is deleted by itself.
+    await uninstall(relay_runner)
+    tunnels = [t["metadata"]["name"] for t in objects.list_objects("tunnel", namespace)]
+    assert sorted(tunnels) == ["after-reinstall", "after-takeover", "echo"]
+    secrets = objects.list_objects("secret", namespace, "tunnelop.dev/tunnel")
+    assert len(secrets) == len(tunnels), [x["metadata"]["name"] for x in secrets]
     tools.kubectl("delete", "namespace", namespace, "--wait=false")
-    for name in ("echo", "after-takeover", "after-reinstall"):
-        tools.kubectl(
-            "patch",
-            "tunnel",
-            name,
-            "-n",
-            namespace,
-            "--type=json",
-            "-p",
-            '[{"op":"remove","path":"/metadata/finalizers"}]',
-        )
     await objects.wait_for(
         lambda: objects.get("namespace", namespace) is None,
         timeout=60,

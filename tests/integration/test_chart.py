@@ -10,10 +10,12 @@ The tests of the rendered output need only helm; the rest need the local cluster
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ import pytest
 import yaml
 
 import tunnelop
-from support import tools
+from support import objects, tools
+from support.operator import delete_webhook_configurations, session_operator_aside
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders import relay as relay_builders
 from tunnelop.contract import naming
@@ -117,6 +120,8 @@ def test_helm_lint_passes(values):
         ("relayImages.agent=a b", "/relayImages/agent"),
         ("crds.instal=true", "instal"),
         ("podDisruptionBudget.unhealthyPodEvictionPolicy=Never", "unhealthyPodEvictionPolicy"),
+        ("uninstall.activeDeadlineSeconds=10", "/uninstall/activeDeadlineSeconds"),
+        ("uninstall.releaseFinalizers=yes", "/uninstall/releaseFinalizers"),
     ],
 )
 def test_schema_refuses_bad_values_naming_them(assignment, named):
@@ -132,6 +137,10 @@ def test_schema_refuses_bad_values_naming_them(assignment, named):
         (
             ["certManager.enabled=true", "certManager.issuerRef.kind=ClusterIssuer"],
             "certManager.issuerRef.name",
+        ),
+        (
+            ["terminationGracePeriodSeconds=300", "uninstall.activeDeadlineSeconds=300"],
+            "uninstall.activeDeadlineSeconds 300: must exceed terminationGracePeriodSeconds + 60",
         ),
     ],
 )
@@ -250,6 +259,88 @@ def test_values_reach_the_flags_and_the_pod():
     # The chart adds the pods' own selector to a constraint that has none.
     assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
+
+
+# ---- the uninstall hook -------------------------------------------------------------------------
+
+
+def test_uninstall_hook_releases_the_finalizers_as_the_operator_before_helm_deletes():
+    docs = render()
+    job = one(docs, "Job")
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == "tunnelop-release-finalizers"
+    assert meta["namespace"] == "tunnelop-system"
+    assert meta["annotations"] == {
+        "helm.sh/hook": "pre-delete",
+        "helm.sh/hook-weight": "0",
+        "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
+    }
+    assert meta["labels"]["app.kubernetes.io/component"] == "uninstall"
+    assert 0 < spec["backoffLimit"] <= 3
+    assert spec["activeDeadlineSeconds"] == 300
+    pod = spec["template"]["spec"]
+    assert spec["template"]["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "tunnelop",
+        "app.kubernetes.io/instance": "tunnelop",
+        "app.kubernetes.io/component": "uninstall",
+    }
+    deployment = one(docs, "Deployment")
+    operator_pod = deployment["spec"]["template"]["spec"]
+    # Not one of the operator's pods (their Services and budget select by component).
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= (
+        spec["template"]["metadata"]["labels"].items()
+    )
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == operator_pod["serviceAccountName"] == "tunnelop"
+    assert pod["securityContext"] == operator_pod["securityContext"]
+    (container,) = pod["containers"]
+    operator = operator_container(docs)
+    assert container["securityContext"] == operator["securityContext"]
+    assert container["image"] == operator["image"]
+    assert container["command"] == ["tunnelop"]
+    assert container["args"] == [
+        "release-finalizers",
+        f"--deployment=tunnelop-system/{deployment['metadata']['name']}",
+        "--lease=tunnelop",
+        f"--webhook-configuration={WEBHOOK_CONFIGURATION}",
+        "--stop-timeout=60",  # terminationGracePeriodSeconds (30) + 30
+        "--log-level=INFO",
+        "--log-format=json",
+        "--service-account-dir=/var/run/secrets/kubernetes.io/serviceaccount",
+    ]
+    assert container["resources"]["limits"]["memory"] == "256Mi"
+    # The command line the chart passes is one the command takes.
+    from tunnelop.cli import build_parser
+
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.deployment == ("tunnelop-system", "tunnelop")
+    assert parsed.stop_timeout < spec["activeDeadlineSeconds"]
+
+
+def test_uninstall_hook_takes_the_pods_values_and_can_be_turned_off():
+    docs = render(values=FULL_VALUES, release="full", namespace="tunnelop-full")
+    job = one(docs, "Job")
+    template = job["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "edge"
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert template["spec"]["serviceAccountName"] == "tunnelop-operator"
+    assert template["spec"]["priorityClassName"] == "tunnelop-critical"
+    assert template["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    args = template["spec"]["containers"][0]["args"]
+    assert "--deployment=tunnelop-full/tunnelop-full" in args
+    assert "--lease=tunnelop-full" in args
+    assert "--stop-timeout=75" in args  # terminationGracePeriodSeconds 45 + 30
+
+    off = render("uninstall.releaseFinalizers=false")
+    assert of_kind(off, "Job") == []
+    # Nor do the hook's rights remain.
+    home_rules = one(off, "Role", "tunnelop")["rules"]
+    assert not [r for r in home_rules if {"pods", "deployments/scale"} & set(r["resources"])]
+    cluster_rules = one(off, "ClusterRole")["rules"]
+    assert not [
+        r for r in cluster_rules if "relaypools" in r["resources"] and "patch" in r["verbs"]
+    ]
 
 
 # ---- webhooks and certificates --------------------------------------------------------------
@@ -723,6 +814,7 @@ def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
         "tenant": tenant,
         "account": f"system:serviceaccount:{namespace}:{one(docs, 'ServiceAccount')['metadata']['name']}",
         "cert_secret": cert_secret["resourceNames"][0],
+        "deployment": one(docs, "Deployment")["metadata"]["name"],
     }
     tools.kubectl("delete", "clusterrolebinding,clusterrole", cluster_role, "--ignore-not-found")
 
@@ -841,7 +933,6 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("delete", "tunnels.tunnelop.dev", tenant, "t"),
         ("update", "tunnels.tunnelop.dev", tenant, "t"),
         ("create", "tunnels.tunnelop.dev", tenant, None),
-        ("patch", "relaypools.tunnelop.dev", None, "p"),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, "other"),
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
         (
@@ -870,6 +961,58 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
     excess = [check for check in refused if answers[check]]
     assert not missing, f"the operator lacks {missing}"
     assert not excess, f"the operator may {excess}"
+
+
+def test_uninstall_hook_may_do_what_the_command_does_and_nothing_more(installed_rbac):
+    """The pre-delete hook runs `tunnelop release-finalizers` as the operator's
+    ServiceAccount: the rights it needs on top of the operator's, narrowly."""
+    rbac = installed_rbac
+    relays, tenant, home = rbac["relays"], rbac["tenant"], rbac["namespace"]
+    deployment = rbac["deployment"]
+    needed = [
+        ("get", "deployments/scale.apps", home, deployment),
+        ("patch", "deployments/scale.apps", home, deployment),
+        ("list", "pods", home, None),
+        ("get", "leases.coordination.k8s.io", home, "tunnelop"),
+        (
+            "get",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            None,
+            WEBHOOK_CONFIGURATION,
+        ),
+        (
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            None,
+            WEBHOOK_CONFIGURATION,
+        ),
+    ]
+    for resource in ("tunnels", "relaynodes", "relaypools", "tunnelquotas"):
+        namespace = tenant if resource in ("tunnels", "tunnelquotas") else None
+        needed += [
+            ("list", f"{resource}.tunnelop.dev", None, None),
+            ("get", f"{resource}.tunnelop.dev", namespace, "x"),
+            ("patch", f"{resource}.tunnelop.dev", namespace, "x"),
+        ]
+    refused = [
+        ("patch", "deployments/scale.apps", home, "another"),
+        ("update", "deployments/scale.apps", home, deployment),
+        ("patch", "deployments/scale.apps", relays, "relay-r"),
+        ("patch", "deployments/scale.apps", tenant, deployment),
+        ("patch", "deployments.apps", home, deployment),
+        ("delete", "deployments.apps", home, deployment),
+        ("list", "pods", tenant, None),
+        ("delete", "pods", home, None),
+        ("delete", "relaypools.tunnelop.dev", None, "x"),
+        ("delete", "tunnelquotas.tunnelop.dev", tenant, "x"),
+        ("update", "relaypools.tunnelop.dev", None, "x"),
+        ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
+    ]
+    answers = access(rbac["account"], needed + refused)
+    missing = [check for check in needed if not answers[check]]
+    excess = [check for check in refused if answers[check]]
+    assert not missing, f"the uninstall hook lacks {missing}"
+    assert not excess, f"the uninstall hook may {excess}"
 
 
 def _relay(name: str) -> RelayNode:
@@ -1023,3 +1166,144 @@ def test_kubectl_auth_can_i_agrees(installed_rbac):
     assert can_i(agent, "get", "secrets/relay-another-table", "-n", relays) == "no"
     assert can_i(agent, "patch", own_table, "-n", relays) == "no"
     assert can_i(agent, "list", "tunnels.tunnelop.dev") == "no"
+
+
+# ---- the uninstall hook's command, as the chart's ServiceAccount -------------------------------
+
+
+@pytest.fixture
+async def no_operator(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """No operator runs meanwhile (it would put the finalizers straight back)."""
+    async with session_operator_aside(request):
+        yield
+
+
+def service_account_kubeconfig(rbac: dict[str, str], path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a token from the
+    TokenRequest API), as the hook's pod does in-cluster."""
+    account = rbac["account"].rsplit(":", 1)[1]
+    token = tools.kubectl(
+        "create", "token", account, "-n", rbac["namespace"], "--duration=10m"
+    ).stdout.strip()
+    config = json.loads(tools.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    config["users"] = [{"name": "hook", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "hook"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def release_finalizers(kubeconfig: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    """`tunnelop release-finalizers` as the hook runs it: its exit code and JSON log lines."""
+    command = [sys.executable, "-m", "tunnelop.cli", "release-finalizers", *args]
+    command += ["--kubeconfig", str(kubeconfig), "--log-format", "json"]
+    # Outside a pod: no in-cluster config, whatever this machine has.
+    command += ["--service-account-dir", str(kubeconfig.parent / "no-service-account")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    return done.returncode, lines
+
+
+def finalizers_of(kind: str, name: str, namespace: str | None = None) -> list[str]:
+    return (objects.get(kind, name, namespace) or {})["metadata"].get("finalizers", [])
+
+
+async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizers(
+    installed_rbac, no_operator, tmp_path
+):
+    """What the hook does, against the API server, with the chart's RBAC: the operator's
+    Deployment scaled to 0 and its pods gone; tunnelop's finalizers removed from objects of
+    all four kinds, another one kept; a validating webhook with failurePolicy Fail (nothing
+    answers it) made lenient first, since it refuses every change to a Tunnel; run again,
+    nothing more to do."""
+    rbac = installed_rbac
+    home, tenant, deployment = rbac["namespace"], rbac["tenant"], rbac["deployment"]
+    ids = suffix()
+    image = "--image=registry.example.test/tunnelop:0"
+    tools.kubectl("create", "deployment", deployment, "-n", home, "--replicas=2", image)
+    await objects.wait_for(
+        lambda: len(objects.list_objects("pod", home)) == 2, what="the operator's two pods"
+    )
+    ours, foreign = "tunnelop.dev/finalizer", "example.test/keep"
+    made = [
+        ("tunnel", f"t-{ids}", tenant, {"protocol": "tcp"}, [ours, foreign]),
+        ("tunnelquota", f"q-{ids}", tenant, {"hard": {"tunnels": 3}}, ["tunnelop.dev/kopf"]),
+        ("relaynode", f"rn-{ids}", None, {"ports": {"range": "20000-20099"}}, [foreign, ours]),
+        (
+            "relaypool",
+            f"rp-{ids}",
+            None,
+            {"replicas": 0, "template": {"spec": {"ports": {"range": "20000-20099"}}}},
+            [ours],
+        ),
+    ]
+    kinds = {"tunnel": "Tunnel", "tunnelquota": "TunnelQuota"}
+    kinds |= {"relaynode": "RelayNode", "relaypool": "RelayPool"}
+    for kind, name, namespace, spec, finalizers in made:
+        meta = {"name": name, "finalizers": finalizers}
+        body = {"apiVersion": "tunnelop.dev/v1alpha1", "kind": kinds[kind], "metadata": meta}
+        objects.apply({**body, "spec": spec}, namespace)
+    # Nothing answers this webhook: while it is Fail, no Tunnel of the tenant can change.
+    failing = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIGURATION},
+        "webhooks": [
+            {
+                "name": f"validate-tunnel.{WEBHOOK_CONFIGURATION}",
+                "clientConfig": {"service": {"name": "nobody", "namespace": home, "path": "/v"}},
+                "rules": [
+                    {
+                        "apiGroups": ["tunnelop.dev"],
+                        "apiVersions": ["v1alpha1"],
+                        "operations": ["UPDATE"],
+                        "resources": ["tunnels"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": tenant}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+            }
+        ],
+    }
+    tools.kubectl("create", "-f", "-", input=json.dumps(failing))
+    label = ["label", "tunnel", f"t-{ids}", "-n", tenant, "probe=1"]
+    refused = tools.kubectl(*label, check=False)
+    assert refused.returncode != 0 and "nobody" in refused.stderr, refused.stderr
+
+    kubeconfig = service_account_kubeconfig(rbac, tmp_path / "hook.kubeconfig")
+    flags = [f"--deployment={home}/{deployment}", "--lease=tunnelop"]
+    flags += [f"--webhook-configuration={WEBHOOK_CONFIGURATION}", "--stop-timeout=60"]
+    try:
+        code, logged = release_finalizers(kubeconfig, *flags)
+        assert code == 0, logged
+        assert objects.get("deployment", deployment, home)["spec"]["replicas"] == 0
+        assert objects.list_objects("pod", home) == []
+        webhook = objects.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
+        assert webhook["webhooks"][0]["failurePolicy"] == "Ignore"
+        kept = {name: finalizers_of(kind, name, ns) for kind, name, ns, _, _ in made}
+        assert kept == {
+            f"t-{ids}": [foreign],
+            f"q-{ids}": [],
+            f"rn-{ids}": [foreign],
+            f"rp-{ids}": [],
+        }
+        released = {line["kind"]: line["released"] for line in logged if "kind" in line}
+        assert sorted(released) == ["RelayNode", "RelayPool", "Tunnel", "TunnelQuota"]
+        assert all(count >= 1 for count in released.values()), released
+        # Idempotent: nothing left to do, and no error.
+        again, logged = release_finalizers(kubeconfig, *flags)
+        assert again == 0, logged
+        assert logged[-1]["total"] == 0, logged[-1]
+        # Beyond the chart's rights: refused, and the command says so.
+        code, logged = release_finalizers(kubeconfig, f"--deployment={tenant}/{deployment}")
+        assert code == 1
+        assert "403" in logged[-1]["error"] and logged[-1]["level"] == "error", logged
+    finally:
+        delete_webhook_configurations()  # else a failed run leaves the Tunnel unchangeable
+        for kind, name, namespace, _, _ in made:
+            where = ["-n", namespace] if namespace else []
+            patch = '{"metadata":{"finalizers":null}}'
+            tools.kubectl("patch", kind, name, *where, "--type=merge", "-p", patch, check=False)
+            tools.kubectl("delete", kind, name, *where, "--ignore-not-found", check=False)

@@ -5,11 +5,12 @@ killing: stop() sends SIGTERM, kill() sends SIGKILL. Each process gets its own h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,32 @@ def standing_by(pods: list[OperatorPod]) -> list[OperatorPod]:
 def leading(status: int | None, body: str) -> bool:
     """Whether a /readyz answer is a ready leader's (or a process without leader election)."""
     return status == 200 and ("[+]leader: leading" in body or "election disabled" in body)
+
+
+def session_operator(request: Any) -> OperatorProcess | None:
+    """The session's operator process (the `operator` fixture) if an earlier test started
+    it, else None (asking for the fixture would start it)."""
+    for definition in request._fixturemanager.getfixturedefs("operator", request.node) or ():
+        cached = getattr(definition, "cached_result", None)
+        if cached and cached[2] is None:
+            return cached[0]
+    return None
+
+
+@contextlib.asynccontextmanager
+async def session_operator_aside(request: Any) -> AsyncIterator[None]:
+    """The session's operator, if running, stopped meanwhile with its webhook configurations
+    (another operator runs, or none may); started again afterwards."""
+    other = session_operator(request)
+    if other is not None:
+        await other.stop()
+    delete_webhook_configurations()
+    try:
+        yield
+    finally:
+        delete_webhook_configurations()
+        if other is not None:
+            await other.start()
 
 
 def delete_webhook_configurations(kubeconfig: Path = tools.KUBECONFIG) -> None:

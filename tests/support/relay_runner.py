@@ -22,6 +22,16 @@ What differs from a kubelet, and why:
   listen on 0.0.0.0:8081 do not collide either.
 - $(VAR) references in args are expanded from the container's env, as the kubelet does.
 - A container that exits is restarted with a capped back-off, as with restartPolicy Always.
+  With restartPolicy Never (or OnFailure, once it exits 0) it stays down, and once every
+  container of the pod has ended the runner reports the pod Succeeded or Failed with each
+  container's exit code, as a kubelet: a Job's controller then counts the pod.
+- Pods labelled `tunnelop.test/kubelet=relay-runner` (a chart's hook Job sets it through its
+  pod labels) are run whatever other label they carry, and the runner reports their whole
+  status, Running (with their address, ready) included: the local cluster's kwok leaves them
+  alone (hack/cluster.sh), since it would report a Job's pod Succeeded at once, before
+  anything ran. Such a pod being deleted is stopped and then removed (grace period 0), as a
+  kubelet confirms a deletion, also when the runner stops (nothing else would ever remove
+  it); readiness probes are not performed for them.
 
 Opt-ins play the rest of a cluster for tests of failover, of relays without a fixed
 address, and of the operator installed as pods:
@@ -86,6 +96,11 @@ ANY_ADDRESS = "0.0.0.0"
 ANY_ADDRESS_PATTERN = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d/])")
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 POD_READY_CONDITIONS = ("Ready", "ContainersReady")
+# Pods the runner runs from start to end, reporting their whole status; the local cluster's
+# kwok disregards them (hack/cluster.sh names the same label).
+KUBELET_LABEL = "tunnelop.test/kubelet"
+KUBELET_SELECTOR = f"{KUBELET_LABEL}=relay-runner"
+TERMINAL_PHASES = ("Succeeded", "Failed")
 log = logging.getLogger("relay-runner")
 
 
@@ -117,6 +132,12 @@ class Container:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     supervisor: asyncio.Task[None] | None = None
+    image: str = ""
+    # When its process last started; its exit code and end once it ended for good (a
+    # restartPolicy that does not run it again).
+    started_at: str | None = None
+    exit_code: int | None = None
+    finished_at: str | None = None
 
     @property
     def running(self) -> bool:
@@ -144,6 +165,9 @@ class RunningPod:
     # Seconds between SIGTERM and SIGKILL: an operator pod's terminationGracePeriodSeconds
     # (its leader releases the Lease on the way out), 5 for relay pods.
     grace: float = 5.0
+    # A pod labelled KUBELET_SELECTOR: the runner reports its whole status (kwok does not).
+    owned: bool = False
+    restart_policy: str = "Always"
     token_refresher: asyncio.Task[None] | None = None
     prober: asyncio.Task[None] | None = None
     # Set when the pod stops or is held: wakes a supervisor out of its restart back-off.
@@ -153,6 +177,24 @@ class RunningPod:
     @property
     def may_run(self) -> bool:
         return not (self.stopping or self.held)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A pod the runner ran to its end: each container's exit code and log file."""
+
+    namespace: str
+    name: str
+    phase: str
+    exit_codes: dict[str, int]
+    logs: dict[str, Path]
+
+    def log_text(self) -> str:
+        return "\n".join(
+            f"--- {self.name}/{c} (exit code {code})\n"
+            + (self.logs[c].read_text(errors="replace") if self.logs[c].exists() else "")
+            for c, code in self.exit_codes.items()
+        )
 
 
 @dataclass(frozen=True)
@@ -196,6 +238,9 @@ class RelayPodRunner:
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
         self.pods: dict[str, RunningPod] = {}
+        # The pods run to their end (restartPolicy Never or OnFailure), in that order.
+        self.completions: list[Completion] = []
+        self._completed_uids: set[str] = set()
         self._held: set[str] = set()  # relays whose pods are kept down
         self._terminating: set[asyncio.Future[None]] = set()
         self._api: client.ApiClient | None = None
@@ -220,7 +265,14 @@ class RelayPodRunner:
                 core.list_pod_for_all_namespaces,
                 self._pod_listing(operator=False),
                 self._pod_event_handler(operator=False),
-            )
+            ),
+            (
+                "owned-pods",
+                KUBELET_SELECTOR,
+                core.list_pod_for_all_namespaces,
+                self._pod_listing(operator=False, owned=True),
+                self._pod_event_handler(operator=False, owned=True),
+            ),
         ]
         if self.operator_selector:
             watches.append(
@@ -281,7 +333,18 @@ class RelayPodRunner:
                 await watcher
         await asyncio.gather(*self._terminating, *(self._stop_pod(uid) for uid in list(self.pods)))
         if self._api:
+            with contextlib.suppress(ApiException):
+                await self._confirm_owned_deletions()
             await self._api.close()
+
+    async def _confirm_owned_deletions(self) -> None:
+        """The deletions of pods of its own that are still pending (their containers are
+        stopped now): confirmed on the way out, as nothing else ever would."""
+        core = client.CoreV1Api(self._api)
+        owned = await core.list_pod_for_all_namespaces(label_selector=KUBELET_SELECTOR)
+        for pod in owned.items:
+            if pod.metadata.deletion_timestamp is not None and pod.spec.node_name:
+                await self._confirm_deletion(pod)
 
     def address_of(self, relay: str) -> str:
         """The loopback address of a relay (the value of its pod's relay label)."""
@@ -387,40 +450,74 @@ class RelayPodRunner:
                 log.warning("%s watch interrupted (%s); relisting", what, exc)
                 await asyncio.sleep(1)
 
-    def _pod_listing(self, operator: bool) -> Callable[[list[Any]], Awaitable[None]]:
+    def _pod_listing(
+        self, operator: bool, owned: bool = False
+    ) -> Callable[[list[Any]], Awaitable[None]]:
         async def on_listing(pods: list[Any]) -> None:
             for pod in pods:
-                await self._on_pod(pod, operator)
+                await self._on_pod(pod, operator, owned)
             listed = {pod.metadata.uid for pod in pods}
             for uid, running in list(self.pods.items()):
-                if running.operator is operator and uid not in listed:
+                if (running.operator, running.owned) == (operator, owned) and uid not in listed:
                     await self._stop_pod(uid)
 
         return on_listing
 
-    def _pod_event_handler(self, operator: bool) -> Callable[[str, Any], Awaitable[None]]:
+    def _pod_event_handler(
+        self, operator: bool, owned: bool = False
+    ) -> Callable[[str, Any], Awaitable[None]]:
         async def on_event(kind: str, pod: Any) -> None:
             if kind == "DELETED":
                 await self._stop_pod(pod.metadata.uid)
             else:
-                await self._on_pod(pod, operator)
+                await self._on_pod(pod, operator, owned)
 
         return on_event
 
-    async def _on_pod(self, pod: Any, operator: bool = False) -> None:
+    async def _on_pod(self, pod: Any, operator: bool = False, owned: bool = False) -> None:
         uid = pod.metadata.uid
         if pod.metadata.deletion_timestamp is not None:
             await self._stop_pod(uid)
+            if owned and pod.spec.node_name:
+                await self._confirm_deletion(pod)
             return
         if uid in self.pods:
             await self._keep_status(self.pods[uid], pod)
             return
         if not pod.spec.node_name:
             return  # not scheduled yet
+        phase = pod.status.phase if pod.status else None
+        if phase in TERMINAL_PHASES:  # ended before the runner ran it: nothing to run
+            if owned and uid not in self._completed_uids:
+                log.warning(
+                    "pod %s/%s is %s, but this runner did not run it: an earlier runner did, or "
+                    "a kwok that does not leave pods labelled %s alone (a local cluster "
+                    "started before hack/cluster.sh said so: restart it, make cluster-down)",
+                    pod.metadata.namespace,
+                    pod.metadata.name,
+                    phase,
+                    KUBELET_SELECTOR,
+                )
+            return
         try:
-            await self._start_pod(pod, operator)
+            await self._start_pod(pod, operator, owned)
         except Exception:
             log.exception("cannot run pod %s/%s", pod.metadata.namespace, pod.metadata.name)
+
+    async def _confirm_deletion(self, pod: Any) -> None:
+        """A deleted pod whose containers are stopped is removed, as a kubelet confirms a
+        graceful deletion (grace period 0)."""
+        core = client.CoreV1Api(self._api)
+        with contextlib.suppress(ApiException):  # gone already
+            await core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0,
+                    preconditions=client.V1Preconditions(uid=pod.metadata.uid),
+                ),
+            )
 
     async def _keep_status(self, running: RunningPod, pod: Any) -> None:
         """What the runner reports stays reported: kwok's pod-ready stage, which runs while a
@@ -554,12 +651,12 @@ class RelayPodRunner:
 
     # ---- running a pod ----------------------------------------------------------------
 
-    async def _start_pod(self, pod: Any, operator: bool = False) -> None:
+    async def _start_pod(self, pod: Any, operator: bool = False, owned: bool = False) -> None:
         meta = pod.metadata
         # An operator pod's address is its own (a replica's pods never share one).
         relay = (
             f"{meta.namespace}/{meta.name}"
-            if operator
+            if operator or owned
             else (meta.labels or {}).get(self.label) or meta.name
         )
         address = self.address_of(relay)
@@ -570,6 +667,8 @@ class RelayPodRunner:
         if operator:
             grace = pod.spec.termination_grace_period_seconds
             running.grace = float(30 if grace is None else min(grace, 30))
+        running.owned = owned
+        running.restart_policy = pod.spec.restart_policy or "Always"
         running.ports = {
             p.name: p.container_port
             for spec in pod.spec.containers
@@ -615,7 +714,7 @@ class RelayPodRunner:
                     SERVICE_ACCOUNT_DIR,
                     path_map.get(SERVICE_ACCOUNT_DIR),
                 )
-            container = Container(spec.name, argv, env, root / f"{spec.name}.log")
+            container = Container(spec.name, argv, env, root / f"{spec.name}.log", image=spec.image)
             try:
                 container.readiness = _readiness_check(self._api.sanitize_for_serialization(spec))
             except ValueError as exc:
@@ -624,6 +723,8 @@ class RelayPodRunner:
             if running.may_run:
                 self._run(running, container)
         await self._report_pod_ip(pod, address)
+        if owned:
+            await self._report_running(running)
         await self._sync_readiness(running)
         if operator:
             running.prober = asyncio.create_task(
@@ -679,17 +780,70 @@ class RelayPodRunner:
                     start_new_session=True,  # its own process group, killed as a whole
                     preexec_fn=tools.die_with_parent,  # no container outlives the runner
                 )
+            container.started_at = _now()
             if not pod.may_run:  # stopped or held while the process started
                 await _terminate(container)
                 return
             code = await container.process.wait()
             if not pod.may_run:
                 return
+            if not _runs_again(pod.restart_policy, code):
+                container.exit_code, container.finished_at = code, _now()
+                log.info("%s/%s exited with %s; done", pod.name, container.name, code)
+                await self._report_completion(pod)
+                return
             container.restarts += 1
             log.warning("%s/%s exited with %s; restarting", pod.name, container.name, code)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pod.halted.wait(), backoff)
             backoff = min(backoff * 2, 10)
+
+    async def _report_running(self, pod: RunningPod) -> None:
+        """A pod of the runner's own (KUBELET_SELECTOR) reported Running, its containers
+        started and ready, as a kubelet does once it has started them."""
+        core = client.CoreV1Api(self._api)
+        async with pod.status_lock:  # a container that ended already reported the end
+            if pod.uid in self._completed_uids:
+                return
+            try:
+                await core.patch_namespaced_pod_status(
+                    pod.name,
+                    pod.namespace,
+                    {"status": _running_status(pod.containers, _now())},
+                    _content_type="application/strategic-merge-patch+json",
+                )
+            except ApiException as exc:
+                log.warning("cannot report pod %s running: %s", pod.name, exc.reason)
+
+    async def _report_completion(self, pod: RunningPod) -> None:
+        """Once every container of the pod has ended for good: the pod Succeeded (all
+        exited 0) or Failed, each container terminated with its exit code, as a kubelet
+        reports it (a Job's controller counts the pod then)."""
+        if pod.stopping or any(c.exit_code is None for c in pod.containers):
+            return
+        status = _completed_status(pod.containers, _now())
+        core = client.CoreV1Api(self._api)
+        async with pod.status_lock:
+            try:
+                await core.patch_namespaced_pod_status(
+                    pod.name,
+                    pod.namespace,
+                    {"status": status},
+                    _content_type="application/strategic-merge-patch+json",
+                )
+            except ApiException as exc:
+                log.warning("cannot report the end of pod %s: %s", pod.name, exc.reason)
+            self._completed_uids.add(pod.uid)
+        self.completions.append(
+            Completion(
+                pod.namespace,
+                pod.name,
+                status["phase"],
+                {c.name: c.exit_code for c in pod.containers if c.exit_code is not None},
+                {c.name: c.log_path for c in pod.containers},
+            )
+        )
+        log.info("pod %s/%s %s", pod.namespace, pod.name, status["phase"])
 
     async def _stop_pod(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
@@ -1108,6 +1262,83 @@ def _container_status(old: dict[str, Any], ready: bool, running: bool, now: str)
         reason = {"reason": "CrashLoopBackOff", "message": "held down by the relay-pod runner"}
         state = {"waiting": reason}
     return {**status, "ready": ready, "started": running, "state": state}
+
+
+def _runs_again(restart_policy: str, exit_code: int) -> bool:
+    """Whether a kubelet restarts a container that exited with `exit_code`."""
+    if restart_policy == "Never":
+        return False
+    if restart_policy == "OnFailure":
+        return exit_code != 0
+    return True  # Always
+
+
+def _running_status(containers: list[Container], now: str) -> dict[str, Any]:
+    """The status (a strategic merge patch: conditions merge by type) of a pod whose
+    containers the runner has just started: Running, initialized, each container running
+    and ready (no readiness probe is performed for such a pod)."""
+    conditions = [
+        {"type": type_, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+        for type_ in ("Initialized", *POD_READY_CONDITIONS)
+    ]
+    return {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": conditions,
+        "containerStatuses": [
+            {
+                "name": c.name,
+                "image": c.image,
+                "imageID": "",
+                "ready": True,
+                "started": True,
+                "restartCount": c.restarts,
+                "state": {"running": {"startedAt": c.started_at or now}},
+            }
+            for c in containers
+        ],
+    }
+
+
+def _completed_status(containers: list[Container], now: str) -> dict[str, Any]:
+    """The status (a strategic merge patch) of a pod whose containers have all ended for
+    good: Succeeded when each exited 0, else Failed; not ready (reason PodCompleted); each
+    container terminated with its exit code (reason Completed for 0, else Error), as a
+    kubelet reports it."""
+    succeeded = all(c.exit_code == 0 for c in containers)
+    conditions = [
+        {
+            "type": type_,
+            "status": "False",
+            "reason": "PodCompleted",
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+        }
+        for type_ in POD_READY_CONDITIONS
+    ]
+    return {
+        "phase": "Succeeded" if succeeded else "Failed",
+        "conditions": conditions,
+        "containerStatuses": [
+            {
+                "name": c.name,
+                "image": c.image,
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": c.restarts,
+                "state": {
+                    "terminated": {
+                        "exitCode": c.exit_code,
+                        "reason": "Completed" if c.exit_code == 0 else "Error",
+                        "startedAt": c.started_at or now,
+                        "finishedAt": c.finished_at or now,
+                    }
+                },
+            }
+            for c in containers
+        ],
+    }
 
 
 ENDPOINT_SLICE_MANAGER = "relay-runner.tunnelop.test"

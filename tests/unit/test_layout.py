@@ -22,10 +22,12 @@ ALLOWED = {
     "controllers": {"controllers", "builders", "domain", "api", "contract", "platform"},
     "agent": {"agent", "contract", "platform"},
     "manager": {"controllers", "builders", "platform", "api", "contract"},
+    # `tunnelop release-finalizers` (the chart's uninstall hook) talks only to the API server.
+    "uninstall": {"platform", "contract"},
     # `tunnelop client`: frpc that follows its tunnel, with no API models.
     "client": {"client", "contract", "platform"},
     # `tunnelop top` ranks with the pure leaderboard.
-    "cli": {"platform", "api", "agent", "manager", "contract", "domain", "client"},
+    "cli": {"platform", "api", "agent", "manager", "contract", "domain", "client", "uninstall"},
 }
 
 

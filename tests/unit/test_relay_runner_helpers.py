@@ -13,8 +13,10 @@ import pytest
 from support.netutil import free_port
 from support.relay_runner import (
     LOCALHOST,
+    Container,
     ReadinessCheck,
     _argv,
+    _completed_status,
     _expand,
     _field_value,
     _load_balancer_status,
@@ -22,6 +24,8 @@ from support.relay_runner import (
     _readiness_check,
     _readiness_status,
     _rewrite,
+    _running_status,
+    _runs_again,
     default_image_map,
 )
 
@@ -191,6 +195,65 @@ def test_a_ready_pod_keeps_its_transition_times() -> None:
     patch = _readiness_status(status, True, "2026-01-01T00:09:00Z")
     assert patch is not None
     assert {c["lastTransitionTime"] for c in patch["conditions"]} == {"2026-01-01T00:00:00Z"}
+
+
+def test_restart_policies_as_a_kubelet_applies_them() -> None:
+    assert [_runs_again("Always", code) for code in (0, 1)] == [True, True]
+    assert [_runs_again("OnFailure", code) for code in (0, 1, 137)] == [False, True, True]
+    assert [_runs_again("Never", code) for code in (0, 1)] == [False, False]
+
+
+def ended(name: str, exit_code: int, restarts: int = 0) -> Container:
+    container = Container(name, ["x"], {}, Path("/logs") / name, image=f"{name}:1")
+    container.restarts = restarts
+    container.started_at, container.exit_code = "2026-01-01T00:01:00Z", exit_code
+    container.finished_at = "2026-01-01T00:02:00Z"
+    return container
+
+
+def test_a_started_pod_of_its_own_is_reported_running_and_ready() -> None:
+    container = Container("job", ["x"], {}, Path("/logs/job"), image="tunnelop:dev")
+    status = _running_status([container], "2026-01-01T00:00:05Z")
+    assert status["phase"] == "Running"
+    assert status["startTime"] == "2026-01-01T00:00:05Z"
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions == {"Initialized": "True", "Ready": "True", "ContainersReady": "True"}
+    (reported,) = status["containerStatuses"]
+    assert (reported["name"], reported["image"], reported["restartCount"]) == (
+        "job",
+        "tunnelop:dev",
+        0,
+    )
+    assert reported["ready"] and reported["started"]
+    assert reported["state"] == {"running": {"startedAt": "2026-01-01T00:00:05Z"}}
+
+
+def test_a_pod_whose_containers_all_exited_0_succeeded() -> None:
+    status = _completed_status([ended("main", 0), ended("side", 0, restarts=2)], "now")
+    assert status["phase"] == "Succeeded"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions == {
+        "Ready": ("False", "PodCompleted"),
+        "ContainersReady": ("False", "PodCompleted"),
+    }
+    main, side = status["containerStatuses"]
+    assert main["state"] == {
+        "terminated": {
+            "exitCode": 0,
+            "reason": "Completed",
+            "startedAt": "2026-01-01T00:01:00Z",
+            "finishedAt": "2026-01-01T00:02:00Z",
+        }
+    }
+    assert not main["ready"] and not main["started"]
+    assert (side["image"], side["restartCount"]) == ("side:1", 2)
+
+
+def test_one_container_that_failed_fails_the_pod() -> None:
+    status = _completed_status([ended("main", 0), ended("check", 3)], "now")
+    assert status["phase"] == "Failed"
+    terminated = [c["state"]["terminated"] for c in status["containerStatuses"]]
+    assert [(t["exitCode"], t["reason"]) for t in terminated] == [(0, "Completed"), (3, "Error")]
 
 
 @contextlib.asynccontextmanager
