@@ -5,7 +5,9 @@ leads; a tenant's Tunnel on a relay becomes Ready through it and carries bytes; 
 webhook Service answers the API server; the leader's pod deleted, the other takes over; an
 upgrade keeps the tunnel's port; an uninstall (its pre-delete hook run by the runner too, to
 its end) leaves the tunnel carrying bytes and nothing that blocks deleting Tunnels; a
-re-install adopts the tunnel and puts the finalizers back.
+re-install adopts the tunnel and puts the finalizers back. The release starts from an older
+chart whose Tunnel CRD lacks a field, so the upgrade shows the CRDs upgraded too; and a
+permission taken from the installed ClusterRole shows the operator really refused.
 
 No other operator may run meanwhile: the session's operator, if an earlier module started it,
 steps aside for this module."""
@@ -13,14 +15,18 @@ steps aside for this module."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.aio import client
 
 from support import objects, tools
@@ -72,9 +78,39 @@ def helm(*args: str, check: bool = True):
     return result
 
 
+def older_chart(directory: Path) -> Path:
+    """The chart as an older release shipped it: its Tunnel CRD without spec.suspended (and
+    its printer column), at a lower version."""
+    copy = directory / "tunnelop"
+    shutil.copytree(CHART, copy)
+    crd_file = copy / "files" / "crds" / "tunnels.tunnelop.dev.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    for version in crd["spec"]["versions"]:
+        del version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["suspended"]
+        version["additionalPrinterColumns"] = [
+            c
+            for c in version.get("additionalPrinterColumns", [])
+            if "suspended" not in c["jsonPath"]
+        ]
+    crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+    chart = yaml.safe_load((copy / "Chart.yaml").read_text())
+    chart["version"] = "0.0.1-older"
+    (copy / "Chart.yaml").write_text(yaml.safe_dump(chart, sort_keys=False))
+    return copy
+
+
+def tunnel_crd_knows_suspended() -> bool:
+    crd = objects.get("customresourcedefinition", "tunnels.tunnelop.dev") or {}
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return "suspended" in spec["properties"]
+
+
 @pytest.fixture(scope="module")
 async def release(
-    request: pytest.FixtureRequest, crds, relay_runner: RelayPodRunner
+    request: pytest.FixtureRequest,
+    crds,
+    relay_runner: RelayPodRunner,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[float]:
     """The chart installed into RELEASE_NAMESPACE; yields the monotonic time `helm install`
     was started at."""
@@ -84,7 +120,12 @@ async def release(
         started = time.monotonic()
         # The session applied crds/ with kubectl: the documented way to take them over.
         helm(
-            "install", RELEASE, str(CHART), "--create-namespace", "--take-ownership", *sets(VALUES)
+            "install",
+            RELEASE,
+            str(older_chart(tmp_path_factory.mktemp("chart"))),
+            "--create-namespace",
+            "--take-ownership",
+            *sets(VALUES),
         )
         try:
             yield started
@@ -156,6 +197,38 @@ async def uninstall(runner: RelayPodRunner) -> float:
         f"the hook's pod did not run to its end here: {hooks}\n{logs}"
     )
     return time.monotonic() - started
+
+
+async def refused_until_given_back(
+    runner: RelayPodRunner, leader: str, namespace: str, relay: str
+) -> None:
+    granted = objects.get("clusterrole", RELEASE)
+    narrowed = copy.deepcopy(granted)
+    for rule in narrowed["rules"]:
+        rule["resources"] = [r for r in rule["resources"] if r != "tunnels/status"]
+    narrowed["rules"] = [r for r in narrowed["rules"] if r["resources"]]
+    tools.kubectl("replace", "-f", "-", input=json.dumps(narrowed))
+    try:
+        objects.apply(objects.tunnel("rbac-probe", **on(relay)), namespace)
+
+        def refused() -> bool:
+            log = runner.logs(f"{RELEASE_NAMESPACE}/{leader}")
+            return any(
+                "cannot patch resource" in line
+                and "tunnels/status" in line
+                and "rbac-probe" in line
+                for line in log.splitlines()
+            )
+
+        await objects.wait_for(refused, timeout=60, what="the leader refused tunnels/status")
+        probe = objects.get("tunnel", "rbac-probe", namespace)
+        assert objects.condition(probe, "Ready") is None, probe.get("status")
+    finally:
+        granted["metadata"].pop("resourceVersion", None)
+        tools.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(granted)
+        )
+    await objects.wait_condition("tunnel", "rbac-probe", namespace, "Ready", timeout=60)
 
 
 def ours(kind: str, name: str, namespace: str | None = None) -> list[str]:
@@ -231,7 +304,22 @@ async def test_helm_installed_operator_serves_a_tenant_tunnel(
             )
             await echoed(address, port, relay_runner, frpc.logs)
 
-            # An upgrade with a changed value rolls the pods and keeps the tunnel's port.
+            # The older release's CRD refuses a field of this version (strict field
+            # validation); the upgrade brings the CRDs with it, and a changed value rolls the
+            # pods keeping the tunnel's port.
+            assert not tunnel_crd_knows_suspended()
+            with_new_field = objects.tunnel("suspended", suspended=True, **on(relay))
+            refused = tools.kubectl(
+                "apply",
+                "--server-side",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                input=json.dumps(with_new_field),
+                check=False,
+            )
+            assert refused.returncode != 0 and "suspended" in refused.stderr, refused.stderr
             helm(
                 "upgrade",
                 RELEASE,
@@ -241,11 +329,19 @@ async def test_helm_installed_operator_serves_a_tenant_tunnel(
                 "--timeout",
                 "120s",
             )
-            await one_leader(kube, relay_runner)
+            leader = await one_leader(kube, relay_runner)
             kept = objects.get("tunnel", "echo", namespace)
             assert kept["status"]["remotePort"] == port
             assert kept["status"]["endpoint"] == endpoint
             await echoed(address, port, relay_runner, frpc.logs)
+            assert tunnel_crd_knows_suspended()
+            objects.apply(with_new_field, namespace)
+            assert objects.get("tunnel", "suspended", namespace)["spec"]["suspended"] is True
+            tools.kubectl("delete", "tunnel", "suspended", "-n", namespace)
+
+            # RBAC is real: with patch on tunnels/status taken from the installed ClusterRole,
+            # the leader is refused (403) and the tunnel waits; given back, it becomes Ready.
+            await refused_until_given_back(relay_runner, leader, namespace, relay)
 
             # Uninstalled: the hook stopped the operator and released tunnelop's finalizers;
             # no webhook configuration is left, and the relay keeps carrying the tunnel from
@@ -283,7 +379,7 @@ async def test_helm_installed_operator_serves_a_tenant_tunnel(
     # Secrets, is deleted by itself.
     await uninstall(relay_runner)
     tunnels = [t["metadata"]["name"] for t in objects.list_objects("tunnel", namespace)]
-    assert sorted(tunnels) == ["after-reinstall", "after-takeover", "echo"]
+    assert sorted(tunnels) == ["after-reinstall", "after-takeover", "echo", "rbac-probe"]
     secrets = objects.list_objects("secret", namespace, "tunnelop.dev/tunnel")
     assert len(secrets) == len(tunnels), [x["metadata"]["name"] for x in secrets]
     tools.kubectl("delete", "namespace", namespace, "--wait=false")
