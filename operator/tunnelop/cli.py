@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tunnelop import __version__
 from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, DEFAULT_FRPS_IMAGE
@@ -24,13 +26,32 @@ def positive_seconds(value: str) -> float:
     return seconds
 
 
-def host_port(value: str) -> str:
-    """argparse type: an address split_host_port accepts."""
-    try:
-        split_host_port(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
+def checked(module: str, function: str, *, returns_input: bool = False, **kwargs: Any) -> Any:
+    """An argparse type from `module.function`, a checker that raises ValueError naming what
+    is wrong; imported at first use, so that `tunnelop --help` loads no API models. With
+    `returns_input`, the value as given rather than what the checker returns."""
+
+    def parse(value: str) -> Any:
+        check = getattr(importlib.import_module(module), function)
+        try:
+            result = check(value, **kwargs)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value if returns_input else result
+
+    parse.__name__ = function  # argparse names the type in some messages
+    return parse
+
+
+host_port = checked("tunnelop.platform.addresses", "split_host_port", returns_input=True)
+port_range = checked(
+    "tunnelop.api.v1alpha1", "parse_port_span", returns_input=True, allow_single=False
+)
+image_reference = checked("tunnelop.api.v1alpha1.formats", "check_image")
+tunnel_ref = checked("tunnelop.client.options", "parse_tunnel_ref")
+local_host = checked("tunnelop.client.options", "check_local_host")
+webhook_service = checked("tunnelop.platform.webhook_tls", "parse_service")
+deployment_ref = checked("tunnelop.uninstall", "parse_deployment")
 
 
 def lease_seconds(value: str) -> int:
@@ -57,37 +78,6 @@ def positive_count(value: str) -> int:
     return count
 
 
-def port_range(value: str) -> str:
-    """argparse type: a port range like 30000-32767."""
-    from tunnelop.api.v1alpha1 import parse_port_span
-
-    try:
-        parse_port_span(value, allow_single=False)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
-def image_reference(value: str) -> str:
-    """argparse type: a container image reference, as spec.template.images takes one."""
-    from tunnelop.api.v1alpha1.formats import check_image
-
-    try:
-        return check_image(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def tunnel_ref(value: str) -> tuple[str, str]:
-    """argparse type: NAMESPACE/TUNNEL."""
-    from tunnelop.client.options import parse_tunnel_ref
-
-    try:
-        return parse_tunnel_ref(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def port_number(value: str) -> int:
     """argparse type: a port of 1-65535."""
     from tunnelop.client.options import check_local_port
@@ -96,36 +86,6 @@ def port_number(value: str) -> int:
         return check_local_port(int(value))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {value!r}") from None
-
-
-def local_host(value: str) -> str:
-    """argparse type: an IP address or a host name."""
-    from tunnelop.client.options import check_local_host
-
-    try:
-        return check_local_host(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def webhook_service(value: str) -> tuple[str, str]:
-    """argparse type: NAMESPACE/NAME of a Service."""
-    from tunnelop.platform.webhook_tls import parse_service
-
-    try:
-        return parse_service(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def deployment_ref(value: str) -> tuple[str, str]:
-    """argparse type: NAMESPACE/NAME of a Deployment."""
-    from tunnelop.uninstall import parse_namespaced_name
-
-    try:
-        return parse_namespaced_name(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def object_name(kind: str) -> Callable[[str], str]:
@@ -140,16 +100,6 @@ def object_name(kind: str) -> Callable[[str], str]:
         return value
 
     return check
-
-
-def secret_name(value: str) -> str:
-    """argparse type: a Secret name (a DNS subdomain)."""
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value) or len(value) > 253:
-        raise argparse.ArgumentTypeError(
-            f"must be a Secret name (lowercase letters, digits, '-' and '.', starting and ending "
-            f"with a letter or digit), got {value!r}"
-        )
-    return value
 
 
 def webhook_flags_error(args: argparse.Namespace) -> str | None:
@@ -227,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     certificate = run.add_mutually_exclusive_group()
     certificate.add_argument(
         "--webhook-cert-secret",
-        type=secret_name,
+        type=object_name("Secret"),
         default=None,
         metavar="NAME",
         help=(

@@ -21,7 +21,6 @@ error. It exits 0 having logged what it released, non-zero with the reason other
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from tunnelop.contract.naming import parse_namespaced_name
 from tunnelop.platform import logs
 from tunnelop.platform.kube import GROUP_VERSION, PLURALS, Kube, KubeError
 from tunnelop.platform.leader import LeaseRecord, Observation, is_expired, observe
@@ -43,9 +43,6 @@ JSON_PATCH = "application/json-patch+json"
 # server; 409 for a conflict of a concurrent write.
 CHANGED_MEANWHILE = (409, 422)
 ATTEMPTS = 5
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 class ReleaseError(Exception):
@@ -68,22 +65,9 @@ class Options:
 # ---- pure parts ---------------------------------------------------------------------------
 
 
-def parse_namespaced_name(value: str) -> tuple[str, str]:
-    """NAMESPACE/NAME of a Deployment; ValueError naming what is wrong."""
-    namespace, slash, name = value.partition("/")
-    if not slash or not namespace or not name or "/" in name:
-        raise ValueError(f"must be NAMESPACE/NAME of the operator's Deployment, got {value!r}")
-    if not _DNS_LABEL.fullmatch(namespace):
-        raise ValueError(
-            f"namespace {namespace!r} must be a DNS label (lowercase letters, digits and '-', "
-            "at most 63, starting and ending with a letter or digit)"
-        )
-    if not _DNS_SUBDOMAIN.fullmatch(name):
-        raise ValueError(
-            f"Deployment name {name!r} must be a DNS subdomain (lowercase letters, digits, '-' "
-            "and '.', at most 253, starting and ending with a letter or digit)"
-        )
-    return namespace, name
+def parse_deployment(value: str) -> tuple[str, str]:
+    """NAMESPACE/NAME of the operator's Deployment; ValueError naming what is wrong."""
+    return parse_namespaced_name(value, "Deployment", example="tunnelop-system/tunnelop")
 
 
 def is_ours(finalizer: str) -> bool:

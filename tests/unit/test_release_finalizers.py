@@ -17,7 +17,7 @@ from tunnelop.uninstall import (
     ReleaseError,
     lease_holder,
     lenient_webhooks_patch,
-    parse_namespaced_name,
+    parse_deployment,
     release_object,
     release_patch,
     running_pods,
@@ -91,24 +91,28 @@ def test_a_lease_is_held_until_released_or_unchanged_for_its_duration() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("tunnelop", "must be NAMESPACE/NAME of the operator's Deployment"),
-        ("a/b/c", "must be NAMESPACE/NAME"),
-        ("/tunnelop", "must be NAMESPACE/NAME"),
-        ("Tunnelop-System/tunnelop", "namespace 'Tunnelop-System' must be a DNS label"),
-        ("tunnelop-system/Tunnelop", "Deployment name 'Tunnelop' must be a DNS subdomain"),
+        ("tunnelop", r"must be NAMESPACE/DEPLOYMENT \(e.g. tunnelop-system/tunnelop\)"),
+        ("a/b/c", "must be NAMESPACE/DEPLOYMENT"),
+        ("/tunnelop", "must be NAMESPACE/DEPLOYMENT"),
+        ("Tunnelop-System/tunnelop", "the namespace must be a DNS label"),
+        ("tunnelop-system/Tunnelop", "the Deployment must be a Kubernetes object name"),
+        ("tunnelop-system/tunnelop.v2", None),
     ],
 )
 def test_a_deployment_is_named_namespace_slash_name(value, message) -> None:
+    if message is None:
+        assert parse_deployment(value) == tuple(value.split("/"))
+        return
     with pytest.raises(ValueError, match=message):
-        parse_namespaced_name(value)
-    assert parse_namespaced_name("tunnelop-system/tunnelop") == ("tunnelop-system", "tunnelop")
+        parse_deployment(value)
+    assert parse_deployment("tunnelop-system/tunnelop") == ("tunnelop-system", "tunnelop")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         ([], "the following arguments are required: --deployment"),
-        (["--deployment", "tunnelop"], "--deployment: must be NAMESPACE/NAME"),
+        (["--deployment", "tunnelop"], "--deployment: must be NAMESPACE/DEPLOYMENT"),
         (["--deployment", "a/b", "--lease", "Lease"], "--lease: must be a Lease name"),
         (["--deployment", "a/b", "--stop-timeout", "0"], "--stop-timeout: must be more than 0"),
         (

@@ -223,11 +223,11 @@ def test_the_operator_namespace_comes_from_the_pod_then_its_token_then_the_fallb
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("tunnelop-webhook", "must be NAMESPACE/NAME"),
-        ("a/b/c", "must be NAMESPACE/NAME"),
-        ("/hook", "must be NAMESPACE/NAME"),
-        ("Tunnelop/hook", "namespace 'Tunnelop' must be a DNS label"),
-        ("tunnelop/hook.x", "Service name 'hook.x' must be a DNS label"),
+        ("tunnelop-webhook", "must be NAMESPACE/SERVICE"),
+        ("a/b/c", "must be NAMESPACE/SERVICE"),
+        ("/hook", "must be NAMESPACE/SERVICE"),
+        ("Tunnelop/hook", "the namespace must be a DNS label .*, got 'Tunnelop'"),
+        ("tunnelop/hook.x", "the Service must be a DNS label .*, got 'hook.x'"),
     ],
 )
 def test_a_bad_webhook_service_is_refused_by_name(value, message) -> None:
@@ -251,7 +251,7 @@ def test_a_bad_webhook_service_is_refused_by_name(value, message) -> None:
         ),
         (["--webhook-cert-secret", "s", "--webhook-cert-dir", "/c"], "not allowed with argument"),
         (["--webhook-cert-secret", "Bad_Name"], "--webhook-cert-secret: must be a Secret name"),
-        (["--webhook-service", "svc"], "--webhook-service: must be NAMESPACE/NAME"),
+        (["--webhook-service", "svc"], "--webhook-service: must be NAMESPACE/SERVICE"),
     ],
 )
 def test_webhook_flags_that_do_not_go_together_are_refused(argv, message, capsys) -> None:

@@ -6,12 +6,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from tunnelop.contract.naming import credentials_secret_name
+from tunnelop.contract.naming import credentials_secret_name, parse_namespaced_name
 
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_NAMESPACE = re.compile(rf"^{_DNS_LABEL}$")
-_OBJECT_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-MAX_NAMESPACE = 63
 # The Secret's name, <tunnel>-frpc, must stay within the 253 characters of an object name.
 MAX_TUNNEL_NAME = 253 - len(credentials_secret_name(""))
 _HOST_NAME = re.compile(
@@ -21,21 +17,7 @@ _HOST_NAME = re.compile(
 
 def parse_tunnel_ref(value: str) -> tuple[str, str]:
     """ "NAMESPACE/TUNNEL" -> (namespace, tunnel), or ValueError saying what is allowed."""
-    namespace, sep, name = value.partition("/")
-    if not sep or not namespace or not name or "/" in name:
-        raise ValueError(f"must be NAMESPACE/TUNNEL, e.g. default/web, got {value!r}")
-    if len(namespace) > MAX_NAMESPACE or not _NAMESPACE.match(namespace):
-        raise ValueError(
-            "the namespace must be a DNS label (lower-case letters, digits and '-', starting "
-            f"and ending with a letter or digit, at most {MAX_NAMESPACE}), got {namespace!r}"
-        )
-    if len(name) > MAX_TUNNEL_NAME or not _OBJECT_NAME.match(name):
-        raise ValueError(
-            "the tunnel must be a Kubernetes object name (lower-case letters, digits, '-' and "
-            f"'.', starting and ending with a letter or digit, at most {MAX_TUNNEL_NAME}), "
-            f"got {name!r}"
-        )
-    return namespace, name
+    return parse_namespaced_name(value, "tunnel", example="default/web", max_name=MAX_TUNNEL_NAME)
 
 
 def check_local_port(value: int) -> int:

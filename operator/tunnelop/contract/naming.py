@@ -6,6 +6,8 @@ live in one place, beside the table format.
 
 from __future__ import annotations
 
+import re
+
 import tunnelop
 
 # On every object of a relay and on its pod template; the value is the RelayNode's name.
@@ -118,3 +120,35 @@ def table_secret_name(relay: str) -> str:
 def credentials_secret_name(tunnel: str) -> str:
     """A tunnel's token and ready-to-run frpc config, in the tenant's namespace."""
     return f"{tunnel}-frpc"
+
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_LABEL_NAME = re.compile(rf"{_DNS_LABEL}")
+_SUBDOMAIN_NAME = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_LABEL_RULE = "a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit, at most {max})"
+_SUBDOMAIN_RULE = (
+    "a Kubernetes object name (lower-case letters, digits, '-' and '.', starting and ending "
+    "with a letter or digit, at most {max})"
+)
+
+
+def parse_namespaced_name(
+    value: str, what: str, *, example: str, dns_label: bool = False, max_name: int = 253
+) -> tuple[str, str]:
+    """ "NAMESPACE/NAME" of `what` (e.g. "Service", "tunnel") -> (namespace, name), or a
+    ValueError that names the part at fault and what it may be. A Service's name is a DNS
+    label (`dns_label`), most objects' a DNS subdomain of at most `max_name`."""
+    namespace, slash, name = value.partition("/")
+    if not slash or not namespace or not name or "/" in name:
+        raise ValueError(f"must be NAMESPACE/{what.upper()} (e.g. {example}), got {value!r}")
+    if len(namespace) > 63 or not _LABEL_NAME.fullmatch(namespace):
+        rule = _LABEL_RULE.format(max=63)
+        raise ValueError(f"the namespace must be {rule}, got {namespace!r}")
+    pattern, rule, limit = (
+        (_LABEL_NAME, _LABEL_RULE, min(max_name, 63))
+        if dns_label
+        else (_SUBDOMAIN_NAME, _SUBDOMAIN_RULE, max_name)
+    )
+    if len(name) > limit or not pattern.fullmatch(name):
+        raise ValueError(f"the {what} must be {rule.format(max=limit)}, got {name!r}")
+    return namespace, name

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunnelop.contract.naming import parse_namespaced_name
 from tunnelop.platform import certs, logs
 from tunnelop.platform.kube import FIELD_MANAGER, Kube, KubeError
 
@@ -42,24 +43,8 @@ def operator_namespace(env: Mapping[str, str], service_account_dir: str, fallbac
 
 def parse_service(value: str) -> tuple[str, str]:
     """NAMESPACE/NAME of the webhook's Service; ValueError naming what is wrong."""
-    namespace, slash, name = value.partition("/")
-    if not slash or not namespace or not name or "/" in name:
-        raise ValueError(f"must be NAMESPACE/NAME of the webhook's Service, got {value!r}")
-    for part, what in ((namespace, "namespace"), (name, "Service name")):
-        if not _is_dns_label(part):
-            raise ValueError(
-                f"{what} {part!r} must be a DNS label (lowercase letters, digits and '-', at "
-                "most 63, starting and ending with a letter or digit)"
-            )
-    return namespace, name
-
-
-def _is_dns_label(value: str) -> bool:
-    return (
-        0 < len(value) <= 63
-        and value[0].isalnum()
-        and value[-1].isalnum()
-        and all(c.islower() or c.isdigit() or c == "-" for c in value)
+    return parse_namespaced_name(
+        value, "Service", example="tunnelop-system/tunnelop-webhook", dns_label=True
     )
 
 
