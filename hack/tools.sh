@@ -199,11 +199,12 @@ for t in "${targets[@]}"; do
     helm) done_or_build helm "$HELM_VERSION" build_helm ;;
     kubernetes) done_or_build kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
     health-check)
-      done_or_build health-check "$(source_version health-check "$HEALTH_CHECK_PIN")" build_health_check
+      version=$(source_version health-check "$HEALTH_CHECK_PIN")
+      done_or_build health-check "$version" build_health_check
       ;;
     kstatus-check)
-      done_or_build kstatus-check "$(source_version kstatus-check "$KSTATUS_CHECK_PIN")" \
-        build_kstatus_check
+      version=$(source_version kstatus-check "$KSTATUS_CHECK_PIN")
+      done_or_build kstatus-check "$version" build_kstatus_check
       ;;
     all)
       start=$SECONDS
