@@ -5,7 +5,11 @@
 # A tool whose directory carries a .complete marker is not built again, so a second run,
 # or a fresh clone on the same machine, takes seconds.
 #
-# Usage: hack/tools.sh [all|frp|etcd|kwok|helm|kubernetes|path]...
+# The project's own Go helpers (hack/health-check, hack/kstatus-check) are built the same way
+# from their committed go.mod and go.sum, cached under their pinned dependency's version and a
+# hash of their sources, so that an edit builds them again.
+#
+# Usage: hack/tools.sh [all|frp|etcd|kwok|helm|kubernetes|health-check|kstatus-check|path]...
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -152,11 +156,37 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 }
 
+# source_version DIR PIN: the cache version of the helper module hack/DIR, whose go.mod must
+# require PIN ("module version", from versions.env): the pin, then a hash of the sources.
+source_version() {
+  local dir=$here/$1 module=${2% *} version=${2#* }
+  if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?$module $version([[:space:]]|$)" "$dir/go.mod"; then
+    log "hack/$1/go.mod does not require $module $version (hack/versions.env): run" \
+      "\`go get $module@$version\` in hack/$1, or change versions.env"
+    return 1
+  fi
+  printf '%s-%s' "$version" "$(cd "$dir" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-12)"
+}
+
+# build_helper DIR BIN: builds the helper module hack/DIR into BIN/DIR, from its go.sum only.
+build_helper() {
+  local name=$1 bin=$2
+  (cd "$here/$name" && go build -mod=readonly -trimpath -ldflags "-s -w" -o "$bin/$name" .)
+}
+build_health_check() { build_helper health-check "$2"; }
+build_kstatus_check() { build_helper kstatus-check "$2"; }
+HEALTH_CHECK_PIN="github.com/yuin/gopher-lua $GOPHER_LUA_VERSION"
+KSTATUS_CHECK_PIN="sigs.k8s.io/cli-utils $CLI_UTILS_VERSION"
+
 # `path`: prints one PATH fragment with every cached tool's bin directory.
 print_path() {
-  printf '%s:%s:%s:%s:%s\n' "$(dir_of kubernetes "$KUBERNETES_VERSION")/bin" \
+  local health kstatus
+  health=$(source_version health-check "$HEALTH_CHECK_PIN")
+  kstatus=$(source_version kstatus-check "$KSTATUS_CHECK_PIN")
+  printf '%s:%s:%s:%s:%s:%s:%s\n' "$(dir_of kubernetes "$KUBERNETES_VERSION")/bin" \
     "$(dir_of etcd "$ETCD_VERSION")/bin" "$(dir_of kwok "$KWOK_VERSION")/bin" \
-    "$(dir_of helm "$HELM_VERSION")/bin" "$(dir_of frp "$FRP_VERSION")/bin"
+    "$(dir_of helm "$HELM_VERSION")/bin" "$(dir_of frp "$FRP_VERSION")/bin" \
+    "$(dir_of health-check "$health")/bin" "$(dir_of kstatus-check "$kstatus")/bin"
 }
 
 targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(all)
@@ -168,9 +198,17 @@ for t in "${targets[@]}"; do
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
     helm) done_or_build helm "$HELM_VERSION" build_helm ;;
     kubernetes) done_or_build kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
+    health-check)
+      version=$(source_version health-check "$HEALTH_CHECK_PIN")
+      done_or_build health-check "$version" build_health_check
+      ;;
+    kstatus-check)
+      version=$(source_version kstatus-check "$KSTATUS_CHECK_PIN")
+      done_or_build kstatus-check "$version" build_kstatus_check
+      ;;
     all)
       start=$SECONDS
-      for x in frp etcd kwok helm kubernetes; do "$0" "$x"; done
+      for x in frp etcd kwok helm kubernetes health-check kstatus-check; do "$0" "$x"; done
       if (( SECONDS - start > 5 )); then
         # Something was built: Go's build cache (several GB for Kubernetes) has served its
         # purpose; the module cache stays so that a version bump does not download again.
@@ -178,6 +216,10 @@ for t in "${targets[@]}"; do
       fi
       log "all tools ready in $((SECONDS - start))s: $(du -sh "$cache" | cut -f1) in $cache"
       ;;
-    *) log "unknown target $t (one of: all frp etcd kwok helm kubernetes path)"; exit 2 ;;
+    *)
+      log "unknown target $t (one of: all frp etcd kwok helm kubernetes health-check" \
+        "kstatus-check path)"
+      exit 2
+      ;;
   esac
 done

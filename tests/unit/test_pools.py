@@ -599,6 +599,7 @@ def test_status_while_scaling_up_and_once_converged() -> None:
     assert conditions_by_type(status) == {
         "Ready": ("False", "ReplicasNotReady", "1 of 3 RelayNodes are ready"),
         "Scaling": ("True", "ScalingUp", "2 of 3 RelayNodes exist"),
+        "Reconciling": ("True", "ScalingUp", "2 of 3 RelayNodes exist"),
         "InvalidTemplate": ("False", "TemplateValid", "The template makes valid RelayNodes"),
     }
     done = members(pool, 3)

@@ -30,6 +30,7 @@ from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
 from tunnelop.domain import conditions
 from tunnelop.domain.quota import (
     NAMESPACE_SUSPENDED,
+    QUOTA_EXCEEDED,
     TRAFFIC_QUOTA_EXCEEDED,
     Hold,
     allowed_pools,
@@ -38,7 +39,19 @@ from tunnelop.domain.quota import (
     tunnel_hold_condition,
     tunnel_use,
 )
-from tunnelop.domain.scheduling import Allocation, TunnelKey, TunnelRequest, Unschedulable
+from tunnelop.domain.scheduling import (
+    CUSTOM_DOMAIN_NOT_ALLOWED,
+    CUSTOM_DOMAIN_TAKEN,
+    NO_RELAY_MATCHES,
+    PORT_NOT_ALLOWED,
+    PORT_TAKEN,
+    PROTOCOL_NOT_ALLOWED,
+    SUBDOMAIN_TAKEN,
+    Allocation,
+    TunnelKey,
+    TunnelRequest,
+    Unschedulable,
+)
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.workqueue import Requeue
 
@@ -385,9 +398,30 @@ def _bound_status(
         "endpoint": visitors,
         "url": visitors if tunnel.spec.protocol in ("http", "https") else None,
         "credentialsSecret": naming.credentials_secret_name(tunnel.metadata.name or ""),
-        "conditions": conditions.merge(status.get("conditions"), scheduled, ready),
+        "conditions": conditions.without(
+            conditions.merge(status.get("conditions"), scheduled, ready), STALLED
+        ),
     }
     return {k: v for k, v in new.items() if v is not None}
+
+
+# Reasons a tunnel waits for someone to change it or the provider's objects. kstatus (Flux,
+# kpt) reads Ready=False as still in progress; Stalled=True, shown only while one of these
+# holds, tells it the tunnel failed (docs/gitops.md). The other reasons resolve by themselves.
+STALLED = "Stalled"
+STALLED_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        NO_RELAY_MATCHES,
+        PROTOCOL_NOT_ALLOWED,
+        PORT_NOT_ALLOWED,
+        CUSTOM_DOMAIN_NOT_ALLOWED,
+        PORT_TAKEN,
+        SUBDOMAIN_TAKEN,
+        CUSTOM_DOMAIN_TAKEN,
+        QUOTA_EXCEEDED,
+    }
+)
 
 
 def _unbound_status(
@@ -395,12 +429,14 @@ def _unbound_status(
 ) -> dict[str, Any]:
     scheduled = conditions.condition("Scheduled", False, reason, message, generation)
     ready = conditions.condition("Ready", False, reason, message, generation)
+    found = conditions.merge(status.get("conditions"), scheduled, ready)
+    if reason in STALLED_REASONS:
+        stalled = conditions.condition(STALLED, True, reason, message, generation)
+        found = conditions.merge(found, stalled)
+    else:
+        found = conditions.without(found, STALLED)
     keep = {k: v for k, v in status.items() if k in ("traffic", "credentialsSecret")}
-    return {
-        **keep,
-        "observedGeneration": generation,
-        "conditions": conditions.merge(status.get("conditions"), scheduled, ready),
-    }
+    return {**keep, "observedGeneration": generation, "conditions": found}
 
 
 def _typed(status: dict[str, Any]) -> dict[str, Any]:

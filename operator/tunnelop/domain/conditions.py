@@ -37,6 +37,11 @@ def merge(existing: list[dict[str, Any]] | None, *updates: dict[str, Any]) -> li
     return sorted(result.values(), key=lambda c: c["type"])
 
 
+def without(conditions: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
+    """The conditions less the one of `type_`: for a condition shown only while it holds."""
+    return [c for c in conditions if c.get("type") != type_]
+
+
 def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 

@@ -22,6 +22,9 @@ from kubernetes.aio.config import incluster_config
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
 
 FIELD_MANAGER = "tunnelop"
+# On users' objects too, what the operator writes (status, its finalizer) shows under its own
+# name in metadata.managedFields, beside the GitOps tool's (docs/gitops.md).
+OWNED_BY_US = (("fieldManager", FIELD_MANAGER),)
 TOO_MANY_REQUESTS_RETRIES = 20
 GROUP_VERSION = "tunnelop.dev/v1alpha1"
 
@@ -259,7 +262,13 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
+        return await self.request(
+            "PATCH",
+            path,
+            body,
+            query=list(OWNED_BY_US),
+            content_type="application/merge-patch+json",
+        )
 
     async def set_finalizers(
         self,
@@ -272,7 +281,13 @@ class Kube:
         """Replace metadata.finalizers, guarded by resourceVersion (optimistic locking)."""
         path = _path(GROUP_VERSION, PLURALS[kind], name, namespace)
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
-        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
+        return await self.request(
+            "PATCH",
+            path,
+            body,
+            query=list(OWNED_BY_US),
+            content_type="application/merge-patch+json",
+        )
 
     async def add_finalizer(
         self, kind: str, body: dict[str, Any], finalizer: str

@@ -1,5 +1,5 @@
 """A RelayPool's status: replicas, readyReplicas, selector, desiredReplicas, utilization and
-the conditions Ready, Scaling and InvalidTemplate."""
+the conditions Ready, Scaling, Reconciling and InvalidTemplate."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from tunnelop.domain.pools.template import pool_selector, template_problems
 
 READY = "Ready"
 SCALING = "Scaling"
+# Scaling under the name kstatus (Flux, kpt) reads: a pool that scales down or rolls out
+# while Ready stays True is still in progress, not Current (docs/gitops.md).
+RECONCILING = "Reconciling"
 INVALID_TEMPLATE = "InvalidTemplate"
 
 
@@ -62,6 +65,7 @@ def pool_status(
     scaling = conditions.condition(
         SCALING, scaling_reason != "Converged", scaling_reason, scaling_message, generation
     )
+    reconciling = {**scaling, "type": RECONCILING}
     is_ready = len(ready_serving) >= desired
     ready_condition = conditions.condition(
         READY,
@@ -79,7 +83,7 @@ def pool_status(
         "readyReplicas": len(ready),
         "desiredReplicas": desired,
         "selector": pool_selector(pool.metadata.name or ""),
-        "conditions": conditions.merge(existing, ready_condition, scaling, invalid),
+        "conditions": conditions.merge(existing, ready_condition, scaling, reconciling, invalid),
     }
     if decision is not None:
         status["utilization"] = decision.utilization
