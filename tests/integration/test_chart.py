@@ -872,6 +872,12 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("patch", "tunnels.tunnelop.dev", tenant, "t"),
         ("patch", "tunnels/status.tunnelop.dev", tenant, "t"),
         ("update", "tunnels/finalizers.tunnelop.dev", tenant, "t"),
+        # The load-balancer class: Services watched, their status written, their Tunnels.
+        ("list", "services", None, None),
+        ("watch", "services", None, None),
+        ("patch", "services/status", tenant, "web"),
+        ("create", "tunnels.tunnelop.dev", tenant, None),
+        ("delete", "tunnels.tunnelop.dev", tenant, "web-80-tcp"),
         ("list", "tunnelquotas.tunnelop.dev", None, None),
         ("get", "tunnelquotas.tunnelop.dev", tenant, "q"),
         ("patch", "tunnelquotas/status.tunnelop.dev", tenant, "q"),
@@ -933,9 +939,13 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("delete", "secrets", tenant, "t-frpc"),
         ("delete", "secrets", relays, "relay-r-table"),
         ("get", "secrets", home, f"sh.helm.release.v1.{rbac['release']}.v1"),
-        ("delete", "tunnels.tunnelop.dev", tenant, "t"),
         ("update", "tunnels.tunnelop.dev", tenant, "t"),
-        ("create", "tunnels.tunnelop.dev", tenant, None),
+        # A user's Service: only its status is the operator's.
+        ("patch", "services", tenant, "web"),
+        ("update", "services", tenant, "web"),
+        ("delete", "services", tenant, "web"),
+        ("update", "services/status", tenant, "web"),
+        ("update", "services/finalizers", tenant, "web"),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, "other"),
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
         (

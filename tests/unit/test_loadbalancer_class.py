@@ -4,9 +4,11 @@ status.loadBalancer and the problems to report out; bad annotations named, never
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -350,3 +352,15 @@ def test_a_port_the_relay_cannot_give_is_reported_once_per_reason():
     stale = tunnel_body(False, None, taken)
     stale["metadata"]["generation"] = 2
     assert port_problems(request, {"web-80-tcp": stale}) == {}
+
+
+def test_the_documented_example_gets_the_documented_tunnels():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "loadbalancer.md").read_text()
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))
+    example["metadata"]["uid"] = "example-uid"
+    assert is_relay_load_balancer(example)
+    manifests = build_service_tunnels(example, request_of(example))
+    assert sorted(m["metadata"]["name"] for m in manifests) == ["game-19132-udp", "game-25565-tcp"]
+    for manifest in manifests:
+        tunnel = Tunnel.model_validate(manifest)
+        assert tunnel.spec.relay.pool == "eu-free" and tunnel.spec.bandwidth == "20M"
