@@ -240,3 +240,26 @@ async def test_a_bad_annotation_is_one_event_and_the_tunnels_stay():
     ((kind, reason, message),) = kube.events
     assert (kind, reason) == ("Service", "InvalidService")
     assert message.startswith(f"annotation {POOL_ANNOTATION}: must be a DNS-1035 label")
+
+
+async def test_a_recreated_service_replaces_the_tunnels_of_its_predecessor():
+    rt, kube = runtime()
+    rt.cache.load_balancers[KEY] = service()
+    await loadbalancers.reconcile(rt, KEY)
+    for manifest in kube.applied:
+        rt.cache.remember_tunnel(("shop", manifest["metadata"]["name"]), stored(manifest, True))
+    kube.applied.clear()
+    again = service()
+    again["metadata"]["uid"] = "u2"
+    rt.cache.load_balancers[KEY] = again
+    await loadbalancers.reconcile(rt, KEY)
+    await settle(rt)
+    assert sorted(kube.deleted) == [("shop", "web-53-udp"), ("shop", "web-80-tcp")]
+    # Created anew once those are gone (their deletion reconciles the Service), not before,
+    # and not reported as someone else's.
+    assert kube.applied == [] and kube.events == []
+    for name in ("web-53-udp", "web-80-tcp"):
+        rt.cache.forget_tunnel(("shop", name))
+    await loadbalancers.reconcile(rt, KEY)
+    owners = {t["metadata"]["ownerReferences"][0]["uid"] for t in kube.applied}
+    assert len(kube.applied) == 2 and owners == {"u2"}

@@ -107,7 +107,10 @@ async def _apply_tunnels(
     for manifest in build_service_tunnels(service, request):
         name = manifest["metadata"]["name"]
         existing = rt.cache.tunnels.get((namespace, name))
-        if existing is not None and _controller_uid(existing) != uid:
+        owner = _controller(existing or {})
+        if existing is not None and owner.get("uid") != uid:
+            if owner.get("name") == service["metadata"]["name"]:
+                continue  # a deleted Service's of the same name, going: its deletion requeues
             _report_once(
                 rt,
                 service,
@@ -115,7 +118,7 @@ async def _apply_tunnels(
                 f"taken {name}",
                 "TunnelNameTaken",
                 f"Tunnel {name} exists and does not belong to this Service; it is left alone, "
-                f"and the port it would serve stays closed until it is renamed or deleted",
+                "and the port it would serve stays closed until it is renamed or deleted",
             )
             continue
         reports.pop(f"taken {name}", None)
