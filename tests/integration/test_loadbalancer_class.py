@@ -50,6 +50,12 @@ def apply_as_gitops(manifest: dict[str, Any], namespace: str) -> None:
     )  # fmt: skip
 
 
+def with_managed_fields(service: str, namespace: str) -> dict[str, Any]:
+    """The Service with metadata.managedFields (kubectl leaves them out unless asked)."""
+    args = ["get", "service", service, "-n", namespace, "-o", "json", "--show-managed-fields"]
+    return json.loads(tools.kubectl(*args).stdout)
+
+
 def tunnels_of(service: str, namespace: str) -> dict[str, dict[str, Any]]:
     found = objects.list_objects("tunnel", namespace, f"tunnelop.dev/service={service}")
     return {t["metadata"]["name"]: t for t in found}
@@ -120,7 +126,7 @@ async def test_a_service_of_the_class_gets_tunnels_and_the_relays_address(
 
     # Only status.loadBalancer is the operator's, by its own field manager: Git's apply of the
     # same manifest finds nothing to change.
-    service = objects.get("service", "game", namespace)
+    service = with_managed_fields("game", namespace)
     managers = {
         (m["manager"], m.get("subresource", "")) for m in service["metadata"]["managedFields"]
     }
@@ -138,7 +144,7 @@ async def test_a_service_of_the_class_gets_tunnels_and_the_relays_address(
     # The other classes' Services: no Tunnel, no status, no trace of the operator.
     for name in others:
         assert tunnels_of(name, namespace) == {}
-        body = objects.get("service", name, namespace)
+        body = with_managed_fields(name, namespace)
         assert not (body.get("status") or {}).get("loadBalancer"), body.get("status")
         assert all(m["manager"] != MANAGER for m in body["metadata"]["managedFields"])
         events = objects.events(namespace, name, "Service")
@@ -174,7 +180,7 @@ async def test_a_port_the_relay_cannot_give_is_a_warning_on_the_service(
     await wait_for(lambda: {"PortTaken", "TunnelRefused"} <= reasons(), what="both Events")
     messages = dict(warnings_about("second", namespace))
     assert messages["PortTaken"].startswith("port 23011/TCP (web) (Tunnel second-23011-tcp): ")
-    assert relay in messages["PortTaken"]
+    assert "tcp port 23011 taken by" in messages["PortTaken"]
     assert "Tunnel second-24999-tcp" in messages["TunnelRefused"]
     assert "spec.remotePort: 24999" in messages["TunnelRefused"]
     assert ingress_of("second", namespace) == []
