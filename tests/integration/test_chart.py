@@ -1090,6 +1090,30 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
     for obj in writes:
         result = server_dry_run(json.dumps(obj), *as_operator)
         assert result.returncode == 0, f"{obj['kind']} {obj['metadata']['name']}: {result.stderr}"
+    # A Service of the load-balancer class: status.loadBalancer written as the LoadBalancer
+    # controller writes it (server-side apply of the status subresource), its spec not.
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": tenant},
+        "spec": {
+            "type": "LoadBalancer",
+            "loadBalancerClass": "tunnelop.dev/relay",
+            "allocateLoadBalancerNodePorts": False,
+            "ports": [{"name": "http", "port": 80}],
+        },
+    }
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(service))
+    ingress = [{"ip": "203.0.113.7", "ipMode": "Proxy", "ports": [{"port": 80, "protocol": "TCP"}]}]
+    status = {**service, "status": {"loadBalancer": {"ingress": ingress}}}
+    del status["spec"]
+    args = ["apply", "--server-side", "--dry-run=server", "--subresource=status"]
+    args += ["--field-manager=tunnelop-loadbalancer", "-f", "-", *as_operator]
+    result = tools.kubectl(*args, input=json.dumps(status), check=False)
+    assert result.returncode == 0, f"Service status: {result.stderr}"
+    respecced = {**service, "spec": {**service["spec"], "ports": [{"name": "http", "port": 81}]}}
+    result = server_dry_run(json.dumps(respecced), *as_operator)
+    assert result.returncode != 0 and "forbidden" in result.stderr.lower(), result.stderr
     # RBAC checks a RoleBinding against the Role it names, which a dry run does not store.
     role = relay_builders.build_role(relay, relays)
     role["metadata"].pop("ownerReferences")  # no RelayNode here to own it
