@@ -6,6 +6,7 @@ pod down for as long as a test wants, as failing readiness probes would."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import textwrap
 import uuid
@@ -105,7 +106,9 @@ async def test_frps_pod_carries_real_bytes_from_frpc(
     )
     await core.create_namespaced_pod(namespace, pod)
     address = relay_runner.address_of(relay)
-    assert address.startswith("127.0.0.") and address != "127.0.0.1"
+    # A loopback address of its own, never the host's own 127.0.0.1.
+    assert ipaddress.IPv4Address(address) in ipaddress.IPv4Network("127.0.0.0/8")
+    assert address != "127.0.0.1"
 
     remote_port = 17000 + int(uuid.uuid4().int % 1000)
     async with echo_server() as local_port:
