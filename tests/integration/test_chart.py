@@ -879,6 +879,12 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("patch", "tunnels.tunnelop.dev", tenant, "t"),
         ("patch", "tunnels/status.tunnelop.dev", tenant, "t"),
         ("update", "tunnels/finalizers.tunnelop.dev", tenant, "t"),
+        # The load-balancer class: Services watched, their status written, their Tunnels.
+        ("list", "services", None, None),
+        ("watch", "services", None, None),
+        ("patch", "services/status", tenant, "web"),
+        ("create", "tunnels.tunnelop.dev", tenant, None),
+        ("delete", "tunnels.tunnelop.dev", tenant, "web-80-tcp"),
         ("list", "tunnelquotas.tunnelop.dev", None, None),
         ("get", "tunnelquotas.tunnelop.dev", tenant, "q"),
         ("patch", "tunnelquotas/status.tunnelop.dev", tenant, "q"),
@@ -940,9 +946,13 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("delete", "secrets", tenant, "t-frpc"),
         ("delete", "secrets", relays, "relay-r-table"),
         ("get", "secrets", home, f"sh.helm.release.v1.{rbac['release']}.v1"),
-        ("delete", "tunnels.tunnelop.dev", tenant, "t"),
         ("update", "tunnels.tunnelop.dev", tenant, "t"),
-        ("create", "tunnels.tunnelop.dev", tenant, None),
+        # A user's Service: only its status is the operator's.
+        ("patch", "services", tenant, "web"),
+        ("update", "services", tenant, "web"),
+        ("delete", "services", tenant, "web"),
+        ("update", "services/status", tenant, "web"),
+        ("update", "services/finalizers", tenant, "web"),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, "other"),
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
         (
@@ -1087,6 +1097,30 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
     for obj in writes:
         result = server_dry_run(json.dumps(obj), *as_operator)
         assert result.returncode == 0, f"{obj['kind']} {obj['metadata']['name']}: {result.stderr}"
+    # A Service of the load-balancer class: status.loadBalancer written as the LoadBalancer
+    # controller writes it (server-side apply of the status subresource), its spec not.
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": tenant},
+        "spec": {
+            "type": "LoadBalancer",
+            "loadBalancerClass": "tunnelop.dev/relay",
+            "allocateLoadBalancerNodePorts": False,
+            "ports": [{"name": "http", "port": 80}],
+        },
+    }
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(service))
+    ingress = [{"ip": "203.0.113.7", "ipMode": "Proxy", "ports": [{"port": 80, "protocol": "TCP"}]}]
+    status = {**service, "status": {"loadBalancer": {"ingress": ingress}}}
+    del status["spec"]
+    args = ["apply", "--server-side", "--dry-run=server", "--subresource=status"]
+    args += ["--field-manager=tunnelop-loadbalancer", "-f", "-", *as_operator]
+    result = tools.kubectl(*args, input=json.dumps(status), check=False)
+    assert result.returncode == 0, f"Service status: {result.stderr}"
+    respecced = {**service, "spec": {**service["spec"], "ports": [{"name": "http", "port": 81}]}}
+    result = server_dry_run(json.dumps(respecced), *as_operator)
+    assert result.returncode != 0 and "forbidden" in result.stderr.lower(), result.stderr
     # RBAC checks a RoleBinding against the Role it names, which a dry run does not store.
     role = relay_builders.build_role(relay, relays)
     role["metadata"].pop("ownerReferences")  # no RelayNode here to own it

@@ -34,6 +34,9 @@ class Caches:
     namespace_tunnels: dict[str, set[TunnelKey]] = field(default_factory=dict)
     # namespace -> TunnelQuota name -> object
     quotas: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Services of the load-balancer class tunnelop.dev/relay by (namespace, name), slimmed
+    # to what the LoadBalancer controller reads; Services of other classes are not kept.
+    load_balancers: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
     # namespace -> the effective limits of its quotas, computed once per quota change
     _limits: dict[str, Limits] = field(default_factory=dict)
 

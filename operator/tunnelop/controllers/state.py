@@ -82,6 +82,12 @@ class Runtime:
     # Each tunnel's traffic as last read from its relay's agent (the traffic controller
     # writes it, the Tunnel controller reports it).
     traffic: dict[TunnelKey, Observed] = field(default_factory=dict)
+    # Services of the load-balancer class by (namespace, name); their reconciles wait until
+    # these watches (Services, Tunnels) have synced, and each Service's Events already posted
+    # (topic -> what was said), so that a problem is reported once, not per reconcile.
+    service_queue: WorkQueue[TunnelKey] | None = None
+    load_balancer_watches: list[asyncio.Event] = field(default_factory=list)
+    load_balancer_reports: dict[TunnelKey, dict[str, str]] = field(default_factory=dict)
     # What runs beside the work queues (informers, the traffic collector), stopped first.
     running: list[Any] = field(default_factory=list)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -113,7 +119,13 @@ class Runtime:
     def queues(self) -> list[WorkQueue[Any]]:
         return [
             q
-            for q in (self.tunnel_queue, self.relay_queue, self.quota_queue, self.pool_queue)
+            for q in (
+                self.tunnel_queue,
+                self.relay_queue,
+                self.quota_queue,
+                self.pool_queue,
+                self.service_queue,
+            )
             if q is not None
         ]
 

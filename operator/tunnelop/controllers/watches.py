@@ -16,13 +16,14 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
-from tunnelop.controllers import pools, quotas, relays, tunnels
+from tunnelop.controllers import loadbalancers, pools, quotas, relays, tunnels
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.status import utcnow
 from tunnelop.controllers.traffic import TrafficCollector, TrafficOptions
 from tunnelop.domain import conditions
 from tunnelop.domain.drain import drain_of
+from tunnelop.domain.loadbalancers.request import SERVICE_LABEL, is_relay_load_balancer, slim
 from tunnelop.domain.quota import effective_bandwidth
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, POOL_LABEL, RelayView
 from tunnelop.domain.scheduling import Allocation, TunnelKey, normal_hosts
@@ -54,12 +55,22 @@ async def start(
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     rt.quota_queue = WorkQueue("quotas", lambda key: quotas.reconcile(rt, key), 2)
     rt.pool_queue = WorkQueue("pools", lambda name: pools.reconcile(rt, name), 2)
+    rt.service_queue = WorkQueue("loadbalancers", lambda key: loadbalancers.reconcile(rt, key), 2)
     # After each table write the relay's status reports the new allocation.
     rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
     await restore(rt)
+    tunnel_informer = Informer(
+        kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)
+    )
+    # Every Service, cluster-wide: no selector picks a class, and spec.type only from
+    # Kubernetes 1.31 (the chart supports 1.27); on_service keeps only those of the class
+    # tunnelop.dev/relay (slimmed) and drops the rest unread.
+    service_informer = Informer(kube, "/api/v1/services", lambda k, o: on_service(rt, k, o))
+    rt.load_balancer_watches = [tunnel_informer.synced, service_informer.synced]
     informers = [
-        Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)),
+        tunnel_informer,
+        service_informer,
         Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnelquotas", lambda k, o: on_quota(rt, k, o)),
         Informer(
             kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
@@ -81,6 +92,7 @@ async def start(
     rt.tunnel_queue.start()
     rt.quota_queue.start()
     rt.pool_queue.start()
+    rt.service_queue.start()
     collector = TrafficCollector(rt, traffic)
     collector.start()
     rt.running = [*informers, collector]
@@ -306,6 +318,24 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
             metrics.scheduling.enqueued(key)
     assert rt.tunnel_queue is not None
     rt.tunnel_queue.add(key)
+    service = (body["metadata"].get("labels") or {}).get(SERVICE_LABEL)
+    if service:  # made for a Service of the load-balancer class: its status may change
+        assert rt.service_queue is not None
+        rt.service_queue.add((key[0], service))
+
+
+def on_service(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """A Service of the class tunnelop.dev/relay is kept (slimmed) and reconciled; one that
+    stops being of the class (deleted, or another class or type) is reconciled once more, to
+    take its Tunnels away; any other Service is ignored."""
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace") or "", meta.get("name") or "")
+    if kind != "DELETED" and is_relay_load_balancer(body):
+        rt.cache.load_balancers[key] = slim(body)
+    elif rt.cache.load_balancers.pop(key, None) is None:
+        return
+    assert rt.service_queue is not None
+    rt.service_queue.add(key)
 
 
 def on_quota(rt: Runtime, kind: str, body: dict[str, Any]) -> None:

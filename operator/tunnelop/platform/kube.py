@@ -217,6 +217,20 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
+    async def apply_status(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any] | None:
+        """Server-side apply of the status subresource of an object the operator does not own
+        (a user's Service), as `field_manager`: only the status fields it names are the
+        operator's, and nothing of the object's spec, labels or annotations is written."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], PLURALS[obj["kind"]], meta["name"], meta.get("namespace"))
+        return await self.request(
+            "PATCH",
+            path + "/status",
+            obj,
+            query=[("fieldManager", field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
     async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Create; a KubeError with status 409 when it exists already."""
         meta = obj["metadata"]
