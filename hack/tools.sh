@@ -5,7 +5,7 @@
 # A tool whose directory carries a .complete marker is not built again, so a second run,
 # or a fresh clone on the same machine, takes seconds.
 #
-# Usage: hack/tools.sh [all|frp|etcd|kwok|helm|kubernetes|path]...
+# Usage: hack/tools.sh [all|frp|etcd|kwok|helm|kubernetes|gateway-api|path|gateway-api-crds]...
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -152,6 +152,19 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 }
 
+build_gateway_api() {
+  # Not a binary: the standard channel's CRDs, copied from the module the proxy serves
+  # (config/crd/standard in its zip; TCPRoute and UDPRoute are v1 there since v1.6).
+  local version=$1 bin=$2 dir
+  dir=$(go mod download -json "sigs.k8s.io/gateway-api@$version" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$bin/../crds"
+  cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$bin/../crds/"
+  # The channel's ValidatingAdmissionPolicy (against mixing channels) is no CRD.
+  rm -f "$bin"/../crds/*_vap_*.yaml
+  chmod u+w "$bin"/../crds/*.yaml
+}
+
 # `path`: prints one PATH fragment with every cached tool's bin directory.
 print_path() {
   printf '%s:%s:%s:%s:%s\n' "$(dir_of kubernetes "$KUBERNETES_VERSION")/bin" \
@@ -168,9 +181,12 @@ for t in "${targets[@]}"; do
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
     helm) done_or_build helm "$HELM_VERSION" build_helm ;;
     kubernetes) done_or_build kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
+    gateway-api) done_or_build gateway-api "$GATEWAY_API_VERSION" build_gateway_api ;;
+    # `gateway-api-crds`: the directory of the cached Gateway API CRDs.
+    gateway-api-crds) printf '%s/crds\n' "$(dir_of gateway-api "$GATEWAY_API_VERSION")" ;;
     all)
       start=$SECONDS
-      for x in frp etcd kwok helm kubernetes; do "$0" "$x"; done
+      for x in frp etcd kwok helm kubernetes gateway-api; do "$0" "$x"; done
       if (( SECONDS - start > 5 )); then
         # Something was built: Go's build cache (several GB for Kubernetes) has served its
         # purpose; the module cache stays so that a version bump does not download again.
@@ -178,6 +194,6 @@ for t in "${targets[@]}"; do
       fi
       log "all tools ready in $((SECONDS - start))s: $(du -sh "$cache" | cut -f1) in $cache"
       ;;
-    *) log "unknown target $t (one of: all frp etcd kwok helm kubernetes path)"; exit 2 ;;
+    *) log "unknown target $t (one of: all frp etcd kwok helm kubernetes gateway-api path gateway-api-crds)"; exit 2 ;;
   esac
 done
