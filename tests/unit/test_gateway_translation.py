@@ -845,3 +845,15 @@ def test_tunnel_names_are_short_dns_labels_one_per_route_gateway_and_listener():
     assert len(names) == 8
     udp = RouteView.of("UDPRoute", {"metadata": {"name": "a", "namespace": NS}, "spec": {}})
     assert tunnel_name(udp, (NS, "edge"), "c") != tunnel_name(route("a"), (NS, "edge"), "c")
+
+
+def test_a_route_on_a_listener_that_is_not_accepted_is_attached_and_says_it_gets_no_traffic():
+    gw = gateway("edge", listener("dns", 53, "UDP"), listener("tcp", 21000))
+    result = translate(world([gw], [route("dns", kind="UDPRoute")]))
+    (accepted,) = [
+        c for c in parent_conditions(result, "dns", "UDPRoute") if c["type"] == "Accepted"
+    ]
+    assert (accepted["status"], accepted["reason"]) == ("True", "Accepted")
+    assert "listener dns is not accepted (PortUnavailable)" in accepted["message"]
+    assert listener_of(gateway_status_of(result), "dns")["attachedRoutes"] == 1
+    assert result.tunnels == {}

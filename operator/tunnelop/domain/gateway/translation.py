@@ -161,7 +161,7 @@ def translate(world: World) -> Translation:
     for name, gateway_class in sorted(world.classes.items()):
         if gateway_class.controller == CONTROLLER_NAME:
             result.classes[name] = (gateway_class, _judge_class(gateway_class, world))
-    claims: dict[PortKey, GatewayView] = {}
+    claims: dict[PortKey, tuple[GatewayView, str]] = {}
     works: dict[Key, _GatewayWork] = {}
     ours = [g for g in world.gateways.values() if g.class_name in result.classes]
     for gateway in sorted(ours, key=lambda g: g.meta.age_order()):
@@ -207,7 +207,7 @@ def translate(world: World) -> Translation:
             listeners=tuple(listeners),
             relay=work.relay.name if work.relay else None,
         )
-    _note_losers(result, winners)
+    _note_listeners(result, winners)
     return result
 
 
@@ -228,7 +228,7 @@ def _judge_gateway(
     gateway: GatewayView,
     class_verdict: Verdict,
     world: World,
-    claims: dict[PortKey, GatewayView],
+    claims: dict[PortKey, tuple[GatewayView, str]],
 ) -> _GatewayWork:
     plans = [judge_listener(listener) for listener in gateway.listeners]
     refusal: Verdict | None = None
@@ -267,7 +267,7 @@ def _claim_port(
     gateway: GatewayView,
     relay: RelayState,
     world: World,
-    claims: dict[PortKey, GatewayView],
+    claims: dict[PortKey, tuple[GatewayView, str]],
 ) -> ListenerPlan:
     if not plan.accepted.ok or plan.family is None:
         return plan
@@ -276,13 +276,18 @@ def _claim_port(
         return plan.refused(refused)
     port = plan.listener.port
     key = (relay.name, plan.family, port)
-    older = claims.get(key)
-    if older is not None:
+    claimed = claims.get(key)
+    if claimed is not None:
+        older, name = claimed
+        by = (
+            f"listener {name} of this Gateway"
+            if older is gateway
+            else f"the older Gateway {older.meta.namespace}/{older.meta.name}"
+        )
         return plan.refused(
             false(
                 PORT_UNAVAILABLE,
-                f"port {port}/{plan.family} of relay {relay.name} is taken by the older "
-                f"Gateway {older.meta.namespace}/{older.meta.name}",
+                f"port {port}/{plan.family} of relay {relay.name} is taken by {by}",
             )
         )
     holder = world.port_holders.get(key)
@@ -299,7 +304,7 @@ def _claim_port(
                 f"{holder[0]}/{holder[1]}",
             )
         )
-    claims[key] = gateway
+    claims[key] = (gateway, plan.listener.name)
     return plan
 
 
@@ -456,31 +461,52 @@ def tunnel_name(route: RouteView, gateway: Key, listener: str) -> str:
     return f"{readable}-{digest}" if readable else f"route-{digest}"
 
 
-def _note_losers(result: Translation, winners: Mapping[tuple[Key, str], RouteView]) -> None:
-    """A route attached where an older one is served is Accepted (the standard counts it),
-    and says it gets no traffic there."""
+def _note_listeners(result: Translation, winners: Mapping[tuple[Key, str], RouteView]) -> None:
+    """A route is Accepted on a listener whatever the listener's own state (the standard
+    counts it as attached); where it gets no traffic, its message says why: the listener
+    serves an older route, or is not accepted."""
     for route_key, outcome in result.routes.items():
         route = outcome.route
         parents = []
         for parent in outcome.parents:
             gateway_key = parent.parent.gateway_key(route.meta.namespace)
-            served_by = [
-                (name, winners[(gateway_key, name)])
+            gateway = result.gateways.get(gateway_key) if gateway_key else None
+            notes = [
+                note
                 for name in parent.listeners
-                if gateway_key and winners.get((gateway_key, name)) not in (None, route)
-            ]
-            if served_by:
-                notes = "; ".join(
-                    f"listener {name} serves the older {other.kind} "
-                    f"{other.meta.namespace}/{other.meta.name}, so this route gets no traffic "
-                    "there (one route per TCP or UDP listener)"
-                    for name, other in served_by
+                if gateway is not None
+                and (
+                    note := _no_traffic(
+                        name, gateway, winners.get((gateway.gateway.meta.key, name)), route
+                    )
                 )
+            ]
+            if notes:
                 accepted = parent.accepted
-                note = Verdict(accepted.status, accepted.reason, f"{accepted.message}; {notes}")
+                note = Verdict(
+                    accepted.status, accepted.reason, "; ".join([accepted.message, *notes])
+                )
                 parent = ParentOutcome(parent.parent, note, parent.resolved_refs, parent.listeners)
             parents.append(parent)
         result.routes[route_key] = RouteOutcome(route, tuple(parents))
+
+
+def _no_traffic(
+    name: str, gateway: GatewayOutcome, winner: RouteView | None, route: RouteView
+) -> str | None:
+    if winner is not None and winner is not route:
+        return (
+            f"listener {name} serves the older {winner.kind} {winner.meta.namespace}/"
+            f"{winner.meta.name}, so this route gets no traffic there (one route per TCP or "
+            "UDP listener)"
+        )
+    listener = next((entry for entry in gateway.listeners if entry.name == name), None)
+    if listener is not None and not listener.accepted.ok:
+        return (
+            f"listener {name} is not accepted ({listener.accepted.reason}), so this route gets "
+            "no traffic there"
+        )
+    return None
 
 
 # ---- listeners ----------------------------------------------------------------------------
