@@ -16,6 +16,7 @@ from typing import Any
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.builders.relay import DefaultRelayImages
 from tunnelop.controllers.caches import Caches
+from tunnelop.controllers.gateway_api import GatewayApi
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.domain.pools import RelayLoad
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE
@@ -82,6 +83,9 @@ class Runtime:
     # Each tunnel's traffic as last read from its relay's agent (the traffic controller
     # writes it, the Tunnel controller reports it).
     traffic: dict[TunnelKey, Observed] = field(default_factory=dict)
+    # The Gateway API's caches and watches, and the queue of its one translation.
+    gateway_api: GatewayApi | None = None
+    gateway_queue: WorkQueue[str] | None = None
     # What runs beside the work queues (informers, the traffic collector), stopped first.
     running: list[Any] = field(default_factory=list)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -113,7 +117,13 @@ class Runtime:
     def queues(self) -> list[WorkQueue[Any]]:
         return [
             q
-            for q in (self.tunnel_queue, self.relay_queue, self.quota_queue, self.pool_queue)
+            for q in (
+                self.tunnel_queue,
+                self.relay_queue,
+                self.quota_queue,
+                self.pool_queue,
+                self.gateway_queue,
+            )
             if q is not None
         ]
 

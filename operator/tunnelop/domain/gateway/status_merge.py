@@ -60,7 +60,8 @@ def gateway_status(old: Mapping[str, Any], outcome: GatewayOutcome) -> dict[str,
             }
         )
     return {
-        "addresses": [{"type": kind, "value": value} for kind, value in outcome.addresses],
+        # None (no address yet) removes the field in a merge patch, and equals its absence.
+        "addresses": [{"type": kind, "value": value} for kind, value in outcome.addresses] or None,
         "conditions": conditions.merge(
             old.get("conditions"),
             outcome.accepted.condition(ACCEPTED, generation),
