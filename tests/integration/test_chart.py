@@ -28,7 +28,9 @@ from support import objects, tools
 from support.operator import delete_webhook_configurations, session_operator_aside
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders import relay as relay_builders
+from tunnelop.builders.route_tunnel import route_tunnel
 from tunnelop.contract import naming
+from tunnelop.domain.gateway import RouteView, Target, TunnelWant
 
 CHART = tools.REPO / "helm" / "tunnelop"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
@@ -1070,6 +1072,7 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
         relay_builders.build_credentials_secret(
             tenant, "t", str(uuid.uuid4()), frpc_toml="# frpc", token="t"
         ),
+        _route_tunnel(tenant),
     ]
     # Created with a POST, as the leader elector and Kube.event do.
     created = [
@@ -1117,6 +1120,27 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
         result = server_dry_run(json.dumps(obj), *as_operator)
         assert result.returncode != 0, f"the operator could write {obj}"
         assert "forbidden" in result.stderr.lower()
+
+
+def _route_tunnel(namespace: str) -> dict[str, Any]:
+    """A Tunnel as the Gateway API controller applies it for a TCPRoute."""
+    route = RouteView.of(
+        "TCPRoute",
+        {"metadata": {"name": "db", "namespace": namespace, "uid": str(uuid.uuid4())}},
+    )
+    return route_tunnel(
+        TunnelWant(
+            key=(namespace, "db-tcp-0123abcd"),
+            protocol="tcp",
+            port=20000,
+            node="r",
+            pool=None,
+            target=Target("postgres", 5432),
+            route=route,
+            gateway=(namespace, "edge"),
+            listener="tcp",
+        )
+    )
 
 
 def apply_agent_rbac(relay: RelayNode, relays: str) -> str:
