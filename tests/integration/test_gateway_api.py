@@ -412,3 +412,52 @@ async def test_a_gateway_naming_no_relay_or_an_address_of_its_own_is_refused(
     finally:
         tools.kubectl("delete", "gateways", "--all", "-n", namespace)
         tools.kubectl("delete", "gatewayclass", class_name, "--ignore-not-found")
+
+
+async def test_a_class_naming_a_pool_puts_each_gateway_on_one_relay_of_it(
+    operator, gateway_api_crds, namespace
+) -> None:
+    pool = f"gwp-{RUN}"
+    objects.apply(
+        {
+            "apiVersion": "tunnelop.dev/v1alpha1",
+            "kind": "RelayPool",
+            "metadata": {"name": pool},
+            "spec": {
+                "replicas": 2,
+                "template": {
+                    "spec": {
+                        "ports": {"range": "22300-22399"},
+                        "exposure": {"type": "LoadBalancer", "address": "198.51.100.30"},
+                    }
+                },
+            },
+        }
+    )
+    class_name = f"gwc-pool-{RUN}"
+    params = {"group": "tunnelop.dev", "kind": "RelayPool", "name": pool}
+    objects.apply(gateway_class(class_name, parametersRef=params))
+    try:
+        await wait_condition("gatewayclass", class_name, None, "Accepted", reason="Accepted")
+        edge = gateway("edge", class_name, "ignored", listener("tcp", 22310, "TCP"))
+        edge["metadata"]["annotations"] = {}  # the class's pool, not a node
+        objects.apply(
+            [
+                service("echo", (7, "TCP")),
+                edge,
+                route("TCPRoute", "echo", {"name": "edge"}, "echo", 7),
+            ],
+            namespace,
+        )
+        body = await wait_condition("gateway", "edge", namespace, "Programmed", timeout=90)
+        assert body["status"]["addresses"] == [{"type": "IPAddress", "value": "198.51.100.30"}]
+        (tunnel,) = (await wait_for(lambda: route_tunnels(namespace), 60, what="Tunnel")).values()
+        placement = tunnel["spec"]["relay"]
+        assert placement["pool"] == pool
+        assert placement["node"] in {f"{pool}-0", f"{pool}-1"}
+        ready = await wait_condition("tunnel", tunnel["metadata"]["name"], namespace, "Ready")
+        assert ready["status"]["relayNode"] == placement["node"]
+    finally:
+        tools.kubectl("delete", "gateways,tcproutes", "--all", "-n", namespace)
+        tools.kubectl("delete", "gatewayclass", class_name, "--ignore-not-found")
+        tools.kubectl("delete", "relaypool", pool, "--ignore-not-found", "--wait=false")
