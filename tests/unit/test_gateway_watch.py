@@ -85,14 +85,18 @@ def test_a_tunnel_made_for_a_route_asks_for_a_translation_when_what_it_reports_c
     )
     watch.on_tunnel("MODIFIED", route_tunnel_body(extra="x"))  # nothing it reports
     assert pokes.count == 1
+    edited = route_tunnel_body()
+    edited["metadata"]["generation"] = 2  # its spec edited by someone: looked at again
+    watch.on_tunnel("MODIFIED", edited)
+    assert pokes.count == 2
     watch.on_tunnel("MODIFIED", route_tunnel_body("True"))
-    assert pokes.count == 2 and next(iter(watch.tunnels.values())).ready
+    assert pokes.count == 3 and next(iter(watch.tunnels.values())).ready
     watch.on_tunnel("DELETED", route_tunnel_body("True"))
-    assert pokes.count == 3 and watch.tunnels == {}
+    assert pokes.count == 4 and watch.tunnels == {}
     other = route_tunnel_body()
     other["metadata"]["labels"] = {}
     watch.on_tunnel("ADDED", other)  # a tenant's own Tunnel
-    assert pokes.count == 3 and watch.tunnels == {}
+    assert pokes.count == 4 and watch.tunnels == {}
 
 
 def test_services_and_namespaces_ask_for_a_translation_only_when_what_routes_see_changes():

@@ -63,6 +63,8 @@ class TunnelSeen:
     reason: str | None
     message: str
     port_refused: bool
+    # Its metadata.generation: a spec changed by anyone makes the controller look again.
+    generation: int | None = None
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> TunnelSeen:
@@ -88,4 +90,5 @@ class TunnelSeen:
                 and scheduled.get("status") == "False"
                 and scheduled.get("reason") in PORT_REASONS
             ),
+            generation=meta.get("generation"),
         )
