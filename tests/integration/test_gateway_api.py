@@ -262,6 +262,18 @@ async def test_a_gateway_serves_tcp_and_udp_routes_with_tunnels_and_refuses_http
         assert body["metadata"]["annotations"] == {"tunnelop.dev/node": relay}
         assert "labels" not in body["metadata"]
 
+        # The Tunnels are the operator's: one edited by hand is put back.
+        udp_tunnel = tunnels["udp"]["metadata"]["name"]
+        tools.kubectl(
+            "patch", "tunnel", udp_tunnel, "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"remotePort": 22050}}),
+        )  # fmt: skip
+        await wait_for(
+            lambda: objects.get("tunnel", udp_tunnel, namespace)["spec"]["remotePort"] == 22011,
+            60,
+            what="the edited Tunnel put back on the listener's port",
+        )
+
         # A route deleted takes its Tunnel with it; the listener counts no route.
         tools.kubectl("delete", "tcproute", "echo-tcp", "-n", namespace)
         await wait_for(
