@@ -9,7 +9,7 @@
 # from their committed go.mod and go.sum, cached under their pinned dependency's version and a
 # hash of their sources, so that an edit builds them again.
 #
-# Usage: hack/tools.sh [all|frp|etcd|kwok|helm|kubernetes|health-check|kstatus-check|path]...
+# Usage: hack/tools.sh [all|frp|etcd|kwok|helm|kubernetes|health-check|kstatus-check|gateway-api|path|gateway-api-crds]...
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -178,6 +178,19 @@ build_kstatus_check() { build_helper kstatus-check "$2"; }
 HEALTH_CHECK_PIN="github.com/yuin/gopher-lua $GOPHER_LUA_VERSION"
 KSTATUS_CHECK_PIN="sigs.k8s.io/cli-utils $CLI_UTILS_VERSION"
 
+build_gateway_api() {
+  # Not a binary: the standard channel's CRDs, copied from the module the proxy serves
+  # (config/crd/standard in its zip; TCPRoute and UDPRoute are v1 there since v1.6).
+  local version=$1 bin=$2 dir
+  dir=$(go mod download -json "sigs.k8s.io/gateway-api@$version" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$bin/../crds"
+  cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$bin/../crds/"
+  # The channel's ValidatingAdmissionPolicy (against mixing channels) is no CRD.
+  rm -f "$bin"/../crds/*_vap_*.yaml
+  chmod u+w "$bin"/../crds/*.yaml
+}
+
 # `path`: prints one PATH fragment with every cached tool's bin directory.
 print_path() {
   local health kstatus
@@ -206,9 +219,12 @@ for t in "${targets[@]}"; do
       version=$(source_version kstatus-check "$KSTATUS_CHECK_PIN")
       done_or_build kstatus-check "$version" build_kstatus_check
       ;;
+    gateway-api) done_or_build gateway-api "$GATEWAY_API_VERSION" build_gateway_api ;;
+    # `gateway-api-crds`: the directory of the cached Gateway API CRDs.
+    gateway-api-crds) printf '%s/crds\n' "$(dir_of gateway-api "$GATEWAY_API_VERSION")" ;;
     all)
       start=$SECONDS
-      for x in frp etcd kwok helm kubernetes health-check kstatus-check; do "$0" "$x"; done
+      for x in frp etcd kwok helm kubernetes health-check kstatus-check gateway-api; do "$0" "$x"; done
       if (( SECONDS - start > 5 )); then
         # Something was built: Go's build cache (several GB for Kubernetes) has served its
         # purpose; the module cache stays so that a version bump does not download again.
@@ -218,7 +234,7 @@ for t in "${targets[@]}"; do
       ;;
     *)
       log "unknown target $t (one of: all frp etcd kwok helm kubernetes health-check" \
-        "kstatus-check path)"
+        "kstatus-check gateway-api path gateway-api-crds)"
       exit 2
       ;;
   esac

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -103,6 +104,25 @@ def kubectl(cluster: local_cluster.LocalCluster):
 def crds(cluster: local_cluster.LocalCluster) -> Path:
     """tunnelop's CRDs, applied from crds/ and Established."""
     crd_dir = tools.REPO / "crds"
+    tools.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
+    tools.kubectl("wait", "--for=condition=Established", "-f", str(crd_dir), "--timeout=60s")
+    return crd_dir
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(cluster: local_cluster.LocalCluster) -> Path:
+    """The Gateway API's standard-channel CRDs (GATEWAY_API_VERSION in hack/versions.env,
+    cached by `make tools` from the module proxy), applied and Established."""
+    crd_dir = Path(
+        subprocess.run(
+            [str(tools.TOOLS_SCRIPT), "gateway-api-crds"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    if not any(crd_dir.glob("*.yaml")):
+        raise tools.ToolMissing(f"no Gateway API CRDs in {crd_dir}; run `make tools` first")
     tools.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
     tools.kubectl("wait", "--for=condition=Established", "-f", str(crd_dir), "--timeout=60s")
     return crd_dir

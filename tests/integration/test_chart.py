@@ -28,7 +28,9 @@ from support import objects, tools
 from support.operator import delete_webhook_configurations, session_operator_aside
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders import relay as relay_builders
+from tunnelop.builders.route_tunnel import route_tunnel
 from tunnelop.contract import naming
+from tunnelop.domain.gateway import RouteView, Target, TunnelWant
 
 CHART = tools.REPO / "helm" / "tunnelop"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
@@ -895,6 +897,20 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("patch", "relaynodes/status.tunnelop.dev", None, "r"),
         ("watch", "relaypools.tunnelop.dev", None, None),
         ("patch", "relaypools/status.tunnelop.dev", None, "p"),
+        # Tunnels made for TCPRoutes and UDPRoutes, and the Gateway API's status.
+        ("create", "tunnels.tunnelop.dev", tenant, None),
+        ("delete", "tunnels.tunnelop.dev", tenant, "t"),
+        ("watch", "gatewayclasses.gateway.networking.k8s.io", None, None),
+        ("list", "gateways.gateway.networking.k8s.io", None, None),
+        ("watch", "tcproutes.gateway.networking.k8s.io", None, None),
+        ("watch", "udproutes.gateway.networking.k8s.io", None, None),
+        ("get", "gateways.gateway.networking.k8s.io", tenant, "g"),
+        ("patch", "gatewayclasses/status.gateway.networking.k8s.io", None, "c"),
+        ("patch", "gateways/status.gateway.networking.k8s.io", tenant, "g"),
+        ("patch", "tcproutes/status.gateway.networking.k8s.io", tenant, "r"),
+        ("patch", "udproutes/status.gateway.networking.k8s.io", tenant, "r"),
+        ("watch", "services", None, None),
+        ("watch", "namespaces", None, None),
         # Tenants' credentials Secrets, Events, Nodes, Namespaces, kopf's watches.
         ("list", "secrets", None, None),
         ("watch", "secrets", None, None),
@@ -953,6 +969,11 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("delete", "services", tenant, "web"),
         ("update", "services/status", tenant, "web"),
         ("update", "services/finalizers", tenant, "web"),
+        # Of the Gateway API's objects only the status is written.
+        ("patch", "gateways.gateway.networking.k8s.io", tenant, "g"),
+        ("update", "tcproutes.gateway.networking.k8s.io", tenant, "r"),
+        ("delete", "gatewayclasses.gateway.networking.k8s.io", None, "c"),
+        ("get", "services", tenant, "s"),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, "other"),
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
         (
@@ -1069,6 +1090,7 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
         relay_builders.build_credentials_secret(
             tenant, "t", str(uuid.uuid4()), frpc_toml="# frpc", token="t"
         ),
+        _route_tunnel(tenant),
     ]
     # Created with a POST, as the leader elector and Kube.event do.
     created = [
@@ -1140,6 +1162,27 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
         result = server_dry_run(json.dumps(obj), *as_operator)
         assert result.returncode != 0, f"the operator could write {obj}"
         assert "forbidden" in result.stderr.lower()
+
+
+def _route_tunnel(namespace: str) -> dict[str, Any]:
+    """A Tunnel as the Gateway API controller applies it for a TCPRoute."""
+    route = RouteView.of(
+        "TCPRoute",
+        {"metadata": {"name": "db", "namespace": namespace, "uid": str(uuid.uuid4())}},
+    )
+    return route_tunnel(
+        TunnelWant(
+            key=(namespace, "db-tcp-0123abcd"),
+            protocol="tcp",
+            port=20000,
+            node="r",
+            pool=None,
+            target=Target("postgres", 5432),
+            route=route,
+            gateway=(namespace, "edge"),
+            listener="tcp",
+        )
+    )
 
 
 def apply_agent_rbac(relay: RelayNode, relays: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.builders.relay import DefaultRelayImages
 from tunnelop.controllers.caches import Caches
+from tunnelop.controllers.gateway_api import GatewayApi
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.domain.pools import RelayLoad
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE
@@ -88,6 +89,9 @@ class Runtime:
     service_queue: WorkQueue[TunnelKey] | None = None
     load_balancer_watches: list[asyncio.Event] = field(default_factory=list)
     load_balancer_reports: dict[TunnelKey, dict[str, str]] = field(default_factory=dict)
+    # The Gateway API's caches and watches, and the queue of its one translation.
+    gateway_api: GatewayApi | None = None
+    gateway_queue: WorkQueue[str] | None = None
     # What runs beside the work queues (informers, the traffic collector), stopped first.
     running: list[Any] = field(default_factory=list)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -125,6 +129,7 @@ class Runtime:
                 self.quota_queue,
                 self.pool_queue,
                 self.service_queue,
+                self.gateway_queue,
             )
             if q is not None
         ]

@@ -16,7 +16,7 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
-from tunnelop.controllers import loadbalancers, pools, quotas, relays, tunnels
+from tunnelop.controllers import gateways, loadbalancers, pools, quotas, relays, tunnels
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.status import utcnow
@@ -83,9 +83,9 @@ async def start(
             labels=naming.RELAY_LABEL,
         ),
     ]
+    health = getattr(memo, "health", None)  # set by the manager; absent in tests
     for informer in informers:
         informer.start()
-        health = getattr(memo, "health", None)  # set by the manager; absent in tests
         if health is not None:
             health.add_check(f"informer {informer.path}", informer.healthy)
     rt.relay_queue.start()
@@ -93,9 +93,11 @@ async def start(
     rt.quota_queue.start()
     rt.pool_queue.start()
     rt.service_queue.start()
+    # After the restore: the Tunnels made for routes are known before any route is.
+    gateway_api = gateways.start(rt, health)
     collector = TrafficCollector(rt, traffic)
     collector.start()
-    rt.running = [*informers, collector]
+    rt.running = [*informers, gateway_api, collector]
     memo.runtime = rt
     return rt
 
@@ -255,6 +257,7 @@ async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     pool = (body["metadata"].get("labels") or {}).get(POOL_LABEL)
     if pool:
         pools.poke(rt, pool)  # its count, readiness or load changed
+    gateways.poke(rt)  # a Gateway's address, readiness or relay may change
 
 
 @kopf.on.event(GROUP, VERSION, "relaypools")
@@ -263,6 +266,7 @@ async def pool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _, name = _cached(rt.cache.pools, event)
     assert rt.pool_queue is not None
     rt.pool_queue.add(name)
+    gateways.poke(rt)  # a Gateway may name it
 
 
 def _cached(cache: dict[str, dict[str, Any]], event: kopf.RawEvent) -> tuple[dict[str, Any], str]:
@@ -316,6 +320,8 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
         rt.cache.remember_tunnel(key, body)
         if not (body.get("status") or {}).get("relayNode"):
             metrics.scheduling.enqueued(key)
+    if rt.gateway_api is not None:
+        rt.gateway_api.on_tunnel(kind, body)  # one made for a route: its listener's status
     assert rt.tunnel_queue is not None
     rt.tunnel_queue.add(key)
     service = (body["metadata"].get("labels") or {}).get(SERVICE_LABEL)
