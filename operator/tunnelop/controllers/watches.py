@@ -16,7 +16,8 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
-from tunnelop.controllers import pools, quotas, relays, tunnels
+from tunnelop.controllers import clients, pools, quotas, relays, tunnels
+from tunnelop.controllers.caches import ServiceTarget
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.status import utcnow
@@ -42,6 +43,7 @@ async def start(
     traffic: TrafficOptions,
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
     relay_images: DefaultRelayImages = PINNED_IMAGES,
+    frpc_image: str = naming.DEFAULT_FRPC_IMAGE,
 ) -> Runtime:
     kube = await Kube.connect()
     rt = Runtime(
@@ -49,11 +51,13 @@ async def start(
         relay_namespace=relay_namespace,
         node_port_range=node_port_range,
         relay_images=relay_images,
+        frpc_image=frpc_image,
     )
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     rt.quota_queue = WorkQueue("quotas", lambda key: quotas.reconcile(rt, key), 2)
     rt.pool_queue = WorkQueue("pools", lambda name: pools.reconcile(rt, name), 2)
+    rt.client_queue = WorkQueue("clients", lambda key: clients.reconcile(rt, key), 4)
     # After each table write the relay's status reports the new allocation.
     rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
@@ -72,6 +76,18 @@ async def start(
             labels=naming.RELAY_LABEL,
         ),
     ]
+    # InCluster tunnels' frpc Deployments, and every Service (a client's target).
+    client_informers = [
+        Informer(
+            kube,
+            "/apis/apps/v1/deployments",
+            lambda k, o: on_client_deployment(rt, k, o),
+            labels=naming.CLIENT_SELECTOR,
+        ),
+        Informer(kube, "/api/v1/services", lambda k, o: on_service(rt, k, o)),
+    ]
+    rt.client_watches_synced = [informer.synced for informer in client_informers]
+    informers += client_informers
     for informer in informers:
         informer.start()
         health = getattr(memo, "health", None)  # set by the manager; absent in tests
@@ -81,6 +97,7 @@ async def start(
     rt.tunnel_queue.start()
     rt.quota_queue.start()
     rt.pool_queue.start()
+    rt.client_queue.start()
     collector = TrafficCollector(rt, traffic)
     collector.start()
     rt.running = [*informers, collector]
@@ -306,6 +323,9 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
             metrics.scheduling.enqueued(key)
     assert rt.tunnel_queue is not None
     rt.tunnel_queue.add(key)
+    if clients.wants_client(rt, key, body):
+        assert rt.client_queue is not None
+        rt.client_queue.add(key)
 
 
 def on_quota(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
@@ -356,3 +376,39 @@ def on_credentials(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
             rt.tunnel_queue.add(key)
     else:
         _remember_credentials(rt, body)
+        if key in rt.cache.tunnels and clients.wants_client(rt, key, rt.cache.tunnels[key]):
+            assert rt.client_queue is not None
+            rt.client_queue.add(key)  # a new Secret rolls the tunnel's frpc
+
+
+def on_client_deployment(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """An InCluster tunnel's frpc Deployment changed: its status may say something new, and a
+    Deployment changed or deleted by anyone else is put back."""
+    meta = body["metadata"]
+    tunnel = (meta.get("labels") or {}).get(TUNNEL_LABEL)
+    if not tunnel:
+        return
+    key = (meta["namespace"], tunnel)
+    if kind == "DELETED":
+        rt.cache.client_deployments.pop(key, None)
+    else:
+        rt.cache.client_deployments[key] = body
+    assert rt.client_queue is not None
+    rt.client_queue.add(key)
+
+
+def on_service(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """A Service appeared, changed its ports or went: the InCluster tunnels it is the target
+    of start, stay or stop their frpc."""
+    meta = body["metadata"]
+    name = (meta["namespace"], meta["name"])
+    before = rt.cache.services.get(name)
+    if kind == "DELETED":
+        rt.cache.services.pop(name, None)
+    else:
+        rt.cache.services[name] = ServiceTarget.of(body)
+    if rt.cache.services.get(name) == before:
+        return  # a status or metadata change
+    assert rt.client_queue is not None
+    for key in clients.targeting(rt, *name):
+        rt.client_queue.add(key)
