@@ -1190,7 +1190,7 @@ async def test_client_policy_lets_the_operator_write_its_clients_and_nothing_els
         ),
         "a privileged container": _edited(
             client,
-            lambda d: _pod_spec(d)["containers"][0]["securityContext"].update(privileged=True),
+            lambda d: _pod_spec(d)["containers"][0].update(securityContext={"privileged": True}),
         ),
         "another Secret": _edited(
             client,
