@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -78,6 +79,14 @@ def pod_checksum(deployment: dict | None) -> str | None:
     )
 
 
+def resident_mib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+        // 1024
+    )
+
+
 def diagnostics(runner: RelayPodRunner, relay_name: str, namespace: str, name: str) -> str:
     pods = tools.kubectl(
         "get", "pods", "-n", namespace, "-l", IN_CLUSTER, "-o", "wide", check=False
@@ -98,6 +107,8 @@ async def test_in_cluster_tcp_client_serves_rolls_with_its_secret_and_goes_when_
 ):
     relay_name, address = relay
     name = "echo"
+    # The client pod passes the strictest Pod Security level, enforced here.
+    tools.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     async with served_echo(relay_runner, namespace, "echo-svc") as service_port:
         applied_at = time.monotonic()
         objects.apply(
@@ -129,6 +140,11 @@ async def test_in_cluster_tcp_client_serves_rolls_with_its_secret_and_goes_when_
             "tunnel", name, namespace, "ClientConnected", "True", timeout=30
         )
         assert f"relay {relay_name}" in objects.condition(connected, "ClientConnected")["message"]
+        process = pod.containers[0].process
+        if process is not None and process.returncode is None:  # the figure behind its requests
+            print(
+                f"InCluster tcp: frpc resident after 64 KiB echoed: {resident_mib(process.pid)} MiB"
+            )
         # The operator writes only the Tunnel's status: spec, labels, annotations are the user's.
         assert set(connected["metadata"].get("annotations") or {}) <= {
             "kubectl.kubernetes.io/last-applied-configuration"
@@ -246,3 +262,31 @@ async def test_no_client_runs_until_the_target_service_offers_the_port(
         what="the client Deployment once the Service offers the port",
     )
     await wait_condition("tunnel", name, namespace, "ClientConnected", "True", timeout=60)
+
+
+async def test_a_client_pod_the_namespace_refuses_is_said_in_client_connected(
+    relay, namespace, relay_runner
+):
+    """The Deployment cannot create its pod (here a ResourceQuota allows none): the API
+    server's refusal is in ClientConnected, reason ClientUnavailable, and in an Event."""
+    relay_name, _ = relay
+    name = "cache"
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}},
+    }
+    objects.apply(quota, namespace)
+    relay_runner.serve_service(
+        namespace, "cache-svc", relay_runner.address_of(f"service:{namespace}/cache-svc")
+    )
+    objects.apply(target_service("cache-svc", 6379), namespace)
+    objects.apply(tunnel(name, "tcp", **on(relay_name), **in_cluster("cache-svc", 6379)), namespace)
+    refused = await wait_condition(
+        "tunnel", name, namespace, "ClientConnected", "False", "ClientUnavailable", timeout=60
+    )
+    message = objects.condition(refused, "ClientConnected")["message"]
+    assert message.startswith(f"Deployment {name}-frpc cannot create frpc's pod")
+    assert "exceeded quota" in message
+    assert "ClientUnavailable" in objects.event_reasons(namespace, name)

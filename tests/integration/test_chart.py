@@ -1219,7 +1219,14 @@ async def test_client_policy_lets_the_operator_write_its_clients_and_nothing_els
         result = server_dry_run(json.dumps(obj), *as_operator)
         assert result.returncode != 0, f"the operator could write a client with {what}"
         assert rbac["policy"] in result.stderr, f"{what}: {result.stderr}"
-    # Nor may it touch the Deployments of others, its own included.
+    # It deletes its clients (a Tunnel gone back to External)...
+    unowned = _edited(client, lambda d: d["metadata"].pop("ownerReferences"))
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(unowned))
+    removed = tools.kubectl(
+        "delete", "deployment", "t-frpc", "-n", tenant, "--dry-run=server", *as_operator
+    )
+    assert removed.returncode == 0, removed.stderr
+    # ... but touches no other Deployment, its own included.
     own = ["deployment", rbac["deployment"], "-n", home, "--dry-run=server", *as_operator]
     tools.kubectl("create", "deployment", rbac["deployment"], "-n", home, "--image=x")
     deleted = tools.kubectl("delete", *own, check=False)

@@ -36,8 +36,8 @@ CONFIG_VOLUME = "config"
 # compares one value with the watched Deployment instead of writing it again (no request on
 # an operator restart).
 SPEC_CHECKSUM_ANNOTATION = "tunnelop.dev/spec-checksum"
-# frpc is a small Go process: about 10 MiB resident while idle, growing with open visitor
-# connections (buffers). The requests reserve little; the memory limit keeps a runaway from
+# frpc is a small Go process: about 15 MiB resident logged in (measured), growing with open
+# visitor connections (buffers). The requests reserve little; the memory limit keeps a runaway from
 # hurting the tenant's other pods. No CPU limit: throttling would delay every byte that passes
 # through the tunnel.
 CLIENT_RESOURCES = {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "128Mi"}}
