@@ -9,6 +9,7 @@ There is no cluster DNS here: the runner is told where each target Service's nam
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -290,3 +291,47 @@ async def test_a_client_pod_the_namespace_refuses_is_said_in_client_connected(
     assert message.startswith(f"Deployment {name}-frpc cannot create frpc's pod")
     assert "exceeded quota" in message
     assert "ClientUnavailable" in objects.event_reasons(namespace, name)
+
+
+async def test_operator_restart_leaves_a_running_client_alone(
+    relay, namespace, relay_runner, operator
+):
+    """A restarted operator finds the client Deployment as it would write it (its spec
+    checksum), and the Tunnel's status current: no write, no roll, the same pod serving."""
+    relay_name, address = relay
+    name = "steady"
+    async with served_echo(relay_runner, namespace, "steady-svc") as service_port:
+        objects.apply(
+            tunnel(name, "tcp", **on(relay_name), **in_cluster("steady-svc", service_port)),
+            namespace,
+        )
+        ready = await wait_condition("tunnel", name, namespace, "Ready")
+        port = ready["status"]["remotePort"]
+        payload = os.urandom(4096)
+        assert await wait_for_echo(address, port, payload, timeout=60) == payload
+        await wait_condition("tunnel", name, namespace, "ClientConnected", "True", timeout=30)
+
+        def counted() -> bool:
+            status = (objects.get("tunnel", name, namespace) or {}).get("status") or {}
+            return (status.get("traffic") or {}).get("bytesIn", 0) > 0
+
+        await wait_for(counted, timeout=20, what="traffic in status")
+        await asyncio.sleep(4)  # past the traffic write interval: nothing is pending
+
+        def snapshot() -> dict[str, dict]:
+            return objects.snapshot_of(
+                [
+                    objects.get("tunnel", name, namespace),
+                    objects.get("secret", f"{name}-frpc", namespace),
+                    client_deployment(name, namespace),
+                ]
+            )
+
+        pod = relay_runner.client_pod(namespace, name)
+        before = snapshot()
+        await operator.stop()
+        await operator.start()
+        await asyncio.sleep(6)  # several traffic rounds (1 s) and every reconcile
+        objects.assert_unchanged(before, snapshot())
+        assert relay_runner.client_pod(namespace, name) is pod
+        assert await wait_for_echo(address, port, payload, timeout=20) == payload
