@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnelop import __version__
-from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, DEFAULT_FRPS_IMAGE
+from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, DEFAULT_FRPC_IMAGE, DEFAULT_FRPS_IMAGE
 from tunnelop.platform.addresses import split_host_port
 
 
@@ -237,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "frps's image in relay pods whose RelayNode sets no spec.template.images.frps "
             f"(default: {DEFAULT_FRPS_IMAGE})"
+        ),
+    )
+    run.add_argument(
+        "--frpc-image",
+        type=image_reference,
+        default=None,
+        help=(
+            "the image of the frpc the operator runs for tunnels whose spec.client.type is "
+            f"InCluster (default: {DEFAULT_FRPC_IMAGE})"
         ),
     )
     run.add_argument(
@@ -616,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                 service_node_port_range=args.service_node_port_range,
                 frps_image=args.frps_image,
                 agent_image=args.agent_image,
+                frpc_image=args.frpc_image,
                 leader_elect=leader_elect,
                 leader_election_namespace=args.leader_election_namespace,
                 leader_election_id=args.leader_election_id,

@@ -32,7 +32,7 @@ import kopf
 
 from tunnelop.api.v1alpha1 import parse_port_span
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages
-from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
+from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE, SERVICE_ACCOUNT_DIR
 from tunnelop.platform import certs, logs, webhook_tls
 from tunnelop.platform.health import Health
 from tunnelop.platform.kube import Kube, KubeError, use_service_account_dir
@@ -58,6 +58,8 @@ class Options:
     # Images of relay pods whose RelayNode names none (None: the pinned defaults).
     frps_image: str | None = None
     agent_image: str | None = None
+    # The frpc image of InCluster tunnels' clients (None: the pinned default).
+    frpc_image: str | None = None
     leader_elect: bool = False
     leader_election_namespace: str | None = None  # default: the relay namespace
     leader_election_id: str = "tunnelop"
@@ -135,6 +137,7 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
             traffic,
             node_port_range=parse_port_span(options.service_node_port_range, allow_single=False),
             relay_images=relay_images(options),
+            frpc_image=options.frpc_image or DEFAULT_FRPC_IMAGE,
         )
 
     @kopf.on.cleanup()

@@ -28,13 +28,6 @@ GROUP = "gateway.networking.k8s.io"
 CONTROLLER = "tunnelop.dev/gateway-controller"
 TCP_PORT, UDP_PORT = 23410, 23411
 
-# The runner runs InCluster client pods and stands in for cluster DNS (serve_service) once
-# in-cluster clients are part of tunnelop; until then there is nothing to carry the bytes.
-pytestmark = pytest.mark.skipif(
-    not hasattr(RelayPodRunner, "serve_service"),
-    reason="needs InCluster clients run by the relay-pod runner (RelayPodRunner.serve_service)",
-)
-
 
 @pytest.fixture(scope="module")
 async def relay(operator, relay_runner, gateway_api_crds):

@@ -28,13 +28,6 @@ from support.relay_runner import RelayPodRunner
 RUN = uuid.uuid4().hex[:5]
 TCP_PORT, UDP_PORT = 23201, 23202
 
-# The operator's InCluster clients, and the runner's stand-in for cluster DNS, come with the
-# InCluster client work; until it is in, the Tunnels have nobody to run their frpc.
-pytestmark = pytest.mark.skipif(
-    not hasattr(RelayPodRunner, "serve_service"),
-    reason="needs InCluster clients (the relay-pod runner's serve_service)",
-)
-
 
 @pytest.fixture(scope="module")
 async def relay(operator, relay_runner):

@@ -26,8 +26,9 @@ import yaml
 import tunnelop
 from support import objects, tools
 from support.operator import delete_webhook_configurations, session_operator_aside
-from tunnelop.api.v1alpha1 import RelayNode
+from tunnelop.api.v1alpha1 import RelayNode, Tunnel
 from tunnelop.builders import relay as relay_builders
+from tunnelop.builders.client import build_client_deployment
 from tunnelop.builders.route_tunnel import route_tunnel
 from tunnelop.contract import naming
 from tunnelop.domain.gateway import RouteView, Target, TunnelWant
@@ -120,6 +121,7 @@ def test_helm_lint_passes(values):
         ("leaderElection.leaseDuration=2", "/leaderElection/leaseDuration"),
         ("logFormat=xml", "/logFormat"),
         ("relayImages.agent=a b", "/relayImages/agent"),
+        ("clientImages.frpc=a b", "/clientImages/frpc"),
         ("crds.instal=true", "instal"),
         ("podDisruptionBudget.unhealthyPodEvictionPolicy=Never", "unhealthyPodEvictionPolicy"),
         ("uninstall.activeDeadlineSeconds=10", "/uninstall/activeDeadlineSeconds"),
@@ -174,6 +176,8 @@ def test_default_install_runs_two_leader_elected_replicas_with_restricted_securi
         "--service-node-port-range": "30000-32767",
         # The relay agents run the chart's own image (a mirror serves them too).
         "--agent-image": f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}",
+        # Named always: the client policy allows this image only.
+        "--frpc-image": naming.DEFAULT_FRPC_IMAGE,
         "--log-level": "INFO",
         "--log-format": "json",
         "--service-account-dir": "/var/run/secrets/kubernetes.io/serviceaccount",
@@ -253,6 +257,9 @@ def test_values_reach_the_flags_and_the_pod():
     assert args["--traffic-interval"] == "5"
     assert args["--service-node-port-range"] == "20000-32767"
     assert args["--log-format"] == "console"
+    assert args["--frpc-image"] == "registry.example.test/mirror/frpc:v0.71.0"
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    assert "registry.example.test/mirror/frpc:v0.71.0" in json.dumps(policy["spec"]["validations"])
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "tunnelop-critical"
     assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
@@ -806,6 +813,8 @@ def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
         namespace=namespace,
     )
     wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    # The admission policy that narrows the operator's Deployments outside the relay namespace.
+    wanted |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     objects = [d for d in docs if d["kind"] in wanted]
     tools.kubectl(
         "apply",
@@ -815,6 +824,7 @@ def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
     )
     cluster_role = one(docs, "ClusterRole")["metadata"]["name"]
+    policy = one(docs, "ValidatingAdmissionPolicy")["metadata"]["name"]
     home_rules = next(r for r in of_kind(docs, "Role") if r["metadata"]["namespace"] == namespace)
     cert_secret = next(
         r for r in home_rules["rules"] if r["resources"] == ["secrets"] and r.get("resourceNames")
@@ -827,8 +837,16 @@ def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
         "account": f"system:serviceaccount:{namespace}:{one(docs, 'ServiceAccount')['metadata']['name']}",
         "cert_secret": cert_secret["resourceNames"][0],
         "deployment": one(docs, "Deployment")["metadata"]["name"],
+        "frpc_image": flags(docs)["--frpc-image"],
+        "policy": policy,
     }
     tools.kubectl("delete", "clusterrolebinding,clusterrole", cluster_role, "--ignore-not-found")
+    tools.kubectl(
+        "delete",
+        "validatingadmissionpolicybinding,validatingadmissionpolicy",
+        policy,
+        "--ignore-not-found",
+    )
 
 
 def access(user: str, checks: list[tuple[str, str, str | None, str | None]]) -> dict[tuple, bool]:
@@ -921,6 +939,12 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("get", "nodes", None, "node-1"),
         ("get", "namespaces", None, relays),
         ("watch", "deployments.apps", None, None),
+        # InCluster Tunnels' frpc Deployments (narrowed by the client policy) and targets.
+        ("create", "deployments.apps", tenant, None),
+        ("patch", "deployments.apps", tenant, "t-frpc"),
+        ("delete", "deployments.apps", tenant, "t-frpc"),
+        ("list", "services", None, None),
+        ("watch", "services", None, None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
         (
             "patch",
@@ -985,13 +1009,15 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("update", "leases.coordination.k8s.io", home, "another-lease"),
         ("update", "leases.coordination.k8s.io", relays, "tunnelop"),
         ("create", "pods", relays, None),
-        ("create", "deployments.apps", tenant, None),
+        ("update", "deployments.apps", tenant, "t-frpc"),
+        ("create", "pods", tenant, None),
         ("create", "services", tenant, None),
+        ("patch", "services", tenant, "web"),
+        ("delete", "services", tenant, "web"),
         ("escalate", "roles.rbac.authorization.k8s.io", relays, None),
         ("bind", "roles.rbac.authorization.k8s.io", relays, None),
         ("create", "clusterroles.rbac.authorization.k8s.io", None, None),
         ("impersonate", "serviceaccounts", relays, None),
-        ("patch", "deployments.apps", home, "tunnelop"),
         ("create", "pods/exec", relays, None),
         ("patch", "pods", tenant, "any"),
         ("patch", "pods", relays, "relay-r-abcde"),
@@ -1040,8 +1066,6 @@ def test_uninstall_hook_may_do_what_the_command_does_and_nothing_more(installed_
         ("update", "deployments/scale.apps", home, deployment),
         ("patch", "deployments/scale.apps", relays, "relay-r"),
         ("patch", "deployments/scale.apps", tenant, deployment),
-        ("patch", "deployments.apps", home, deployment),
-        ("delete", "deployments.apps", home, deployment),
         ("list", "pods", tenant, None),
         ("delete", "pods", home, None),
         ("delete", "relaypools.tunnelop.dev", None, "x"),
@@ -1091,6 +1115,7 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
             tenant, "t", str(uuid.uuid4()), frpc_toml="# frpc", token="t"
         ),
         _route_tunnel(tenant),
+        client_deployment(tenant, rbac["frpc_image"]),
     ]
     # Created with a POST, as the leader elector and Kube.event do.
     created = [
@@ -1185,6 +1210,118 @@ def _route_tunnel(namespace: str) -> dict[str, Any]:
     )
 
 
+def client_deployment(namespace: str, image: str, tunnel: str = "t") -> dict[str, Any]:
+    """An InCluster Tunnel's frpc Deployment, as the operator builds it."""
+    model = Tunnel.model_validate(
+        {
+            "apiVersion": "tunnelop.dev/v1alpha1",
+            "kind": "Tunnel",
+            "metadata": {"name": tunnel, "namespace": namespace, "uid": str(uuid.uuid4())},
+            "spec": {
+                "protocol": "tcp",
+                "client": {"type": "InCluster", "target": {"service": "web", "port": 80}},
+            },
+        }
+    )
+    return build_client_deployment(
+        model,
+        credentials_secret=naming.credentials_secret_name(tunnel),
+        credentials_checksum="0",
+        image=image,
+    )
+
+
+def _pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]
+
+
+def _edited(deployment: dict[str, Any], edit) -> dict[str, Any]:
+    changed = json.loads(json.dumps(deployment))
+    edit(changed)
+    return changed
+
+
+def _as_operator(rbac: dict[str, str]) -> list[str]:
+    return [f"--as={rbac['account']}", "--as-group=system:authenticated"]
+
+
+async def test_client_policy_lets_the_operator_write_its_clients_and_nothing_else(installed_rbac):
+    """RBAC lets the operator write Deployments in every namespace; the chart's admission
+    policy lets through only an InCluster client as the operator builds it (outside the
+    relay namespace), and names the rule a refusal breaks."""
+    rbac = installed_rbac
+    tenant, home = rbac["tenant"], rbac["namespace"]
+    as_operator = _as_operator(rbac)
+    client = client_deployment(tenant, rbac["frpc_image"])
+
+    def someone_elses(d: dict[str, Any]) -> None:
+        d["metadata"]["labels"]["app.kubernetes.io/name"] = "nginx"
+
+    refused = {
+        "not an InCluster client": _edited(client, someone_elses),
+        "an API token": _edited(
+            client, lambda d: _pod_spec(d).update(automountServiceAccountToken=True)
+        ),
+        "another ServiceAccount": _edited(
+            client, lambda d: _pod_spec(d).update(serviceAccountName="admin")
+        ),
+        "the host's network": _edited(client, lambda d: _pod_spec(d).update(hostNetwork=True)),
+        "another image": _edited(
+            client, lambda d: _pod_spec(d)["containers"][0].update(image="busybox:1")
+        ),
+        "another command": _edited(
+            client, lambda d: _pod_spec(d)["containers"][0].update(args=["sh", "-c", "id"])
+        ),
+        "a privileged container": _edited(
+            client,
+            lambda d: _pod_spec(d)["containers"][0].update(securityContext={"privileged": True}),
+        ),
+        "another Secret": _edited(
+            client,
+            lambda d: _pod_spec(d)["volumes"][0]["secret"].update(secretName="admin-token"),
+        ),
+        "a Secret in the environment": _edited(
+            client,
+            lambda d: _pod_spec(d)["containers"][0]["env"].append(
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "admin", "key": "k"}}}
+            ),
+        ),
+        "no Tunnel as its controller": _edited(
+            client, lambda d: d["metadata"].pop("ownerReferences")
+        ),
+    }
+    # The policy is enforced once the API server has loaded it: wait for the first refusal.
+    first = json.dumps(refused["not an InCluster client"])
+    await objects.wait_for(
+        lambda: server_dry_run(first, *as_operator).returncode != 0,
+        timeout=30,
+        what="the client policy in force",
+    )
+    result = server_dry_run(json.dumps(client), *as_operator)
+    assert result.returncode == 0, result.stderr
+    for what, obj in refused.items():
+        result = server_dry_run(json.dumps(obj), *as_operator)
+        assert result.returncode != 0, f"the operator could write a client with {what}"
+        assert rbac["policy"] in result.stderr, f"{what}: {result.stderr}"
+    # It deletes its clients (a Tunnel gone back to External)...
+    unowned = _edited(client, lambda d: d["metadata"].pop("ownerReferences"))
+    tools.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(unowned))
+    removed = tools.kubectl(
+        "delete", "deployment", "t-frpc", "-n", tenant, "--dry-run=server", *as_operator
+    )
+    assert removed.returncode == 0, removed.stderr
+    # ... but touches no other Deployment, its own included.
+    own = ["deployment", rbac["deployment"], "-n", home, "--dry-run=server", *as_operator]
+    tools.kubectl("create", "deployment", rbac["deployment"], "-n", home, "--image=x")
+    deleted = tools.kubectl("delete", *own, check=False)
+    assert deleted.returncode != 0 and rbac["policy"] in deleted.stderr, deleted.stderr
+    # (Scaling it, the uninstall hook's deployments/scale, is another resource: the hook's
+    # own test below scales it under this policy.)
+    # An administrator is not concerned.
+    result = server_dry_run(json.dumps(refused["an API token"]))
+    assert result.returncode == 0, result.stderr
+
+
 def apply_agent_rbac(relay: RelayNode, relays: str) -> str:
     """A relay agent's ServiceAccount, Role and RoleBinding, as the operator writes them;
     the ServiceAccount's user name."""
@@ -1238,7 +1375,10 @@ def test_kubectl_auth_can_i_agrees(installed_rbac):
     assert can_i(operator, "patch", "tunnels.tunnelop.dev/status", "-n", tenant) == "yes"
     assert can_i(operator, "create", "secrets", "-n", tenant) == "yes"
     assert can_i(operator, "create", "deployments.apps", "-n", relays) == "yes"
-    assert can_i(operator, "create", "deployments.apps", "-n", tenant) == "no"
+    assert (
+        can_i(operator, "create", "deployments.apps", "-n", tenant) == "yes"
+    )  # the policy narrows
+    assert can_i(operator, "update", "deployments.apps", "-n", tenant) == "no"
 
     relay = _relay(f"can-i-{suffix()}")
     agent = apply_agent_rbac(relay, relays)

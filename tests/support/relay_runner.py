@@ -33,6 +33,14 @@ What differs from a kubelet, and why:
   kubelet confirms a deletion, also when the runner stops (nothing else would ever remove
   it); readiness probes are not performed for them.
 
+- The frpc pods the operator runs for InCluster Tunnels (CLIENT_SELECTOR, the operator's
+  own selector for them) run too, from the frpc image mapping, each tunnel's pod on an address
+  of its own (kept across rolls). There is no cluster DNS here: `serve_service(namespace,
+  name, address)` stands in for it. A Service's DNS name (`<name>.<namespace>.svc`, or with
+  `.cluster.local`) in a container's env values, args or materialized files is rewritten to
+  the address the test gave for it, when the pod starts (so before the Tunnel is applied);
+  a pod that names a Service the runner was given no address for is logged.
+
 Opt-ins play the rest of a cluster for tests of failover, of relays without a fixed
 address, and of the operator installed as pods:
 - `serve_load_balancers=True`: the cloud's load balancer (as MetalLB would be). A Service of
@@ -100,6 +108,15 @@ POD_READY_CONDITIONS = ("Ready", "ContainersReady")
 # kwok disregards them (hack/cluster.sh names the same label).
 KUBELET_LABEL = "tunnelop.test/kubelet"
 KUBELET_SELECTOR = f"{KUBELET_LABEL}=relay-runner"
+# InCluster Tunnels' frpc pods: the operator's selector for them (contract.naming's
+# CLIENT_SELECTOR, which a unit test keeps equal), and the tunnel they serve.
+TUNNEL_LABEL = "tunnelop.dev/tunnel"
+CLIENT_SELECTOR = f"app.kubernetes.io/name=tunnelop-frpc,{TUNNEL_LABEL}"
+# A Service's cluster DNS name, as a pod names it, for the warning about unserved ones.
+SERVICE_NAME_PATTERN = re.compile(
+    r"(?<![A-Za-z0-9.-])([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc"
+    r"(\.cluster\.local)?(?!\.?[A-Za-z0-9-])"
+)
 TERMINAL_PHASES = ("Succeeded", "Failed")
 log = logging.getLogger("relay-runner")
 
@@ -167,6 +184,8 @@ class RunningPod:
     grace: float = 5.0
     # A pod labelled KUBELET_SELECTOR: the runner reports its whole status (kwok does not).
     owned: bool = False
+    # An InCluster Tunnel's frpc pod (CLIENT_SELECTOR): `relay` is then client_key(...).
+    client: bool = False
     restart_policy: str = "Always"
     token_refresher: asyncio.Task[None] | None = None
     prober: asyncio.Task[None] | None = None
@@ -237,6 +256,8 @@ class RelayPodRunner:
         self._served: set[tuple[str, str]] = set()
         self._next_address = ipaddress.IPv4Address(first_address)
         self._addresses: dict[str, str] = {}
+        # Cluster DNS stood in for: (namespace, Service) -> the address its name resolves to.
+        self._service_addresses: dict[tuple[str, str], str] = {}
         self.pods: dict[str, RunningPod] = {}
         # The pods run to their end (restartPolicy Never or OnFailure), in that order.
         self.completions: list[Completion] = []
@@ -272,6 +293,13 @@ class RelayPodRunner:
                 core.list_pod_for_all_namespaces,
                 self._pod_listing(operator=False, owned=True),
                 self._pod_event_handler(operator=False, owned=True),
+            ),
+            (
+                "client-pods",
+                CLIENT_SELECTOR,
+                core.list_pod_for_all_namespaces,
+                self._pod_listing(operator=False, client=True),
+                self._pod_event_handler(operator=False, client=True),
             ),
         ]
         if self.operator_selector:
@@ -352,6 +380,20 @@ class RelayPodRunner:
             self._addresses[relay] = str(self._next_address)
             self._next_address += 1
         return self._addresses[relay]
+
+    def serve_service(self, namespace: str, name: str, address: str) -> None:
+        """Stand in for cluster DNS: in pods started from now on, Service `name` of
+        `namespace` by its DNS name (`<name>.<namespace>.svc`, `...svc.cluster.local`) is
+        `address` (where the test runs what the Service's pods would serve)."""
+        self._service_addresses[(namespace, name)] = address
+
+    def client_pod(self, namespace: str, tunnel: str) -> RunningPod | None:
+        """The running frpc pod of an InCluster Tunnel."""
+        return self.pod_for(client_key(namespace, tunnel))
+
+    def client_logs(self, namespace: str, tunnel: str) -> str:
+        """The logs of an InCluster Tunnel's frpc pod, for test failure messages."""
+        return self.logs(client_key(namespace, tunnel))
 
     def operator_pods(self) -> list[RunningPod]:
         """The operator's pods the runner runs (operator_selector)."""
@@ -451,30 +493,33 @@ class RelayPodRunner:
                 await asyncio.sleep(1)
 
     def _pod_listing(
-        self, operator: bool, owned: bool = False
+        self, operator: bool, owned: bool = False, client: bool = False
     ) -> Callable[[list[Any]], Awaitable[None]]:
         async def on_listing(pods: list[Any]) -> None:
             for pod in pods:
-                await self._on_pod(pod, operator, owned)
+                await self._on_pod(pod, operator, owned, client)
             listed = {pod.metadata.uid for pod in pods}
             for uid, running in list(self.pods.items()):
-                if (running.operator, running.owned) == (operator, owned) and uid not in listed:
+                kind = (running.operator, running.owned, running.client)
+                if kind == (operator, owned, client) and uid not in listed:
                     await self._stop_pod(uid)
 
         return on_listing
 
     def _pod_event_handler(
-        self, operator: bool, owned: bool = False
+        self, operator: bool, owned: bool = False, client: bool = False
     ) -> Callable[[str, Any], Awaitable[None]]:
         async def on_event(kind: str, pod: Any) -> None:
             if kind == "DELETED":
                 await self._stop_pod(pod.metadata.uid)
             else:
-                await self._on_pod(pod, operator, owned)
+                await self._on_pod(pod, operator, owned, client)
 
         return on_event
 
-    async def _on_pod(self, pod: Any, operator: bool = False, owned: bool = False) -> None:
+    async def _on_pod(
+        self, pod: Any, operator: bool = False, owned: bool = False, client: bool = False
+    ) -> None:
         uid = pod.metadata.uid
         if pod.metadata.deletion_timestamp is not None:
             await self._stop_pod(uid)
@@ -500,7 +545,7 @@ class RelayPodRunner:
                 )
             return
         try:
-            await self._start_pod(pod, operator, owned)
+            await self._start_pod(pod, operator, owned, client)
         except Exception:
             log.exception("cannot run pod %s/%s", pod.metadata.namespace, pod.metadata.name)
 
@@ -651,14 +696,18 @@ class RelayPodRunner:
 
     # ---- running a pod ----------------------------------------------------------------
 
-    async def _start_pod(self, pod: Any, operator: bool = False, owned: bool = False) -> None:
+    async def _start_pod(
+        self, pod: Any, operator: bool = False, owned: bool = False, client: bool = False
+    ) -> None:
         meta = pod.metadata
-        # An operator pod's address is its own (a replica's pods never share one).
-        relay = (
-            f"{meta.namespace}/{meta.name}"
-            if operator or owned
-            else (meta.labels or {}).get(self.label) or meta.name
-        )
+        # An operator pod's address is its own (a replica's pods never share one); a client
+        # pod's is its tunnel's (a rolled pod takes its predecessor's).
+        if client:
+            relay = client_key(meta.namespace, (meta.labels or {}).get(TUNNEL_LABEL, meta.name))
+        elif operator or owned:
+            relay = f"{meta.namespace}/{meta.name}"
+        else:
+            relay = (meta.labels or {}).get(self.label) or meta.name
         address = self.address_of(relay)
         root = self.workdir / f"{meta.namespace}.{meta.name}.{meta.uid[:8]}"
         root.mkdir(parents=True, exist_ok=True)
@@ -668,6 +717,7 @@ class RelayPodRunner:
             grace = pod.spec.termination_grace_period_seconds
             running.grace = float(30 if grace is None else min(grace, 30))
         running.owned = owned
+        running.client = client
         running.restart_policy = pod.spec.restart_policy or "Always"
         running.ports = {
             p.name: p.container_port
@@ -704,7 +754,18 @@ class RelayPodRunner:
             path_map[LOCALHOST] = path_map[ANY_ADDRESS] = address
             env = await self._container_env(pod, spec, address, path_map)
             argv = _argv(binary, spec.command, spec.args)
-            argv = [argv[0], *(_rewrite(_expand(a, env), path_map) for a in argv[1:])]
+            args = [self._rewrite_for_pod(_expand(a, env), path_map) for a in argv[1:]]
+            argv = [argv[0], *args]
+            unserved = _unserved_services([*argv[1:], *env.values()], self._service_addresses)
+            if unserved:
+                log.warning(
+                    "pod %s/%s: container %s names Service(s) %s, which serve_service gave no "
+                    "address: there is no cluster DNS here",
+                    meta.namespace,
+                    meta.name,
+                    spec.name,
+                    ", ".join(unserved),
+                )
             if operator and not _names_token_dir(spec):
                 log.warning(
                     "pod %s: container %s mounts its ServiceAccount token at %s, but no arg "
@@ -976,7 +1037,7 @@ class RelayPodRunner:
                         text = path.read_text()
                     except UnicodeDecodeError:
                         continue
-                    rewritten = _rewrite(text, path_map)
+                    rewritten = self._rewrite_for_pod(text, path_map)
                     if rewritten != text:
                         path.write_text(rewritten)
         return out
@@ -1092,7 +1153,11 @@ class RelayPodRunner:
                 value = (cm.data or {}).get(ref.config_map_key_ref.key)
                 if value is not None:
                     env[var.name] = value
-        return {**injected, **{k: _rewrite(v, path_map) for k, v in env.items()}}
+        return {**injected, **{k: self._rewrite_for_pod(v, path_map) for k, v in env.items()}}
+
+    def _rewrite_for_pod(self, text: str, path_map: dict[str, str]) -> str:
+        """Mount paths and the pod's own addresses (_rewrite), then Service DNS names."""
+        return _resolve_service_names(_rewrite(text, path_map), self._service_addresses)
 
 
 # ---- helpers (pure) ------------------------------------------------------------------
@@ -1123,6 +1188,36 @@ def _rewrite(text: str, path_map: dict[str, str]) -> str:
     for placeholder, path in placeholders.items():
         text = text.replace(placeholder, path)
     return text
+
+
+def client_key(namespace: str, tunnel: str) -> str:
+    """What the runner keeps an InCluster Tunnel's frpc pods (and their address) under."""
+    return f"client:{namespace}/{tunnel}"
+
+
+def _resolve_service_names(text: str, addresses: dict[tuple[str, str], str]) -> str:
+    """Each Service's cluster DNS name in `text` (`<name>.<namespace>.svc`, optionally
+    `.cluster.local`; whole names only) replaced by its address in `addresses`, as cluster
+    DNS would resolve it. Done after the pod's own addresses are rewritten, so that a
+    Service served on 127.0.0.1 stays there."""
+    for (namespace, name), address in addresses.items():
+        pattern = (
+            rf"(?<![A-Za-z0-9.-]){re.escape(name)}\.{re.escape(namespace)}\.svc"
+            r"(\.cluster\.local)?(?!\.?[A-Za-z0-9-])"
+        )
+        text = re.sub(pattern, address, text)
+    return text
+
+
+def _unserved_services(texts: list[str], addresses: dict[tuple[str, str], str]) -> list[str]:
+    """The Service DNS names in `texts` that `addresses` has no address for."""
+    found = {
+        f"{m.group(3)}/{m.group(1)}"
+        for text in texts
+        for m in SERVICE_NAME_PATTERN.finditer(text)
+        if (m.group(3), m.group(1)) not in addresses
+    }
+    return sorted(found)
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -24,7 +24,7 @@ from kubernetes.client import ApiClient
 
 from support import tools
 from support.objects import with_local_lines
-from tunnelop.api.v1alpha1 import API_VERSION, RelayNode
+from tunnelop.api.v1alpha1 import API_VERSION, RelayNode, Tunnel
 from tunnelop.builders import (
     build_config_secret,
     build_credentials_secret,
@@ -39,9 +39,12 @@ from tunnelop.builders import (
     config_checksum,
     endpoint,
 )
+from tunnelop.builders.client import build_client_deployment, spec_checksum
 from tunnelop.builders.relay import DefaultRelayImages, agent_resources
 from tunnelop.contract.naming import (
+    CLIENT_SELECTOR,
     DEFAULT_AGENT_IMAGE,
+    DEFAULT_FRPC_IMAGE,
     DEFAULT_FRPS_IMAGE,
     RELAY_LABEL,
     common_labels,
@@ -994,6 +997,158 @@ def test_credentials_secret() -> None:
     assert decoded(secret, "token") == "tunnel-token-of-tcp"
 
 
+# InCluster client -------------------------------------------------------------------------------
+
+
+def in_cluster_tunnel(name: str = "minecraft", namespace: str = "alice", **client: Any) -> Tunnel:
+    client = client or {"type": "InCluster", "target": {"service": "mc-server", "port": 25565}}
+    return Tunnel.model_validate(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Tunnel",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"},
+            "spec": {"protocol": "tcp", "client": client},
+        }
+    )
+
+
+def client_deployment(tunnel: Tunnel | None = None, **overrides: Any) -> dict[str, Any]:
+    args = {"credentials_secret": "minecraft-frpc", "credentials_checksum": "c0ffee", **overrides}
+    return build_client_deployment(tunnel or in_cluster_tunnel(), **args)
+
+
+def test_client_deployment_golden() -> None:
+    assert_golden("client-deployment.yaml", to_yaml(client_deployment()))
+
+
+def test_client_runs_the_pinned_frpc_with_the_secrets_config() -> None:
+    deployment = client_deployment()
+    pod = deployment["spec"]["template"]
+    (frpc_container,) = pod["spec"]["containers"]
+    assert frpc_container["image"] == DEFAULT_FRPC_IMAGE
+    assert DEFAULT_FRPC_IMAGE.rsplit(":", 1)[1] == DEFAULT_FRPS_IMAGE.rsplit(":", 1)[1]
+    assert frpc_container["command"] == ["/usr/bin/frpc"]
+    assert frpc_container["args"] == ["-c", "/etc/frp/frpc.toml"]
+    (volume,) = pod["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "minecraft-frpc"
+    assert volume["secret"]["items"] == [{"key": "frpc.toml", "path": "frpc.toml"}]
+    assert frpc_container["volumeMounts"] == [
+        {"name": "config", "mountPath": "/etc/frp", "readOnly": True}
+    ]
+    # The Secret's frpc.toml takes the local service from these: the target Service by its
+    # cluster DNS name (the cluster domain left to the pod's DNS search path).
+    env = {e["name"]: e["value"] for e in frpc_container["env"]}
+    assert env == {"TUNNELOP_LOCAL_IP": "mc-server.alice.svc", "TUNNELOP_LOCAL_PORT": "25565"}
+    mirrored = client_deployment(image="mirror.example.com/frpc:v0.71.0")
+    assert mirrored["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "mirror.example.com/frpc:v0.71.0"
+    )
+
+
+def test_client_is_owned_labelled_and_selected_by_its_tunnel() -> None:
+    deployment = client_deployment()
+    meta = deployment["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("minecraft-frpc", "alice")
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "tunnelop.dev/v1alpha1",
+            "kind": "Tunnel",
+            "name": "minecraft",
+            "uid": "uid-minecraft",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert meta["labels"] == labels
+    assert labels["tunnelop.dev/tunnel"] == "minecraft"
+    assert labels["app.kubernetes.io/managed-by"] == "tunnelop"
+    assert {k for k in labels if k.startswith("app.kubernetes.io/")} == {
+        f"app.kubernetes.io/{k}" for k in ("name", "instance", "component", "managed-by", "part-of")
+    }
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    # What the operator's watch and the test ground's pod runner select it by.
+    for term in CLIENT_SELECTOR.split(","):
+        key, _, value = term.partition("=")
+        assert key in labels and (not value or labels[key] == value)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_client_pod_is_restricted() -> None:
+    """What Pod Security's restricted level asks, no API access and no Service env vars."""
+    pod = client_deployment()["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert "serviceAccountName" not in pod
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    resources = container["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert set(resources["limits"]) == {"memory"}  # no CPU limit on the tunnel's byte path
+
+
+def test_a_new_secret_or_target_rolls_the_pod_and_nothing_else_does() -> None:
+    base = client_deployment()
+    assert client_deployment() == base
+    rotated = client_deployment(credentials_checksum="decade")
+    assert rotated["spec"]["template"] != base["spec"]["template"]
+    assert rotated["spec"]["template"]["metadata"]["annotations"] == {
+        "tunnelop.dev/config-checksum": "decade"
+    }
+    retargeted = client_deployment(
+        in_cluster_tunnel(type="InCluster", target={"service": "mc-server", "port": 25566})
+    )
+    assert retargeted["spec"]["template"] != base["spec"]["template"]
+    # Each carries the checksum of what the operator sets, compared instead of re-applied.
+    checksums = {
+        d["metadata"]["annotations"]["tunnelop.dev/spec-checksum"]
+        for d in (base, rotated, retargeted)
+    }
+    assert len(checksums) == 3
+    assert base["metadata"]["annotations"]["tunnelop.dev/spec-checksum"] == spec_checksum(base)
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "overrides", "message"),
+    [
+        (in_cluster_tunnel(type="External"), {}, "spec.client.type must be InCluster"),
+        (in_cluster_tunnel(), {"credentials_checksum": ""}, "checksum"),
+    ],
+)
+def test_client_refuses_what_it_cannot_run(
+    tunnel: Tunnel, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        client_deployment(tunnel, **overrides)
+
+
+def test_client_needs_the_tunnels_uid() -> None:
+    tunnel = in_cluster_tunnel()
+    tunnel.metadata.uid = None
+    with pytest.raises(ValueError, match=r"metadata\.uid"):
+        client_deployment(tunnel)
+
+
+@pytest.mark.parametrize("case", ["tcp", "udp", "http", "https"])
+def test_frpc_accepts_the_secrets_config_with_the_clients_environment(
+    case: str, tmp_path: Path
+) -> None:
+    """frp's verdict on the Secret's frpc.toml with the environment the client pod sets: a
+    Service's DNS name as the local address."""
+    (container,) = client_deployment()["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    frp_verify("frpc", frpc(case), tmp_path, env)
+
+
 # Schema ------------------------------------------------------------------------------------------
 
 
@@ -1014,6 +1169,7 @@ def all_objects() -> list[dict[str, Any]]:
         *workload(relay(exposure={"type": "NodePort"}), [(30001, "UDP")]),
         build_table_secret(tcp_udp_relay(), NAMESPACE, table_entries()),
         build_credentials_secret("alice", "minecraft", "uid-t", frpc_toml="x", token="t"),
+        client_deployment(),
     ]
     return [o for o in objects if o is not None]
 

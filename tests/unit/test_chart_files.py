@@ -82,6 +82,16 @@ def test_full_values_use_every_top_level_value():
     assert not unset, f"ci/full-values.yaml does not set {sorted(unset)}"
 
 
+def test_the_charts_frpc_is_the_operators_pinned_frpc():
+    """The chart names the frpc image itself (its admission policy allows that one only), by
+    default the operator's pinned one."""
+    from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE
+
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    (default,) = re.findall(r'clientImages\.frpc \| default "([^"]+)"', helpers)
+    assert default == DEFAULT_FRPC_IMAGE
+
+
 def _instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments left out."""
     joined = re.sub(r"\\\n", " ", text)

@@ -67,6 +67,7 @@ def runtime(*, synced: bool = True) -> tuple[Runtime, RecordingKube]:
     rt = Runtime(kube=kube, relay_namespace="tunnelop-relays")  # type: ignore[arg-type]
     rt.service_queue = WorkQueue("loadbalancers", lambda key: loadbalancers.reconcile(rt, key))
     rt.tunnel_queue = WorkQueue("tunnels", _nothing)
+    rt.client_queue = WorkQueue("clients", _nothing)  # the InCluster clients: not run here
     watches = [asyncio.Event(), asyncio.Event()]
     if synced:
         for watch in watches:

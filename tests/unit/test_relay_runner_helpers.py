@@ -10,8 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from support import tools
 from support.netutil import free_port
 from support.relay_runner import (
+    CLIENT_SELECTOR,
     LOCALHOST,
     Container,
     ReadinessCheck,
@@ -23,11 +25,14 @@ from support.relay_runner import (
     _probe,
     _readiness_check,
     _readiness_status,
+    _resolve_service_names,
     _rewrite,
     _running_status,
     _runs_again,
+    _unserved_services,
     default_image_map,
 )
+from tunnelop.contract import naming
 
 
 def test_image_entry_point_is_the_local_binary() -> None:
@@ -75,6 +80,57 @@ def test_localhost_is_rewritten_as_a_whole_address_only() -> None:
     # The relay's own address, or another one that starts alike, is no localhost.
     assert _rewrite("bindAddr = 127.0.0.160", to_relay) == "bindAddr = 127.0.0.160"
     assert _rewrite("127.0.0.10 127.0.0.1", to_relay) == "127.0.0.10 127.0.0.160"
+
+
+# ---- InCluster clients and cluster DNS ----------------------------------------------------------
+
+
+def test_client_pods_are_selected_as_the_operator_selects_them() -> None:
+    assert CLIENT_SELECTOR == naming.CLIENT_SELECTOR
+    try:
+        binary = default_image_map(naming.DEFAULT_FRPC_IMAGE)
+    except tools.ToolMissing:
+        pytest.skip("frpc is not built (make tools)")
+    assert binary is not None and binary.name == "frpc"
+
+
+SERVED = {("team-a", "web"): "127.0.61.40", ("team-b", "web"): "127.0.61.41"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("web.team-a.svc", "127.0.61.40"),
+        ("web.team-a.svc.cluster.local", "127.0.61.40"),
+        ("http://web.team-a.svc:8080/x", "http://127.0.61.40:8080/x"),
+        ("web.team-b.svc web.team-a.svc", "127.0.61.41 127.0.61.40"),
+        ('localIP = "web.team-a.svc.cluster.local"', 'localIP = "127.0.61.40"'),
+        # Whole names only: another Service, namespace or domain stays as it is.
+        ("myweb.team-a.svc", "myweb.team-a.svc"),
+        ("web.team-a.svc.example.com", "web.team-a.svc.example.com"),
+        ("web.team-a.svcs", "web.team-a.svcs"),
+        ("web.team-c.svc", "web.team-c.svc"),
+        ("a.web.team-a.svc", "a.web.team-a.svc"),
+        ("web.team-a", "web.team-a"),
+    ],
+)
+def test_service_dns_names_become_the_address_the_test_gave(text: str, expected: str) -> None:
+    assert _resolve_service_names(text, SERVED) == expected
+
+
+def test_service_names_resolve_after_the_pods_own_addresses() -> None:
+    """A Service the test serves on 127.0.0.1 is the machine's localhost, not the pod's."""
+    path_map = {LOCALHOST: "127.0.61.9"}
+    served = {("team-a", "web"): "127.0.0.1"}
+    text = "--local web.team-a.svc:80 --admin 127.0.0.1:7400"
+    rewritten = _resolve_service_names(_rewrite(text, path_map), served)
+    assert rewritten == "--local 127.0.0.1:80 --admin 127.0.61.9:7400"
+
+
+def test_names_of_services_without_an_address_are_reported() -> None:
+    texts = ["web.team-a.svc", "db.team-a.svc.cluster.local:5432", "kubernetes.io", "x.y"]
+    assert _unserved_services(texts, SERVED) == ["team-a/db"]
+    assert _unserved_services(["web.team-a.svc"], SERVED) == []
 
 
 # ---- the load balancer ------------------------------------------------------------------------

@@ -219,7 +219,9 @@ def test_client_condition_says_the_relay_refused_the_client_and_why():
 
 def _collector(status: dict) -> TrafficCollector:
     tunnel = {"spec": {}, "status": status}
-    rt = SimpleNamespace(traffic={}, cache=SimpleNamespace(tunnels={("team-a", "web"): tunnel}))
+    rt = SimpleNamespace(
+        traffic={}, client_problems={}, cache=SimpleNamespace(tunnels={("team-a", "web"): tunnel})
+    )
     return TrafficCollector(rt, TrafficOptions())  # type: ignore[arg-type]
 
 

@@ -65,6 +65,12 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The frpc of InCluster tunnels: what the operator runs and its admission policy allows
+(the default is contract/naming.py's DEFAULT_FRPC_IMAGE; a test keeps them equal). */}}
+{{- define "tunnelop.frpcImage" -}}
+{{- .Values.clientImages.frpc | default "docker.io/fatedier/frpc:v0.71.0" }}
+{{- end }}
+
 {{- define "tunnelop.relayNamespace" -}}
 {{- .Values.relayNamespace.name }}
 {{- end }}

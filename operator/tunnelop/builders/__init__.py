@@ -2,6 +2,7 @@
 (plain dicts, as `kubectl apply` takes them) out. No I/O and no API calls, so the
 reconcilers stay thin and every output is checked against golden files."""
 
+from tunnelop.builders.client import build_client_deployment
 from tunnelop.builders.frpc import LOCAL_IP_ENV, LOCAL_PORT_ENV, build_frpc_config, endpoint
 from tunnelop.builders.frps import build_frps_config, vhost_ports
 from tunnelop.builders.relay import (
@@ -20,6 +21,7 @@ from tunnelop.builders.relay import (
 __all__ = [
     "LOCAL_IP_ENV",
     "LOCAL_PORT_ENV",
+    "build_client_deployment",
     "build_config_secret",
     "build_credentials_secret",
     "build_deployment",

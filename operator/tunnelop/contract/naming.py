@@ -20,6 +20,8 @@ CONFIG_CHECKSUM_ANNOTATION = "tunnelop.dev/config-checksum"
 
 MANAGED_BY = "tunnelop"
 RELAY_APP = "tunnelop-relay"
+# app.kubernetes.io/name of an InCluster tunnel's frpc Deployment and pod.
+CLIENT_APP = "tunnelop-frpc"
 
 # The API group and version of tunnelop's kinds (the api package defines the same; a unit test
 # keeps the two equal, so the agent needs no pydantic models to know it).
@@ -42,6 +44,8 @@ PUBLIC_HTTP_PORT = 80
 PUBLIC_HTTPS_PORT = 443
 
 DEFAULT_FRPS_IMAGE = "docker.io/fatedier/frps:v0.71.0"
+# The frpc the operator runs for InCluster tunnels: the same frp release as frps.
+DEFAULT_FRPC_IMAGE = "docker.io/fatedier/frpc:v0.71.0"
 DEFAULT_AGENT_IMAGE = f"ghcr.io/tunnelop/tunnelop:{tunnelop.__version__}"
 
 # Paths inside the relay pod.
@@ -120,6 +124,39 @@ def table_secret_name(relay: str) -> str:
 def credentials_secret_name(tunnel: str) -> str:
     """A tunnel's token and ready-to-run frpc config, in the tenant's namespace."""
     return f"{tunnel}-frpc"
+
+
+def client_deployment_name(tunnel: str) -> str:
+    """The frpc the operator runs for an InCluster tunnel, in the tenant's namespace."""
+    return f"{tunnel}-frpc"
+
+
+def client_labels(tunnel: str) -> dict[str, str]:
+    """Labels of an InCluster tunnel's frpc Deployment and pod."""
+    return {
+        "app.kubernetes.io/name": CLIENT_APP,
+        "app.kubernetes.io/instance": tunnel,
+        "app.kubernetes.io/component": "client",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "tunnelop",
+        TUNNEL_LABEL: tunnel,
+    }
+
+
+def client_selector(tunnel: str) -> dict[str, str]:
+    """The frpc pod's selector (immutable in a Deployment: only labels that never change)."""
+    return {"app.kubernetes.io/name": CLIENT_APP, TUNNEL_LABEL: tunnel}
+
+
+# What selects every InCluster client's Deployment and pod (the operator's watch, the test
+# ground's pod runner).
+CLIENT_SELECTOR = f"app.kubernetes.io/name={CLIENT_APP},{TUNNEL_LABEL}"
+
+
+def service_dns_name(service: str, namespace: str) -> str:
+    """A Service's name in cluster DNS, without the cluster domain (which differs between
+    clusters): pods resolve it through their DNS search path."""
+    return f"{service}.{namespace}.svc"
 
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"

@@ -16,6 +16,27 @@ from tunnelop.platform import logs
 log = logs.get(__name__)
 
 
+@dataclass(frozen=True)
+class ServiceTarget:
+    """What the client controller needs to know of a Service: the ports a client may forward
+    to, as (port, protocol); `any_port` for a headless or ExternalName Service, whose name
+    resolves to pods or another host, where any port may serve."""
+
+    ports: frozenset[tuple[int, str]]
+    any_port: bool = False
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> ServiceTarget:
+        spec = body.get("spec") or {}
+        any_port = spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None"
+        ports = frozenset(
+            (p["port"], p.get("protocol") or "TCP")
+            for p in spec.get("ports") or []
+            if isinstance(p.get("port"), int)
+        )
+        return cls(ports, any_port)
+
+
 @dataclass
 class Caches:
     tunnels: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
@@ -23,6 +44,10 @@ class Caches:
     pools: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The relay Deployments, by relay name.
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # InCluster tunnels' frpc Deployments, by tunnel.
+    client_deployments: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
+    # Every Service, by (namespace, name): what an InCluster tunnel's target needs of it.
+    services: dict[TunnelKey, ServiceTarget] = field(default_factory=dict)
     # Every RelayNode as last seen, for admission: known as soon as it is watched, before the
     # relay controller has run its workload.
     relay_views: dict[str, RelayView] = field(default_factory=dict)

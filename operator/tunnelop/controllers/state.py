@@ -15,6 +15,7 @@ from typing import Any
 
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.builders.relay import DefaultRelayImages
+from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE
 from tunnelop.controllers.caches import Caches
 from tunnelop.controllers.gateway_api import GatewayApi
 from tunnelop.controllers.relaytables import RelayTables
@@ -40,6 +41,16 @@ class RelaySecrets:
     plugin_password: str
 
 
+@dataclass(frozen=True)
+class ClientProblem:
+    """What keeps an InCluster tunnel's frpc from serving, as the client controller found it;
+    the Tunnel controller shows it in ClientConnected while no frpc is connected."""
+
+    reason: str
+    message: str
+    warning: bool = True  # worth a Warning Event (a starting pod is not)
+
+
 @dataclass
 class Runtime:
     kube: Kube
@@ -48,6 +59,8 @@ class Runtime:
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE
     # The images of relay pods whose RelayNode names none.
     relay_images: DefaultRelayImages = field(default_factory=DefaultRelayImages)
+    # The frpc image of InCluster tunnels' clients.
+    frpc_image: str = DEFAULT_FRPC_IMAGE
     table: AllocationTable = field(default_factory=AllocationTable)
     cache: Caches = field(default_factory=Caches)
     relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)
@@ -92,6 +105,12 @@ class Runtime:
     # The Gateway API's caches and watches, and the queue of its one translation.
     gateway_api: GatewayApi | None = None
     gateway_queue: WorkQueue[str] | None = None
+    # InCluster tunnels' frpc Deployments by tunnel, what keeps each from serving, and
+    # whether the watches of client Deployments and Services have listed everything (before
+    # that, a missing one may only be unseen).
+    client_queue: WorkQueue[TunnelKey] | None = None
+    client_problems: dict[TunnelKey, ClientProblem] = field(default_factory=dict)
+    client_watches_synced: list[asyncio.Event] = field(default_factory=list)
     # What runs beside the work queues (informers, the traffic collector), stopped first.
     running: list[Any] = field(default_factory=list)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -130,6 +149,7 @@ class Runtime:
                 self.pool_queue,
                 self.service_queue,
                 self.gateway_queue,
+                self.client_queue,
             )
             if q is not None
         ]

@@ -20,7 +20,7 @@ import aiohttp
 
 from tunnelop.contract import basicauth, naming
 from tunnelop.controllers import quotametrics, quotas
-from tunnelop.controllers.state import Runtime
+from tunnelop.controllers.state import ClientProblem, Runtime
 from tunnelop.domain import conditions
 from tunnelop.domain.quota import advance_period_bytes
 from tunnelop.domain.quota.period import parse_time, period_start
@@ -168,7 +168,7 @@ class TrafficCollector:
         suspended = bool(
             ((self.rt.cache.tunnels.get(key) or {}).get("spec") or {}).get("suspended")
         )
-        due = client_condition(observed, suspended, key[1], None)
+        due = client_condition(observed, suspended, key[1], None, *client_of(self.rt, key))
         if due is not None and any(shown.get(f) != due[f] for f in ("reason", "message")):
             # Say, the relay refused the client: worth a write, within the write budget (a
             # stranger's refused guesses change nothing more often than that).
@@ -214,30 +214,54 @@ def _host(ip: str) -> str:
 
 
 def client_condition(
-    observed: Observed | None, suspended: bool, tunnel: str, generation: int | None
+    observed: Observed | None,
+    suspended: bool,
+    tunnel: str,
+    generation: int | None,
+    in_cluster: bool = False,
+    problem: ClientProblem | None = None,
 ) -> dict[str, Any] | None:
-    """ClientConnected, from the last reading of the tunnel's relay agent (None before one)."""
-    if observed is None:
-        return None
-    relay = observed.relay
-    if observed.reading.connected:
+    """ClientConnected, from the last reading of the tunnel's relay agent (None before one),
+    and for an InCluster tunnel from what keeps the operator's frpc from serving (`problem`,
+    shown even before a reading)."""
+    if observed is not None and observed.reading.connected:
         return conditions.condition(
             "ClientConnected",
             True,
             "ClientConnected",
-            f"frpc is connected to relay {relay}",
+            f"frpc is connected to relay {observed.relay}",
             generation,
         )
-    refusal = observed.reading.standing_refusal()
+    if observed is None and problem is None:
+        return None
+    refusal = observed.reading.standing_refusal() if observed is not None else None
     if suspended:
         reason, message = "TunnelSuspended", "The tunnel is suspended: its client is refused"
-    elif refusal is not None:
+    elif problem is not None:
+        reason, message = problem.reason, problem.message
+    elif observed is not None and refusal is not None:
         reason = "ClientRefused"
-        message = f"relay {relay} refused the client's {refusal.op}: {refusal.reason}"
-    else:
+        message = f"relay {observed.relay} refused the client's {refusal.op}: {refusal.reason}"
+    elif observed is not None and in_cluster:
+        deployment = naming.client_deployment_name(tunnel)
         reason = "ClientNotConnected"
         message = (
-            f"No frpc is connected to relay {relay}: run frpc with the frpc.toml of Secret "
-            f"{naming.credentials_secret_name(tunnel)}"
+            f"The operator's frpc (Deployment {deployment}) is not connected to relay "
+            f"{observed.relay}; its log says why: kubectl logs deployment/{deployment}"
+        )
+    else:
+        assert observed is not None
+        reason = "ClientNotConnected"
+        message = (
+            f"No frpc is connected to relay {observed.relay}: run frpc with the frpc.toml of "
+            f"Secret {naming.credentials_secret_name(tunnel)}"
         )
     return conditions.condition("ClientConnected", False, reason, message, generation)
+
+
+def client_of(rt: Runtime, key: TunnelKey) -> tuple[bool, ClientProblem | None]:
+    """Whether the tunnel's client is the operator's (InCluster), and what keeps it from
+    serving, for client_condition."""
+    spec = (rt.cache.tunnels.get(key) or {}).get("spec") or {}
+    in_cluster = (spec.get("client") or {}).get("type") == "InCluster"
+    return in_cluster, rt.client_problems.get(key)

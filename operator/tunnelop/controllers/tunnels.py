@@ -26,7 +26,7 @@ from tunnelop.contract.table import TableEntry, token_sha256
 from tunnelop.controllers import pools, quotas
 from tunnelop.controllers.state import FINALIZER, Runtime
 from tunnelop.controllers.status import merge_patch, status_dict, utcnow
-from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition
+from tunnelop.controllers.traffic import COUNTED_FIELDS, client_condition, client_of
 from tunnelop.domain import conditions
 from tunnelop.domain.quota import (
     NAMESPACE_SUSPENDED,
@@ -213,19 +213,23 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
 
 
 def _add_traffic(rt: Runtime, new: dict[str, Any], tunnel: Tunnel, relay: str, held: bool) -> None:
-    """status.traffic and ClientConnected from the last reading of the relay's agent."""
+    """status.traffic and ClientConnected from the last reading of the relay's agent (and, for
+    an InCluster tunnel, from what the client controller found)."""
     key = (tunnel.metadata.namespace or "", tunnel.metadata.name or "")
     observed = rt.traffic.get(key)
-    if observed is None or observed.relay != relay:
-        return
-    traffic = observed.traffic()
-    shown = new.get("traffic") or {}
-    if "lastSeen" in shown and all(traffic.get(f) == shown.get(f) for f in COUNTED_FIELDS):
-        # A heartbeat alone is no reason to write: lastSeen moves with the counted figures.
-        traffic["lastSeen"] = shown["lastSeen"]
-    new["traffic"] = traffic
+    if observed is not None and observed.relay != relay:
+        observed = None  # read before a move: nothing to say about the new relay yet
+    if observed is not None:
+        traffic = observed.traffic()
+        shown = new.get("traffic") or {}
+        if "lastSeen" in shown and all(traffic.get(f) == shown.get(f) for f in COUNTED_FIELDS):
+            # A heartbeat alone is no reason to write: lastSeen moves with the counted figures.
+            traffic["lastSeen"] = shown["lastSeen"]
+        new["traffic"] = traffic
     suspended = tunnel.spec.suspended or held
-    client = client_condition(observed, suspended, key[1], new["observedGeneration"])
+    client = client_condition(
+        observed, suspended, key[1], new["observedGeneration"], *client_of(rt, key)
+    )
     if client is not None:
         new["conditions"] = conditions.merge(new["conditions"], client)
 

@@ -16,7 +16,8 @@ from tunnelop.api.v1alpha1 import GROUP, VERSION, PortSpan, RelayNode, Tunnel
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages, config_checksum
 from tunnelop.contract import naming
 from tunnelop.contract.table import TableEntry, parse_table_json
-from tunnelop.controllers import gateways, loadbalancers, pools, quotas, relays, tunnels
+from tunnelop.controllers import clients, gateways, loadbalancers, pools, quotas, relays, tunnels
+from tunnelop.controllers.caches import ServiceTarget
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.status import utcnow
@@ -43,6 +44,7 @@ async def start(
     traffic: TrafficOptions,
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
     relay_images: DefaultRelayImages = PINNED_IMAGES,
+    frpc_image: str = naming.DEFAULT_FRPC_IMAGE,
 ) -> Runtime:
     kube = await Kube.connect()
     rt = Runtime(
@@ -50,12 +52,14 @@ async def start(
         relay_namespace=relay_namespace,
         node_port_range=node_port_range,
         relay_images=relay_images,
+        frpc_image=frpc_image,
     )
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
     rt.quota_queue = WorkQueue("quotas", lambda key: quotas.reconcile(rt, key), 2)
     rt.pool_queue = WorkQueue("pools", lambda name: pools.reconcile(rt, name), 2)
     rt.service_queue = WorkQueue("loadbalancers", lambda key: loadbalancers.reconcile(rt, key), 2)
+    rt.client_queue = WorkQueue("clients", lambda key: clients.reconcile(rt, key), 4)
     # After each table write the relay's status reports the new allocation.
     rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
@@ -64,8 +68,8 @@ async def start(
         kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)
     )
     # Every Service, cluster-wide: no selector picks a class, and spec.type only from
-    # Kubernetes 1.31 (the chart supports 1.27); on_service keeps only those of the class
-    # tunnelop.dev/relay (slimmed) and drops the rest unread.
+    # Kubernetes 1.31 (the chart supports 1.27). on_service keeps those of the class
+    # tunnelop.dev/relay (slimmed), and of every Service only its ports (InCluster targets).
     service_informer = Informer(kube, "/api/v1/services", lambda k, o: on_service(rt, k, o))
     rt.load_balancer_watches = [tunnel_informer.synced, service_informer.synced]
     informers = [
@@ -84,6 +88,15 @@ async def start(
         ),
     ]
     health = getattr(memo, "health", None)  # set by the manager; absent in tests
+    # InCluster tunnels' frpc Deployments; their targets come from the Services above.
+    client_informer = Informer(
+        kube,
+        "/apis/apps/v1/deployments",
+        lambda k, o: on_client_deployment(rt, k, o),
+        labels=naming.CLIENT_SELECTOR,
+    )
+    rt.client_watches_synced = [client_informer.synced, service_informer.synced]
+    informers.append(client_informer)
     for informer in informers:
         informer.start()
         if health is not None:
@@ -93,6 +106,7 @@ async def start(
     rt.quota_queue.start()
     rt.pool_queue.start()
     rt.service_queue.start()
+    rt.client_queue.start()
     # After the restore: the Tunnels made for routes are known before any route is.
     gateway_api = gateways.start(rt, health)
     collector = TrafficCollector(rt, traffic)
@@ -328,9 +342,19 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     if service:  # made for a Service of the load-balancer class: its status may change
         assert rt.service_queue is not None
         rt.service_queue.add((key[0], service))
+    if clients.wants_client(rt, key, body):
+        assert rt.client_queue is not None
+        rt.client_queue.add(key)
 
 
 def on_service(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """One watch of every Service serves two controllers: the load-balancer class and the
+    InCluster clients' targets."""
+    on_load_balancer_service(rt, kind, body)
+    on_target_service(rt, kind, body)
+
+
+def on_load_balancer_service(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     """A Service of the class tunnelop.dev/relay is kept (slimmed) and reconciled; one that
     stops being of the class (deleted, or another class or type) is reconciled once more, to
     take its Tunnels away; any other Service is ignored."""
@@ -392,3 +416,39 @@ def on_credentials(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
             rt.tunnel_queue.add(key)
     else:
         _remember_credentials(rt, body)
+        if key in rt.cache.tunnels and clients.wants_client(rt, key, rt.cache.tunnels[key]):
+            assert rt.client_queue is not None
+            rt.client_queue.add(key)  # a new Secret rolls the tunnel's frpc
+
+
+def on_client_deployment(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """An InCluster tunnel's frpc Deployment changed: its status may say something new, and a
+    Deployment changed or deleted by anyone else is put back."""
+    meta = body["metadata"]
+    tunnel = (meta.get("labels") or {}).get(TUNNEL_LABEL)
+    if not tunnel:
+        return
+    key = (meta["namespace"], tunnel)
+    if kind == "DELETED":
+        rt.cache.client_deployments.pop(key, None)
+    else:
+        rt.cache.client_deployments[key] = body
+    assert rt.client_queue is not None
+    rt.client_queue.add(key)
+
+
+def on_target_service(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """A Service appeared, changed its ports or went: the InCluster tunnels it is the target
+    of start, stay or stop their frpc."""
+    meta = body["metadata"]
+    name = (meta["namespace"], meta["name"])
+    before = rt.cache.services.get(name)
+    if kind == "DELETED":
+        rt.cache.services.pop(name, None)
+    else:
+        rt.cache.services[name] = ServiceTarget.of(body)
+    if rt.cache.services.get(name) == before:
+        return  # a status or metadata change
+    assert rt.client_queue is not None
+    for key in clients.targeting(rt, *name):
+        rt.client_queue.add(key)
