@@ -153,6 +153,7 @@ async def operator(
         # Read relay agents' traffic every second, so tests see it quickly.
         "--traffic-interval",
         "1",
+        restart_on_lost_lease=True,
     )
     await process.start()
     yield process

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import objects, tools
 from support.netutil import free_port
+from tunnelop.manager import LEADERSHIP_LOST_EXIT
 from tunnelop.platform.pod_role import ROLE_LABEL
 
 
@@ -27,7 +28,9 @@ class OperatorProcess:
     """`tunnelop run` with `extra_args`, logging to `log_path`. It dies with its parent. With
     own_process_group, a Ctrl-C in the terminal does not reach it, so that its parent can
     still delete objects that carry its finalizers before stopping it. `env` adds to its
-    environment (POD_NAMESPACE, say, as a pod gets it from the downward API)."""
+    environment (POD_NAMESPACE, say, as a pod gets it from the downward API). With
+    restart_on_lost_lease, a process that exits because it lost its Lease (a machine so
+    loaded that a renewal timed out) is started again, as a pod's restartPolicy would."""
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class OperatorProcess:
         *extra_args: str,
         own_process_group: bool = False,
         env: dict[str, str] | None = None,
+        restart_on_lost_lease: bool = False,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -45,6 +49,10 @@ class OperatorProcess:
         self.own_process_group = own_process_group
         self.env = env or {}
         self.process: asyncio.subprocess.Process | None = None
+        self.restart_on_lost_lease = restart_on_lost_lease
+        self.restarts = 0
+        self._stopping = False
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -64,17 +72,33 @@ class OperatorProcess:
     async def start(self, wait_for: str = "webhook") -> None:
         """Start; then wait for its "webhook" (a leader's, registered and answering),
         "leading" (ready as the leader) or "health" (the health port answers: a follower
-        too)."""
-        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig), **self.env)
-        self.process = await tools.spawn_logged(
-            self.argv, self.log_path, env, own_group=self.own_process_group
-        )
+        too); "none": not at all."""
+        self._stopping = False
+        await self._spawn()
+        if self.restart_on_lost_lease and (self._keeper is None or self._keeper.done()):
+            self._keeper = asyncio.create_task(self._restart_after_lost_lease())
         if wait_for == "webhook":
             await self._wait_for_webhook()
         elif wait_for == "leading":
             await self.wait_ready()
-        else:
+        elif wait_for == "health":
             await self._until(lambda status, _: status is not None, "health endpoints")
+
+    async def _spawn(self) -> None:
+        env = tools.env_with_tools(KUBECONFIG=str(self.kubeconfig), **self.env)
+        self.process = await tools.spawn_logged(
+            self.argv, self.log_path, env, own_group=self.own_process_group
+        )
+
+    async def _restart_after_lost_lease(self) -> None:
+        while self.process is not None:
+            code = await self.process.wait()
+            if self._stopping or code != LEADERSHIP_LOST_EXIT:
+                return
+            self.restarts += 1
+            with self.log_path.open("ab") as log:
+                log.write(b'{"event": "test harness: lost its Lease; started again"}\n')
+            await self._spawn()
 
     async def readyz(self) -> tuple[int | None, str]:
         """(HTTP status, body) of /readyz; (None, why) when nothing answers."""
@@ -176,6 +200,7 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.process and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -186,6 +211,7 @@ class OperatorProcess:
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye, as a crashed or evicted operator."""
+        self._stopping = True
         if self.process and self.process.returncode is None:
             os.kill(self.process.pid, signal.SIGKILL)
             await self.process.wait()
