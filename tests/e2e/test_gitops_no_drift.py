@@ -64,11 +64,26 @@ def provider_manifests(case: str, namespace: str, *, moved: bool) -> list[dict[s
 
 
 def tenant_manifests(case: str, namespace: str) -> list[dict[str, Any]]:
-    """The tenant's repository. A Service of type LoadBalancer with loadBalancerClass
-    tunnelop.dev/relay belongs here too once that class is served: on it, the operator writes
-    status.loadBalancer only (its Tunnels are the operator's own, owned by the Service)."""
+    """The tenant's repository: two Tunnels, and a Service of type LoadBalancer with the class
+    tunnelop.dev/relay, on which the operator writes status.loadBalancer only (its Tunnel is
+    the operator's own, owned by the Service)."""
     placement = {"nodeSelector": {CASE_LABEL: case}}
     return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "arcade",
+                "namespace": namespace,
+                "annotations": {"tunnelop.dev/relay-node-selector": f"{CASE_LABEL}={case}"},
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerClass": "tunnelop.dev/relay",
+                "selector": {"app": "arcade"},
+                "ports": [{"name": "play", "port": 24050, "protocol": "TCP", "targetPort": 8080}],
+            },
+        },
         {
             "apiVersion": GROUP_VERSION,
             "kind": "Tunnel",
@@ -130,7 +145,7 @@ def drift_risks(obj: dict[str, Any]) -> list[str]:
         manager, fields = entry["manager"], dict(entry.get("fieldsV1") or {})
         if manager == GITOPS_MANAGER and entry["operation"] == "Apply":
             continue
-        if manager != FIELD_MANAGER:
+        if not manager.startswith(FIELD_MANAGER):  # tunnelop, tunnelop-loadbalancer
             out.append(f"{name}: {manager} ({entry['operation']}) holds {fields}")
         elif entry.get("subresource") != "status" and fields != {
             "f:metadata": {"f:finalizers": {".": {}, f'v:"{FINALIZER}"': {}}}
@@ -143,7 +158,7 @@ def operator_holds(obj: dict[str, Any]) -> set[str]:
     """What the operator holds in `obj`: "status", "finalizer"."""
     held = set()
     for entry in obj["metadata"]["managedFields"]:
-        if entry["manager"] == FIELD_MANAGER:
+        if entry["manager"].startswith(FIELD_MANAGER):
             held.add("status" if entry.get("subresource") == "status" else "finalizer")
     return held
 
@@ -204,6 +219,16 @@ async def test_no_drift_after_the_operator_worked(
         )
         assert drained["spec"]["drain"] is True
 
+        # The Service of the class got its relay's address, and only that was written on it.
+        await wait_for(
+            lambda: (
+                (objects.get("service", "arcade", namespace).get("status") or {})
+                .get("loadBalancer", {})
+                .get("ingress")
+            ),
+            timeout=60,
+            what="the arcade Service's load-balancer address",
+        )
         diff_args = ("diff", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", str(git))
         diff = tools.kubectl(*diff_args, check=False)
         assert (diff.returncode, diff.stdout) == (0, ""), diff.stdout + diff.stderr
@@ -218,6 +243,7 @@ async def test_no_drift_after_the_operator_worked(
             f"RelayNode/{first}": {"status", "finalizer"},
             f"RelayNode/{second}": {"status", "finalizer"},
             "TunnelQuota/standard": {"status"},
+            "Service/arcade": {"status"},
             "Tunnel/game": {"status"},
             "Tunnel/voice": {"status"},
         }
