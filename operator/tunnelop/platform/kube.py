@@ -276,13 +276,7 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        return await self.request(
-            "PATCH",
-            path,
-            body,
-            query=list(OWNED_BY_US),
-            content_type="application/merge-patch+json",
-        )
+        return await self._merge_patch_as_ours(path, body)
 
     async def set_finalizers(
         self,
@@ -295,6 +289,11 @@ class Kube:
         """Replace metadata.finalizers, guarded by resourceVersion (optimistic locking)."""
         path = _path(GROUP_VERSION, PLURALS[kind], name, namespace)
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        return await self._merge_patch_as_ours(path, body)
+
+    async def _merge_patch_as_ours(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A merge patch under the operator's field manager, so managedFields tell its
+        fields (status, its finalizer) from a GitOps tool's."""
         return await self.request(
             "PATCH",
             path,
