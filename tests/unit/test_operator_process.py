@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from support.objects import wait_for
 from support.operator import OperatorProcess
 
 # Exits 1 (the Lease lost) on its first run, then stays up.
@@ -30,16 +31,10 @@ class Scripted(OperatorProcess):
         return [sys.executable, "-c", self.script, str(self.marker)]
 
 
-async def until(predicate, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 async def test_a_process_that_lost_its_lease_is_started_again(tmp_path: Path) -> None:
     process = Scripted(tmp_path, FIRST_RUN_LOSES, restart_on_lost_lease=True)
     await process.start(wait_for="none")
-    await until(lambda: process.restarts == 1)
+    await wait_for(lambda: process.restarts == 1, timeout=10, what="a restart")
     assert process.process is not None and process.process.returncode is None
     await process.stop()
     assert process.restarts == 1
@@ -49,7 +44,7 @@ async def test_a_process_that_lost_its_lease_is_started_again(tmp_path: Path) ->
 async def test_a_stopped_or_unasked_process_is_not_started_again(tmp_path: Path) -> None:
     process = Scripted(tmp_path, "import sys; sys.exit(1)")
     await process.start(wait_for="none")
-    await until(lambda: process.process.returncode is not None)
+    await wait_for(lambda: process.process.returncode is not None, timeout=10, what="an exit")
     await asyncio.sleep(0.3)
     assert process.restarts == 0
 
