@@ -1245,10 +1245,14 @@ def _as_operator(rbac: dict[str, str]) -> list[str]:
     return [f"--as={rbac['account']}", "--as-group=system:authenticated"]
 
 
-async def test_client_policy_lets_the_operator_write_its_clients_and_nothing_else(installed_rbac):
+async def test_client_policy_lets_the_operator_write_its_clients_and_nothing_else(
+    installed_rbac, no_operator
+):
     """RBAC lets the operator write Deployments in every namespace; the chart's admission
     policy lets through only an InCluster client as the operator builds it (outside the
-    relay namespace), and names the rule a refusal breaks."""
+    relay namespace), and names the rule a refusal breaks. No operator runs meanwhile: it
+    would delete the client Deployment written here by hand, which no InCluster Tunnel
+    wants."""
     rbac = installed_rbac
     tenant, home = rbac["tenant"], rbac["namespace"]
     as_operator = _as_operator(rbac)
