@@ -118,7 +118,7 @@ async def release(
     async with session_operator_aside(request):
         tools.kubectl("create", "namespace", RELAY_NAMESPACE, check=False)
         started = time.monotonic()
-        # The session applied crds/ with kubectl: the documented way to take them over.
+        # The test suite applied crds/ with kubectl: the documented way to take them over.
         helm(
             "install",
             RELEASE,
