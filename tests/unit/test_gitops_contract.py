@@ -119,3 +119,23 @@ def test_the_example_layout_holds_valid_objects() -> None:
             # The autoscaler sizes the pool: spec.replicas in Git would be drift.
             assert doc["kind"] != "RelayPool" or "replicas" not in doc["spec"]
     assert sorted(kinds) == ["Namespace", "RelayPool", "Tunnel", "Tunnel", "TunnelQuota"]
+
+
+def test_every_health_script_carries_the_one_shared_prelude() -> None:
+    """The helpers every health.lua needs live once (hack/health-prelude.lua); a script whose
+    copy differs is caught, and `make health-scripts` puts the prelude back."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "health_prelude", Path(__file__).resolve().parents[2] / "hack" / "health_prelude.py"
+    )
+    assert spec is not None and spec.loader is not None
+    health_prelude = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(health_prelude)
+    prelude = health_prelude.PRELUDE.read_text()
+    assert len(health_prelude.SCRIPTS) == 4
+    for script in health_prelude.SCRIPTS:
+        text = script.read_text()
+        assert health_prelude.with_prelude(text, prelude) == text, script
+        drifted = text.replace("local function because(c)", "local function because(cond)")
+        assert health_prelude.with_prelude(drifted, prelude) == text

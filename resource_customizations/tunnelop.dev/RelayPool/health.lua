@@ -1,6 +1,7 @@
 -- Argo CD health of a tunnelop.dev RelayPool. The reasons and why each maps where it does:
 -- docs/gitops.md. Only the base and table libraries are used, so the script also runs from
 -- argocd-cm without useOpenLibs.
+-- begin shared prelude: hack/health-prelude.lua (make health-scripts copies it)
 local hs = {}
 
 local function condition(conditionType)
@@ -21,6 +22,7 @@ local function because(c)
   end
   return (c.reason or "") .. ": " .. c.message
 end
+-- end shared prelude
 
 local ready = condition("Ready")
 if ready == nil then

@@ -1,6 +1,7 @@
 -- Argo CD health of a tunnelop.dev Tunnel. The reasons and why each maps where it does:
 -- docs/gitops.md. Only the base and table libraries are used, so the script also runs from
 -- argocd-cm without useOpenLibs.
+-- begin shared prelude: hack/health-prelude.lua (make health-scripts copies it)
 local hs = {}
 
 local function condition(conditionType)
@@ -21,6 +22,7 @@ local function because(c)
   end
   return (c.reason or "") .. ": " .. c.message
 end
+-- end shared prelude
 
 -- Ready=False reasons. Suspended: stopped on purpose, by the tenant (spec.suspended) or by
 -- the provider's TunnelQuota; it resumes when lifted. Progressing: the tunnel gets there
