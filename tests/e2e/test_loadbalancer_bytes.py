@@ -10,18 +10,15 @@ Service's port (where the Service's cluster IP would take the connection).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from support import objects, tools
-from support.dataplane import serving_relay, wait_for_udp_echo
-from support.netutil import wait_for_echo
+from support.dataplane import serving_relay, udp_echo_server, wait_for_udp_echo
+from support.netutil import echo_server, wait_for_echo
 from support.objects import wait_condition, wait_for
 from support.relay_runner import RelayPodRunner
 
@@ -34,35 +31,6 @@ async def relay(operator, relay_runner):
     """One relay for the module, offering the Service's ports; returns (name, address)."""
     async with serving_relay(relay_runner, f"lbb-{RUN}", ports="23200-23209") as relay:
         yield relay
-
-
-@contextlib.asynccontextmanager
-async def echo_servers(host: str, tcp_port: int, udp_port: int) -> AsyncIterator[None]:
-    """A TCP and a UDP echo server on host, on the given ports (the Service's)."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    class UdpEcho(asyncio.DatagramProtocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr: Any) -> None:
-            self.transport.sendto(data, addr)
-
-    tcp = await asyncio.start_server(echo, host, tcp_port)
-    loop = asyncio.get_running_loop()
-    udp, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=(host, udp_port))
-    try:
-        yield
-    finally:
-        udp.close()
-        tcp.close()
-        await tcp.wait_closed()
 
 
 def game_service(relay_name: str) -> dict[str, Any]:
@@ -98,7 +66,7 @@ async def test_a_visitors_bytes_reach_the_server_behind_the_service(
 ) -> None:
     relay_name, address = relay
     backend = relay_runner.address_of(f"service:{namespace}/game")
-    async with echo_servers(backend, TCP_PORT, UDP_PORT):
+    async with echo_server(backend, TCP_PORT), udp_echo_server(backend, UDP_PORT):
         relay_runner.serve_service(namespace, "game", backend)  # before its frpc pods start
         objects.apply(game_service(relay_name), namespace)
 

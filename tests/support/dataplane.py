@@ -319,9 +319,10 @@ class _UdpEcho(asyncio.DatagramProtocol):
 
 
 @contextlib.asynccontextmanager
-async def udp_echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
+async def udp_echo_server(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """A UDP echo server on `host` (`port`, else a free one); yields its port."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(host, 0))
+    transport, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(host, port))
     try:
         yield transport.get_extra_info("sockname")[1]
     finally:

@@ -15,8 +15,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.asynccontextmanager
-async def echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
-    """A TCP echo server on loopback; yields its port."""
+async def echo_server(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """A TCP echo server on loopback (`port`, else a free one); yields its port."""
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -25,7 +25,7 @@ async def echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(echo, host, 0)
+    server = await asyncio.start_server(echo, host, port)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
