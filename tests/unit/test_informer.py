@@ -11,7 +11,7 @@ from typing import Any
 from tunnelop.platform import informer as informer_module
 from tunnelop.platform import metrics
 from tunnelop.platform.informer import Informer, backoff
-from tunnelop.platform.kube import KubeError
+from tunnelop.platform.kube import Kube, KubeError
 
 
 def secret(name: str, version: str) -> dict[str, Any]:
@@ -32,6 +32,8 @@ class FakeKube:
             self.failures -= 1
             raise KubeError(403, 'secrets is forbidden: User "op" cannot list')
         return {"items": self.items, "metadata": {"resourceVersion": "1"}}
+
+    pages = Kube.pages  # paging over request() above
 
     async def watch(self, path, **_):
         for event in self.events:
@@ -115,3 +117,40 @@ async def test_a_newer_event_replaces_the_pending_redelivery():
     await asyncio.sleep(0.5)
     await inf.stop()
     assert calls == ["1", "2"]  # the stale version 1 was never handed over again
+
+
+class PagedKube:
+    """Answers a list in pages of two (continue tokens), as the API server does with limit."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.queries: list[list[tuple[str, str]]] = []
+
+    async def request(self, method, path, query=None):
+        self.queries.append(list(query or []))
+        start = int(dict(query or []).get("continue") or 0)
+        page = self.names[start : start + 2]
+        more = start + 2 < len(self.names)
+        meta = {"resourceVersion": "7", **({"continue": str(start + 2)} if more else {})}
+        return {"items": [secret(n, "7") for n in page], "metadata": meta}
+
+    pages = Kube.pages
+
+    async def watch(self, path, **_):
+        await asyncio.Event().wait()
+        yield {}
+
+
+async def test_a_list_in_pages_hands_over_every_object_and_what_vanished():
+    kube = PagedKube(["a", "b", "c", "d", "e"])
+    seen: list[tuple[str, str]] = []
+    inf = Informer(
+        kube, "/api/v1/secrets", lambda kind, obj: seen.append((kind, obj["metadata"]["name"]))
+    )  # type: ignore[arg-type]
+    assert await inf.list() == "7"
+    assert seen == [("ADDED", n) for n in "abcde"]
+    assert all(("limit", "500") in q for q in kube.queries) and len(kube.queries) == 3
+    kube.names = ["a", "c", "e"]
+    seen.clear()
+    await inf.list()
+    assert sorted(k for k in seen if k[0] == "DELETED") == [("DELETED", "b"), ("DELETED", "d")]

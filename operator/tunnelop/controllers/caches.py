@@ -37,6 +37,26 @@ class ServiceTarget:
         return cls(ports, any_port)
 
 
+# What no controller reads of a Tunnel and would cost memory per tunnel: who wrote which
+# field (several managers per object), and kubectl's copy of the whole applied object.
+_UNREAD_METADATA = ("managedFields",)
+_UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def slim_tunnel(body: dict[str, Any]) -> dict[str, Any]:
+    """The Tunnel as kept in memory: without what no controller reads."""
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if not any(k in meta for k in _UNREAD_METADATA) and not any(
+        k in annotations for k in _UNREAD_ANNOTATIONS
+    ):
+        return body
+    kept = {k: v for k, v in meta.items() if k not in _UNREAD_METADATA}
+    if annotations:
+        kept["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
+    return {**body, "metadata": kept}
+
+
 @dataclass
 class Caches:
     tunnels: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
@@ -66,6 +86,7 @@ class Caches:
     _limits: dict[str, Limits] = field(default_factory=dict)
 
     def remember_tunnel(self, key: TunnelKey, body: dict[str, Any]) -> None:
+        body = slim_tunnel(body)
         self._index(key, self.tunnels.get(key), remove=True)
         self.tunnels[key] = body
         self._index(key, body)

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import datetime
 import secrets
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -89,7 +90,7 @@ async def reconcile(rt: Runtime, name: str) -> None:
             "spec.exposure.address)",
         )
     view = RelayView.from_model(relay, ready=ready, node_port_range=rt.node_port_range, drain=drain)
-    rt.table.upsert_relay(view)
+    changed = rt.table.upsert_relay(view)
     found = [
         conditions.condition("Ready", ready, reason, message, body["metadata"].get("generation"))
     ]
@@ -97,7 +98,10 @@ async def reconcile(rt: Runtime, name: str) -> None:
     await _report_changes(rt, body, new)
     # A relay that appeared, recovered or grew may fit tunnels that fit nowhere before.
     rt.retry_unschedulable()
-    _queue_moves(rt)
+    if changed:
+        # Only a changed relay can make an allocation misplaced; most reconciles follow a
+        # table write, and checking every allocation after each would cost O(tunnels) there.
+        _queue_moves(rt)
     wait = failover_in(relay, not_ready_since, now)
     if drain is None and wait is not None:
         assert rt.relay_queue is not None
@@ -145,12 +149,29 @@ def _draining_condition(
     return conditions.condition("Draining", True, drain.reason, message, generation)
 
 
+# How often a relay's status may be written when only its counts (status.allocated and
+# status.capacity) changed: during a burst every table write changes them.
+COUNTS_INTERVAL = 1.0
+
+
+def _without_counts(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k not in ("allocated", "capacity")}
+
+
 async def _report_changes(rt: Runtime, body: dict[str, Any], new: dict[str, Any]) -> None:
     """Write the status if it changed, with an Event when the relay starts or stops
     draining."""
     old = body.get("status") or {}
     if new == old:
         return
+    name = body["metadata"]["name"]
+    since = time.monotonic() - rt.relay_status_written_at.get(name, -COUNTS_INTERVAL)
+    if since < COUNTS_INTERVAL and _without_counts(new) == _without_counts(old):
+        # Only the counts moved (a burst of tunnels): one write per interval tells as much.
+        assert rt.relay_queue is not None
+        rt.relay_queue.add_after(name, COUNTS_INTERVAL - since)
+        return
+    rt.relay_status_written_at[name] = time.monotonic()
     await _report(rt, body, new)
     before = conditions.find(old.get("conditions"), "Draining") or {}
     after = conditions.find(new.get("conditions"), "Draining") or {}
@@ -372,6 +393,7 @@ def _forget(rt: Runtime, name: str) -> int:
     if rt.tables:
         rt.tables.forget(name)
     rt.relay_secrets.pop(name, None)
+    rt.relay_status_written_at.pop(name, None)
     rt.applied_workloads.pop(name, None)
     metrics.forget_relay(name)
     return len(moved)

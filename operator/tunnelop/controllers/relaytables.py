@@ -46,6 +46,9 @@ class RelayTables:
         self._applied_services: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._recent: dict[str, collections.deque[dict[TunnelKey, TableEntry]]] = {}
+        # The resourceVersions of this process's recent writes of each table Secret: the
+        # watch event of one of them needs no parsing (a full table, on every write).
+        self._own_versions: dict[str, collections.deque[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # The relay Services as last written, and why the API server refused one.
         self.services: dict[str, dict[str, Any]] = {}
@@ -100,6 +103,12 @@ class RelayTables:
                 stale.append(relay)
         return stale
 
+    def is_own_write(self, relay: str, resource_version: str | None) -> bool:
+        """Whether the table Secret at `resource_version` is one this process wrote."""
+        return resource_version is not None and resource_version in self._own_versions.get(
+            relay, ()
+        )
+
     def observed(self, relay: str, entries: dict[TunnelKey, TableEntry] | None) -> None:
         """The relay's table Secret as watched (None: deleted). Anything but what this
         process wrote, or is writing, holds what it names and is overwritten at once."""
@@ -121,6 +130,7 @@ class RelayTables:
         self.desired.pop(relay, None)
         self._written.pop(relay, None)
         self._recent.pop(relay, None)
+        self._own_versions.pop(relay, None)
         self._applied_services.pop(relay, None)
         self.services.pop(relay, None)
         self.service_errors.pop(relay, None)
@@ -181,7 +191,12 @@ class RelayTables:
         if relay_body is None:
             return  # the relay is gone; its table went with it
         model = RelayNode.model_validate(relay_body)
-        await self.kube.apply(build_table_secret(model, self.namespace, list(entries.values())))
+        written = await self.kube.apply(
+            build_table_secret(model, self.namespace, list(entries.values()))
+        )
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._own_versions.setdefault(relay, collections.deque(maxlen=8)).append(version)
         await self.write_service(relay, entries)
         self.written(relay)
         log.debug("relay table written", relay=relay, tunnels=len(entries))

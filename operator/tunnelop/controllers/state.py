@@ -64,6 +64,9 @@ class Runtime:
     table: AllocationTable = field(default_factory=AllocationTable)
     cache: Caches = field(default_factory=Caches)
     relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)
+    # When each relay's status was last written (monotonic): writes that only change its
+    # counts are spaced (controllers/relays.py).
+    relay_status_written_at: dict[str, float] = field(default_factory=dict)
     # The workload objects last applied per relay, so an unchanged relay costs no request.
     applied_workloads: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Tunnel credentials as read from their Secrets: token, and the frpc.toml checksum.

@@ -151,25 +151,27 @@ async def restore(rt: Runtime) -> None:
         rt.tables.remember_written(relay, entries)
         for key, entry in entries.items():
             in_tables.setdefault(key, []).append((relay, entry))
-    for body in await rt.kube.list("v1", "Secret", labels=TUNNEL_LABEL):
-        _remember_credentials(rt, body)
+    async for page, _ in rt.kube.pages("/api/v1/secrets", labels=TUNNEL_LABEL):
+        for body in page:
+            _remember_credentials(rt, body)
     # The quotas before the tunnels: a restored allocation carries its effective bandwidth
     # (hard.bandwidthPerTunnel for a tunnel that sets none), as the gate counts it.
     for body in await rt.kube.list(GROUP_VERSION, "TunnelQuota"):
         rt.cache.remember_quota(body)
     restored = conflicts = 0
-    for body in await rt.kube.list(GROUP_VERSION, "Tunnel"):
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        rt.cache.remember_tunnel(key, body)
-        if body["metadata"].get("deletionTimestamp"):
-            continue  # released by its reconcile
-        alloc = _recorded_allocation(rt, body, in_tables.get(key, []))
-        if alloc is None:
-            continue
-        if rt.table.restore(alloc):
-            restored += 1
-        else:
-            conflicts += 1  # rescheduled by its reconcile, with an Event
+    async for page, _ in rt.kube.pages(f"/apis/{GROUP_VERSION}/tunnels"):
+        for body in page:
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            rt.cache.remember_tunnel(key, body)
+            if body["metadata"].get("deletionTimestamp"):
+                continue  # released by its reconcile
+            alloc = _recorded_allocation(rt, body, in_tables.get(key, []))
+            if alloc is None:
+                continue
+            if rt.table.restore(alloc):
+                restored += 1
+            else:
+                conflicts += 1  # rescheduled by its reconcile, with an Event
     stale = rt.tables.prune()
     log.info(
         "allocation table restored",
@@ -396,6 +398,9 @@ def on_relay_table(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
         if relay and body["metadata"]["name"] == naming.table_secret_name(relay):
             rt.tables.observed(relay, None)
         return
+    relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
+    if relay and rt.tables.is_own_write(relay, body["metadata"].get("resourceVersion")):
+        return  # what this process wrote: nothing to compare
     found = _read_table(body)
     if found is not None:
         rt.tables.observed(*found)

@@ -84,26 +84,30 @@ class Informer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def list(self) -> tuple[list[dict[str, Any]], str]:
-        query = [("labelSelector", self.labels)] if self.labels else []
-        if self.fields:
-            query.append(("fieldSelector", self.fields))
-        result = await self.kube.request("GET", self.path, query=query) or {}
-        self.contacted_at = time.monotonic()
-        self.last_error = None
-        return result.get("items", []), result.get("metadata", {}).get("resourceVersion", "")
+    async def list(self) -> str:
+        """List in pages, handing each object over as ADDED, and then what vanished since the
+        last list as DELETED; the list's resourceVersion."""
+        present: set[tuple[str, str]] = set()
+        version = ""
+        async for items, page_version in self.kube.pages(
+            self.path, labels=self.labels, fields=self.fields
+        ):
+            version = page_version
+            self.contacted_at = time.monotonic()
+            self.last_error = None
+            for obj in items:
+                present.add(_identity(obj))
+                self._dispatch("ADDED", obj)
+        for key in set(self._known) - present:
+            self._dispatch("DELETED", self._known[key])
+        return version
 
     async def _run(self) -> None:
         version = ""
         while True:
             try:
                 if not version:
-                    items, version = await self.list()
-                    present = {_identity(obj) for obj in items}
-                    for key in set(self._known) - present:
-                        self._dispatch("DELETED", self._known[key])
-                    for obj in items:
-                        self._dispatch("ADDED", obj)
+                    version = await self.list()
                     self.synced.set()
                 async for event in self.kube.watch(
                     self.path, resource_version=version, labels=self.labels, fields=self.fields

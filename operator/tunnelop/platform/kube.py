@@ -20,12 +20,14 @@ from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.config import incluster_config
 
 from tunnelop.contract.naming import SERVICE_ACCOUNT_DIR
+from tunnelop.platform import metrics
 
 FIELD_MANAGER = "tunnelop"
 # On users' objects too, what the operator writes (status, its finalizer) shows under its own
 # name in metadata.managedFields, beside the GitOps tool's (docs/gitops.md).
 OWNED_BY_US = (("fieldManager", FIELD_MANAGER),)
 TOO_MANY_REQUESTS_RETRIES = 20
+LIST_PAGE = 500
 GROUP_VERSION = "tunnelop.dev/v1alpha1"
 
 
@@ -41,6 +43,17 @@ def _retry_after(headers: Any) -> float:
         return min(2.0, max(0.1, float(headers.get("Retry-After", "0.5"))))
     except (TypeError, ValueError):
         return 0.5
+
+
+def _counted(method: str, path: str) -> None:
+    """Count the request in tunnelop_api_requests_total: a GET of a collection is a LIST."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]  # after /api/v1 or /apis/group/version
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource; /namespaces/<name> alone is a Namespace
+    resource = "/".join(rest[0:1] + rest[2:3]) or "-"
+    verb = "LIST" if method == "GET" and len(rest) == 1 else method
+    metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
 
 
 def _path(api_version: str, plural: str, name: str | None, namespace: str | None) -> str:
@@ -129,6 +142,7 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         for attempt in range(TOO_MANY_REQUESTS_RETRIES + 1):
+            _counted(method, path)
             try:
                 response = await self.api.call_api(*params, _request_timeout=30)
                 data = await response.read()
@@ -174,6 +188,7 @@ class Kube:
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
         )
+        metrics.API_REQUESTS.labels(verb="WATCH", resource=path.rsplit("/", 1)[-1]).inc()
         response = await self.api.call_api(*params, _request_timeout=timeout + 30)
         stream = response.response
         try:
@@ -199,11 +214,30 @@ class Kube:
     async def list(
         self, api_version: str, kind: str, namespace: str | None = None, *, labels: str = ""
     ) -> list[dict[str, Any]]:
-        query = [("labelSelector", labels)] if labels else []
-        result = await self.request(
-            "GET", _path(api_version, PLURALS[kind], None, namespace), query=query
-        )
-        return (result or {}).get("items", [])
+        path = _path(api_version, PLURALS[kind], None, namespace)
+        return [obj async for page, _ in self.pages(path, labels=labels) for obj in page]
+
+    async def pages(
+        self, path: str, *, labels: str = "", fields: str = ""
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """A list in pages of LIST_PAGE objects, with the list's resourceVersion: at tens of
+        thousands of objects the whole list at once would be held in memory twice (the
+        response and its objects), and that peak stays in the process's RSS."""
+        query = [("limit", str(LIST_PAGE))]
+        if labels:
+            query.append(("labelSelector", labels))
+        if fields:
+            query.append(("fieldSelector", fields))
+        token = ""
+        while True:
+            result = await self.request(
+                "GET", path, query=query + ([("continue", token)] if token else [])
+            )
+            meta = (result or {}).get("metadata") or {}
+            yield (result or {}).get("items", []), meta.get("resourceVersion", "")
+            token = meta.get("continue") or ""
+            if not token:
+                return
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Server-side apply of an object the operator owns (idempotent, conflict-free)."""

@@ -75,6 +75,15 @@ INFORMER_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+API_REQUESTS = Counter(
+    "tunnelop_api_requests_total",
+    "Requests to the Kubernetes API by verb (GET, LIST, WATCH, POST, PUT, PATCH, DELETE) and "
+    "resource (with its subresource, e.g. tunnels/status): what each tunnel costs the API "
+    "server (docs/benchmarks.md counts them per tunnel).",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)
+
 
 class SchedulingLatency:
     """Remembers when each unbound tunnel was first enqueued, until it is bound."""

@@ -139,17 +139,20 @@ class AllocationTable:
 
     # Relays -----------------------------------------------------------------------------------
 
-    def upsert_relay(self, view: RelayView) -> None:
-        """Add a relay or update it. Allocations stay recorded even where the relay no longer
-        allows them (port now blocked, protocol dropped): `misplaced()` reports those, and the
-        reconciler moves them and tells the users."""
+    def upsert_relay(self, view: RelayView) -> bool:
+        """Add a relay or update it; whether it is new or its view changed. Allocations stay
+        recorded even where the relay no longer allows them (port now blocked, protocol
+        dropped): `misplaced()` reports those, and the reconciler moves them and tells the
+        users."""
         state = self._relays.get(view.name)
         if state is None:
             self._relays[view.name] = _RelayState(view)
             bisect.insort(self._names, view.name)
             self._count_http_domain(view.http_domain, +1)
-            return
+            return True
         old = state.view
+        if old == view:
+            return False
         state.view = view
         if old.drain != view.drain and (view.drain is None or not view.drain.stay_if_stuck):
             # No longer a drain that keeps stuck tunnels: their "could not move" is void.
@@ -165,6 +168,7 @@ class AllocationTable:
             if view.http_domain:
                 state.serving_domains.add(view.http_domain)
             self._set_table_holds(state, state.table_holds | self._subdomain_hosts(state))
+        return True
 
     def remove_relay(self, name: str) -> list[Allocation]:
         """Forget a relay; returns the allocations that were on it, now released."""
