@@ -84,14 +84,21 @@ test: venv tools lint ## everything: lint, unit, integration and end-to-end test
 	$(BIN)/pytest tests
 
 .PHONY: bench
-bench: venv tools ## benchmarks on the local cluster; results (JSON, plots) in bench/results
+bench: venv tools ## benchmarks on the local cluster (SIMULATE_50K=1 adds 50,000 tunnels); results in bench/results
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/python bench/bench_tunnels.py --tunnels $(or $(TUNNELS),1000)
+	$(MAKE) --no-print-directory bench-scale
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
 	$(BIN)/python bench/bench_suspension.py
 	$(BIN)/python bench/bench_pools.py
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_table.py
+
+.PHONY: bench-scale
+bench-scale: venv tools ## 10,000 tunnels: burst, restart, steady 20/s, memory (SIMULATE_50K=1 adds 50,000)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_scale.py --tunnels $(or $(TUNNELS),10000) --relays $(or $(RELAYS),10) $(SCALE_ARGS)
+	if [ -n "$(SIMULATE_50K)" ]; then \
+	  $(BIN)/python bench/bench_scale.py --tunnels 50000 --relays 20 --steady-seconds 0; fi
 
 .PHONY: bench-suspension
 bench-suspension: venv tools ## suspension of tcp, udp and http tunnels, heartbeats on and off

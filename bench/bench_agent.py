@@ -131,6 +131,7 @@ async def _load(pid: int, clients: list[dict], seconds: float, concurrency: int)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         cpu = _cpu_seconds(pid) - cpu_start
+        rss = _rss_mib(pid)
     latencies.sort()
     rate = len(latencies) / elapsed
     return {
@@ -139,6 +140,8 @@ async def _load(pid: int, clients: list[dict], seconds: float, concurrency: int)
         "requests": len(latencies),
         "rejected": rejected,
         "requests_per_second": round(rate, 1),
+        # The agent holding the whole table, after serving the load (every client's session).
+        "agent_rss_mib": rss,
         "agent_cpu_seconds_per_second": round(cpu / elapsed, 3),
         "latency_ms": {
             "p50": round(statistics.median(latencies) * 1000, 3),
@@ -155,6 +158,13 @@ async def _load(pid: int, clients: list[dict], seconds: float, concurrency: int)
         "note": "load generator and agent share the machine's cores; latency includes "
         "the Python load generator's own queueing",
     }
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -4,6 +4,7 @@ webhook needs."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,18 +44,30 @@ _UNREAD_METADATA = ("managedFields",)
 _UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
+# Strings up to this long are interned when kept: keys, reasons, protocols, timestamps and
+# relay names repeat across thousands of tunnels, and each watch event parses its own copies.
+_INTERNED_UP_TO = 64
+
+
 def slim_tunnel(body: dict[str, Any]) -> dict[str, Any]:
-    """The Tunnel as kept in memory: without what no controller reads."""
+    """The Tunnel as kept in memory: without what no controller reads, and with its short
+    strings shared with every other tunnel's."""
     meta = body.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    if not any(k in meta for k in _UNREAD_METADATA) and not any(
-        k in annotations for k in _UNREAD_ANNOTATIONS
-    ):
-        return body
     kept = {k: v for k, v in meta.items() if k not in _UNREAD_METADATA}
+    annotations = meta.get("annotations")
     if annotations:
         kept["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
-    return {**body, "metadata": kept}
+    return _shared({**body, "metadata": kept})
+
+
+def _shared(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {sys.intern(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    if isinstance(value, str) and len(value) <= _INTERNED_UP_TO:
+        return sys.intern(value)
+    return value
 
 
 @dataclass

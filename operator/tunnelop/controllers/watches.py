@@ -327,6 +327,14 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 
 def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    # The echo of the operator's own status write (its reply is cached already): the
+    # tunnel's reconcile that wrote it knows it, and another pass would only compare.
+    cached = rt.cache.tunnels.get(key)
+    own_write = (
+        kind == "MODIFIED"
+        and cached is not None
+        and cached["metadata"].get("resourceVersion") == body["metadata"].get("resourceVersion")
+    )
     if kind == "DELETED":
         rt.cache.forget_tunnel(key)
         metrics.scheduling.forget(key)
@@ -339,7 +347,8 @@ def on_tunnel(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     if rt.gateway_api is not None:
         rt.gateway_api.on_tunnel(kind, body)  # one made for a route: its listener's status
     assert rt.tunnel_queue is not None
-    rt.tunnel_queue.add(key)
+    if not own_write:
+        rt.tunnel_queue.add(key)
     service = (body["metadata"].get("labels") or {}).get(SERVICE_LABEL)
     if service:  # made for a Service of the load-balancer class: its status may change
         assert rt.service_queue is not None

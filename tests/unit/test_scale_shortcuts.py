@@ -1,0 +1,140 @@
+"""What keeps the operator's cost per tunnel flat at thousands of tunnels, each shortcut
+checked to skip only what it may: the cached Tunnel without managedFields (and its short
+strings shared), the echo of the operator's own status write not reconciled again, the
+relay table's own writes not parsed again, and a relay's status written at most once a
+second while only its counts change."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tunnelop.controllers.caches import slim_tunnel
+from tunnelop.controllers.state import Runtime
+from tunnelop.controllers.watches import on_tunnel
+from tunnelop.platform.workqueue import WorkQueue
+
+
+def tunnel(name: str, version: str, **status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "Tunnel",
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            "resourceVersion": version,
+            "labels": {"team": "a"},
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"spec": {}}',
+                "note": "kept",
+            },
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"protocol": "tcp"},
+        "status": status,
+    }
+
+
+def test_a_kept_tunnel_lacks_only_what_no_controller_reads():
+    kept = slim_tunnel(tunnel("a", "1", relayNode="edge-1"))
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"note": "kept"}
+    assert kept["metadata"]["labels"] == {"team": "a"}
+    assert kept["spec"] == {"protocol": "tcp"} and kept["status"] == {"relayNode": "edge-1"}
+
+
+def test_kept_tunnels_share_their_short_strings():
+    # Two parses of the same text make distinct string objects, as two watch events do.
+    first = slim_tunnel(tunnel("a", "1", relayNode="".join(["edge", "-1"])))
+    second = slim_tunnel(tunnel("b", "1", relayNode="".join(["edge", "-", "1"])))
+    assert first["status"]["relayNode"] is second["status"]["relayNode"]
+
+
+async def _nothing(key: Any) -> None:
+    return None
+
+
+def runtime() -> tuple[Runtime, list]:
+    rt = Runtime(kube=None, relay_namespace="tunnelop-relays")  # type: ignore[arg-type]
+    rt.tunnel_queue = WorkQueue("tunnels", _nothing)
+    rt.service_queue = WorkQueue("loadbalancers", _nothing)
+    rt.client_queue = WorkQueue("clients", _nothing)
+    added: list = []
+    rt.tunnel_queue.add = added.append  # type: ignore[method-assign]
+    return rt, added
+
+
+async def test_the_echo_of_the_operators_own_write_is_not_reconciled_again():
+    rt, added = runtime()
+    on_tunnel(rt, "ADDED", tunnel("a", "1"))
+    assert added == [("shop", "a")]
+    # The status write's reply, cached by the reconcile that wrote it ...
+    rt.cache.remember_tunnel(("shop", "a"), tunnel("a", "2", relayNode="edge-1"))
+    on_tunnel(rt, "MODIFIED", tunnel("a", "2", relayNode="edge-1"))  # ... and its echo
+    assert added == [("shop", "a")]
+    on_tunnel(rt, "MODIFIED", tunnel("a", "3", relayNode="edge-1"))  # anyone else's write
+    assert added == [("shop", "a"), ("shop", "a")]
+    # A relist hands every tunnel over as ADDED: each is reconciled, whatever the cache holds.
+    on_tunnel(rt, "ADDED", tunnel("a", "3", relayNode="edge-1"))
+    assert len(added) == 3
+    await asyncio.sleep(0)
+
+
+class TableKube:
+    """Answers each table write with a new resourceVersion, as the API server does."""
+
+    def __init__(self) -> None:
+        self.version = 0
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.version)}}
+
+
+async def test_a_relay_table_write_of_this_process_is_known_by_its_version():
+    from support.objects import relay_node
+    from tunnelop.controllers.relaytables import RelayTables
+    from tunnelop.domain.scheduling import AllocationTable
+
+    kube = TableKube()
+    relay = relay_node("edge-1")
+    relay["metadata"]["uid"] = "u-1"
+    relays = {"edge-1": relay}
+    tables = RelayTables(kube, "tunnelop-relays", AllocationTable(), relays, lambda _: None, 0)  # type: ignore[arg-type]
+    await tables.flush("edge-1")
+    assert tables.is_own_write("edge-1", "1")
+    assert not tables.is_own_write("edge-1", "2")  # anyone else's: parsed and compared
+    assert not tables.is_own_write("edge-2", "1") and not tables.is_own_write("edge-1", None)
+
+
+class StatusKube:
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch_status(self, kind, name, namespace, patch, **_: Any) -> dict[str, Any]:
+        self.patches.append(patch)
+        return {"metadata": {"name": name}, "status": patch}
+
+
+async def test_a_relay_status_that_only_changes_counts_is_written_once_a_second():
+    from tunnelop.controllers import relays
+
+    kube = StatusKube()
+    rt = Runtime(kube=kube, relay_namespace="tunnelop-relays")  # type: ignore[arg-type]
+    later: list = []
+    rt.relay_queue = WorkQueue("relays", _nothing)
+    rt.relay_queue.add_after = lambda name, delay: later.append((name, delay))  # type: ignore[method-assign]
+    ready = [{"type": "Ready", "status": "True", "reason": "Ready", "message": ""}]
+    body = {"metadata": {"name": "edge-1"}, "status": {"conditions": ready}}
+
+    def status(tunnels: int, conditions=ready) -> dict[str, Any]:
+        return {"conditions": conditions, "allocated": {"tunnels": tunnels}}
+
+    await relays._report_changes(rt, body, status(1))
+    body = {"metadata": {"name": "edge-1"}, "status": status(1)}
+    await relays._report_changes(rt, body, status(2))  # counts only, at once: later
+    assert len(kube.patches) == 1 and later and later[0][0] == "edge-1"
+    assert 0 < later[0][1] <= relays.COUNTS_INTERVAL
+    not_ready = [{**ready[0], "status": "False", "reason": "PodNotReady"}]
+    await relays._report_changes(rt, body, status(2, not_ready))  # a condition: at once
+    assert len(kube.patches) == 2
