@@ -34,7 +34,15 @@ def created(namespace: str, name: str, finalizers: list[str] | None = None) -> d
     if finalizers is not None:
         manifest["metadata"]["finalizers"] = finalizers
     result = tools.kubectl(
-        "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(manifest)
+        "create",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        "--show-managed-fields",
+        "-f",
+        "-",
+        input=json.dumps(manifest),
     )
     return json.loads(result.stdout)
 
@@ -73,7 +81,8 @@ async def test_the_leader_applies_the_policy_and_registers_no_mutating_webhook(
     policy = objects.get(POLICY, FINALIZER_POLICY)
     binding = objects.get(BINDING, FINALIZER_POLICY)
     assert policy is not None and binding is not None
-    managers = {m["manager"] for m in policy["metadata"]["managedFields"]}
+    shown = tools.kubectl("get", POLICY, FINALIZER_POLICY, "-o", "json", "--show-managed-fields")
+    managers = {m["manager"] for m in json.loads(shown.stdout)["metadata"]["managedFields"]}
     assert managers == {"tunnelop"}
     assert policy["spec"]["mutations"] == build_finalizer_policy()["spec"]["mutations"]
     assert binding["spec"] == build_finalizer_policy_binding()["spec"]
