@@ -1660,10 +1660,6 @@ async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizer
         webhook = objects.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
         assert webhook["webhooks"][0]["failurePolicy"] == "Ignore"
         assert objects.get("mutatingadmissionpolicybinding", FINALIZER_POLICY) is None
-        after = f"after-{suffix()}"
-        objects.apply(tcp_tunnel(after), tenant)
-        assert finalizers_of("tunnel", after, tenant) == []
-        made.append(("tunnel", after, tenant, {}, []))
         kept = {name: finalizers_of(kind, name, ns) for kind, name, ns, _, _ in made}
         assert kept == {
             f"t-{ids}": [foreign],
@@ -1671,6 +1667,11 @@ async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizer
             f"rn-{ids}": [foreign],
             f"rp-{ids}": [],
         }
+        # Unbound: a Tunnel created now gets no finalizer of tunnelop's.
+        after = f"after-{suffix()}"
+        made.append(("tunnel", after, tenant, {}, []))
+        objects.apply(tcp_tunnel(after), tenant)
+        assert finalizers_of("tunnel", after, tenant) == []
         released = {line["kind"]: line["released"] for line in logged if "kind" in line}
         assert sorted(released) == ["RelayNode", "RelayPool", "Tunnel", "TunnelQuota"]
         assert all(count >= 1 for count in released.values()), released
