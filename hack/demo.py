@@ -61,7 +61,7 @@ from support.netutil import echo_once, echo_server, wait_for_echo
 from support.operator import delete_webhook_configurations, operator_pods
 from support.operator import leader as leading_pod
 from support.relay_runner import RelayPodRunner
-from tunnelop.contract.naming import PLUGIN_PORT
+from tunnelop.contract.naming import FINALIZER_POLICY, PLUGIN_PORT
 
 NAMESPACE = "tunnelop-demo"  # the tenant's namespace: the demo's Tunnels and their Secrets
 FIRST_ADDRESS = "127.0.100.2"  # pods get 127.0.100.2, .3, ...: apart from the tests' 127.0.0.x
@@ -738,12 +738,19 @@ In another terminal, from this checkout:
                     say(f"{kind_and_group.split('.')[0]} {name} deleted")
 
     async def _delete_stray_webhooks(self) -> None:
-        """Webhook configurations without a release are an operator's run outside the chart
-        (a test run that was killed): Helm would refuse to install over them."""
+        """Webhook configurations or a finalizer policy without a release are an operator's
+        run outside the chart (a test run that was killed): Helm would refuse to install over
+        them."""
         kinds = ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
-        if any(objects.get(kind, "tunnelop.dev") for kind in kinds):
+        policy = (
+            "mutatingadmissionpolicy.v1.admissionregistration.k8s.io",  # applied first, deleted last
+            FINALIZER_POLICY,
+        )
+        if any(objects.get(kind, "tunnelop.dev") for kind in kinds) or objects.get(*policy):
             delete_webhook_configurations()
-            say("(webhook configurations tunnelop.dev of an operator run outside Helm: deleted)")
+            say(
+                "(webhook configurations and finalizer policy of an operator run outside Helm: deleted)"
+            )
 
     async def _lease_holder(self) -> str | None:
         coordination = client.CoordinationV1Api(self.api)

@@ -174,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
             "registers the webhook itself at https://WEBHOOK_HOST:WEBHOOK_PORT"
         ),
     )
+    run.add_argument(
+        "--finalizer-mode",
+        choices=("auto", "policy", "webhook"),
+        default="auto",
+        help=(
+            "who sets the release finalizer on a Tunnel at creation: the API server, by the "
+            "MutatingAdmissionPolicy add-finalizer.tunnelop.dev (policy), or the operator's "
+            "mutating webhook add-finalizer (webhook); auto: the policy where the API server "
+            "serves MutatingAdmissionPolicy (admissionregistration.k8s.io/v1), else the "
+            "webhook. Locally the leader applies the policy and deletes it when it stops; "
+            "behind --webhook-service the chart installs one or the other, and policy only "
+            "tells the operator to serve no add-finalizer webhook (default: auto)"
+        ),
+    )
     certificate = run.add_mutually_exclusive_group()
     certificate.add_argument(
         "--webhook-cert-secret",
@@ -421,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     release.add_argument(
+        "--finalizer-policy-binding",
+        type=object_name("MutatingAdmissionPolicyBinding"),
+        default=None,
+        metavar="NAME",
+        help=(
+            "the binding of the policy that sets tunnelop's finalizer on new Tunnels: deleted "
+            "before the finalizers are released, or a Tunnel created meanwhile would keep one"
+        ),
+    )
+    release.add_argument(
         "--stop-timeout",
         type=positive_seconds,
         default=120.0,
@@ -559,6 +583,7 @@ def run_release_finalizers(args: argparse.Namespace) -> int:
         deployment=deployment,
         lease=args.lease,
         webhook_configuration=args.webhook_configuration,
+        finalizer_policy_binding=args.finalizer_policy_binding,
         stop_timeout=args.stop_timeout,
         kubeconfig=args.kubeconfig,
         service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
@@ -635,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                 webhook_service=args.webhook_service,
                 webhook_cert_secret=args.webhook_cert_secret,
                 webhook_cert_dir=args.webhook_cert_dir,
+                finalizer_mode=args.finalizer_mode,
                 service_account_dir=args.service_account_dir or SERVICE_ACCOUNT_DIR,
             )
         )

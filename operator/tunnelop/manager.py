@@ -11,6 +11,13 @@ chart owns the configurations and the Service; the operator serves behind that S
 a certificate from a Secret it creates and renews (--webhook-cert-secret), injecting its CA
 into the configurations' caBundle, or from files cert-manager mounts (--webhook-cert-dir).
 
+The release finalizer at a Tunnel's creation, two ways (--finalizer-mode). Where the API server
+serves MutatingAdmissionPolicy, a policy sets it inside the API server: no call into the
+operator. Locally the leader applies the policy and its binding (server-side apply) and
+registers no mutating webhook; it deletes them on a clean stop, as kopf takes its webhook
+entries down. Elsewhere kopf's mutating webhook add-finalizer sets it; behind a Service the
+chart installs one or the other. Without either, the controller adds it, one write later.
+
 Losing the lease stops every reconcile at once and exits non-zero (the pod restarts as a
 follower, as with controller-runtime). SIGTERM makes a leader drain the reconciles in flight
 (bounded), stop kopf (which takes its webhook entries down), release the lease and exit 0.
@@ -28,12 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 
 from tunnelop.api.v1alpha1 import parse_port_span
+from tunnelop.builders.finalizer_policy import (
+    BINDING_KIND,
+    POLICY_KIND,
+    build_finalizer_policy,
+    build_finalizer_policy_binding,
+)
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages
-from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE, SERVICE_ACCOUNT_DIR
-from tunnelop.platform import certs, logs, webhook_tls
+from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE, FINALIZER_POLICY, SERVICE_ACCOUNT_DIR
+from tunnelop.platform import admission_policies, certs, logs, webhook_tls
 from tunnelop.platform.health import Health
 from tunnelop.platform.kube import Kube, KubeError, use_service_account_dir
 from tunnelop.platform.leader import LeaderElector, Timing
@@ -76,6 +90,9 @@ class Options:
     # namespace, or a directory with tls.crt and tls.key (cert-manager).
     webhook_cert_secret: str | None = None
     webhook_cert_dir: Path | None = None
+    # Who sets the finalizer at creation: "policy" (a MutatingAdmissionPolicy), "webhook"
+    # (kopf's add-finalizer), "auto" (the policy where the API server serves it).
+    finalizer_mode: str = "auto"
     service_account_dir: str = SERVICE_ACCOUNT_DIR
     # How often the leader checks whether the webhook certificate needs renewal.
     cert_check_interval: float = 300.0
@@ -112,10 +129,14 @@ def service_account_login(directory: str, env: Mapping[str, str]) -> kopf.Connec
     )
 
 
-def _register_handlers(options: Options) -> kopf.OperatorRegistry:
+def _register_handlers(options: Options, finalizer_webhook: bool) -> kopf.OperatorRegistry:
     # Importing the controller modules registers their handlers in kopf's default registry.
-    from tunnelop.controllers import watches, webhook  # noqa: F401
+    from tunnelop.controllers import watches, webhook
     from tunnelop.controllers.traffic import TrafficOptions
+
+    registry = kopf.get_default_registry()
+    if finalizer_webhook:
+        webhook.register_add_finalizer(registry)
 
     @kopf.on.login(errors=kopf.ErrorsMode.IGNORED)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -146,7 +167,7 @@ def _register_handlers(options: Options) -> kopf.OperatorRegistry:
         if runtime is not None:
             await runtime.stop()
 
-    return kopf.get_default_registry()
+    return registry
 
 
 def relay_images(options: Options) -> DefaultRelayImages:
@@ -276,6 +297,10 @@ async def _prepare_certificate(
         serving_directory(options, workdir),
         WEBHOOK_CONFIGURATION,
         check_interval=options.cert_check_interval,
+        # With the finalizer policy the chart installs no MutatingWebhookConfiguration.
+        plurals=webhook_tls.CONFIGURATION_PLURALS[:1]
+        if options.finalizer_mode == "policy"
+        else webhook_tls.CONFIGURATION_PLURALS,
     )
     try:
         await certificate.prepare()
@@ -362,7 +387,8 @@ async def _lead(
     workdir: Path,
     certificate: webhook_tls.SecretCertificate | None,
 ) -> int:
-    registry = _register_handlers(options)
+    policy = await _apply_finalizer_policy(options) if options.webhook_service is None else False
+    registry = _register_handlers(options, _finalizer_webhook(options, policy))
     memo = kopf.Memo()
     memo.health = health  # the controllers register their readiness checks on it
     health.add_check(
@@ -393,6 +419,61 @@ async def _lead(
             waiter.cancel()
         if keeper is not None:
             keeper.cancel()
+        # A lost lease leaves the policy to the next leader, which may have applied it already.
+        if policy and stopping.is_set() and not (lost is not None and lost.is_set()):
+            await _delete_finalizer_policy(options.stop_timeout)
+
+
+def _finalizer_webhook(options: Options, policy_applied: bool) -> bool:
+    """Whether kopf serves (and, locally, registers) the mutating webhook add-finalizer."""
+    if options.webhook_service is not None:
+        return options.finalizer_mode != "policy"  # the chart installed the one or the other
+    return options.finalizer_mode == "webhook" or (
+        options.finalizer_mode == "auto" and not policy_applied
+    )
+
+
+async def _apply_finalizer_policy(options: Options) -> bool:
+    """A local leader: the finalizer policy and its binding applied where the API server
+    serves them (and --finalizer-mode allows); whether they are in place. A failure leaves
+    the finalizer to the webhook (auto) or to the controller (policy)."""
+    if options.finalizer_mode == "webhook":
+        return False
+    kube = await Kube.connect()
+    try:
+        if not await admission_policies.served(kube):
+            log.info(
+                "MutatingAdmissionPolicy is not served: the finalizer comes from "
+                + ("the controller" if options.finalizer_mode == "policy" else "the webhook"),
+                mode=options.finalizer_mode,
+            )
+            return False
+        # The policy first: a binding to a policy not yet there does nothing.
+        await admission_policies.apply(kube, build_finalizer_policy())
+        await admission_policies.apply(kube, build_finalizer_policy_binding())
+    except (KubeError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("cannot apply the finalizer policy", name=FINALIZER_POLICY, error=str(exc))
+        return False
+    finally:
+        await kube.close()
+    log.info("finalizer set at creation by a MutatingAdmissionPolicy", name=FINALIZER_POLICY)
+    return True
+
+
+async def _delete_finalizer_policy(timeout: float) -> None:
+    """On a clean stop: the binding first (then the policy does nothing), then the policy;
+    bounded, as a stop must be. One left behind keeps setting the finalizer, which the next
+    operator removes as usual."""
+    kube = await Kube.connect()
+    try:
+        async with asyncio.timeout(timeout):
+            await admission_policies.delete(kube, BINDING_KIND, FINALIZER_POLICY)
+            await admission_policies.delete(kube, POLICY_KIND, FINALIZER_POLICY)
+        log.info("finalizer policy deleted", name=FINALIZER_POLICY)
+    except (KubeError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("cannot delete the finalizer policy", name=FINALIZER_POLICY, error=str(exc))
+    finally:
+        await kube.close()
 
 
 async def _route_webhook_here(health: Health, pod_role: PodRole) -> None:

@@ -6,16 +6,19 @@ would wait for an operator that is gone.
 1. The operator's Deployment is scaled to 0 through its scale subresource, and the command
    waits until none of its pods is left (a pod being deleted may still run) and its leader
    Lease is free or expired: a leader still running would put the finalizers straight back.
-2. With no operator left to answer, a validating webhook with failurePolicy Fail would refuse
+2. The binding of the MutatingAdmissionPolicy that sets the finalizer on new Tunnels is
+   deleted: the API server would otherwise go on setting it, on a Tunnel created after step 4
+   read the Tunnels, and nobody would remove it.
+3. With no operator left to answer, a validating webhook with failurePolicy Fail would refuse
    every change to a Tunnel, these ones too: the chart's configuration is set to Ignore
    (helm deletes it right after).
-3. Every finalizer of tunnelop (prefix `tunnelop.dev/`) is removed from every object of the
+4. Every finalizer of tunnelop (prefix `tunnelop.dev/`) is removed from every object of the
    four kinds; other finalizers stay. Each write is a JSON patch that first tests the list as
    it was read, so a concurrent change is never overwritten: the object is read again and
    the patch retried.
 
-Run twice, it finds nothing more to do: a missing Deployment, Lease or configuration is no
-error. It exits 0 having logged what it released, non-zero with the reason otherwise.
+Run twice, it finds nothing more to do: a missing Deployment, Lease, binding or configuration
+is no error. It exits 0 having logged what it released, non-zero with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from tunnelop.contract.naming import parse_namespaced_name
-from tunnelop.platform import logs
+from tunnelop.platform import admission_policies, logs
 from tunnelop.platform.kube import GROUP_VERSION, PLURALS, Kube, KubeError
 from tunnelop.platform.leader import LeaseRecord, Observation, is_expired, observe
 
@@ -55,6 +58,7 @@ class Options:
     deployment: str
     lease: str | None = None
     webhook_configuration: str | None = None
+    finalizer_policy_binding: str | None = None
     stop_timeout: float = 120.0
     kubeconfig: str | None = None
     service_account_dir: str | None = None
@@ -245,7 +249,7 @@ async def release_kind(kube: Kube, kind: str, concurrency: int) -> tuple[int, in
 
 
 async def release(options: Options, kube: Kube) -> dict[str, int]:
-    """The three steps; the number of objects released per kind."""
+    """The four steps; the number of objects released per kind."""
     target = f"{options.namespace}/{options.deployment}"
     started = time.monotonic()
     selector = await scale_to_zero(kube, options.namespace, options.deployment)
@@ -257,6 +261,15 @@ async def release(options: Options, kube: Kube) -> dict[str, int]:
     log.info(
         "the operator is stopped", deployment=target, seconds=round(time.monotonic() - started, 1)
     )
+    if options.finalizer_policy_binding:
+        deleted = await admission_policies.delete(
+            kube, "MutatingAdmissionPolicyBinding", options.finalizer_policy_binding
+        )
+        if deleted:
+            log.info(
+                "finalizer policy unbound: new Tunnels get no finalizer of tunnelop's",
+                binding=options.finalizer_policy_binding,
+            )
     if options.webhook_configuration:
         lenient = await make_webhooks_lenient(kube, options.webhook_configuration)
         if lenient:

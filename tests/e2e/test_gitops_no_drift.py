@@ -236,9 +236,9 @@ async def test_no_drift_after_the_operator_worked(
         live = live_objects(git)
         assert [risk for obj in live for risk in drift_risks(obj)] == []
         held = {f"{obj['kind']}/{obj['metadata']['name']}": operator_holds(obj) for obj in live}
-        # RelayNodes get the finalizer from the operator; Tunnels from the admission webhook at
-        # creation, which leaves it to no manager (the API server does not attribute what a
-        # webhook adds), so no apply ever removes it.
+        # RelayNodes get the finalizer from the operator; Tunnels from admission at creation
+        # (policy or webhook), which leaves it to no manager (the API server does not attribute
+        # what admission adds), so no apply ever removes it.
         assert held == {
             f"RelayNode/{first}": {"status", "finalizer"},
             f"RelayNode/{second}": {"status", "finalizer"},

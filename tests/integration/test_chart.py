@@ -29,6 +29,10 @@ from support.operator import delete_webhook_configurations, session_operator_asi
 from tunnelop.api.v1alpha1 import RelayNode, Tunnel
 from tunnelop.builders import relay as relay_builders
 from tunnelop.builders.client import build_client_deployment
+from tunnelop.builders.finalizer_policy import (
+    build_finalizer_policy,
+    build_finalizer_policy_binding,
+)
 from tunnelop.builders.route_tunnel import route_tunnel
 from tunnelop.contract import naming
 from tunnelop.domain.gateway import RouteView, Target, TunnelWant
@@ -36,6 +40,10 @@ from tunnelop.domain.gateway import RouteView, Target, TunnelWant
 CHART = tools.REPO / "helm" / "tunnelop"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
 WEBHOOK_CONFIGURATION = "tunnelop.dev"
+FINALIZER_POLICY = naming.FINALIZER_POLICY
+# What helm finds on a cluster that serves MutatingAdmissionPolicy v1 (helm template, asking
+# none, finds nothing of the kind).
+SERVES_POLICIES = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
 
 
 # ---- rendering -----------------------------------------------------------------------------
@@ -51,8 +59,11 @@ def render_text(
     values: Path | None = None,
     release: str = "tunnelop",
     namespace: str = "tunnelop-system",
+    api_versions: tuple[str, ...] = (),
 ) -> str:
     args = ["template", release, str(CHART), "--namespace", namespace]
+    for api_version in api_versions:
+        args += ["--api-versions", api_version]
     if values is not None:
         args += ["--values", str(values)]
     for assignment in sets:
@@ -359,14 +370,18 @@ def test_uninstall_hook_takes_the_pods_values_and_can_be_turned_off():
 
 
 def _handlers() -> dict[str, Any]:
-    """The operator's admission handlers, as kopf registers them (by id)."""
-    from tunnelop.controllers import webhook  # noqa: F401  (registers the handlers)
+    """The operator's admission handlers, as kopf registers them (by id) where no policy sets
+    the finalizer (add-finalizer is registered only then, in a registry of its own here)."""
+    from tunnelop.controllers import webhook  # registers validate-tunnel
 
-    return {h.id: h for h in kopf.get_default_registry()._webhooks.get_all_handlers()}
+    mutating = kopf.OperatorRegistry()
+    webhook.register_add_finalizer(mutating)
+    registries = (kopf.get_default_registry(), mutating)
+    return {h.id: h for r in registries for h in r._webhooks.get_all_handlers()}
 
 
 def test_webhook_configurations_mirror_the_operators_handlers():
-    docs = render()
+    docs = render("finalizer.mode=webhook")
     service = one(docs, "Service", "tunnelop-webhook")
     assert service["spec"]["ports"] == [
         {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
@@ -415,6 +430,65 @@ def test_webhook_configurations_mirror_the_operators_handlers():
             "kube-system",
             "tunnelop-system",
         ]
+
+
+@pytest.mark.parametrize(
+    ("sets", "api_versions"),
+    [((), (SERVES_POLICIES,)), (("finalizer.mode=policy",), ())],
+    ids=["auto-where-served", "forced"],
+)
+def test_finalizer_policy_replaces_the_mutating_webhook_where_served(sets, api_versions):
+    docs = render(*sets, api_versions=api_versions)
+    assert of_kind(docs, "MutatingWebhookConfiguration") == []
+    validating = one(docs, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)
+    assert [w["name"] for w in validating["webhooks"]] == [
+        f"validate-tunnel.{WEBHOOK_CONFIGURATION}"
+    ]
+    policy = one(docs, "MutatingAdmissionPolicy", FINALIZER_POLICY)
+    binding = one(docs, "MutatingAdmissionPolicyBinding", FINALIZER_POLICY)
+    # The objects a local operator applies, with the chart's labels and namespaceSelector.
+    selector = validating["webhooks"][0]["namespaceSelector"]
+    labels = policy["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert policy == build_finalizer_policy(labels=labels, namespace_selector=selector)
+    assert binding == build_finalizer_policy_binding(labels=labels)
+    # The operator serves no add-finalizer; the hook unbinds the policy, and may.
+    assert flags(docs)["--finalizer-mode"] == "policy"
+    hook_args = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--finalizer-policy-binding={FINALIZER_POLICY}" in hook_args
+    from tunnelop.cli import build_parser
+
+    assert build_parser().parse_args(hook_args).finalizer_policy_binding == FINALIZER_POLICY
+    admission = [
+        r
+        for r in one(docs, "ClusterRole")["rules"]
+        if r["apiGroups"] == ["admissionregistration.k8s.io"]
+    ]
+    assert admission[-1] == {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingadmissionpolicybindings"],
+        "resourceNames": [FINALIZER_POLICY],
+        "verbs": ["delete"],
+    }
+    # Without the hook, no right to it either.
+    off = render(*sets, "uninstall.releaseFinalizers=false", api_versions=api_versions)
+    assert "mutatingadmissionpolicybindings" not in json.dumps(one(off, "ClusterRole"))
+
+
+@pytest.mark.parametrize(
+    "api_versions", [(), (SERVES_POLICIES,)], ids=["not-served", "forced-webhook"]
+)
+def test_finalizer_webhook_where_the_policy_is_not_served_or_not_wanted(api_versions):
+    sets = ("finalizer.mode=webhook",) if api_versions else ()
+    docs = render(*sets, api_versions=api_versions)
+    assert of_kind(docs, "MutatingAdmissionPolicy") == []
+    assert of_kind(docs, "MutatingAdmissionPolicyBinding") == []
+    mutating = one(docs, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)
+    assert [w["name"] for w in mutating["webhooks"]] == [f"add-finalizer.{WEBHOOK_CONFIGURATION}"]
+    assert flags(docs)["--finalizer-mode"] == "webhook"
+    hook_args = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in hook_args if a.startswith("--finalizer-policy-binding")]
+    assert "mutatingadmissionpolicybindings" not in json.dumps(one(docs, "ClusterRole"))
 
 
 def test_self_managed_certificate_is_the_operators_secret():
@@ -729,9 +803,15 @@ def test_rendered_chart_passes_the_api_servers_validation(crds, third_party_crds
     # The session's operator may run with its own webhook configurations of the chart's name
     # (kopf's, calling a url): applied onto them, a dry run would merge url and service.
     docs = [doc for doc in yaml.safe_load_all(manifest) if doc]
+    renamed = f"-dry-run-{suffix()}"
     for doc in docs:
-        if doc["kind"].endswith("WebhookConfiguration"):
-            doc["metadata"]["name"] += f"-dry-run-{suffix()}"
+        # The same for the finalizer policy a local operator applies under the chart's name.
+        if doc["kind"].endswith("WebhookConfiguration") or doc["kind"].startswith(
+            "MutatingAdmissionPolicy"
+        ):
+            doc["metadata"]["name"] += renamed
+        if doc["kind"] == "MutatingAdmissionPolicyBinding":
+            doc["spec"]["policyName"] += renamed
     manifest = yaml.safe_dump_all(docs)
     result = server_dry_run(manifest)
     assert result.returncode == 0, result.stderr
@@ -809,6 +889,8 @@ def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
     docs = render(
         f"relayNamespace.name={relays}",
         "relayNamespace.create=false",
+        # As on a cluster that serves MutatingAdmissionPolicy (the hook unbinds it).
+        "finalizer.mode=policy",
         release=release,
         namespace=namespace,
     )
@@ -837,6 +919,7 @@ def installed_rbac(crds, namespaces) -> Iterator[dict[str, str]]:
         "account": f"system:serviceaccount:{namespace}:{one(docs, 'ServiceAccount')['metadata']['name']}",
         "cert_secret": cert_secret["resourceNames"][0],
         "deployment": one(docs, "Deployment")["metadata"]["name"],
+        "finalizer_policy": [d for d in docs if d["kind"].startswith("MutatingAdmissionPolicy")],
         "frpc_image": flags(docs)["--frpc-image"],
         "policy": policy,
     }
@@ -1053,6 +1136,12 @@ def test_uninstall_hook_may_do_what_the_command_does_and_nothing_more(installed_
             None,
             WEBHOOK_CONFIGURATION,
         ),
+        (
+            "delete",
+            "mutatingadmissionpolicybindings.admissionregistration.k8s.io",
+            None,
+            FINALIZER_POLICY,
+        ),
     ]
     for resource in ("tunnels", "relaynodes", "relaypools", "tunnelquotas"):
         namespace = tenant if resource in ("tunnels", "tunnelquotas") else None
@@ -1072,6 +1161,9 @@ def test_uninstall_hook_may_do_what_the_command_does_and_nothing_more(installed_
         ("delete", "tunnelquotas.tunnelop.dev", tenant, "x"),
         ("update", "relaypools.tunnelop.dev", None, "x"),
         ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
+        ("delete", "mutatingadmissionpolicybindings.admissionregistration.k8s.io", None, "x"),
+        ("patch", "mutatingadmissionpolicybindings.admissionregistration.k8s.io", None, None),
+        ("delete", "mutatingadmissionpolicies.admissionregistration.k8s.io", None, None),
     ]
     answers = access(rbac["account"], needed + refused)
     missing = [check for check in needed if not answers[check]]
@@ -1439,6 +1531,50 @@ def finalizers_of(kind: str, name: str, namespace: str | None = None) -> list[st
     return (objects.get(kind, name, namespace) or {})["metadata"].get("finalizers", [])
 
 
+def tcp_tunnel(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "tunnelop.dev/v1alpha1",
+        "kind": "Tunnel",
+        "metadata": {"name": name},
+        "spec": {"protocol": "tcp"},
+    }
+
+
+async def tunnel_gets_the_finalizer_at_creation(namespace: str, name: str) -> None:
+    """The installed policy in force (the API server takes a moment to load a new one):
+    a Tunnel created with no operator running has the finalizer; deleted again."""
+
+    def created_with_it() -> bool:
+        created = json.loads(
+            tools.kubectl(
+                "create",
+                "-n",
+                namespace,
+                "-o",
+                "json",
+                "-f",
+                "-",
+                input=json.dumps(tcp_tunnel(name)),
+            ).stdout
+        )
+        tools.kubectl(
+            "patch",
+            "tunnel",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+        )
+        tools.kubectl("delete", "tunnel", name, "-n", namespace, "--wait=true")
+        return created["metadata"].get("finalizers") == ["tunnelop.dev/finalizer"]
+
+    await objects.wait_for(
+        created_with_it, timeout=30, what="the chart's finalizer policy in force"
+    )
+
+
 async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizers(
     installed_rbac, no_operator, tmp_path
 ):
@@ -1446,9 +1582,18 @@ async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizer
     Deployment scaled to 0 and its pods gone; tunnelop's finalizers removed from objects of
     all four kinds, another one kept; a validating webhook with failurePolicy Fail (nothing
     answers it) made lenient first, since it refuses every change to a Tunnel; run again,
-    nothing more to do."""
+    nothing more to do. The chart's finalizer policy, installed, is unbound first: a Tunnel
+    created after the release gets no finalizer of tunnelop's."""
     rbac = installed_rbac
     home, tenant, deployment = rbac["namespace"], rbac["tenant"], rbac["deployment"]
+    tools.kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac["finalizer_policy"]}),
+    )
+    await tunnel_gets_the_finalizer_at_creation(tenant, f"before-{suffix()}")
     ids = suffix()
     image = "--image=registry.example.test/tunnelop:0"
     tools.kubectl("create", "deployment", deployment, "-n", home, "--replicas=2", image)
@@ -1506,6 +1651,7 @@ async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizer
     kubeconfig = service_account_kubeconfig(rbac, tmp_path / "hook.kubeconfig")
     flags = [f"--deployment={home}/{deployment}", "--lease=tunnelop"]
     flags += [f"--webhook-configuration={WEBHOOK_CONFIGURATION}", "--stop-timeout=60"]
+    flags += [f"--finalizer-policy-binding={FINALIZER_POLICY}"]
     try:
         code, logged = release_finalizers(kubeconfig, *flags)
         assert code == 0, logged
@@ -1513,6 +1659,7 @@ async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizer
         assert objects.list_objects("pod", home) == []
         webhook = objects.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
         assert webhook["webhooks"][0]["failurePolicy"] == "Ignore"
+        assert objects.get("mutatingadmissionpolicybinding", FINALIZER_POLICY) is None
         kept = {name: finalizers_of(kind, name, ns) for kind, name, ns, _, _ in made}
         assert kept == {
             f"t-{ids}": [foreign],
@@ -1520,6 +1667,11 @@ async def test_release_finalizers_stops_the_operator_and_keeps_foreign_finalizer
             f"rn-{ids}": [foreign],
             f"rp-{ids}": [],
         }
+        # Unbound: a Tunnel created now gets no finalizer of tunnelop's.
+        after = f"after-{suffix()}"
+        made.append(("tunnel", after, tenant, {}, []))
+        objects.apply(tcp_tunnel(after), tenant)
+        assert finalizers_of("tunnel", after, tenant) == []
         released = {line["kind"]: line["released"] for line in logged if "kind" in line}
         assert sorted(released) == ["RelayNode", "RelayPool", "Tunnel", "TunnelQuota"]
         assert all(count >= 1 for count in released.values()), released

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import objects, tools
 from support.netutil import free_port
+from tunnelop.contract.naming import FINALIZER_POLICY
 from tunnelop.manager import LEADERSHIP_LOST_EXIT
 from tunnelop.platform.pod_role import ROLE_LABEL
 
@@ -290,11 +291,22 @@ async def session_operator_aside(request: Any) -> AsyncIterator[None]:
 
 def delete_webhook_configurations(kubeconfig: Path = tools.KUBECONFIG) -> None:
     """Remove the admission webhooks the operator registered (they are cluster-wide and
-    would point at a process that is gone)."""
+    would point at a process that is gone), and the finalizer policy a local leader applied
+    (a killed one leaves it; the chart's has the same name)."""
     tools.kubectl(
         "delete",
         "validatingwebhookconfiguration,mutatingwebhookconfiguration",
         "tunnelop.dev",
+        "--ignore-not-found",
+        kubeconfig=kubeconfig,
+        check=False,
+    )
+    # Apart: an API server that does not serve the kinds refuses the whole command.
+    tools.kubectl(
+        "delete",
+        "mutatingadmissionpolicybinding.v1.admissionregistration.k8s.io,"
+        "mutatingadmissionpolicy.v1.admissionregistration.k8s.io",
+        FINALIZER_POLICY,
         "--ignore-not-found",
         kubeconfig=kubeconfig,
         check=False,

@@ -40,6 +40,10 @@ from tunnelop.builders import (
     endpoint,
 )
 from tunnelop.builders.client import build_client_deployment, spec_checksum
+from tunnelop.builders.finalizer_policy import (
+    build_finalizer_policy,
+    build_finalizer_policy_binding,
+)
 from tunnelop.builders.relay import DefaultRelayImages, agent_resources
 from tunnelop.contract.naming import (
     CLIENT_SELECTOR,
@@ -1021,6 +1025,27 @@ def test_client_deployment_golden() -> None:
     assert_golden("client-deployment.yaml", to_yaml(client_deployment()))
 
 
+# The finalizer policy ---------------------------------------------------------------------------
+
+
+def test_finalizer_policy_golden() -> None:
+    objects = (build_finalizer_policy(), build_finalizer_policy_binding())
+    assert_golden("finalizer-policy.yaml", to_yaml(*objects))
+
+
+def test_finalizer_policy_matches_only_the_creation_of_tunnels_and_binds_itself() -> None:
+    policy, binding = build_finalizer_policy(), build_finalizer_policy_binding()
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["operations"] == ["CREATE"]  # an UPDATE that drops it is the user's to make
+    assert (rule["apiGroups"], rule["resources"]) == (["tunnelop.dev"], ["tunnels"])
+    assert policy["spec"]["failurePolicy"] == "Ignore"  # else the controller adds it
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["metadata"]["name"] == "add-finalizer.tunnelop.dev"
+    selector = {"matchLabels": {"team": "a"}}
+    scoped = build_finalizer_policy(namespace_selector=selector)
+    assert scoped["spec"]["matchConstraints"]["namespaceSelector"] == selector
+
+
 def test_client_runs_the_pinned_frpc_with_the_secrets_config() -> None:
     deployment = client_deployment()
     pod = deployment["spec"]["template"]
@@ -1159,6 +1184,8 @@ KUBERNETES_MODELS = {
     "RoleBinding": "V1RoleBinding",
     "Deployment": "V1Deployment",
     "Service": "V1Service",
+    "MutatingAdmissionPolicy": "V1MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding": "V1MutatingAdmissionPolicyBinding",
 }
 
 
@@ -1170,6 +1197,8 @@ def all_objects() -> list[dict[str, Any]]:
         build_table_secret(tcp_udp_relay(), NAMESPACE, table_entries()),
         build_credentials_secret("alice", "minecraft", "uid-t", frpc_toml="x", token="t"),
         client_deployment(),
+        build_finalizer_policy(),
+        build_finalizer_policy_binding(),
     ]
     return [o for o in objects if o is not None]
 

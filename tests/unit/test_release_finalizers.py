@@ -18,6 +18,7 @@ from tunnelop.uninstall import (
     lease_holder,
     lenient_webhooks_patch,
     parse_deployment,
+    release,
     release_object,
     release_patch,
     running_pods,
@@ -118,6 +119,10 @@ def test_a_deployment_is_named_namespace_slash_name(value, message) -> None:
         (
             ["--deployment", "a/b", "--webhook-configuration", "a b"],
             "--webhook-configuration: must be a ValidatingWebhookConfiguration name",
+        ),
+        (
+            ["--deployment", "a/b", "--finalizer-policy-binding", "Policy"],
+            "--finalizer-policy-binding: must be a MutatingAdmissionPolicyBinding name",
         ),
     ],
 )
@@ -261,3 +266,47 @@ async def test_an_operator_that_does_not_stop_fails_the_command_saying_why(monke
         "the operator did not stop within 5 s of scaling Deployment tunnelop-system/tunnelop "
         "to 0: pods leader still exist; Lease tunnelop-system/tunnelop is held by leader_1"
     )
+
+
+class RecordingKube:
+    """Every request in order; the operator's Deployment gone already, one Tunnel with
+    tunnelop's finalizer, the binding present (or absent: 404)."""
+
+    def __init__(self, binding_present: bool = True) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.binding_present = binding_present
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
+        self.requests.append((method, path))
+        if path.endswith("/scale"):
+            raise KubeError(404, "not found")
+        if method == "DELETE" and not self.binding_present:
+            raise KubeError(404, "not found")
+        return {}
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None, **_: Any):
+        self.requests.append(("LIST", kind))
+        return [tunnel(["tunnelop.dev/finalizer"])] if kind == "Tunnel" else []
+
+
+BINDING_PATH = (
+    "/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings/"
+    "add-finalizer.tunnelop.dev"
+)
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["bound", "unbound"])
+async def test_the_finalizer_policy_is_unbound_before_any_finalizer_is_released(present) -> None:
+    kube = RecordingKube(binding_present=present)
+    options = Options(
+        "tunnelop-system", "tunnelop", finalizer_policy_binding="add-finalizer.tunnelop.dev"
+    )
+    counts = await release(options, kube)
+    assert counts["Tunnel"] == 1
+    unbind = kube.requests.index(("DELETE", BINDING_PATH))
+    first_read = kube.requests.index(("LIST", "Tunnel"))
+    assert unbind < first_read
+    # Without the flag (the chart's webhook fallback) nothing of the kind is deleted.
+    kube = RecordingKube()
+    await release(Options("tunnelop-system", "tunnelop"), kube)
+    assert [r for r in kube.requests if r[0] == "DELETE"] == []

@@ -80,6 +80,20 @@ app.kubernetes.io/component: operator
 tunnelop.dev
 {{- end }}
 
+{{/* The MutatingAdmissionPolicy and its binding that set the finalizer on new Tunnels, named
+as the webhook they replace (contract/naming.py FINALIZER_POLICY). */}}
+{{- define "tunnelop.finalizerPolicyName" -}}
+{{- printf "add-finalizer.%s" (include "tunnelop.webhookConfigurationName" .) }}
+{{- end }}
+
+{{/* "true" when the API server sets the finalizer by that policy (finalizer.mode policy, or
+auto where it serves MutatingAdmissionPolicy v1); else the mutating webhook add-finalizer. */}}
+{{- define "tunnelop.finalizerPolicy" -}}
+{{- if or (eq .Values.finalizer.mode "policy") (and (eq .Values.finalizer.mode "auto") (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")) -}}
+true
+{{- end }}
+{{- end }}
+
 {{- define "tunnelop.webhookServiceName" -}}
 {{- printf "%s-webhook" (include "tunnelop.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -18,6 +18,14 @@ TUNNEL_LABEL = "tunnelop.dev/tunnel"
 # roll the pod, and a changed pod template is what makes the Deployment roll it.
 CONFIG_CHECKSUM_ANNOTATION = "tunnelop.dev/config-checksum"
 
+# The finalizer the operator keeps on Tunnels and RelayNodes until it has released what they
+# hold (ports, relay objects).
+FINALIZER = "tunnelop.dev/finalizer"
+# The MutatingAdmissionPolicy (and its binding) that sets FINALIZER on a Tunnel at creation,
+# named as the webhook it replaces (add-finalizer.<webhook configuration>); the chart's
+# template and the pre-delete hook use the same name.
+FINALIZER_POLICY = "add-finalizer.tunnelop.dev"
+
 MANAGED_BY = "tunnelop"
 RELAY_APP = "tunnelop-relay"
 # app.kubernetes.io/name of an InCluster tunnel's frpc Deployment and pod.

@@ -16,6 +16,7 @@ from typing import Any
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.builders.relay import DefaultRelayImages
 from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE
+from tunnelop.contract.naming import FINALIZER as FINALIZER  # the controllers take it here
 from tunnelop.controllers.caches import Caches
 from tunnelop.controllers.gateway_api import GatewayApi
 from tunnelop.controllers.relaytables import RelayTables
@@ -28,7 +29,6 @@ from tunnelop.platform.kube import Kube
 from tunnelop.platform.workqueue import WorkQueue
 
 log = logs.get(__name__)
-FINALIZER = "tunnelop.dev/finalizer"
 
 
 @dataclass

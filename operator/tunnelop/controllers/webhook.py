@@ -118,16 +118,28 @@ async def validate_tunnel(
         raise kopf.AdmissionError("; ".join(denials), code=422)
 
 
-@kopf.on.mutate(
-    GROUP,
-    VERSION,
-    "tunnels",
-    id="add-finalizer",
-    operations=["CREATE"],
-    ignore_failures=True,  # without it the controller adds the finalizer itself, one write later
-)
+ADD_FINALIZER = "add-finalizer"
+
+
 async def add_finalizer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """The release finalizer, set at creation: it saves a write and a reconcile per tunnel."""
     finalizers = list(body.get("metadata", {}).get("finalizers") or [])
     if FINALIZER not in finalizers:
         patch.metadata["finalizers"] = [*finalizers, FINALIZER]
+
+
+def register_add_finalizer(registry: kopf.OperatorRegistry) -> None:
+    """The mutating webhook add-finalizer, registered only where the API server does not set
+    the finalizer itself (a MutatingAdmissionPolicy, builders/finalizer_policy.py): in a
+    local run kopf registers every handler's webhook, and each one costs every create a
+    call into the operator."""
+    kopf.on.mutate(
+        GROUP,
+        VERSION,
+        "tunnels",
+        id=ADD_FINALIZER,
+        operations=["CREATE"],
+        # Without it the controller adds the finalizer itself, one write later.
+        ignore_failures=True,
+        registry=registry,
+    )(add_finalizer)

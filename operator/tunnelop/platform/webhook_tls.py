@@ -182,9 +182,10 @@ def foreign_webhooks(configuration: Mapping[str, Any], service: tuple[str, str])
 
 
 class CaBundleInjector:
-    """Keeps caBundle equal to the CA in the webhooks of both configurations named
-    `configuration` that call `service`: at once, and whenever they change (a helm upgrade or
-    re-install writes them anew)."""
+    """Keeps caBundle equal to the CA in the webhooks of the configurations named
+    `configuration` that call `service` (of the kinds `plurals`: both, unless the chart sets
+    the finalizer by a MutatingAdmissionPolicy and installs no mutating webhook): at once,
+    and whenever they change (a helm upgrade or re-install writes them anew)."""
 
     def __init__(
         self,
@@ -194,25 +195,27 @@ class CaBundleInjector:
         ca_pem: bytes,
         *,
         retry: float = 2.0,
+        plurals: tuple[str, ...] = CONFIGURATION_PLURALS,
     ) -> None:
         self.kube = kube
         self.configuration = configuration
         self.service = service
         self.ca_pem = ca_pem
         self.retry = retry
+        self.plurals = plurals
         self._absent_said: set[str] = set()
 
     async def set_ca(self, ca_pem: bytes) -> None:
         """A new CA: written into both configurations now."""
         self.ca_pem = ca_pem
-        for plural in CONFIGURATION_PLURALS:
+        for plural in self.plurals:
             try:
                 await self.inject(plural, await self._get(plural))
             except KubeError as exc:  # the watch will try again on the next change
                 log.warning("cannot inject the caBundle", kind=plural, error=str(exc))
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._keep(plural) for plural in CONFIGURATION_PLURALS))
+        await asyncio.gather(*(self._keep(plural) for plural in self.plurals))
 
     async def inject(self, plural: str, configuration: dict[str, Any] | None) -> None:
         """Patch `configuration` (the current one, or None if absent) if its caBundle is off;
@@ -300,6 +303,7 @@ class SecretCertificate:
         configuration: str,
         *,
         check_interval: float = 300.0,
+        plurals: tuple[str, ...] = CONFIGURATION_PLURALS,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -309,7 +313,7 @@ class SecretCertificate:
         self.hosts = certs.service_host_names(*service)
         self.check_interval = check_interval
         self.pair: certs.WebhookPair | None = None
-        self.injector = CaBundleInjector(kube, configuration, service, b"")
+        self.injector = CaBundleInjector(kube, configuration, service, b"", plurals=plurals)
 
     @property
     def where(self) -> str:
