@@ -34,6 +34,7 @@ class EventStore:
         self.events: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str]] = []
         self.fail_posts = False
+        self.forbid_patch = False
 
     async def event(
         self,
@@ -60,6 +61,8 @@ class EventStore:
 
     async def event_count(self, namespace: str, name: str, *, count: int, message: str) -> None:
         self.writes.append(("PATCH", name))
+        if self.forbid_patch:
+            raise KubeError(403, "cannot patch resource events")
         if name not in self.events:
             raise KubeError(404, f"events {name!r} not found")
         assert count > self.events[name]["count"]
@@ -239,6 +242,16 @@ async def test_an_event_deleted_meanwhile_is_posted_anew():
     await rec.idle()
     assert [op for op, _ in store.writes] == ["POST", "PATCH", "POST"]
     assert [e["count"] for e in store.about("ssh")] == [2]
+
+
+async def test_without_the_right_to_patch_repeats_are_new_events_that_add_up():
+    rec, store, _ = recorder()
+    store.forbid_patch = True
+    for _ in range(4):
+        rec.record(tunnel("ssh"), "Normal", "Moved", "from a to b")
+        await rec.idle()
+    assert [op for op, _ in store.writes] == ["POST", "PATCH", "POST", "POST", "POST"]
+    assert [e["count"] for e in store.about("ssh")] == [1, 1, 1, 1]
 
 
 async def test_a_refused_post_neither_raises_nor_stops_the_next():

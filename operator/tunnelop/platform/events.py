@@ -13,11 +13,14 @@
    reason) and summed per (namespace, kind, type, reason); while sums wait, every new Event
    joins them, and after `summary_delay` seconds each sum is posted, as tokens allow, as one
    Event on the latest object it covers ("Scheduled: 512 more tunnels in this namespace ...").
-   A summary takes a token too, so the bound holds with them; their number is at most one
-   per (namespace, kind, reason) and delay;
+   A summary takes a token too, so the bound holds with them; there is at most one per
+   (namespace, kind, type, reason) every `summary_delay` seconds. Summing rather than
+   queueing: a queue of 10,000 Events is still 10,000 writes, only later, while each
+   object's status already carries its own state;
 4. dedup: the same (object, type, reason, message) again within the window (10 minutes)
    PATCHes the existing Event's count and lastTimestamp instead of creating another. Updates
-   that arrive while the Event is being written are folded into one write.
+   that arrive while the Event is being written are folded into one write. A role that may
+   create but not patch Events (403) makes each repeat an Event of its own.
 
 The caches (dedup, aggregation, spam buckets) are LRUs of `cache_size` keys each, as
 client-go's, so memory stays bounded at any number of objects. A lone Event (one tunnel
@@ -186,6 +189,7 @@ class EventRecorder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._summaries: asyncio.Task[None] | None = None
         self._serial = 0
+        self.patching = True  # until the API server refuses it (403)
 
     def record(self, regarding: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Decide now, write in the background; never raises for the API's sake."""
@@ -286,31 +290,45 @@ class EventRecorder:
         try:
             while entry.written < entry.count:
                 count = entry.count
+                posted = count
                 if entry.created:
-                    meta = entry.regarding["metadata"]
-                    namespace = meta.get("namespace") or "default"
-                    try:
-                        await self.kube.event_count(
-                            namespace, entry.name, count=count, message=entry.message
-                        )
-                    except Exception as exc:
-                        if getattr(exc, "status", None) != 404:
-                            raise
-                        entry.created = False  # deleted meanwhile (its TTL): post it anew
-                        entry.name = self._name(entry.regarding)
-                if not entry.created:
-                    await self.kube.event(
-                        entry.regarding,
-                        type_=entry.type_,
-                        reason=entry.reason,
-                        message=entry.message,
-                        name=entry.name,
-                        count=count,
-                    )
-                    entry.created = True
+                    if self.patching and await self._patch(entry, count):
+                        entry.written = count
+                        continue
+                    if not self.patching:
+                        posted = count - entry.written  # the earlier Event keeps its count
+                    entry.name = self._name(entry.regarding)
+                await self.kube.event(
+                    entry.regarding,
+                    type_=entry.type_,
+                    reason=entry.reason,
+                    message=entry.message,
+                    name=entry.name,
+                    count=posted,
+                )
+                entry.created = True
                 entry.written = count
         finally:
             entry.writing = False
+
+    async def _patch(self, entry: _Recorded, count: int) -> bool:
+        """The count written on the posted Event; False when it must be posted anew."""
+        meta = entry.regarding["metadata"]
+        try:
+            await self.kube.event_count(
+                meta.get("namespace") or "default", entry.name, count=count, message=entry.message
+            )
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            if status == 403:
+                # A role with create but no patch on events (an older chart): each repeat
+                # becomes an Event of its own, as before the recorder, still rate-limited.
+                self.patching = False
+                log.warning("cannot patch events; repeats are posted as new Events", error=str(exc))
+            elif status != 404:  # 404: deleted meanwhile (its TTL), posted anew
+                raise
+            return False
+        return True
 
     def _spawn(self, work: Awaitable[None], reason: str) -> None:
         async def run() -> None:
