@@ -230,6 +230,9 @@ async def test_summaries_wait_for_tokens_and_are_posted_by_the_recorder_itself()
     assert rec.waiting == 0
     assert sorted(e["namespace"] for e in store.summaries()) == ["a", "b", "c", "d"]
     assert clock.now - 1000 >= 30
+    counts = sorted(int(SUMMARY.match(e["message"])[2]) for e in store.summaries())  # type: ignore[index]
+    assert counts == [1, 3, 3, 3]  # a's third, then b, c and d while a's sum waited
+    assert any(e["message"].startswith("Scheduled: 1 more tunnel in") for e in store.summaries())
     await rec.stop()
 
 

@@ -151,7 +151,7 @@ def summary_message(reason: str, kind: str, namespace: str | None, count: int) -
     where = "in this namespace" if namespace else "cluster-wide"
     detail = "status.conditions" if kind == "Tunnel" else "status"
     return (
-        f"{reason}: {count} more {what}s {where} (events rate-limited; "
+        f"{reason}: {count} more {what}{'s' if count != 1 else ''} {where} (events rate-limited; "
         f"each {what}'s {detail} has its own)"
     )
 
