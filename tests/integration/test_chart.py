@@ -1019,6 +1019,7 @@ def test_operator_may_do_what_it_does_and_nothing_more(installed_rbac):
         ("patch", "secrets", tenant, "t-frpc"),
         ("create", "events", tenant, None),
         ("create", "events", "default", None),
+        ("patch", "events", tenant, "t.1"),
         ("get", "nodes", None, "node-1"),
         ("get", "namespaces", None, relays),
         ("watch", "deployments.apps", None, None),

@@ -36,7 +36,9 @@ class RecordingKube:
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         self.deleted.append((namespace, name))
 
-    async def event(self, regarding: dict[str, Any], *, type_: str, reason: str, message: str):
+    async def event(
+        self, regarding: dict[str, Any], *, type_: str, reason: str, message: str, **_: Any
+    ):
         self.events.append((type_, reason, message))
 
 

@@ -41,7 +41,9 @@ class RecordingKube:
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         self.deleted.append((namespace, name))
 
-    async def event(self, regarding: dict, *, type_: str, reason: str, message: str) -> None:
+    async def event(
+        self, regarding: dict, *, type_: str, reason: str, message: str, **_: Any
+    ) -> None:
         self.events.append((regarding["kind"], reason, message))
 
 

@@ -24,11 +24,9 @@ from tunnelop.domain.pools import RelayLoad
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.domain.traffic_report import Observed
-from tunnelop.platform import logs
+from tunnelop.platform.events import EventRecorder
 from tunnelop.platform.kube import Kube
 from tunnelop.platform.workqueue import WorkQueue
-
-log = logs.get(__name__)
 
 
 @dataclass
@@ -116,23 +114,15 @@ class Runtime:
     client_watches_synced: list[asyncio.Event] = field(default_factory=list)
     # What runs beside the work queues (informers, the traffic collector), stopped first.
     running: list[Any] = field(default_factory=list)
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Events, deduplicated and rate-limited (platform/events.py); its writes run in tasks
+    # it owns, so posting never slows a reconcile.
+    events: EventRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventRecorder(self.kube)
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        async def post() -> None:
-            try:
-                await self.kube.event(
-                    body,
-                    type_=type_,
-                    reason=reason,
-                    message=message,
-                )
-            except Exception as exc:  # e.g. the namespace is being deleted
-                log.debug("cannot post event", reason=reason, error=str(exc))
-
-        task = asyncio.create_task(post())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.events.record(body, type_, reason, message)
 
     async def stop(self) -> None:
         for part in self.running:
@@ -140,6 +130,7 @@ class Runtime:
         for queue in self.queues():
             if queue is not None:
                 await queue.stop()
+        await self.events.stop()
         await self.kube.close()
 
     def queues(self) -> list[WorkQueue[Any]]:

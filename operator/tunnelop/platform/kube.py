@@ -56,6 +56,10 @@ def _counted(method: str, path: str) -> None:
     metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _path(api_version: str, plural: str, name: str | None, namespace: str | None) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     ns = f"/namespaces/{namespace}" if namespace else ""
@@ -368,18 +372,21 @@ class Kube:
         type_: str,
         reason: str,
         message: str,
+        name: str | None = None,
+        count: int = 1,
     ) -> None:
         """Post a core/v1 Event about an object (shown by `kubectl describe`). Events about
         a cluster-scoped object live in the default namespace, as the API server requires
-        (as a Node's do)."""
+        (as a Node's do). Controllers post through platform/events.py, which names the Event
+        to update its count later (`event_count`)."""
         meta = regarding["metadata"]
         namespace = meta.get("namespace") or "default"
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = _now()
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "name": name or f"{meta['name']}.{uuid.uuid4().hex[:12]}",
                 "namespace": namespace,
             },
             "involvedObject": {
@@ -395,7 +402,18 @@ class Kube:
             "source": {"component": "tunnelop"},
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count,
             "reportingComponent": "tunnelop",
         }
         await self.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+
+    async def event_count(self, namespace: str, name: str, *, count: int, message: str) -> None:
+        """The same Event seen again: its count, lastTimestamp and latest message (as
+        client-go's recorder patches them). A KubeError 404 if it is gone."""
+        patch = {"count": count, "lastTimestamp": _now(), "message": message[:1024]}
+        await self.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/events/{name}",
+            patch,
+            content_type="application/merge-patch+json",
+        )

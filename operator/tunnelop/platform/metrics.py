@@ -7,7 +7,8 @@ Calls the controllers make:
   `scheduling.forget(key)` when it is deleted before being bound;
 - `set_relay_allocations(relay, tunnels)` whenever a relay's allocated count is known, and
   `forget_relay(relay)` when the relay is gone.
-The work queue, the informer and the leader elector update their own metrics.
+The work queue, the informer, the leader elector and the Event recorder update their own
+metrics.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ INFORMER_FAILURES = Counter(
     "tunnelop_informer_failures_total",
     "Failed lists and watches, by API path and HTTP status (0: no HTTP answer).",
     ["path", "status"],
+    registry=REGISTRY,
+)
+EVENTS_DROPPED = Counter(
+    "tunnelop_events_dropped_total",
+    "Events not posted, by Event reason: refused by an object's spam filter or by the "
+    "global rate limit (these are summed up in a later Event).",
+    ["reason"],
     registry=REGISTRY,
 )
 
