@@ -6,8 +6,11 @@ lets go (finalizer) once none is left on it and its table names none."""
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import datetime
+import hashlib
+import json
 import secrets
 import time
 from typing import Any
@@ -214,9 +217,28 @@ async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySec
     name = relay.metadata.name or ""
     if rt.applied_workloads.get(name) == workload:
         return
-    for obj in workload:
+    digest = _workload_digest(workload)
+    live = rt.cache.deployments.get(name) or {}
+    if (live.get("metadata", {}).get("annotations") or {}).get(WORKLOAD_DIGEST) == digest:
+        # Applied as it is by an earlier process (the Deployment, applied last, says so): a
+        # restart sends nothing.
+        rt.applied_workloads[name] = workload
+        return
+    stamped = copy.deepcopy(workload)
+    stamped[-1]["metadata"].setdefault("annotations", {})[WORKLOAD_DIGEST] = digest
+    for obj in stamped:
         await rt.kube.apply(obj)
     rt.applied_workloads[name] = workload
+
+
+# On the relay's Deployment: the digest of the whole workload (config Secret, RBAC,
+# Deployment) it was last applied with.
+WORKLOAD_DIGEST = "tunnelop.dev/workload-digest"
+
+
+def _workload_digest(workload: list[dict[str, Any]]) -> str:
+    text = json.dumps(workload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _readiness(deployment: dict[str, Any] | None) -> tuple[bool, str, str]:

@@ -26,6 +26,7 @@ from tunnelop.platform.kube import Kube, KubeError
 
 log = logs.get(__name__)
 Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, object)
+YIELD_EVERY = 20
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 
@@ -98,6 +99,7 @@ class Informer:
             for obj in items:
                 present.add(_identity(obj))
                 self._dispatch("ADDED", obj)
+            await asyncio.sleep(0)  # a page at a time: the webhook and workers run between
         for key in set(self._known) - present:
             self._dispatch("DELETED", self._known[key])
         return version
@@ -109,9 +111,15 @@ class Informer:
                 if not version:
                     version = await self.list()
                     self.synced.set()
+                handed = 0
                 async for event in self.kube.watch(
                     self.path, resource_version=version, labels=self.labels, fields=self.fields
                 ):
+                    handed += 1
+                    if handed % YIELD_EVERY == 0:
+                        # Buffered events are read without a pause: let the webhook and the
+                        # workers run between them.
+                        await asyncio.sleep(0)
                     self._answered()
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
