@@ -178,6 +178,8 @@ def relay_images(options: Options) -> DefaultRelayImages:
 
 
 def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
+    from tunnelop.controllers.webhook import AdmissionServer  # with the other controllers
+
     settings = kopf.OperatorSettings()
     # The controllers post their own Events; kopf's per-handler Events would be noise.
     settings.posting.enabled = False
@@ -193,7 +195,7 @@ def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
     if options.webhook and options.webhook_service is not None:
         # The chart owns the configurations (kopf's `managed` stays off) and the Service.
         directory = serving_directory(options, workdir)
-        settings.admission.server = kopf.WebhookServer(
+        settings.admission.server = AdmissionServer(
             addr=options.webhook_host,
             port=options.webhook_port,
             certfile=str(directory / certs.CERT_KEY),
@@ -205,7 +207,7 @@ def build_settings(options: Options, workdir: Path) -> kopf.OperatorSettings:
         cert = certs.issue_webhook_certificate(
             workdir / "webhook", [options.webhook_host, "localhost"]
         )
-        settings.admission.server = kopf.WebhookServer(
+        settings.admission.server = AdmissionServer(
             addr=options.webhook_host,
             port=options.webhook_port,
             host=options.webhook_host,
@@ -498,6 +500,8 @@ async def _run_kopf(
     workdir: Path,
 ) -> int:
     settings = build_settings(options, workdir)
+    if settings.admission.server is not None:
+        settings.admission.server.memo = memo  # its Tunnel reviews read the caches
     # kopf cancels, when it ends, every task created after this point.
     existing = asyncio.all_tasks()
     tasks = await kopf.spawn_tasks(

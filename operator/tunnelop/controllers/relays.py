@@ -57,7 +57,8 @@ async def reconcile(rt: Runtime, name: str) -> None:
     body = await rt.kube.add_finalizer("RelayNode", body, FINALIZER)
     rt.cache.relays[name] = body
     try:
-        relay = RelayNode.model_validate(body)
+        assert rt.tables is not None
+        relay = rt.tables.models.of(body)
     except ValidationError as error:
         generation = body["metadata"].get("generation")
         status = dict(body.get("status") or {})
@@ -221,9 +222,14 @@ async def _apply_workload(rt: Runtime, relay: RelayNode, relay_secrets: RelaySec
     live = rt.cache.deployments.get(name) or {}
     if (live.get("metadata", {}).get("annotations") or {}).get(WORKLOAD_DIGEST) == digest:
         # Applied as it is by an earlier process (the Deployment, applied last, says so): a
-        # restart sends nothing.
-        rt.applied_workloads[name] = workload
-        return
+        # restart writes nothing, once the other objects are found still there.
+        present = [
+            await rt.kube.get(o["apiVersion"], o["kind"], o["metadata"]["name"], ns)
+            for o in workload[:-1]
+        ]
+        if all(p is not None for p in present):
+            rt.applied_workloads[name] = workload
+            return
     stamped = copy.deepcopy(workload)
     stamped[-1]["metadata"].setdefault("annotations", {})[WORKLOAD_DIGEST] = digest
     for obj in stamped:

@@ -21,6 +21,28 @@ from tunnelop.platform.kube import Kube, KubeError
 log = logs.get(__name__)
 
 
+class RelayModels:
+    """RelayNode models by name, parsed once per resourceVersion: a relay is read after every
+    table write, and validating its spec each time cost more than the write's bookkeeping."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[str, RelayNode]] = {}
+
+    def of(self, body: dict[str, Any]) -> RelayNode:
+        meta = body.get("metadata") or {}
+        name, version = meta.get("name") or "", meta.get("resourceVersion")
+        found = self._parsed.get(name)
+        if version and found is not None and found[0] == version:
+            return found[1]
+        model = RelayNode.model_validate(body)
+        if version:
+            self._parsed[name] = (version, model)
+        return model
+
+    def forget(self, name: str) -> None:
+        self._parsed.pop(name, None)
+
+
 class RelayTables:
     """Writes each relay's allocation table Secret (what its agent enforces) and the ports of
     its Service, coalescing bursts: a tunnel reconcile sets its entry and awaits the write
@@ -41,6 +63,7 @@ class RelayTables:
         self.relays = relays  # RelayNodes as watched
         self.written = written  # called with the relay after each write
         self.debounce = debounce
+        self.models = RelayModels()
         self.desired: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._written: dict[str, dict[TunnelKey, TableEntry]] = {}
         self._applied_services: dict[str, dict[str, Any]] = {}
@@ -127,6 +150,7 @@ class RelayTables:
         task.add_done_callback(self._background.discard)
 
     def forget(self, relay: str) -> None:
+        self.models.forget(relay)
         self.desired.pop(relay, None)
         self._written.pop(relay, None)
         self._recent.pop(relay, None)
@@ -190,7 +214,7 @@ class RelayTables:
         relay_body = self.relays.get(relay)
         if relay_body is None:
             return  # the relay is gone; its table went with it
-        model = RelayNode.model_validate(relay_body)
+        model = self.models.of(relay_body)
         written = await self.kube.apply(
             build_table_secret(model, self.namespace, list(entries.values()))
         )
@@ -218,9 +242,7 @@ class RelayTables:
                 if e.remote_port
             }
         )
-        service = build_service(
-            RelayNode.model_validate(relay_body), self.namespace, allocated_ports=ports
-        )
+        service = build_service(self.models.of(relay_body), self.namespace, allocated_ports=ports)
         if service is None or service == self._applied_services.get(relay):
             return
         try:

@@ -4,8 +4,10 @@ tunnelop.domain.admission."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import aiohttp.web
 import kopf
 from pydantic import ValidationError
 
@@ -18,6 +20,7 @@ from tunnelop.domain.relayview import RelayView
 from tunnelop.platform import logs
 
 log = logs.get(__name__)
+VALIDATE_TUNNEL = "validate-tunnel"
 
 
 def _claims(
@@ -80,7 +83,7 @@ def _quota_denials(
     GROUP,
     VERSION,
     "tunnels",
-    id="validate-tunnel",
+    id=VALIDATE_TUNNEL,
     operations=["CREATE", "UPDATE"],
     # The scheduler enforces the same rules when it binds: while the operator is down,
     # tenants' GitOps syncs go on and get their answer in status instead.
@@ -94,28 +97,76 @@ async def validate_tunnel(
     name: str | None,
     **_: Any,
 ) -> None:
-    rt: Runtime | None = getattr(memo, "runtime", None)
+    denials = tunnel_denials(
+        getattr(memo, "runtime", None), dict(body), dict(old) if old else None, namespace, name
+    )
+    if denials:
+        raise kopf.AdmissionError("; ".join(denials), code=422)
+
+
+def tunnel_denials(
+    rt: Runtime | None,
+    obj: dict[str, Any],
+    old: dict[str, Any] | None,
+    namespace: str | None,
+    name: str | None,
+) -> list[str]:
+    """Why the Tunnel create or update is refused; nothing when it is admitted."""
     if rt is None:
-        return  # starting up: the scheduler will answer in status
-    obj = dict(body)
+        return []  # starting up: the scheduler will answer in status
     try:
         relays = rt.cache.relay_views
         spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
         subdomain = spec.get("subdomain")
         claims = _claims(rt, subdomain, relays) if isinstance(subdomain, str) else []
         host_claims = _host_claims(rt, spec, relays)
-        denials = admission.review(
-            obj, dict(old) if old else None, relays.values(), claims, host_claims
-        )
+        denials = admission.review(obj, old, relays.values(), claims, host_claims)
         if namespace in rt.cache.quotas:
-            denials += _quota_denials(rt, namespace, obj, dict(old) if old else None)
+            denials += _quota_denials(rt, namespace, obj, old)
     except Exception:
         # A bug here must not turn into a puzzling denial: admit, and let the scheduler,
         # which enforces the same rules, answer in the tunnel's status.
         log.exception("admission review failed; admitting", namespace=namespace, name=name)
-        return
+        return []
+    return denials
+
+
+def review_answer(rt: Runtime | None, review: dict[str, Any]) -> dict[str, Any]:
+    """The AdmissionReview answer to a Tunnel validation request (as kopf would give it)."""
+    request = review.get("request") or {}
+    obj = request.get("object") or {}
+    old = request.get("oldObject") or None
+    name = request.get("name") or (obj.get("metadata") or {}).get("name")
+    denials = tunnel_denials(rt, obj, old, request.get("namespace"), name)
+    response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": not denials}
     if denials:
-        raise kopf.AdmissionError("; ".join(denials), code=422)
+        response["status"] = {"message": "; ".join(denials), "code": 422}
+    return {
+        "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
+        "kind": "AdmissionReview",
+        "response": response,
+    }
+
+
+class AdmissionServer(kopf.WebhookServer):
+    """kopf's webhook server (its TLS, its certificate reloads, its registration), answering
+    the Tunnel validation by itself: the API server waits for it on every create, and kopf's
+    generic path (causes, diffs, handler bookkeeping) cost several times the review itself at
+    a burst (measured, docs/benchmarks.md). Other webhooks go through kopf."""
+
+    memo: kopf.Memo | None = None
+
+    async def _serve(  # type: ignore[override]
+        self, fn: Any, request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
+        if request.match_info.get("id") != VALIDATE_TUNNEL:
+            return await kopf.WebhookServer._serve(fn, request)
+        try:
+            review = json.loads(await request.read())
+        except ValueError as error:
+            raise aiohttp.web.HTTPBadRequest(reason=str(error)) from None
+        rt = getattr(self.memo, "runtime", None)
+        return aiohttp.web.json_response(review_answer(rt, review))
 
 
 ADD_FINALIZER = "add-finalizer"
