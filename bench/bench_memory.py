@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import gc
 import json
-import secrets
 import sys
 import tracemalloc
 from pathlib import Path
@@ -33,12 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
+import operator_objects  # noqa: E402
 import report  # noqa: E402
 
 from support.objects import relay_node  # noqa: E402
 from tunnelop.api.v1alpha1 import RelayNode, Tunnel  # noqa: E402
-from tunnelop.builders.frpc import build_frpc_config  # noqa: E402
-from tunnelop.builders.relay import build_credentials_secret  # noqa: E402
 from tunnelop.contract import naming  # noqa: E402
 from tunnelop.contract.table import TableEntry, token_sha256  # noqa: E402
 from tunnelop.controllers import watches  # noqa: E402
@@ -119,20 +117,10 @@ def tunnel_body(i: int, relay: str, port: int) -> dict[str, Any]:
 
 
 def credentials(body: dict[str, Any], relay: str, port: int) -> tuple[dict[str, Any], str]:
+    """The tunnel's credentials Secret as a watch event carries it (fresh strings)."""
     meta = body["metadata"]
-    token = secrets.token_urlsafe(24)
-    frpc_toml = build_frpc_config(
-        namespace=meta["namespace"],
-        tunnel_name=meta["name"],
-        protocol="tcp",
-        server_addr=f"{relay}.relays.example.test",
-        server_port=naming.CONTROL_PORT,
-        relay_token="r" * 32,
-        tunnel_token=token,
-        remote_port=port,
-    )
-    secret = build_credentials_secret(
-        meta["namespace"], meta["name"], meta["uid"], frpc_toml=frpc_toml, token=token
+    secret, token = operator_objects.credentials(
+        meta["namespace"], meta["name"], meta["uid"], relay, port
     )
     return json.loads(json.dumps(secret)), token
 

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -45,14 +44,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import operator_objects  # noqa: E402
 import report  # noqa: E402
 
 from support import objects, tools  # noqa: E402
 from support.cluster import ensure_cluster  # noqa: E402
 from support.operator import OperatorProcess, delete_webhook_configurations  # noqa: E402
 from tunnelop.api.v1alpha1 import RelayNode  # noqa: E402
-from tunnelop.builders.frpc import build_frpc_config, endpoint  # noqa: E402
-from tunnelop.builders.relay import build_credentials_secret, build_table_secret  # noqa: E402
+from tunnelop.builders.frpc import endpoint  # noqa: E402
+from tunnelop.builders.relay import build_table_secret  # noqa: E402
 from tunnelop.contract import naming  # noqa: E402
 from tunnelop.contract.table import TableEntry, token_sha256  # noqa: E402
 from tunnelop.platform.kube import GROUP_VERSION, Kube, KubeError  # noqa: E402
@@ -316,24 +316,13 @@ class MinimalWriteSet:
             }
         )
         assert created is not None
-        token = secrets.token_urlsafe(24)
-        frpc_toml = build_frpc_config(
-            namespace=self.namespace,
-            tunnel_name=name,
-            protocol="tcp",
-            server_addr=f"{relay}.relays.example.test",
-            server_port=naming.CONTROL_PORT,
-            relay_token="r" * 32,
-            tunnel_token=token,
-            remote_port=port,
+        secret, token = operator_objects.credentials(
+            self.namespace, name, created["metadata"]["uid"], relay, port
         )
         self.entries[index][(self.namespace, name)] = TableEntry(
             self.namespace, name, token_sha256(token), "tcp", remote_port=port
         )
         self.dirty[index] = True
-        secret = build_credentials_secret(
-            self.namespace, name, created["metadata"]["uid"], frpc_toml=frpc_toml, token=token
-        )
         await self.kube.apply(secret)
         address = f"{relay}.relays.example.test"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -751,8 +740,12 @@ async def main() -> int:
     relays = [f"bench-{label['tunnelop.bench/run']}-{i}" for i in range(args.relays)]
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     log = args.output / "operator.log.tmp"
+    # The finalizer by the policy: one webhook call less per create (docs/benchmarks.md).
     operator = OperatorProcess(
-        cluster.kubeconfig, log, "--log-level", "WARNING", own_process_group=True
+        cluster.kubeconfig,
+        log,
+        *("--log-level", "WARNING", "--finalizer-mode", "policy"),
+        own_process_group=True,
     )
     sampler = Sampler(time.monotonic())
     sampler.run()

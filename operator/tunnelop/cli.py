@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--finalizer-mode",
         choices=("auto", "policy", "webhook"),
-        default="auto",
+        default="webhook",
         help=(
             "who sets the release finalizer on a Tunnel at creation: the API server, by the "
             "MutatingAdmissionPolicy add-finalizer.tunnelop.dev (policy), or the operator's "
@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
             "serves MutatingAdmissionPolicy (admissionregistration.k8s.io/v1), else the "
             "webhook. Locally the leader applies the policy and deletes it when it stops; "
             "behind --webhook-service the chart installs one or the other, and policy only "
-            "tells the operator to serve no add-finalizer webhook (default: auto)"
+            "tells the operator to serve no add-finalizer webhook (default: webhook: the policy makes "
+            "creates fail with 503 for a while after a CRD upgrade)"
         ),
     )
     certificate = run.add_mutually_exclusive_group()

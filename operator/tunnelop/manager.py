@@ -92,7 +92,7 @@ class Options:
     webhook_cert_dir: Path | None = None
     # Who sets the finalizer at creation: "policy" (a MutatingAdmissionPolicy), "webhook"
     # (kopf's add-finalizer), "auto" (the policy where the API server serves it).
-    finalizer_mode: str = "auto"
+    finalizer_mode: str = "webhook"
     service_account_dir: str = SERVICE_ACCOUNT_DIR
     # How often the leader checks whether the webhook certificate needs renewal.
     cert_check_interval: float = 300.0

@@ -252,16 +252,7 @@ async def test_no_drift_after_the_operator_worked(
                 assert FINALIZER in obj["metadata"]["finalizers"]
 
         # The check sees drift when there is some: a hand edit of a field Git sets.
-        tools.kubectl(
-            "patch",
-            "tunnel",
-            "voice",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec":{"bandwidth":"30M"}}',
-        )
+        objects.patch_tunnel("voice", namespace, {"spec": {"bandwidth": "30M"}})
         diff = tools.kubectl(*diff_args, "--force-conflicts", check=False)  # as Argo CD
         assert diff.returncode == 1 and "30M" in diff.stdout, diff.stdout + diff.stderr
     finally:

@@ -181,15 +181,8 @@ async def test_in_cluster_tcp_client_serves_rolls_with_its_secret_and_goes_when_
         print(f"InCluster tcp: Secret deleted -> echo again {time.monotonic() - rotated_at:.1f} s")
 
         # Back to External: the operator's frpc goes, the tenant's would be the client now.
-        tools.kubectl(
-            "patch",
-            "tunnel",
-            name,
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec": {"client": {"type": "External", "target": null}}}',
+        objects.patch_tunnel(
+            name, namespace, {"spec": {"client": {"type": "External", "target": None}}}
         )
         await wait_for(
             lambda: client_deployment(name, namespace) is None,

@@ -521,16 +521,8 @@ async def test_unrelated_update_is_admitted_after_the_relay_blocks_the_port(
             await asyncio.sleep(0.1)
         assert denied.returncode != 0 and "spec.remotePort" in denied.stderr
         # ...but an update that does not touch the port goes through.
-        suspended = tools.kubectl(
-            "patch",
-            "tunnel",
-            "game",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec":{"suspended":true}}',
-            check=False,
+        suspended = objects.patch_tunnel(
+            "game", namespace, {"spec": {"suspended": True}}, check=False
         )
         assert suspended.returncode == 0, suspended.stderr
     finally:

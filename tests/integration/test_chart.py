@@ -192,6 +192,8 @@ def test_default_install_runs_two_leader_elected_replicas_with_restricted_securi
         "--log-level": "INFO",
         "--log-format": "json",
         "--service-account-dir": "/var/run/secrets/kubernetes.io/serviceaccount",
+        # The finalizer by the operator's webhook: the default (docs/install.md says why).
+        "--finalizer-mode": "webhook",
     }
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -434,7 +436,7 @@ def test_webhook_configurations_mirror_the_operators_handlers():
 
 @pytest.mark.parametrize(
     ("sets", "api_versions"),
-    [((), (SERVES_POLICIES,)), (("finalizer.mode=policy",), ())],
+    [(("finalizer.mode=auto",), (SERVES_POLICIES,)), (("finalizer.mode=policy",), ())],
     ids=["auto-where-served", "forced"],
 )
 def test_finalizer_policy_replaces_the_mutating_webhook_where_served(sets, api_versions):
@@ -476,10 +478,10 @@ def test_finalizer_policy_replaces_the_mutating_webhook_where_served(sets, api_v
 
 
 @pytest.mark.parametrize(
-    "api_versions", [(), (SERVES_POLICIES,)], ids=["not-served", "forced-webhook"]
+    "api_versions", [(), (SERVES_POLICIES,)], ids=["not-served", "default-webhook"]
 )
 def test_finalizer_webhook_where_the_policy_is_not_served_or_not_wanted(api_versions):
-    sets = ("finalizer.mode=webhook",) if api_versions else ()
+    sets = ("finalizer.mode=auto",) if not api_versions else ()
     docs = render(*sets, api_versions=api_versions)
     assert of_kind(docs, "MutatingAdmissionPolicy") == []
     assert of_kind(docs, "MutatingAdmissionPolicyBinding") == []
@@ -1558,16 +1560,7 @@ async def tunnel_gets_the_finalizer_at_creation(namespace: str, name: str) -> No
                 input=json.dumps(tcp_tunnel(name)),
             ).stdout
         )
-        tools.kubectl(
-            "patch",
-            "tunnel",
-            name,
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-        )
+        objects.patch_tunnel(name, namespace, {"metadata": {"finalizers": None}})
         tools.kubectl("delete", "tunnel", name, "-n", namespace, "--wait=true")
         return created["metadata"].get("finalizers") == ["tunnelop.dev/finalizer"]
 

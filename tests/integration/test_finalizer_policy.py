@@ -1,8 +1,8 @@
 """The release finalizer set at creation by a MutatingAdmissionPolicy, inside the API server:
 a local leader applies the policy and its binding instead of registering kopf's mutating
 webhook, and deletes them when it stops; the policy adds the finalizer once, keeps the others,
-leaves UPDATEs alone and works with no operator running. --finalizer-mode webhook brings the
-webhook back. (The chart's copy: tests/integration/test_chart.py.)"""
+leaves UPDATEs alone and works with no operator running. The default, --finalizer-mode webhook,
+brings the webhook back. (The chart's copy: tests/integration/test_chart.py.)"""
 
 from __future__ import annotations
 
@@ -76,8 +76,20 @@ def release(namespace: str) -> None:
 
 
 async def test_the_leader_applies_the_policy_and_registers_no_mutating_webhook(
-    operator: OperatorProcess, namespace: str
+    request: pytest.FixtureRequest, crds: Any, namespace: str, tmp_path
 ) -> None:
+    async with session_operator_aside(request):
+        local = OperatorProcess(
+            tools.KUBECONFIG, tmp_path / "policy.log", "--finalizer-mode", "policy"
+        )
+        await local.start()
+        try:
+            await _policy_in_place(namespace)
+        finally:
+            await local.stop()
+
+
+async def _policy_in_place(namespace: str) -> None:
     policy = objects.get(POLICY, FINALIZER_POLICY)
     binding = objects.get(BINDING, FINALIZER_POLICY)
     assert policy is not None and binding is not None
@@ -141,7 +153,9 @@ async def test_a_clean_stop_deletes_the_policy_and_webhook_mode_brings_the_webho
     request: pytest.FixtureRequest, crds: Any, namespace: str, tmp_path
 ) -> None:
     async with session_operator_aside(request):
-        local = OperatorProcess(tools.KUBECONFIG, tmp_path / "policy.log")
+        local = OperatorProcess(
+            tools.KUBECONFIG, tmp_path / "policy.log", "--finalizer-mode", "policy"
+        )
         await local.start()
         try:
             assert objects.get(BINDING, FINALIZER_POLICY) is not None
@@ -151,9 +165,7 @@ async def test_a_clean_stop_deletes_the_policy_and_webhook_mode_brings_the_webho
         assert objects.get(BINDING, FINALIZER_POLICY) is None
         assert objects.get(POLICY, FINALIZER_POLICY) is None
 
-        webhook = OperatorProcess(
-            tools.KUBECONFIG, tmp_path / "webhook.log", "--finalizer-mode", "webhook"
-        )
+        webhook = OperatorProcess(tools.KUBECONFIG, tmp_path / "webhook.log")  # the default
         await webhook.start()
         try:
             assert objects.get(POLICY, FINALIZER_POLICY) is None

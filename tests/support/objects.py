@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 import tomllib
 from typing import Any
 
@@ -132,10 +133,26 @@ def assert_unchanged(before: dict[str, dict], after: dict[str, dict]) -> None:
     assert not changed, json.dumps(changed, indent=1)[:4000]
 
 
+def patch_tunnel(
+    tunnel_name: str, namespace: str, patch: dict[str, Any], *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl patch --type=merge` of a Tunnel, as a user or GitOps tool would write it."""
+    return tools.kubectl(
+        "patch",
+        "tunnel",
+        tunnel_name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+        check=check,
+    )
+
+
 def set_suspended(tunnel_name: str, namespace: str, suspended: bool) -> None:
     """Suspend or resume a Tunnel, as a provider would (merge patch of spec.suspended)."""
-    patch = json.dumps({"spec": {"suspended": suspended}})
-    tools.kubectl("patch", "tunnel", tunnel_name, "-n", namespace, "--type=merge", "-p", patch)
+    patch_tunnel(tunnel_name, namespace, {"spec": {"suspended": suspended}})
 
 
 def secret_data(name: str, namespace: str) -> dict[str, str]:

@@ -49,9 +49,9 @@ def test_served_means_both_kinds_in_the_group_versions_resources() -> None:
     assert not serves_mutating_policies(None)
 
 
-def test_the_flag_defaults_to_auto_and_refuses_other_modes(capsys) -> None:
+def test_the_flag_defaults_to_webhook_and_refuses_other_modes(capsys) -> None:
     parser = build_parser()
-    assert parser.parse_args(["run"]).finalizer_mode == "auto"
+    assert parser.parse_args(["run"]).finalizer_mode == "webhook"
     assert parser.parse_args(["run", "--finalizer-mode", "policy"]).finalizer_mode == "policy"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--finalizer-mode", "both"])
