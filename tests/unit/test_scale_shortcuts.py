@@ -124,6 +124,7 @@ async def test_a_relay_status_that_only_changes_counts_is_written_once_a_second(
     later: list = []
     rt.relay_queue = WorkQueue("relays", _nothing)
     rt.relay_queue.add_after = lambda name, delay: later.append((name, delay))  # type: ignore[method-assign]
+    rt.tunnel_queue = WorkQueue("tunnels", _nothing)
     ready = [{"type": "Ready", "status": "True", "reason": "Ready", "message": ""}]
     body = {"metadata": {"name": "edge-1"}, "status": {"conditions": ready}}
 
@@ -138,3 +139,37 @@ async def test_a_relay_status_that_only_changes_counts_is_written_once_a_second(
     not_ready = [{**ready[0], "status": "False", "reason": "PodNotReady"}]
     await relays._report_changes(rt, body, status(2, not_ready))  # a condition: at once
     assert len(kube.patches) == 2
+
+
+async def test_a_relay_that_turns_ready_or_moves_address_has_its_tunnels_reconciled():
+    """The one path by which a bound tunnel learns that its relay became ready: its own status
+    write (RelayNotReady) is not reconciled again."""
+    from tunnelop.api.v1alpha1 import PortSpan
+    from tunnelop.controllers import relays
+    from tunnelop.domain.relayview import RelayView
+    from tunnelop.domain.scheduling import Allocation
+
+    rt = Runtime(kube=StatusKube(), relay_namespace="tunnelop-relays")  # type: ignore[arg-type]
+    rt.relay_queue = WorkQueue("relays", _nothing)
+    rt.tunnel_queue = WorkQueue("tunnels", _nothing)
+    added: list = []
+    rt.tunnel_queue.add = added.append  # type: ignore[method-assign]
+    for name in ("edge-1", "edge-2"):
+        rt.table.upsert_relay(RelayView(name=name, port_range=PortSpan(20000, 20099)))
+    assert rt.table.restore(Allocation(("shop", "a"), "edge-1", "tcp", port=20000))
+    assert rt.table.restore(Allocation(("shop", "b"), "edge-2", "tcp", port=20000))
+
+    def status(ready: str, address: str | None = None, tunnels: int = 1) -> dict[str, Any]:
+        found = {"conditions": [{"type": "Ready", "status": ready}], "allocated": {"t": tunnels}}
+        return {**found, "publicAddress": address} if address else found
+
+    body = {"metadata": {"name": "edge-1"}, "status": status("False")}
+    await relays._report_changes(rt, body, status("True", "a.example"))
+    assert added == [("shop", "a")]  # edge-1's tunnel, not edge-2's
+    body["status"] = status("True", "a.example")
+    rt.relay_status_written_at.clear()
+    await relays._report_changes(rt, body, status("True", "a.example", tunnels=2))
+    assert added == [("shop", "a")]  # only counts: nothing a tunnel shows
+    body["status"] = status("True", "a.example", tunnels=2)
+    await relays._report_changes(rt, body, status("True", "b.example", tunnels=2))
+    assert added == [("shop", "a")] * 2

@@ -125,6 +125,17 @@ def not_ready_since_of(
     return conditions.since(conds, "Ready", False) or now
 
 
+def _seen_by_tunnels(status: dict[str, Any]) -> tuple[bool, str | None]:
+    """What of a relay's status its tunnels' statuses show: its readiness and address."""
+    return conditions.is_true(status.get("conditions"), "Ready"), status.get("publicAddress")
+
+
+def _queue_tunnels_on(rt: Runtime, relay: str) -> None:
+    assert rt.tunnel_queue is not None
+    for alloc in rt.table.allocations_on(relay):
+        rt.tunnel_queue.add(alloc.key)
+
+
 def _queue_moves(rt: Runtime, relay: str | None = None) -> None:
     """Every tunnel that must move (its relay drains, its port got blocked, ...), on all
     relays or one, is reconciled: the scheduler moves it, or says why it cannot."""
@@ -164,7 +175,7 @@ def _without_counts(status: dict[str, Any]) -> dict[str, Any]:
 
 async def _report_changes(rt: Runtime, body: dict[str, Any], new: dict[str, Any]) -> None:
     """Write the status if it changed, with an Event when the relay starts or stops
-    draining."""
+    draining, and its tunnels reconciled when what they show of it changed."""
     old = body.get("status") or {}
     if new == old:
         return
@@ -177,6 +188,10 @@ async def _report_changes(rt: Runtime, body: dict[str, Any], new: dict[str, Any]
         return
     rt.relay_status_written_at[name] = time.monotonic()
     await _report(rt, body, new)
+    if _seen_by_tunnels(old) != _seen_by_tunnels(new):
+        # A tunnel's Ready and endpoint follow its relay's readiness and address; nothing
+        # else tells its tunnels (their own status writes are not reconciled again).
+        _queue_tunnels_on(rt, name)
     before = conditions.find(old.get("conditions"), "Draining") or {}
     after = conditions.find(new.get("conditions"), "Draining") or {}
     if after.get("status") == "True" and (

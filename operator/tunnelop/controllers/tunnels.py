@@ -168,6 +168,8 @@ async def reconcile(rt: Runtime, key: TunnelKey) -> None:
     # Secret at once is let in at its first login, not after frpc's retry back-off.
     await _write_credentials(rt, tunnel, result, address, relay_secrets.token, token)
 
+    # Read again after the table write's wait: the relay may have become ready meanwhile.
+    relay_status = rt.cache.relays.get(result.relay, {}).get("status") or {}
     relay_ready = conditions.is_true(relay_status.get("conditions"), "Ready")
     new = _bound_status(status, generation, tunnel, result, address, relay_ready, hold)
     stuck = rt.table.stuck(key)
