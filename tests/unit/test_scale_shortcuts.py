@@ -173,3 +173,24 @@ async def test_a_relay_that_turns_ready_or_moves_address_has_its_tunnels_reconci
     body["status"] = status("True", "a.example", tunnels=2)
     await relays._report_changes(rt, body, status("True", "b.example", tunnels=2))
     assert added == [("shop", "a")] * 2
+
+
+async def test_a_relay_table_is_written_at_once_after_a_quiet_spell_and_batched_in_a_burst():
+    from support.objects import relay_node
+    from tunnelop.controllers.relaytables import RelayTables
+    from tunnelop.domain.scheduling import AllocationTable
+
+    kube = TableKube()
+    relay = relay_node("edge-1")
+    relay["metadata"]["uid"] = "u-1"
+    debounce = 1.0  # long beside any scheduling delay: the waits below are its, or none
+    tables = RelayTables(
+        kube, "tunnelop-relays", AllocationTable(), {"edge-1": relay}, lambda _: None, debounce
+    )  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await tables.flush("edge-1")  # nothing written for a while: no wait
+    assert loop.time() - started < debounce / 2 and kube.version == 1
+    started = loop.time()
+    await asyncio.gather(*(tables.flush("edge-1") for _ in range(5)))  # right after: one write
+    assert kube.version == 2 and loop.time() - started >= debounce * 0.9

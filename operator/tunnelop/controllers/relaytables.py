@@ -78,6 +78,7 @@ class RelayTables:
         self.service_errors: dict[str, str] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
+        self._last_write: dict[str, float] = {}  # loop time each relay's last write ended
 
     def set_entry(self, relay: str, entry: TableEntry) -> None:
         self.desired.setdefault(relay, {})[(entry.namespace, entry.name)] = entry
@@ -155,6 +156,7 @@ class RelayTables:
         self._written.pop(relay, None)
         self._recent.pop(relay, None)
         self._own_versions.pop(relay, None)
+        self._last_write.pop(relay, None)
         self._applied_services.pop(relay, None)
         self.services.pop(relay, None)
         self.service_errors.pop(relay, None)
@@ -182,8 +184,14 @@ class RelayTables:
 
     async def _write_loop(self, relay: str) -> None:
         table = self.table
+        loop = asyncio.get_running_loop()
         while self._waiters.get(relay):
-            await asyncio.sleep(self.debounce)  # let a burst of tunnels join this write
+            # At most one write per `debounce` seconds, counted from the end of the last:
+            # during a burst many tunnels join each write, and a lone tunnel after a quiet
+            # spell is written at once instead of waiting for company that does not come.
+            wait = self._last_write.get(relay, -self.debounce) + self.debounce - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             waiters, self._waiters[relay] = self._waiters[relay], []
             snapshot = dict(self.desired.get(relay, {}))
             # Until the API server confirms, the old and the new table may both be in force:
@@ -200,6 +208,7 @@ class RelayTables:
                 continue
             finally:
                 self._in_flight.pop(relay, None)
+                self._last_write[relay] = loop.time()  # a failed write too: no hot retry
             table.table_written(relay, snapshot.values())
             self._written[relay] = snapshot
             self._recent.setdefault(relay, collections.deque(maxlen=3)).append(snapshot)
