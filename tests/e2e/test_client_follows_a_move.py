@@ -94,7 +94,9 @@ async def test_the_client_follows_its_tunnel_to_another_relay(
             new_endpoint = status["endpoint"]
             assert new_endpoint == f"{relays[second]}:{status['remotePort']}"
             assert new_endpoint != endpoint
-            assert "Moved" in objects.event_reasons(namespace, "echo")
+            await wait_for(  # Events are written in the background
+                lambda: "Moved" in objects.event_reasons(namespace, "echo"), what="a Moved Event"
+            )
 
             await assert_echo(new_endpoint, client.logs, lambda: relay_runner.logs(second))
             restart = await client.wait_event("tunnel moved; restarting frpc")

@@ -198,7 +198,11 @@ async def test_in_cluster_tcp_client_serves_rolls_with_its_secret_and_goes_when_
             "tunnel", name, namespace, "ClientConnected", "False", "ClientNotConnected", timeout=30
         )
         assert "run frpc" in objects.condition(gone, "ClientConnected")["message"]
-        assert "ClientDeleted" in objects.event_reasons(namespace, name)
+        await objects.wait_for(  # Events are written in the background
+            lambda: "ClientDeleted" in objects.event_reasons(namespace, name),
+            timeout=30,
+            what="a ClientDeleted Event",
+        )
 
 
 async def test_in_cluster_udp_client_serves(relay, namespace, relay_runner):
