@@ -153,6 +153,12 @@ async def operator(
         # Read relay agents' traffic every second, so tests see it quickly.
         "--traffic-interval",
         "1",
+        # Tests read each object's own Events: a budget this suite never spends, so none is
+        # summed into a namespace's summary (test_events.py covers the default budget).
+        "--event-burst",
+        "100000",
+        "--event-qps",
+        "1000",
         restart_on_lost_lease=True,
     )
     await process.start()

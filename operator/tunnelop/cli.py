@@ -13,6 +13,7 @@ from typing import Any
 from tunnelop import __version__
 from tunnelop.contract.naming import DEFAULT_AGENT_IMAGE, DEFAULT_FRPC_IMAGE, DEFAULT_FRPS_IMAGE
 from tunnelop.platform.addresses import split_host_port
+from tunnelop.platform.events import GLOBAL_BURST, GLOBAL_REFILL
 
 
 def positive_seconds(value: str) -> float:
@@ -24,6 +25,32 @@ def positive_seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
     return seconds
+
+
+def events_per_second(value: str) -> float:
+    """argparse type: a rate of Events, a finite number > 0."""
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of Events a second, got {value!r}"
+        ) from None
+    if not 0 < rate < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {value}")
+    return rate
+
+
+def events_at_once(value: str) -> int:
+    """argparse type: a burst of Events, a whole number >= 1."""
+    try:
+        burst = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of Events, got {value!r}"
+        ) from None
+    if burst < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return burst
 
 
 def checked(module: str, function: str, *, returns_input: bool = False, **kwargs: Any) -> Any:
@@ -224,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
             "seconds between readings of the relay agents' traffic metrics (default: 10); a "
             "tunnel's traffic status is written at most every 3 intervals"
         ),
+    )
+    run.add_argument(
+        "--event-qps",
+        type=events_per_second,
+        default=GLOBAL_REFILL,
+        help=(
+            f"Events posted a second at most, once a burst has spent --event-burst (default: "
+            f"{GLOBAL_REFILL:g}); what is refused is summed into one Event per namespace and "
+            "reason (each object's status keeps its own state)"
+        ),
+    )
+    run.add_argument(
+        "--event-burst",
+        type=events_at_once,
+        default=GLOBAL_BURST,
+        help=f"Events posted at once before --event-qps applies (default: {GLOBAL_BURST})",
     )
     run.add_argument(
         "--service-node-port-range",
@@ -648,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
                 log_format=args.log_format,
                 log_level=args.log_level.upper(),
                 traffic_interval=args.traffic_interval,
+                event_burst=args.event_burst,
+                event_qps=args.event_qps,
                 service_node_port_range=args.service_node_port_range,
                 frps_image=args.frps_image,
                 agent_image=args.agent_image,

@@ -48,6 +48,7 @@ from tunnelop.builders.finalizer_policy import (
 from tunnelop.builders.relay import PINNED_IMAGES, DefaultRelayImages
 from tunnelop.contract.naming import DEFAULT_FRPC_IMAGE, FINALIZER_POLICY, SERVICE_ACCOUNT_DIR
 from tunnelop.platform import admission_policies, certs, logs, webhook_tls
+from tunnelop.platform.events import GLOBAL_BURST, GLOBAL_REFILL
 from tunnelop.platform.health import Health
 from tunnelop.platform.kube import Kube, KubeError, use_service_account_dir
 from tunnelop.platform.leader import LeaderElector, Timing
@@ -68,6 +69,9 @@ class Options:
     workers: int = 64
     log_level: str = "INFO"
     traffic_interval: float = 10.0
+    # Events: at most event_burst at once, then event_qps a second (kubelet's flags).
+    event_burst: int = GLOBAL_BURST
+    event_qps: float = GLOBAL_REFILL
     service_node_port_range: str = "30000-32767"
     # Images of relay pods whose RelayNode names none (None: the pinned defaults).
     frps_image: str | None = None
@@ -159,6 +163,8 @@ def _register_handlers(options: Options, finalizer_webhook: bool) -> kopf.Operat
             node_port_range=parse_port_span(options.service_node_port_range, allow_single=False),
             relay_images=relay_images(options),
             frpc_image=options.frpc_image or DEFAULT_FRPC_IMAGE,
+            event_burst=options.event_burst,
+            event_qps=options.event_qps,
         )
 
     @kopf.on.cleanup()

@@ -16,6 +16,11 @@ CLIENT = ["client", "team-a/web"]
         (["run", "--traffic-interval", "0"], "--traffic-interval: must be more than 0 seconds"),
         (["run", "--traffic-interval", "-3"], "--traffic-interval: must be more than 0 seconds"),
         (["run", "--traffic-interval", "soon"], "--traffic-interval: must be a number of seconds"),
+        (["run", "--event-qps", "0"], "--event-qps: must be a finite number more than 0"),
+        (["run", "--event-qps", "inf"], "--event-qps: must be a finite number more than 0"),
+        (["run", "--event-qps", "many"], "--event-qps: must be a number of Events a second"),
+        (["run", "--event-burst", "0"], "--event-burst: must be at least 1"),
+        (["run", "--event-burst", "2.5"], "--event-burst: must be a whole number of Events"),
         ([*AGENT, "--meter-interval", "nan"], "--meter-interval: must be more than 0 seconds"),
         ([*AGENT, "--listen", "7400"], "--listen: must be host:port with a port of 1-65535"),
         ([*AGENT, "--listen", "host:0"], "--listen: must be host:port"),
@@ -45,6 +50,10 @@ def test_good_values_pass():
     args = build_parser().parse_args([*AGENT, "--listen", "[::1]:7400", "--meter-interval", "0.5"])
     assert (args.listen, args.meter_interval) == ("[::1]:7400", 0.5)
     assert build_parser().parse_args(["run", "--traffic-interval", "2"]).traffic_interval == 2.0
+    events = build_parser().parse_args(["run", "--event-qps", "0.5", "--event-burst", "500"])
+    assert (events.event_qps, events.event_burst) == (0.5, 500)
+    default = build_parser().parse_args(["run"])
+    assert (default.event_qps, default.event_burst) == (5.0, 50)  # kept in step with the recorder
 
 
 def test_leader_election_flags():

@@ -337,3 +337,10 @@ def test_writes_stay_within_the_buckets_and_every_offer_is_accounted_for(
         await rec.stop()
 
     asyncio.run(run())
+
+
+def test_the_runtime_spends_the_event_budget_it_was_given() -> None:
+    # `tunnelop run --event-burst/--event-qps` reach the recorder through the Runtime.
+    rt = Runtime(kube=EventStore(), relay_namespace="tunnelop-system", event_burst=3, event_qps=0.5)  # type: ignore[arg-type]
+    assert (rt.events.bucket.burst, rt.events.bucket.rate) == (3, 0.5)
+    assert (Runtime(kube=EventStore(), relay_namespace="r").events.bucket.burst) == 50  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from tunnelop.domain.pools import RelayLoad
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.domain.traffic_report import Observed
-from tunnelop.platform.events import EventRecorder
+from tunnelop.platform.events import GLOBAL_BURST, GLOBAL_REFILL, EventRecorder
 from tunnelop.platform.kube import Kube
 from tunnelop.platform.workqueue import WorkQueue
 
@@ -59,6 +59,9 @@ class Runtime:
     relay_images: DefaultRelayImages = field(default_factory=DefaultRelayImages)
     # The frpc image of InCluster tunnels' clients.
     frpc_image: str = DEFAULT_FRPC_IMAGE
+    # The Events' write budget: a burst, then so many a second (platform/events.py).
+    event_burst: int = GLOBAL_BURST
+    event_qps: float = GLOBAL_REFILL
     table: AllocationTable = field(default_factory=AllocationTable)
     cache: Caches = field(default_factory=Caches)
     relay_secrets: dict[str, RelaySecrets] = field(default_factory=dict)
@@ -119,7 +122,7 @@ class Runtime:
     events: EventRecorder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.events = EventRecorder(self.kube)
+        self.events = EventRecorder(self.kube, burst=self.event_burst, rate=self.event_qps)
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.record(body, type_, reason, message)

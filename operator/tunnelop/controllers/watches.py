@@ -29,6 +29,7 @@ from tunnelop.domain.quota import effective_bandwidth
 from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, POOL_LABEL, RelayView
 from tunnelop.domain.scheduling import Allocation, TunnelKey, normal_hosts
 from tunnelop.platform import logs, metrics
+from tunnelop.platform.events import GLOBAL_BURST, GLOBAL_REFILL
 from tunnelop.platform.informer import Informer
 from tunnelop.platform.kube import GROUP_VERSION, Kube
 from tunnelop.platform.workqueue import WorkQueue
@@ -45,6 +46,8 @@ async def start(
     node_port_range: PortSpan = DEFAULT_NODE_PORT_RANGE,
     relay_images: DefaultRelayImages = PINNED_IMAGES,
     frpc_image: str = naming.DEFAULT_FRPC_IMAGE,
+    event_burst: int = GLOBAL_BURST,
+    event_qps: float = GLOBAL_REFILL,
 ) -> Runtime:
     kube = await Kube.connect()
     rt = Runtime(
@@ -53,6 +56,8 @@ async def start(
         node_port_range=node_port_range,
         relay_images=relay_images,
         frpc_image=frpc_image,
+        event_burst=event_burst,
+        event_qps=event_qps,
     )
     rt.tunnel_queue = WorkQueue("tunnels", lambda key: tunnels.reconcile(rt, key), workers)
     rt.relay_queue = WorkQueue("relays", lambda name: relays.reconcile(rt, name), 4)
