@@ -87,6 +87,7 @@ test: venv tools lint ## everything: lint, unit, integration and end-to-end test
 bench: venv tools ## benchmarks on the local cluster (SIMULATE_50K=1 adds 50,000 tunnels); results in bench/results
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(MAKE) --no-print-directory bench-scale
+	$(BIN)/python bench/bench_memory.py --tunnels $(or $(TUNNELS),10000)
 	$(BIN)/python bench/bench_dataplane.py $(DATAPLANE_ARGS)
 	$(BIN)/python bench/bench_suspension.py
 	$(BIN)/python bench/bench_pools.py

@@ -242,6 +242,9 @@ class RelayTables:
         relay_body = self.relays.get(relay)
         if relay_body is None:
             return
+        model = self.models.of(relay_body)
+        if model.spec.exposure.type == "HostNetwork":
+            return  # the pod is its own face: no Service (and no ports to gather per write)
         if entries is None:
             entries = self._written.get(relay, {})
         ports = sorted(
@@ -251,7 +254,7 @@ class RelayTables:
                 if e.remote_port
             }
         )
-        service = build_service(self.models.of(relay_body), self.namespace, allocated_ports=ports)
+        service = build_service(model, self.namespace, allocated_ports=ports)
         if service is None or service == self._applied_services.get(relay):
             return
         try:
