@@ -16,41 +16,26 @@ from tunnelop.platform.addresses import split_host_port
 from tunnelop.platform.events import GLOBAL_BURST, GLOBAL_REFILL
 
 
-def positive_seconds(value: str) -> float:
-    """argparse type: a number of seconds > 0."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {value!r}") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
-    return seconds
+def positive_number(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number of `unit` > 0."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of {unit}, got {value!r}") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0 {unit}, got {value}")
+        if number == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be finite, got {value}")
+        return number
+
+    parse.__name__ = unit  # argparse names the type in some messages
+    return parse
 
 
-def events_per_second(value: str) -> float:
-    """argparse type: a rate of Events, a finite number > 0."""
-    try:
-        rate = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of Events a second, got {value!r}"
-        ) from None
-    if not 0 < rate < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {value}")
-    return rate
-
-
-def events_at_once(value: str) -> int:
-    """argparse type: a burst of Events, a whole number >= 1."""
-    try:
-        burst = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number of Events, got {value!r}"
-        ) from None
-    if burst < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return burst
+positive_seconds = positive_number("seconds")
+events_per_second = positive_number("Events a second")
 
 
 def checked(module: str, function: str, *, returns_input: bool = False, **kwargs: Any) -> Any:
@@ -264,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--event-burst",
-        type=events_at_once,
+        type=positive_count,
         default=GLOBAL_BURST,
         help=f"Events posted at once before --event-qps applies (default: {GLOBAL_BURST})",
     )
