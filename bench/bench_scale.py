@@ -694,6 +694,12 @@ async def main() -> int:
     parser.add_argument("--steady-rate", type=float, default=20)
     parser.add_argument("--steady-seconds", type=float, default=300, help="0: no steady stream")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        help="one more argument of `tunnelop run` (repeat it), e.g. --operator-arg=--tunnel-workers=128",
+    )
     args = parser.parse_args()
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -708,6 +714,7 @@ async def main() -> int:
         "tunnels": args.tunnels,
         "relays": args.relays,
         "concurrency": args.concurrency,
+        "operator_args": args.operator_arg,
     }
     n = args.tunnels
     print(
@@ -745,6 +752,7 @@ async def main() -> int:
         cluster.kubeconfig,
         log,
         *("--log-level", "WARNING", "--finalizer-mode", "policy"),
+        *args.operator_arg,
         own_process_group=True,
     )
     sampler = Sampler(time.monotonic())

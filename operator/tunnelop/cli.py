@@ -238,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--tunnel-workers",
+        type=positive_count,
+        default=256,
+        help=(
+            "Tunnel reconciles at once (default: 256); each waits for its relay's table write, "
+            "which the tunnels of one relay share, so more of them make fuller writes"
+        ),
+    )
+    run.add_argument(
         "--event-qps",
         type=events_per_second,
         default=GLOBAL_REFILL,
@@ -676,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_format=args.log_format,
                 log_level=args.log_level.upper(),
                 traffic_interval=args.traffic_interval,
+                workers=args.tunnel_workers,
                 event_burst=args.event_burst,
                 event_qps=args.event_qps,
                 service_node_port_range=args.service_node_port_range,

@@ -66,7 +66,7 @@ class Options:
     webhook_port: int = 9443
     webhook: bool = True
     log_format: str = "auto"
-    workers: int = 64
+    workers: int = 256
     log_level: str = "INFO"
     traffic_interval: float = 10.0
     # Events: at most event_burst at once, then event_qps a second (kubelet's flags).

@@ -19,6 +19,7 @@ CLIENT = ["client", "team-a/web"]
         (["run", "--event-qps", "0"], "--event-qps: must be more than 0 Events a second"),
         (["run", "--event-qps", "inf"], "--event-qps: must be finite"),
         (["run", "--event-qps", "many"], "--event-qps: must be a number of Events a second"),
+        (["run", "--tunnel-workers", "0"], "--tunnel-workers: must be at least 1"),
         (["run", "--event-burst", "0"], "--event-burst: must be at least 1"),
         (["run", "--event-burst", "2.5"], "--event-burst: must be a whole number"),
         ([*AGENT, "--meter-interval", "nan"], "--meter-interval: must be more than 0 seconds"),
@@ -53,6 +54,7 @@ def test_good_values_pass():
     events = build_parser().parse_args(["run", "--event-qps", "0.5", "--event-burst", "500"])
     assert (events.event_qps, events.event_burst) == (0.5, 500)
     default = build_parser().parse_args(["run"])
+    assert default.tunnel_workers == 256
     assert (default.event_qps, default.event_burst) == (5.0, 50)  # kept in step with the recorder
 
 
