@@ -38,3 +38,23 @@ def test_each_request_is_counted_by_verb_and_resource(method, path, verb, resour
     before = _count(verb, resource)
     kube._counted(method, path)
     assert _count(verb, resource) == before + 1
+
+
+async def test_each_request_is_timed_by_verb_and_resource_even_when_refused() -> None:
+    """A request that fails is timed too: a slow refusal is what an operator must see."""
+
+    class Refusing:
+        async def param_serialize(self, **_: object) -> tuple[()]:
+            return ()
+
+        async def call_api(self, *_: object, **__: object) -> object:
+            raise kube.ApiException(status=500, reason="boom")
+
+    labels = {"verb": "PATCH", "resource": "secrets"}
+    before = metrics.REGISTRY.get_sample_value(
+        "tunnelop_api_request_duration_seconds_count", labels
+    )
+    with pytest.raises(kube.KubeError):
+        await kube.Kube(Refusing()).request("PATCH", "/api/v1/namespaces/a/secrets/s", {})  # type: ignore[arg-type]
+    after = metrics.REGISTRY.get_sample_value("tunnelop_api_request_duration_seconds_count", labels)
+    assert after == (before or 0) + 1

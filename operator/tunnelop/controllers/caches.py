@@ -1,10 +1,15 @@
 """The objects as the watches last saw them (and as the operator's own writes returned them):
 what the controllers read instead of asking the API server, and the indexes the admission
-webhook needs."""
+webhook needs.
+
+The event loop is the only writer. The admission webhook reads from a thread of its own
+(controllers/webhook.py), so what it reads — relay views, tunnels and their indexes,
+quotas — changes only under `lock`, which the webhook holds while it reviews."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,21 +102,37 @@ class Caches:
     load_balancers: dict[TunnelKey, dict[str, Any]] = field(default_factory=dict)
     # namespace -> the effective limits of its quotas, computed once per quota change
     _limits: dict[str, Limits] = field(default_factory=dict)
+    # Held by the writers of what admission reads, and by admission while it reads.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    # RelayNodes as admission sees them ----------------------------------------------------
+
+    def remember_relay_view(self, view: RelayView) -> None:
+        with self.lock:
+            self.relay_views[view.name] = view
+
+    def forget_relay_view(self, name: str) -> None:
+        with self.lock:
+            self.relay_views.pop(name, None)
+
+    # Tunnels --------------------------------------------------------------------------------
 
     def remember_tunnel(self, key: TunnelKey, body: dict[str, Any]) -> None:
         body = slim_tunnel(body)
-        self._index(key, self.tunnels.get(key), remove=True)
-        self.tunnels[key] = body
-        self._index(key, body)
-        self.namespace_tunnels.setdefault(key[0], set()).add(key)
+        with self.lock:
+            self._index(key, self.tunnels.get(key), remove=True)
+            self.tunnels[key] = body
+            self._index(key, body)
+            self.namespace_tunnels.setdefault(key[0], set()).add(key)
 
     def forget_tunnel(self, key: TunnelKey) -> None:
-        self._index(key, self.tunnels.pop(key, None), remove=True)
-        keys = self.namespace_tunnels.get(key[0])
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self.namespace_tunnels[key[0]]
+        with self.lock:
+            self._index(key, self.tunnels.pop(key, None), remove=True)
+            keys = self.namespace_tunnels.get(key[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.namespace_tunnels[key[0]]
 
     def tunnels_in(self, namespace: str) -> list[TunnelKey]:
         return sorted(self.namespace_tunnels.get(namespace, ()))
@@ -120,16 +141,18 @@ class Caches:
 
     def remember_quota(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        self.quotas.setdefault(meta["namespace"], {})[meta["name"]] = body
-        self._limits.pop(meta["namespace"], None)
+        with self.lock:
+            self.quotas.setdefault(meta["namespace"], {})[meta["name"]] = body
+            self._limits.pop(meta["namespace"], None)
 
     def forget_quota(self, namespace: str, name: str) -> None:
-        found = self.quotas.get(namespace)
-        if found is not None:
-            found.pop(name, None)
-            if not found:
-                del self.quotas[namespace]
-        self._limits.pop(namespace, None)
+        with self.lock:
+            found = self.quotas.get(namespace)
+            if found is not None:
+                found.pop(name, None)
+                if not found:
+                    del self.quotas[namespace]
+            self._limits.pop(namespace, None)
 
     def quota(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.quotas.get(namespace, {}).get(name)
@@ -144,10 +167,11 @@ class Caches:
         A quota that does not validate is skipped, with a warning."""
         limits = self._limits.get(namespace)
         if limits is None:
-            quotas, errors = parse_quotas(self.quotas_in(namespace))
+            with self.lock:
+                quotas, errors = parse_quotas(self.quotas_in(namespace))
+                limits = self._limits[namespace] = limits_of(quotas)
             for error in errors:
                 log.warning("TunnelQuota ignored", namespace=namespace, error=error)
-            limits = self._limits[namespace] = limits_of(quotas)
         return limits
 
     def _index(self, key: TunnelKey, body: dict[str, Any] | None, remove: bool = False) -> None:

@@ -270,7 +270,7 @@ async def relay_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
     body, name = _cached(rt.cache.relays, event)
     if event["type"] == "DELETED":
-        rt.cache.relay_views.pop(name, None)
+        rt.cache.forget_relay_view(name)
     else:
         _remember_view(rt, body)
     assert rt.relay_queue is not None
@@ -305,13 +305,13 @@ def _remember_view(rt: Runtime, body: dict[str, Any]) -> RelayView | None:
     try:
         model = RelayNode.model_validate(body)
     except ValueError:
-        rt.cache.relay_views.pop(body["metadata"]["name"], None)
+        rt.cache.forget_relay_view(body["metadata"]["name"])
         return None
     ready = conditions.is_true((body.get("status") or {}).get("conditions"), "Ready")
     now = utcnow()
     drain = drain_of(model, relays.not_ready_since_of(body, ready, now), now)
     view = RelayView.from_model(model, ready=ready, node_port_range=rt.node_port_range, drain=drain)
-    rt.cache.relay_views[view.name] = view
+    rt.cache.remember_relay_view(view)
     return view
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -45,8 +46,9 @@ def _retry_after(headers: Any) -> float:
         return 0.5
 
 
-def _counted(method: str, path: str) -> None:
-    """Count the request in tunnelop_api_requests_total: a GET of a collection is a LIST."""
+def _counted(method: str, path: str) -> tuple[str, str]:
+    """Count the request in tunnelop_api_requests_total (a GET of a collection is a LIST);
+    returns its verb and resource."""
     parts = path.split("?", 1)[0].strip("/").split("/")
     rest = parts[2:] if parts[0] == "api" else parts[3:]  # after /api/v1 or /apis/group/version
     if len(rest) >= 3 and rest[0] == "namespaces":
@@ -54,6 +56,7 @@ def _counted(method: str, path: str) -> None:
     resource = "/".join(rest[0:1] + rest[2:3]) or "-"
     verb = "LIST" if method == "GET" and len(rest) == 1 else method
     metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
+    return verb, resource
 
 
 def _now() -> str:
@@ -146,12 +149,17 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         for attempt in range(TOO_MANY_REQUESTS_RETRIES + 1):
-            _counted(method, path)
+            verb, resource = _counted(method, path)
+            sent = time.monotonic()
             try:
                 response = await self.api.call_api(*params, _request_timeout=30)
                 data = await response.read()
             except ApiException as exc:
                 raise KubeError(exc.status or 0, str(exc.reason)) from exc
+            finally:
+                metrics.API_REQUEST_DURATION.labels(verb=verb, resource=resource).observe(
+                    time.monotonic() - sent
+                )
             # 429: the API server asks to come back (priority and fairness, or a new CRD's
             # storage still initializing); it says when.
             if response.status != 429 or attempt == TOO_MANY_REQUESTS_RETRIES:
