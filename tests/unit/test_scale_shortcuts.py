@@ -194,3 +194,53 @@ async def test_a_relay_table_is_written_at_once_after_a_quiet_spell_and_batched_
     started = loop.time()
     await asyncio.gather(*(tables.flush("edge-1") for _ in range(5)))  # right after: one write
     assert kube.version == 2 and loop.time() - started >= debounce * 0.9
+
+
+async def test_a_foreign_table_is_rewritten_even_when_the_first_rewrite_fails(monkeypatch):
+    """Someone else's write to a relay's table is overwritten at once; when the API server
+    refuses that rewrite, it is retried (no reconcile may come to do it)."""
+    from support.objects import relay_node
+    from tunnelop.contract.table import TableEntry
+    from tunnelop.controllers import relaytables
+    from tunnelop.domain.scheduling import AllocationTable
+    from tunnelop.platform.kube import KubeError
+
+    class FlakyKube(TableKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refusals = 1
+            self.written: list[dict[str, Any]] = []
+
+        async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            if self.refusals:
+                self.refusals -= 1
+                raise KubeError(503, "the API server is away")
+            self.written.append(obj)
+            return await super().apply(obj)
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(relaytables.asyncio, "sleep", lambda _s: real_sleep(0))
+    kube = FlakyKube()
+    relay = relay_node("edge-1")
+    relay["metadata"]["uid"] = "u-1"
+    tables = relaytables.RelayTables(
+        kube,  # type: ignore[arg-type]
+        "tunnelop-relays",
+        AllocationTable(),
+        {"edge-1": relay},
+        lambda _: None,
+        0,
+    )
+    tables.remember_written("edge-1", {})
+    intruder = TableEntry(
+        namespace="evil", name="x", protocol="tcp", remote_port=20001, token_sha256="0" * 64
+    )
+    tables.observed("edge-1", {("evil", "x"): intruder})
+    for _ in range(50):
+        if kube.written:
+            break
+        await real_sleep(0.01)
+    assert len(kube.written) == 1  # refused once, then written
+    assert tables._written["edge-1"] == {}  # the intruder is gone from the table
+    await real_sleep(0)
+    assert not tables._background

@@ -146,9 +146,22 @@ class RelayTables:
         log.warning("relay table changed by someone else; rewriting it", relay=relay)
         self.table.table_writing(relay, current.values())
         self._written[relay] = current
-        task = asyncio.create_task(self.flush(relay))
+        task = asyncio.create_task(self._rewrite(relay))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _rewrite(self, relay: str) -> None:
+        """Write the relay's table until a write lands (or the relay is gone): no tunnel
+        reconcile may come to do it, and what someone else wrote must not stay."""
+        delay = 1.0
+        while relay in self.relays:
+            try:
+                await self.flush(relay)
+                return
+            except Exception as exc:  # the API server away, say: try again, slower
+                log.warning("relay table rewrite failed; retrying", relay=relay, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def forget(self, relay: str) -> None:
         self.models.forget(relay)
