@@ -952,6 +952,8 @@ def test_table_holds_no_plaintext_token() -> None:
     leaked = TableEntry("alice", "x", token_sha256="plaintext-token", protocol="tcp", remote_port=1)
     with pytest.raises(ValueError, match="sha256"):
         build_table_secret(tcp_udp_relay(), NAMESPACE, [leaked])
+    with pytest.raises(ValueError, match="sha256"):  # every time: a refusal is not cached
+        build_table_secret(tcp_udp_relay(), NAMESPACE, [leaked])
 
 
 def test_table_refuses_duplicates() -> None:

@@ -86,7 +86,7 @@ class TableKube:
     def __init__(self) -> None:
         self.version = 0
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def overwrite(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.version += 1
         return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.version)}}
 
@@ -211,12 +211,12 @@ async def test_a_foreign_table_is_rewritten_even_when_the_first_rewrite_fails(mo
             self.refusals = 1
             self.written: list[dict[str, Any]] = []
 
-        async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        async def overwrite(self, obj: dict[str, Any]) -> dict[str, Any]:
             if self.refusals:
                 self.refusals -= 1
                 raise KubeError(503, "the API server is away")
             self.written.append(obj)
-            return await super().apply(obj)
+            return await super().overwrite(obj)
 
     real_sleep = asyncio.sleep
     monkeypatch.setattr(relaytables.asyncio, "sleep", lambda _s: real_sleep(0))

@@ -237,7 +237,7 @@ class RelayTables:
         if relay_body is None:
             return  # the relay is gone; its table went with it
         model = self.models.of(relay_body)
-        written = await self.kube.apply(
+        written = await self.kube.overwrite(
             build_table_secret(model, self.namespace, list(entries.values()))
         )
         version = ((written or {}).get("metadata") or {}).get("resourceVersion")
