@@ -272,8 +272,8 @@ def _with_uid(body: dict[str, Any], uid: str) -> dict[str, Any]:
 class MinimalWriteSet:
     """What any operator must get the API server to take for each tunnel, done by a tight
     loop: the Tunnel's create, its credentials Secret (server-side apply, as the operator),
-    its status (a merge patch, as the operator) and its relay's table Secret, rewritten every
-    200 ms while it changes. The relays are named, not created: nothing else runs for them."""
+    its status (a merge patch, as the operator) and its relay's table Secret, rewritten whole
+    (a PUT, as the operator) every 200 ms while it changes. The relays are named, not created: nothing else runs for them."""
 
     def __init__(self, kube: Kube, namespace: str, relays: int) -> None:
         self.kube = kube
@@ -300,7 +300,7 @@ class MinimalWriteSet:
                     )
                     # The relays are not created: no owner for the garbage collector to miss.
                     del secret["metadata"]["ownerReferences"]
-                    writes.append(self.kube.apply(secret))
+                    writes.append(self.kube.overwrite(secret))
             self.table_writes += len(writes)
             await asyncio.gather(*writes)
 
