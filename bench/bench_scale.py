@@ -92,6 +92,51 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+# The processes that share the machine's cores, by the name the kernel gives them (at most
+# 15 characters): how many cores each used is what explains a rate below its target.
+CPU_PROCESSES = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler", "kwok-controller")
+
+
+def cpu_seconds(operator_pid: int | None) -> dict[str, float]:
+    """CPU seconds (user and system) used so far by the control plane's processes, the
+    operator and this benchmark."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        pid = int(entry.name)
+        name = (
+            "operator"
+            if pid == operator_pid
+            else "benchmark"
+            if pid == os.getpid()
+            else comm
+            if comm in CPU_PROCESSES
+            else None
+        )
+        if name is not None:
+            user, system = fields.split()[11:13]
+            found[name] = found.get(name, 0.0) + (int(user) + int(system)) / tick
+    return found
+
+
+def cores_used(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Cores each process used on average between two readings of cpu_seconds."""
+    return {
+        name: round((after[name] - before.get(name, 0.0)) / seconds, 2)
+        for name in sorted(after)
+        if seconds > 0
+    }
+
+
 def tunnel_body(name: str, selector: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": GROUP_VERSION,
@@ -185,6 +230,31 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
             return round(previous_bound + (bound - previous_bound) * share, 4)
         previous_bound, previous_count = bound, count
     return None
+
+
+def quantiles_of(after: dict, before: dict, name: str, **match: str) -> dict[str, Any]:
+    """Count, p50 and p99 of a histogram of the operator's between two scrapes, over the
+    label sets that include `match`."""
+    buckets: dict[float, float] = {}
+    for labels, value in delta(after, before, f"{name}_bucket", **match).items():
+        bound = float(dict(labels)["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    return {
+        "count": int(buckets.get(float("inf"), 0)),
+        "p50": histogram_quantile(buckets, 0.5),
+        "p99": histogram_quantile(buckets, 0.99),
+    }
+
+
+def _label_sets(scraped: dict, name: str) -> list[tuple[tuple[str, str], ...]]:
+    """The label sets of a histogram (its bucket bound left out)."""
+    return sorted(
+        {
+            tuple((k, v) for k, v in labels if k != "le")
+            for n, labels in scraped
+            if n == f"{name}_bucket"
+        }
+    )
 
 
 def webhook_latency(after: dict, before: dict) -> dict[str, Any]:
@@ -484,6 +554,8 @@ async def burst(
 ) -> dict[str, Any]:
     metrics_url = f"http://127.0.0.1:{operator.health_port}/metrics"
     api_before, op_before = await apiserver_metrics(), await scrape(metrics_url)
+    operator_pid = operator.process.pid if operator.process else None
+    cpu_before = cpu_seconds(operator_pid)
     requested: dict[str, float] = {}
 
     async def create(i: int) -> None:
@@ -497,6 +569,7 @@ async def burst(
     create_seconds = await in_flight(count, concurrency, create)
     await watch.until(set(requested), timeout=max(600, count / 5))
     end = max(watch.ready_at[n] for n in requested)
+    cores = cores_used(cpu_before, cpu_seconds(operator_pid), time.monotonic() - start)
     await asyncio.sleep(3)  # the operator's last status writes and table writes land
     api_after, op_after = await apiserver_metrics(), await scrape(metrics_url)
     latencies = [watch.ready_at[n] - requested[n] for n in requested]
@@ -508,6 +581,7 @@ async def burst(
         "tunnels_per_second": round(count / (end - start), 1),
         "time_to_ready_seconds": summary(latencies),
         "webhooks": webhook_latency(api_after, api_before),
+        "cores_used": cores,
         "operator_requests": requests,
         "operator_requests_per_tunnel": per_tunnel(requests, count),
         "operator_writes_per_tunnel": round(sum(writes_of(requests).values()) / count, 3),
@@ -519,6 +593,7 @@ async def burst(
 
 async def steady(
     kube: Kube,
+    operator: OperatorProcess,
     watch: ReadyWatch,
     namespace: str,
     selector: dict[str, str],
@@ -528,6 +603,10 @@ async def steady(
 ) -> dict[str, Any]:
     count = int(rate * seconds)
     requested: dict[str, float] = {}
+    metrics_url = f"http://127.0.0.1:{operator.health_port}/metrics"
+    api_before, op_before = await apiserver_metrics(), await scrape(metrics_url)
+    operator_pid = operator.process.pid if operator.process else None
+    cpu_before = cpu_seconds(operator_pid)
     start = time.monotonic()
 
     async def create(i: int) -> None:
@@ -540,12 +619,27 @@ async def steady(
 
     await asyncio.gather(*(create(i) for i in range(count)))
     await watch.until(set(requested), timeout=120)
+    cores = cores_used(cpu_before, cpu_seconds(operator_pid), time.monotonic() - start)
+    api_after, op_after = await apiserver_metrics(), await scrape(metrics_url)
     latencies = [watch.ready_at[n] - requested[n] for n in requested]
     return {
         "rate_per_second": rate,
         "seconds": seconds,
         "tunnels": count,
         "time_to_ready_seconds": summary(latencies),
+        "cores_used": cores,
+        "webhooks": webhook_latency(api_after, api_before),
+        # Where a tunnel's time goes: its reconcile, and each request of the operator.
+        "tunnel_reconcile_seconds": quantiles_of(
+            op_after, op_before, "tunnelop_reconcile_duration_seconds", controller="tunnels"
+        ),
+        "operator_request_seconds": {
+            f"{dict(labels)['verb']} {dict(labels)['resource']}": quantiles_of(
+                op_after, op_before, "tunnelop_api_request_duration_seconds", **dict(labels)
+            )
+            for labels in _label_sets(op_after, "tunnelop_api_request_duration_seconds")
+            if dict(labels)["verb"] in WRITE_VERBS
+        },
         "_latencies": latencies,
     }
 
@@ -792,7 +886,7 @@ async def main() -> int:
                 f">> steady: {args.steady_rate}/s for {args.steady_seconds:.0f} s", file=sys.stderr
             )
             result["steady"] = await steady(
-                kube, watch, namespace, label, args.steady_rate, args.steady_seconds, n
+                kube, operator, watch, namespace, label, args.steady_rate, args.steady_seconds, n
             )
     finally:
         await watch.stop()
