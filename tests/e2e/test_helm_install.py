@@ -134,6 +134,10 @@ async def release(
             uninstall = ("uninstall", RELEASE, "--wait", "--timeout", "120s")
             await asyncio.to_thread(helm, *uninstall, check=False)
             tools.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false", check=False)
+            # The CRDs outlive the release: should the test have stopped before its upgrade,
+            # the older chart's would be left for every later test. Put crds/ back.
+            tools.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+            tools.kubectl("wait", "--for=condition=Established", "-f", str(crds), "--timeout=60s")
 
 
 def sets(values: list[str]) -> list[str]:
