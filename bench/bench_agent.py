@@ -30,9 +30,10 @@ from pathlib import Path
 
 import aiohttp
 
+from tunnelop.agent.source import write_copies
 from tunnelop.contract import basicauth
 from tunnelop.contract.naming import PLUGIN_PASSWORD_ENV, PLUGIN_USER
-from tunnelop.contract.table import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import TableEntry, token_sha256
 
 ADDRESS = "127.0.0.250"
 RESULTS = Path(__file__).parent / "results"
@@ -40,7 +41,7 @@ HEARTBEAT_INTERVAL = 1.0  # builders/frps.py CLIENT_HEARTBEAT_INTERVAL
 PLUGIN_PASSWORD = "bench-plugin-password"
 
 
-def table(tunnels: int) -> tuple[str, list[dict]]:
+def table(tunnels: int) -> tuple[list[TableEntry], list[dict]]:
     entries, clients = [], []
     for i in range(tunnels):
         ns, name, token = f"tenant-{i % 500}", f"t{i}", f"token-{i}"
@@ -48,14 +49,14 @@ def table(tunnels: int) -> tuple[str, list[dict]]:
         metas = {"tunnel": f"{ns}/{name}", "token": token}
         user = {"user": ns, "metas": metas, "run_id": f"run-{i:08x}"}
         clients.append(user)
-    return table_json("bench", entries), clients
+    return entries, clients
 
 
 async def run(tunnels: int, seconds: float, concurrency: int) -> dict:
-    text, clients = table(tunnels)
+    entries, clients = table(tunnels)
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        (state / "table.json").write_text(text)
+        write_copies(state, "bench", entries)
         (state / "kubeconfig").write_text(
             "apiVersion: v1\nkind: Config\nclusters: [{name: x, cluster: {server: "
             '"https://127.0.0.1:9"}}]\nusers: [{name: x, user: {token: x}}]\n'

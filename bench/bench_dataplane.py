@@ -62,6 +62,7 @@ from support.dataplane import start_relay  # noqa: E402
 from support.netutil import echo_server  # noqa: E402
 from support.operator import OperatorProcess  # noqa: E402
 from support.relay_runner import RelayPodRunner  # noqa: E402
+from tunnelop.agent.source import write_copies  # noqa: E402
 from tunnelop.api.v1alpha1 import API_VERSION, RelayNode  # noqa: E402
 from tunnelop.builders.frpc import build_frpc_config  # noqa: E402
 from tunnelop.builders.frps import (  # noqa: E402
@@ -81,7 +82,7 @@ from tunnelop.contract.naming import (  # noqa: E402
     STATE_DIR_ENV,
     table_secret_name,
 )
-from tunnelop.contract.table import TableEntry, table_json, token_sha256  # noqa: E402
+from tunnelop.contract.table import TableEntry, token_sha256  # noqa: E402
 
 GROUP, VERSION = API_VERSION.split("/")
 PHASES = ("ready", "suspend", "newuserconn", "throughput")
@@ -794,7 +795,7 @@ async def start_standalone(
             TableEntry(namespace, t, token_sha256(tunnel_tokens[t]), "tcp", remote_port=port)
             for t, port in STANDALONE_PORTS.items()
         ]
-        (root / "state" / "table.json").write_text(table_json(relay_name, entries))
+        write_copies(root / "state", relay_name, entries)
         # No API server: the agent serves the table it finds in its state directory.
         agent = await procs.start(
             f"agent {variant}",

@@ -38,7 +38,12 @@ import report  # noqa: E402
 from support.objects import relay_node  # noqa: E402
 from tunnelop.api.v1alpha1 import RelayNode, Tunnel  # noqa: E402
 from tunnelop.contract import naming  # noqa: E402
-from tunnelop.contract.table import TableEntry, table_json, token_sha256  # noqa: E402
+from tunnelop.contract.table import (  # noqa: E402
+    TableEntry,
+    split_by_shard,
+    table_json,
+    token_sha256,
+)
 from tunnelop.controllers import watches  # noqa: E402
 from tunnelop.controllers.relaytables import RelayTables  # noqa: E402
 from tunnelop.controllers.state import Runtime  # noqa: E402
@@ -188,10 +193,11 @@ async def run(count: int) -> dict[str, Any]:
             )
             rt.tables.set_entry(status["relayNode"], entry)
         for relay in relays:
-            # As after a write: serialized (each entry keeps its line), written, and in the
-            # recent writes (3 kept per relay).
-            table_json(relay, rt.tables.desired.get(relay, {}).values())
-            rt.tables.remember_written(relay, dict(rt.tables.desired.get(relay, {})))
+            # As after a write: serialized (each entry keeps its line) and written, shard by
+            # shard.
+            for shard, part in enumerate(split_by_shard(rt.tables.desired(relay).values())):
+                table_json(relay, part, shard)
+                rt.tables.remember_written(relay, shard, {(e.namespace, e.name): e for e in part})
 
     tracemalloc.start()
     steps = (

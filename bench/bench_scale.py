@@ -6,7 +6,8 @@ One run, one local cluster, one client (32 requests in flight), in this order:
 1. the limit: the API server's raw create rate (ConfigMaps), then the minimal write set a
    tunnel needs done by a tight loop with no operator: the Tunnel's create (with the
    admission the API server runs by itself), its credentials Secret, its status, and its
-   relay's table Secret rewritten every 200 ms while it changes (the operator's coalescing);
+   shard of its relay's table, rewritten every 200 ms while it changes (the operator's
+   coalescing);
 2. the burst: the operator (`tunnelop run`, a process) with R RelayNodes; N Tunnels created
    at once, each timed from its create request to the watch event that shows it Ready;
    admission's share (create rate, webhook latency from the API server's histogram), the
@@ -54,7 +55,7 @@ from tunnelop.api.v1alpha1 import RelayNode  # noqa: E402
 from tunnelop.builders.frpc import endpoint  # noqa: E402
 from tunnelop.builders.relay import build_table_secret  # noqa: E402
 from tunnelop.contract import naming  # noqa: E402
-from tunnelop.contract.table import TableEntry, token_sha256  # noqa: E402
+from tunnelop.contract.table import TableEntry, shard_of, token_sha256  # noqa: E402
 from tunnelop.platform.kube import GROUP_VERSION, Kube, KubeError  # noqa: E402
 
 RELAY_NAMESPACE = "tunnelop-relays"
@@ -342,8 +343,9 @@ def _with_uid(body: dict[str, Any], uid: str) -> dict[str, Any]:
 class MinimalWriteSet:
     """What any operator must get the API server to take for each tunnel, done by a tight
     loop: the Tunnel's create, its credentials Secret (server-side apply, as the operator),
-    its status (a merge patch, as the operator) and its relay's table Secret, rewritten whole
-    (a PUT, as the operator) every 200 ms while it changes. The relays are named, not created: nothing else runs for them."""
+    its status (a merge patch, as the operator) and its shard of its relay's table, rewritten
+    whole (a PUT, as the operator) every 200 ms while it changes. The relays are named, not
+    created: nothing else runs for them."""
 
     def __init__(self, kube: Kube, namespace: str, relays: int) -> None:
         self.kube = kube
@@ -354,23 +356,23 @@ class MinimalWriteSet:
             )
             for i in range(relays)
         ]
-        self.entries: list[dict[tuple[str, str], TableEntry]] = [{} for _ in range(relays)]
-        self.dirty = [False] * relays
+        # Each relay's table by shard, and the shards changed since their last write.
+        self.entries: dict[tuple[int, int], dict[tuple[str, str], TableEntry]] = {}
+        self.dirty: set[tuple[int, int]] = set()
         self.table_writes = 0
 
     async def _tables(self, stop: asyncio.Event) -> None:
-        while not stop.is_set() or any(self.dirty):
+        while not stop.is_set() or self.dirty:
             await asyncio.sleep(TABLE_DEBOUNCE)
             writes = []
-            for i, relay in enumerate(self.relays):
-                if self.dirty[i]:
-                    self.dirty[i] = False
-                    secret = build_table_secret(
-                        relay, self.namespace, list(self.entries[i].values())
-                    )
-                    # The relays are not created: no owner for the garbage collector to miss.
-                    del secret["metadata"]["ownerReferences"]
-                    writes.append(self.kube.overwrite(secret))
+            dirty, self.dirty = self.dirty, set()
+            for i, shard in sorted(dirty):
+                secret = build_table_secret(
+                    self.relays[i], self.namespace, list(self.entries[(i, shard)].values()), shard
+                )
+                # The relays are not created: no owner for the garbage collector to miss.
+                del secret["metadata"]["ownerReferences"]
+                writes.append(self.kube.overwrite(secret))
             self.table_writes += len(writes)
             await asyncio.gather(*writes)
 
@@ -389,10 +391,11 @@ class MinimalWriteSet:
         secret, token = operator_objects.credentials(
             self.namespace, name, created["metadata"]["uid"], relay, port
         )
-        self.entries[index][(self.namespace, name)] = TableEntry(
+        at = (index, shard_of(self.namespace, name))
+        self.entries.setdefault(at, {})[(self.namespace, name)] = TableEntry(
             self.namespace, name, token_sha256(token), "tcp", remote_port=port
         )
-        self.dirty[index] = True
+        self.dirty.add(at)
         await self.kube.apply(secret)
         address = f"{relay}.relays.example.test"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

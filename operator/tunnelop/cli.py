@@ -344,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     agent.add_argument("--relay", required=True, help="name of the RelayNode")
-    agent.add_argument("--namespace", required=True, help="namespace of the table Secret")
-    agent.add_argument("--table-secret", required=True, help="name of the table Secret")
+    agent.add_argument("--namespace", required=True, help="namespace of the table Secrets")
+    agent.add_argument(
+        "--table-secret",
+        required=True,
+        help="name of the table's first Secret (shard 0); shard k is in <name>-k",
+    )
     agent.add_argument(
         "--listen",
         type=host_port,

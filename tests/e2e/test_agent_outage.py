@@ -16,11 +16,12 @@ import aiohttp
 from support import tools
 from support.dataplane import Frpc
 from support.netutil import echo_server, wait_for_echo
+from tunnelop.agent.source import write_copies
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders.frpc import build_frpc_config
 from tunnelop.builders.frps import build_frps_config
 from tunnelop.contract import basicauth
-from tunnelop.contract.table import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import TableEntry, token_sha256
 
 ADDRESS = "127.0.0.60"  # this test's relay "pod"
 PLUGIN_PASSWORD = "plugin-password-of-the-outage-relay"
@@ -61,7 +62,7 @@ def agent_without_api_server(tmp_path: Path) -> tuple[list[str], dict[str, str]]
     state = tmp_path / "state"
     state.mkdir()
     entry = TableEntry("team", "ssh", token_sha256("tunnel-token"), "tcp", remote_port=23000)
-    (state / "table.json").write_text(table_json("outage", [entry]))
+    write_copies(state, "outage", [entry])
     (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
     argv = [
         str(Path(sys.executable).parent / "tunnelop"),

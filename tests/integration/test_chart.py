@@ -35,6 +35,7 @@ from tunnelop.builders.finalizer_policy import (
 )
 from tunnelop.builders.route_tunnel import route_tunnel
 from tunnelop.contract import naming
+from tunnelop.contract.table import TABLE_SHARDS
 from tunnelop.domain.gateway import RouteView, Target, TunnelWant
 
 CHART = tools.REPO / "helm" / "tunnelop"
@@ -1201,7 +1202,7 @@ def test_operator_writes_pass_as_its_service_account(installed_rbac):
             dashboard_password="d",
             plugin_password="p",
         ),
-        relay_builders.build_table_secret(relay, relays, []),
+        relay_builders.build_table_secret(relay, relays, [], 0),
         relay_builders.build_service_account(relay, relays),
         relay_builders.build_role(relay, relays),
         relay_builders.build_deployment(relay, relays, config_checksum="0"),
@@ -1438,16 +1439,20 @@ def apply_agent_rbac(relay: RelayNode, relays: str) -> str:
 
 def test_relay_agent_reads_only_its_own_table(installed_rbac):
     """The relay agents' RBAC pattern: a ServiceAccount, Role and RoleBinding per relay, the
-    Role naming the relay's table Secret only."""
+    Role naming the relay's table Secrets (its shards) only."""
     relays = installed_rbac["relays"]
     relay, other = _relay(f"chart-{suffix()}"), f"relay-chart-{suffix()}-table"
     agent = apply_agent_rbac(relay, relays)
     table = naming.table_secret_name(relay.metadata.name)
+    last_shard = naming.table_secret_name(relay.metadata.name, TABLE_SHARDS - 1)
+    beyond = naming.shard_secret_name(table, TABLE_SHARDS)
     answers = access(
         agent,
         [
             ("get", "secrets", relays, table),
             ("watch", "secrets", relays, table),
+            ("watch", "secrets", relays, last_shard),
+            ("get", "secrets", relays, beyond),
             ("get", "secrets", relays, naming.config_secret_name(relay.metadata.name)),
             ("get", "secrets", relays, other),
             ("list", "secrets", relays, None),
@@ -1455,7 +1460,9 @@ def test_relay_agent_reads_only_its_own_table(installed_rbac):
             ("get", "tunnels.tunnelop.dev", None, None),
         ],
     )
-    assert list(answers.values()) == [True, True, False, False, False, False, False], answers
+    assert list(answers.values()) == [True, True, True, False, False, False, False, False, False], (
+        answers
+    )
 
 
 def can_i(user: str, *args: str) -> str:

@@ -21,7 +21,8 @@ from kubernetes.aio import client
 from support import load, objects, tools
 from support.objects import relay_node, wait_condition
 from support.operator import OperatorProcess, leading
-from tunnelop.contract.table import parse_table_json
+from tunnelop.contract.naming import table_secret_name
+from tunnelop.contract.table import TABLE_SHARDS, parse_table_json
 
 LEASE = "tunnelop"
 
@@ -226,10 +227,13 @@ async def test_sigkill_of_the_leader_during_500_creates_loses_nothing(
     core = client.CoreV1Api(kube)
     entries = []
     for relay in names:
-        secret = await core.read_namespaced_secret(f"relay-{relay}-table", relay_namespace)
-        table_relay, relay_entries = parse_table_json(base64.b64decode(secret.data["table.json"]))
-        assert table_relay == relay
-        entries += [(relay, e) for e in relay_entries if e.namespace == namespace]
+        for shard in range(TABLE_SHARDS):
+            secret = await core.read_namespaced_secret(
+                table_secret_name(relay, shard), relay_namespace
+            )
+            document = parse_table_json(base64.b64decode(secret.data["table.json"]))
+            assert (document.relay, document.shard) == (relay, shard)
+            entries += [(relay, e) for e in document.entries if e.namespace == namespace]
     in_status = {
         t["metadata"]["name"]: (t["status"]["relayNode"], t["status"]["remotePort"])
         for t in tunnels

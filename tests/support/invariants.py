@@ -14,6 +14,7 @@ import base64
 import binascii
 import collections
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ GROUP, VERSION = "tunnelop.dev", "v1alpha1"
 RELAY_LABEL = "tunnelop.dev/relay"
 TUNNEL_LABEL = "tunnelop.dev/tunnel"
 TABLE_KEY = "table.json"
+# relay-<relay>-table is a relay's shard 0, relay-<relay>-table-<k> its shard k.
+TABLE_SECRET = re.compile(r"relay-(?P<relay>.+?)-table(?:-(?P<shard>[1-9][0-9]*))?")
 TOKEN_KEY = "token"
 
 # tcp and udp are separate listeners on a relay: one port number may serve one of each.
@@ -155,18 +158,21 @@ def world_from_objects(
     unreadable: dict[str, str] = {}
     for secret in table_secrets:
         name = secret["metadata"]["name"]
-        if not (name.startswith("relay-") and name.endswith("-table")):
+        found = TABLE_SECRET.fullmatch(name)
+        if found is None:
             continue
-        relay = name.removeprefix("relay-").removesuffix("-table")
+        relay, shard = found["relay"], int(found["shard"] or 0)
         try:
-            named, entries = parse_table_json(_decode(secret["data"][TABLE_KEY]))
+            document = parse_table_json(_decode(secret["data"][TABLE_KEY]))
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            unreadable[relay] = f"{type(exc).__name__}: {exc}"
+            unreadable[relay] = f"{name}: {type(exc).__name__}: {exc}"
             continue
-        if named != relay:
-            unreadable[relay] = f"{name} says it is the table of relay {named!r}"
+        if (document.relay, document.shard) != (relay, shard):
+            unreadable[relay] = (
+                f"{name} says it is shard {document.shard} of relay {document.relay!r}"
+            )
             continue
-        tables[relay] = tuple(entries)
+        tables[relay] = tables.get(relay, ()) + tuple(document.entries)
 
     relays, deleting = {}, set()
     for node in relay_nodes:

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from tunnelop.agent import server
 from tunnelop.agent.server import Agent, AgentOptions, RateLimitedLog
 from tunnelop.contract import basicauth
-from tunnelop.contract.table import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import TableEntry, table_documents, token_sha256
 
 RELAY = "relay-a"
 PASSWORD = "plugin-password-0123456789"
@@ -45,8 +45,14 @@ def ready_agent(**overrides: Any) -> Agent:
         TableEntry("team-a", "ssh", token_sha256(TOKEN), "tcp", remote_port=21000),
         TableEntry("team-b", "web", token_sha256("other-token-77"), "http", subdomain="web"),
     ]
-    assert agent.source.apply(table_json(RELAY, entries), "test")
+    load_table(agent, entries)
     return agent
+
+
+def load_table(agent: Agent, entries: list[TableEntry]) -> None:
+    """The whole table, every shard, as the agent would read it from the API."""
+    for shard, text in enumerate(table_documents(RELAY, entries)):
+        assert agent.source.apply(text, "test", shard)
 
 
 @pytest.fixture
@@ -187,21 +193,18 @@ async def test_a_refused_visitor_is_not_the_clients_refusal(
     plugin: tuple[Agent, TestClient],
 ) -> None:
     agent, client = plugin
-    agent.source.apply(
-        table_json(
-            RELAY,
-            [
-                TableEntry(
-                    "team-a",
-                    "ssh",
-                    token_sha256(TOKEN),
-                    "tcp",
-                    remote_port=21000,
-                    allow_source_ranges=("10.0.0.0/8",),
-                )
-            ],
-        ),
-        "test",
+    load_table(
+        agent,
+        [
+            TableEntry(
+                "team-a",
+                "ssh",
+                token_sha256(TOKEN),
+                "tcp",
+                remote_port=21000,
+                allow_source_ranges=("10.0.0.0/8",),
+            )
+        ],
     )
     visitor = {"user": ssh_user(), "proxy_name": "team-a.ssh", "remote_addr": "8.8.8.8:5"}
     assert (await (await call(client, "NewUserConn", visitor)).json())["reject"] is True

@@ -56,7 +56,16 @@ from tunnelop.contract.naming import (
     relay_object_name,
     table_secret_name,
 )
-from tunnelop.contract.table import TableEntry, table_json, token_sha256
+from tunnelop.contract.table import (
+    TABLE_SHARDS,
+    TableEntry,
+    parse_table_json,
+    shard_of,
+    split_by_shard,
+    table_documents,
+    table_json,
+    token_sha256,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMESPACE = "tunnelop-system"
@@ -599,7 +608,7 @@ def test_relay_workload_golden_host_network() -> None:
 def test_every_relay_object_is_labelled_and_owned(node: RelayNode) -> None:
     name = node.metadata.name
     objects = [o for o in workload(node, [(20001, "TCP")]) if o is not None]
-    objects.append(build_table_secret(node, NAMESPACE, []))
+    objects += table_secrets(node, [])
     for obj in objects:
         meta = obj["metadata"]
         assert meta["namespace"] == NAMESPACE
@@ -618,6 +627,10 @@ def test_every_relay_object_is_labelled_and_owned(node: RelayNode) -> None:
     assert ("Deployment", f"relay-{name}") in names
     assert ("Secret", f"relay-{name}-config") in names
     assert ("Secret", f"relay-{name}-table") in names
+    assert {n for kind, n in names if n.startswith(f"relay-{name}-table")} == {
+        f"relay-{name}-table",
+        *(f"relay-{name}-table-{shard}" for shard in range(1, TABLE_SHARDS)),
+    }
 
 
 def test_objects_need_the_relay_uid() -> None:
@@ -633,7 +646,10 @@ def test_role_grants_only_reading_the_table_secret() -> None:
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": ["relay-eu-1-table"],
+            "resourceNames": [
+                "relay-eu-1-table",
+                *(f"relay-eu-1-table-{shard}" for shard in range(1, TABLE_SHARDS)),
+            ],
             "verbs": ["get", "list", "watch"],
         }
     ]
@@ -910,23 +926,38 @@ def table_entries() -> list[TableEntry]:
     ]
 
 
+def table_secrets(node: RelayNode, entries: list[TableEntry]) -> list[dict[str, Any]]:
+    """A relay's whole table, as the Secrets of its shards."""
+    return [
+        build_table_secret(node, NAMESPACE, part, shard)
+        for shard, part in enumerate(split_by_shard(entries))
+    ]
+
+
 def test_table_secret_golden() -> None:
-    secret = build_table_secret(tcp_udp_relay(), NAMESPACE, table_entries())
-    assert_golden("relay-table.yaml", to_yaml(secret))
+    assert_golden("relay-table.yaml", to_yaml(*table_secrets(tcp_udp_relay(), table_entries())))
 
 
 def test_table_json() -> None:
-    secret = build_table_secret(tcp_udp_relay(), NAMESPACE, table_entries())
-    assert secret["metadata"]["name"] == "relay-eu-1-table"
-    assert list(secret["data"]) == ["table.json"]
-    table = json.loads(decoded(secret, "table.json"))
-    assert table["relay"] == "eu-1"
-    assert [(t["namespace"], t["name"]) for t in table["tunnels"]] == [
+    secrets = table_secrets(tcp_udp_relay(), table_entries())
+    assert [s["metadata"]["name"] for s in secrets] == [
+        table_secret_name("eu-1", shard) for shard in range(TABLE_SHARDS)
+    ]
+    assert all(list(s["data"]) == ["table.json"] for s in secrets)
+    documents = [json.loads(decoded(s, "table.json")) for s in secrets]
+    assert [(d["relay"], d["shard"], d["shards"]) for d in documents] == [
+        ("eu-1", shard, TABLE_SHARDS) for shard in range(TABLE_SHARDS)
+    ]
+    tunnels = sorted((t for d in documents for t in d["tunnels"]), key=lambda t: t["name"])
+    assert [(t["namespace"], t["name"]) for t in tunnels] == [
+        ("bob", "blog"),
         ("alice", "game-voice"),
         ("alice", "minecraft"),
-        ("bob", "blog"),
     ]
-    voice, minecraft, blog = table["tunnels"]
+    for document in documents:
+        for tunnel in document["tunnels"]:
+            assert shard_of(tunnel["namespace"], tunnel["name"]) == document["shard"]
+    blog, voice, minecraft = tunnels
     assert voice == {
         "namespace": "alice",
         "name": "game-voice",
@@ -939,40 +970,77 @@ def test_table_json() -> None:
     assert blog["customDomains"] == ["bob.example", "www.bob.example"]
     assert blog["allowSourceRanges"] == ["2001:db8::/32", "203.0.113.0/24"]
     # The order of the input does not matter.
-    assert table_json("eu-1", reversed(table_entries())) == decoded(secret, "table.json")
+    assert table_documents("eu-1", reversed(table_entries())) == [
+        decoded(s, "table.json") for s in secrets
+    ]
+    # Each document reads back as what was written.
+    for shard, secret in enumerate(secrets):
+        document = parse_table_json(decoded(secret, "table.json"))
+        assert (document.relay, document.shard) == ("eu-1", shard)
+        assert sorted(e.to_json()["name"] for e in document.entries) == sorted(
+            e.name for e in split_by_shard(table_entries())[shard]
+        )
+        assert {e.name: e.to_json() for e in document.entries} == {
+            e.name: e.to_json() for e in split_by_shard(table_entries())[shard]
+        }
+
+
+def test_an_entry_goes_only_in_its_own_shard() -> None:
+    entry = table_entries()[0]
+    wrong = (shard_of(entry.namespace, entry.name) + 1) % TABLE_SHARDS
+    with pytest.raises(ValueError, match=f"not of shard {wrong}"):
+        build_table_secret(tcp_udp_relay(), NAMESPACE, [entry], wrong)
 
 
 def test_table_holds_no_plaintext_token() -> None:
-    secret = build_table_secret(tcp_udp_relay(), NAMESPACE, table_entries())
-    text = decoded(secret, "table.json")
+    text = "".join(
+        decoded(s, "table.json") for s in table_secrets(tcp_udp_relay(), table_entries())
+    )
     for token in ("token-of-bob-blog", "token-of-alice-minecraft", "token-of-alice-game-voice"):
         assert token not in text
         assert token_sha256(token) in text
     # A token where its digest belongs is refused, not published.
     leaked = TableEntry("alice", "x", token_sha256="plaintext-token", protocol="tcp", remote_port=1)
+    shard = shard_of("alice", "x")
     with pytest.raises(ValueError, match="sha256"):
-        build_table_secret(tcp_udp_relay(), NAMESPACE, [leaked])
+        build_table_secret(tcp_udp_relay(), NAMESPACE, [leaked], shard)
     with pytest.raises(ValueError, match="sha256"):  # every time: a refusal is not cached
-        build_table_secret(tcp_udp_relay(), NAMESPACE, [leaked])
+        build_table_secret(tcp_udp_relay(), NAMESPACE, [leaked], shard)
 
 
 def test_table_refuses_duplicates() -> None:
     entry = table_entries()[0]
     with pytest.raises(ValueError, match="twice"):
-        table_json("eu-1", [entry, entry])
+        table_json("eu-1", [entry, entry], shard_of(entry.namespace, entry.name))
 
 
 def test_empty_table() -> None:
-    assert json.loads(table_json("eu-1", [])) == {"relay": "eu-1", "tunnels": []}
+    assert [json.loads(d) for d in table_documents("eu-1", [])] == [
+        {"relay": "eu-1", "shard": shard, "shards": TABLE_SHARDS, "tunnels": []}
+        for shard in range(TABLE_SHARDS)
+    ]
 
 
-def test_big_table_fits_or_fails_clearly() -> None:
-    def entry(i: int) -> TableEntry:
-        return TableEntry(f"ns-{i % 100}", f"tunnel-{i}", token_sha256(str(i)), "tcp", 20000 + i)
+def test_big_shard_fits_or_fails_clearly() -> None:
+    def entries_of_shard_0(count: int) -> list[TableEntry]:
+        found, i = [], 0
+        while len(found) < count:
+            if shard_of(f"ns-{i % 100}", f"tunnel-{i}") == 0:
+                found.append(
+                    TableEntry(
+                        f"ns-{i % 100}",
+                        f"tunnel-{i}",
+                        token_sha256(str(i)),
+                        "tcp",
+                        20000 + i % 40000,
+                    )
+                )
+            i += 1
+        return found
 
-    build_table_secret(relay(), NAMESPACE, [entry(i) for i in range(5000)])
+    build_table_secret(relay(), NAMESPACE, entries_of_shard_0(5000), 0)
     with pytest.raises(ValueError, match="1 MiB"):
-        build_table_secret(relay(), NAMESPACE, [entry(i) for i in range(10000)])
+        build_table_secret(relay(), NAMESPACE, entries_of_shard_0(10000), 0)
 
 
 # Tunnel credentials ------------------------------------------------------------------------------
@@ -1196,7 +1264,7 @@ def all_objects() -> list[dict[str, Any]]:
         *workload(tcp_udp_relay(), [(20001, "TCP"), (20001, "UDP")]),
         *workload(http_host_network_relay(), []),
         *workload(relay(exposure={"type": "NodePort"}), [(30001, "UDP")]),
-        build_table_secret(tcp_udp_relay(), NAMESPACE, table_entries()),
+        *table_secrets(tcp_udp_relay(), table_entries()),
         build_credentials_secret("alice", "minecraft", "uid-t", frpc_toml="x", token="t"),
         client_deployment(),
         build_finalizer_policy(),

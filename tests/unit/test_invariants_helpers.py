@@ -18,7 +18,8 @@ from support.invariants import (
     unsettled,
     world_from_objects,
 )
-from tunnelop.contract.table import TableEntry, table_json, token_sha256
+from tunnelop.contract.naming import table_secret_name
+from tunnelop.contract.table import TableEntry, table_documents, token_sha256
 
 NS = "tenant"
 
@@ -64,11 +65,15 @@ def entry(name: str, token: str, protocol="tcp", port=None, subdomain=None) -> T
     return TableEntry(NS, name, token_sha256(token), protocol, port, subdomain)
 
 
-def table(relay: str, *entries: TableEntry) -> dict[str, Any]:
-    return {
-        "metadata": {"name": f"relay-{relay}-table"},
-        "data": {"table.json": b64(table_json(relay, entries))},
-    }
+def table(relay: str, *entries: TableEntry) -> list[dict[str, Any]]:
+    """A relay's table: the Secrets of its shards."""
+    return [
+        {
+            "metadata": {"name": table_secret_name(relay, shard)},
+            "data": {"table.json": b64(text)},
+        }
+        for shard, text in enumerate(table_documents(relay, entries))
+    ]
 
 
 def relay_node(name: str, http_domain: str | None = None, deleting: bool = False):
@@ -99,7 +104,11 @@ def consistent() -> tuple[list, list, list]:
 
 
 def world(tunnels, secrets, tables, relays=RELAYS) -> World:
-    return world_from_objects(tunnels, secrets, tables, relays)
+    """`tables` holds whole tables (lists of Secrets) or single Secrets."""
+    secrets_of_tables = []
+    for found in tables:
+        secrets_of_tables += found if isinstance(found, list) else [found]
+    return world_from_objects(tunnels, secrets, secrets_of_tables, relays)
 
 
 def test_a_consistent_world_has_no_violation_and_is_settled() -> None:
@@ -244,12 +253,18 @@ def test_an_unreadable_table_is_named() -> None:
     tunnels, secrets, tables = consistent()
     tables[2] = {"metadata": {"name": "relay-r3-table"}, "data": {"table.json": b64("{")}}
     (violation,) = check_tables(world(tunnels, secrets, tables))
-    assert violation.startswith("table of r3 cannot be read: JSONDecodeError")
-    tables[2] = table("r1")  # r1's table content under r3's Secret name
+    assert violation.startswith("table of r3 cannot be read: relay-r3-table: JSONDecodeError")
+    tables[2] = table("r1")[0]  # r1's shard 0 under r3's Secret name
     tables[2]["metadata"]["name"] = "relay-r3-table"
     (violation,) = check_tables(world(tunnels, secrets, tables))
-    assert (
-        violation == "table of r3 cannot be read: relay-r3-table says it is the table of relay 'r1'"
+    assert violation == (
+        "table of r3 cannot be read: relay-r3-table says it is shard 0 of relay 'r1'"
+    )
+    tables[2] = table("r3")[1]  # r3's shard 1 under the name of its shard 2
+    tables[2]["metadata"]["name"] = "relay-r3-table-2"
+    (violation,) = check_tables(world(tunnels, secrets, tables))
+    assert violation == (
+        "table of r3 cannot be read: relay-r3-table-2 says it is shard 1 of relay 'r3'"
     )
 
 

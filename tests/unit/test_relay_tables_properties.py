@@ -4,7 +4,11 @@ they reach the API server, relays that change their httpDomain, and crashes at a
 followed by a restore from the Secrets and the statuses. Whatever happens, a port or host name
 (subdomain or custom domain) that a relay's table names for one tunnel is never allocated to
 another, no host name is held by two keys unless a relay's httpDomain change put it there,
-and after a crash nothing a table names is forgotten."""
+and after a crash nothing a table names is forgotten.
+
+Each relay's table is split in shards written apart, as RelayTables does: a write tells the
+allocator what its shard may hold while in flight, and once confirmed what the whole relay
+may hold (every shard as written, and every shard write still in flight)."""
 
 from __future__ import annotations
 
@@ -13,13 +17,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tunnelop.api.v1alpha1 import PortSpan
-from tunnelop.contract.table import TableEntry
+from tunnelop.contract.table import TABLE_SHARDS, TableEntry, shard_of
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import Allocation, AllocationTable, TunnelRequest
 from tunnelop.domain.scheduling.model import uses_port
 
 RELAYS = ("r1", "r2")
 KEYS = tuple(("ns", f"t{i}") for i in range(6))
+SHARDS = sorted({shard_of(*key) for key in KEYS})  # the shards these keys fall in
+assert len(SHARDS) > 2, "the keys must spread over several shards"
+Shard = tuple[str, int]
 PROTOCOLS = ("tcp", "udp", "http")
 DOMAINS = ("relay.example", "other.example")
 # Few names, so that tunnels ask for the same ones all the time.
@@ -61,25 +68,41 @@ def targets(e: TableEntry, domains: set[str]) -> set[tuple]:
 class OperatorAndRelays(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: dict[str, dict[TunnelKey, TableEntry]] = {r: {} for r in RELAYS}
+        self.secrets: dict[Shard, dict[TunnelKey, TableEntry]] = {
+            (r, s): {} for r in RELAYS for s in range(TABLE_SHARDS)
+        }
         # Statuses are written after the table write that holds the tunnel is confirmed.
         self.statuses: dict[TunnelKey, Allocation] = {}
         self.protocols: dict[TunnelKey, str] = {}
-        self.in_flight: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self.in_flight: dict[Shard, dict[TunnelKey, TableEntry]] = {}
         self.domain = dict.fromkeys(RELAYS, DOMAINS[0])
         # The httpDomains each relay's tables may be served under: the current one, and those
         # it had since its last confirmed write (its frps may run either config).
         self.serving: dict[str, set[str]] = {r: {DOMAINS[0]} for r in RELAYS}
-        # Relays whose confirmed table is exactly their Secret (no write in doubt since).
-        self.exact: set[str] = set(RELAYS)
+        # Shards whose confirmed table is exactly their Secret (no write in doubt since).
+        self.exact: set[Shard] = set(self.secrets)
         # Host names two keys hold because a relay's httpDomain moved onto them.
         self.provider_clashes: set[str] = set()
         self.table = AllocationTable()
         for name in RELAYS:
             self.table.upsert_relay(view(name))
 
-    def desired(self, relay: str) -> dict[TunnelKey, TableEntry]:
-        return {a.key: entry(a) for a in self.table.allocations_on(relay)}
+    def desired(self, relay: str, shard: int) -> dict[TunnelKey, TableEntry]:
+        return {
+            a.key: entry(a) for a in self.table.allocations_on(relay) if shard_of(*a.key) == shard
+        }
+
+    def tables_of(self, relay: str) -> list[dict[TunnelKey, TableEntry]]:
+        """Every shard's Secret and every shard write in flight of the relay."""
+        return [
+            table
+            for shard in range(TABLE_SHARDS)
+            for table in (self.secrets[(relay, shard)], self.in_flight.get((relay, shard), {}))
+        ]
+
+    def holding(self, relay: str) -> list[TableEntry]:
+        """What RelayTables tells the allocator once a shard's write is confirmed."""
+        return [e for table in self.tables_of(relay) for e in table.values()]
 
     @rule(
         key=st.sampled_from(KEYS),
@@ -113,27 +136,28 @@ class OperatorAndRelays(RuleBasedStateMachine):
         self.table.upsert_relay(view(relay, domain))
         self.provider_clashes |= {h for h, keys in self.holders().items() if len(keys) > 1}
 
-    @precondition(lambda self: len(self.in_flight) < len(RELAYS))
-    @rule(relay=st.sampled_from(RELAYS))
-    def begin_write(self, relay: str) -> None:
-        if relay in self.in_flight:
+    @precondition(lambda self: len(self.in_flight) < 4)
+    @rule(relay=st.sampled_from(RELAYS), shard=st.sampled_from(SHARDS))
+    def begin_write(self, relay: str, shard: int) -> None:
+        if (relay, shard) in self.in_flight:
             return
-        snapshot = self.desired(relay)
-        self.in_flight[relay] = snapshot
-        self.exact.discard(relay)
+        snapshot = self.desired(relay, shard)
+        self.in_flight[(relay, shard)] = snapshot
+        self.exact.discard((relay, shard))
         self.table.table_writing(relay, snapshot.values())
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "refused", "lost-reply"]))
     def end_write(self, data: st.DataObject, outcome: str) -> None:
-        relay = data.draw(st.sampled_from(sorted(self.in_flight)))
-        snapshot = self.in_flight.pop(relay)
+        at = data.draw(st.sampled_from(sorted(self.in_flight)))
+        relay = at[0]
+        snapshot = self.in_flight.pop(at)
         if outcome in ("ok", "lost-reply"):
-            self.secrets[relay] = snapshot  # the API server took it
+            self.secrets[at] = snapshot  # the API server took it
         if outcome == "ok":
-            self.table.table_written(relay, snapshot.values())
+            self.table.table_written(relay, self.holding(relay))
             self.serving[relay] = {self.domain[relay]}
-            self.exact.add(relay)
+            self.exact.add(at)
             for key in snapshot:
                 alloc = self.table.allocation_of(key)
                 if alloc is not None and alloc.relay == relay:
@@ -143,15 +167,15 @@ class OperatorAndRelays(RuleBasedStateMachine):
     def crash_and_restore(self, applied: bool) -> None:
         """kill -9 anywhere: a write in flight may or may not have landed."""
         if applied:
-            for relay, snapshot in self.in_flight.items():
-                self.secrets[relay] = snapshot
+            for at, snapshot in self.in_flight.items():
+                self.secrets[at] = snapshot
         self.in_flight.clear()
         self.table = AllocationTable()
         for name in RELAYS:
             self.table.upsert_relay(view(name, self.domain[name]))
-            self.table.table_written(name, self.secrets[name].values())
+            self.table.table_written(name, self.holding(name))
             self.serving[name] = {self.domain[name]}
-        self.exact = set(RELAYS)
+        self.exact = set(self.secrets)
         for alloc in self.statuses.values():
             self.table.restore(alloc)
 
@@ -160,7 +184,7 @@ class OperatorAndRelays(RuleBasedStateMachine):
         write in flight. Host names count on every relay: each is one name world-wide."""
         found = set()
         for name in RELAYS:
-            for table in (self.secrets[name], self.in_flight.get(name, {})):
+            for table in self.tables_of(name):
                 for key, e in table.items():
                     if name == relay or not uses_port(e.protocol):
                         found |= {(t, key) for t in targets(e, self.serving[name])}
@@ -202,7 +226,7 @@ class OperatorAndRelays(RuleBasedStateMachine):
         exactly those once every relay's last write is confirmed (no stale hold, even after
         an httpDomain change)."""
         expected = self.holders()
-        exact = self.exact == set(RELAYS) and not self.in_flight
+        exact = self.exact == set(self.secrets) and not self.in_flight
         universe = {f"{s}.{d}" for s in self._subdomains() for d in DOMAINS}
         universe |= {h for names in CUSTOM_DOMAIN_LISTS for h in names} | expected.keys()
         for host in universe:
@@ -220,13 +244,15 @@ class OperatorAndRelays(RuleBasedStateMachine):
 
     @invariant()
     def every_table_names_each_port_once(self) -> None:
+        """Across all its shards' Secrets: what the agent merges."""
         for relay in RELAYS:
             ports = [
                 (e.protocol, e.remote_port)
-                for e in self.secrets[relay].values()
+                for shard in range(TABLE_SHARDS)
+                for e in self.secrets[(relay, shard)].values()
                 if uses_port(e.protocol)
             ]
-            assert len(ports) == len(set(ports))
+            assert len(ports) == len(set(ports)), ports
 
 
 TestOperatorAndRelays = OperatorAndRelays.TestCase

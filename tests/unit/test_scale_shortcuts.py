@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tunnelop.contract.naming import table_secret_name
+from tunnelop.contract.table import TABLE_SHARDS, TableEntry, shard_of
 from tunnelop.controllers.caches import slim_tunnel
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.watches import on_tunnel
@@ -102,9 +104,15 @@ async def test_a_relay_table_write_of_this_process_is_known_by_its_version():
     relays = {"edge-1": relay}
     tables = RelayTables(kube, "tunnelop-relays", AllocationTable(), relays, lambda _: None, 0)  # type: ignore[arg-type]
     await tables.flush("edge-1")
-    assert tables.is_own_write("edge-1", "1")
-    assert not tables.is_own_write("edge-1", "2")  # anyone else's: parsed and compared
-    assert not tables.is_own_write("edge-2", "1") and not tables.is_own_write("edge-1", None)
+    assert kube.version == TABLE_SHARDS  # every shard once
+    versions = [str(v) for v in range(1, TABLE_SHARDS + 1)]
+    own = [
+        (s, v) for s in range(TABLE_SHARDS) for v in versions if tables.is_own_write("edge-1", s, v)
+    ]
+    assert sorted(s for s, _ in own) == list(range(TABLE_SHARDS))  # each shard knows its own
+    assert sorted(v for _, v in own) == sorted(versions)
+    assert not tables.is_own_write("edge-1", 0, "99")  # anyone else's: parsed and compared
+    assert not tables.is_own_write("edge-2", 0, "1") and not tables.is_own_write("edge-1", 0, None)
 
 
 class StatusKube:
@@ -190,10 +198,16 @@ async def test_a_relay_table_is_written_at_once_after_a_quiet_spell_and_batched_
     loop = asyncio.get_running_loop()
     started = loop.time()
     await tables.flush("edge-1")  # nothing written for a while: no wait
-    assert loop.time() - started < debounce / 2 and kube.version == 1
+    assert loop.time() - started < debounce / 2 and kube.version == TABLE_SHARDS
+    await tables.flush("edge-1")  # nothing changed: no write, no wait
+    assert loop.time() - started < debounce / 2 and kube.version == TABLE_SHARDS
+    # Five tunnels of one shard, right after: one write, after the debounce.
+    names = [n for n in (f"t{i}" for i in range(200)) if shard_of("team", n) == 3][:5]
+    for port, name in enumerate(names, 20000):
+        tables.set_entry("edge-1", TableEntry("team", name, "0" * 64, "tcp", remote_port=port))
     started = loop.time()
-    await asyncio.gather(*(tables.flush("edge-1") for _ in range(5)))  # right after: one write
-    assert kube.version == 2 and loop.time() - started >= debounce * 0.9
+    await asyncio.gather(*(tables.sync("edge-1", ("team", n)) for n in names))
+    assert kube.version == TABLE_SHARDS + 1 and loop.time() - started >= debounce * 0.9
 
 
 async def test_a_foreign_table_is_rewritten_even_when_the_first_rewrite_fails(monkeypatch):
@@ -231,16 +245,19 @@ async def test_a_foreign_table_is_rewritten_even_when_the_first_rewrite_fails(mo
         lambda _: None,
         0,
     )
-    tables.remember_written("edge-1", {})
+    for shard in range(TABLE_SHARDS):
+        tables.remember_written("edge-1", shard, {})
     intruder = TableEntry(
         namespace="evil", name="x", protocol="tcp", remote_port=20001, token_sha256="0" * 64
     )
-    tables.observed("edge-1", {("evil", "x"): intruder})
+    shard = shard_of("evil", "x")
+    tables.observed("edge-1", shard, {("evil", "x"): intruder})
     for _ in range(50):
         if kube.written:
             break
         await real_sleep(0.01)
     assert len(kube.written) == 1  # refused once, then written
-    assert tables._written["edge-1"] == {}  # the intruder is gone from the table
+    assert tables._written[("edge-1", shard)] == {}  # the intruder is gone from the table
+    assert kube.written[0]["metadata"]["name"] == table_secret_name("edge-1", shard)
     await real_sleep(0)
     assert not tables._background

@@ -54,6 +54,16 @@ class TableIndex:
             by_proxy[allowed.proxy_name] = allowed
         return cls(relay, by_tunnel, by_proxy)
 
+    @classmethod
+    def union(cls, relay: str, shards: Iterable[TableIndex]) -> TableIndex:
+        """The index of a whole table from its shards' (a tunnel is in one shard only)."""
+        by_tunnel: dict[str, Allowed] = {}
+        by_proxy: dict[str, Allowed] = {}
+        for shard in shards:
+            by_tunnel.update(shard.by_tunnel)
+            by_proxy.update(shard.by_proxy)
+        return cls(relay, by_tunnel, by_proxy)
+
     def __len__(self) -> int:
         return len(self.by_tunnel)
 

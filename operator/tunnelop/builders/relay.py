@@ -52,7 +52,7 @@ from tunnelop.contract.naming import (
     relay_selector,
     table_secret_name,
 )
-from tunnelop.contract.table import TableEntry, table_json
+from tunnelop.contract.table import TABLE_SHARDS, TableEntry, table_json
 from tunnelop.domain.relayview import POOL_LABEL
 
 # The API server refuses Secrets whose data exceeds 1 MiB.
@@ -172,7 +172,7 @@ def build_service_account(relay: RelayNode, namespace: str) -> dict[str, Any]:
 
 
 def build_role(relay: RelayNode, namespace: str) -> dict[str, Any]:
-    """Read access to the relay's own table Secret and nothing else: the pod is
+    """Read access to the relay's own table Secrets (its shards) and nothing else: the pod is
     internet-facing. (list and watch with resourceNames work with a
     metadata.name field selector.)"""
     relay_name = _relay_name(relay)
@@ -184,7 +184,9 @@ def build_role(relay: RelayNode, namespace: str) -> dict[str, Any]:
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
-                "resourceNames": [table_secret_name(relay_name)],
+                "resourceNames": [
+                    table_secret_name(relay_name, shard) for shard in range(TABLE_SHARDS)
+                ],
                 "verbs": ["get", "list", "watch"],
             }
         ],
@@ -499,16 +501,17 @@ def build_service(
 
 
 def build_table_secret(
-    relay: RelayNode, namespace: str, entries: list[TableEntry]
+    relay: RelayNode, namespace: str, entries: list[TableEntry], shard: int
 ) -> dict[str, Any]:
-    """Secret relay-<r>-table: the allocation table the agent enforces, key table.json."""
+    """Secret relay-<r>-table[-<shard>]: one shard of the allocation table the agent
+    enforces, key table.json."""
     relay_name = _relay_name(relay)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _relay_metadata(relay, namespace, table_secret_name(relay_name)),
+        "metadata": _relay_metadata(relay, namespace, table_secret_name(relay_name, shard)),
         "type": "Opaque",
-        "data": _secret_data({TABLE_KEY: table_json(relay_name, entries)}),
+        "data": _secret_data({TABLE_KEY: table_json(relay_name, entries, shard)}),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import tunnelop
+from tunnelop.contract.table import TABLE_SHARDS
 
 # On every object of a relay and on its pod template; the value is the RelayNode's name.
 RELAY_LABEL = "tunnelop.dev/relay"
@@ -124,9 +125,26 @@ def config_secret_name(relay: str) -> str:
     return f"relay-{relay}-config"
 
 
-def table_secret_name(relay: str) -> str:
-    """The relay's allocation table, the only object its agent may read."""
-    return f"relay-{relay}-table"
+def table_secret_name(relay: str, shard: int = 0) -> str:
+    """A shard of the relay's allocation table; the shards are the only objects its agent may
+    read. Shard 0 keeps the name of the single table of earlier versions."""
+    return shard_secret_name(f"relay-{relay}-table", shard)
+
+
+def shard_secret_name(first: str, shard: int) -> str:
+    """The Secret of a table's shard, from the name of its first: `<first>-<shard>`."""
+    return first if shard == 0 else f"{first}-{shard}"
+
+
+def table_shard_of_secret(relay: str, secret: str) -> int | None:
+    """Which shard of the relay's table a Secret of that name holds (None: none)."""
+    base = table_secret_name(relay)
+    if secret == base:
+        return 0
+    prefix, _, number = secret.rpartition("-")
+    if prefix != base or not number.isdigit() or number != str(int(number)):
+        return None
+    return int(number) if 0 < int(number) < TABLE_SHARDS else None
 
 
 def credentials_secret_name(tunnel: str) -> str:

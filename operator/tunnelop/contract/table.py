@@ -1,6 +1,10 @@
-"""The allocation table as it travels from the operator to a relay's agent: one JSON document
-in the relay's table Secret, key table.json. Only token digests, never tokens: the relay pod is
-internet-facing."""
+"""The allocation table as it travels from the operator to a relay's agent: TABLE_SHARDS JSON
+documents, one per table Secret of the relay (key table.json), each holding the tunnels whose
+key hashes to its shard. Only token digests, never tokens: the relay pod is internet-facing.
+
+Why shards: a tunnel's change rewrites only its shard, an eighth of the relay's table, and a
+relay of a thousand tunnels was a 270 KB write per new tunnel at a steady stream (decision
+0012)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import functools
 import hashlib
 import itertools
 import json
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +22,17 @@ def token_sha256(token: str) -> str:
     """How a tunnel token appears in the relay's table: the relay pod is internet-facing, so
     it only ever sees digests."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# Every relay's table is split over this many Secrets. Fixed: the operator and the agent must
+# agree on it, and each document says it, so that a mismatch is refused rather than guessed.
+TABLE_SHARDS = 8
+
+
+def shard_of(namespace: str, name: str) -> int:
+    """The shard a tunnel's entry lives in: stable across processes and versions (crc32, not
+    Python's salted hash), so a tunnel never moves between shards."""
+    return zlib.crc32(f"{namespace}/{name}".encode()) % TABLE_SHARDS
 
 
 # The API server refuses a Secret whose data exceeds 1 MiB; the table keeps a margin for the
@@ -96,24 +112,72 @@ class TableEntry:
         )
 
 
-def parse_table_json(text: str | bytes) -> tuple[str, list[TableEntry]]:
-    """table.json -> (relay name, entries); the inverse of table_json."""
+@dataclass(frozen=True)
+class TableDocument:
+    """One shard of a relay's table, as read from its Secret."""
+
+    relay: str
+    shard: int
+    entries: list[TableEntry]
+
+
+def parse_table_json(text: str | bytes) -> TableDocument:
+    """table.json -> its relay, shard and entries; the inverse of table_json. Refuses
+    (ValueError) a document of another shard count, or naming a tunnel of another shard: an
+    entry must be in exactly one place."""
     data = json.loads(text)
-    return data["relay"], [TableEntry.from_json(t) for t in data["tunnels"]]
+    relay, shard, shards = data["relay"], data["shard"], data["shards"]
+    if shards != TABLE_SHARDS or not isinstance(shard, int) or not 0 <= shard < shards:
+        raise ValueError(
+            f"table of relay {relay!r}: shard {shard!r} of {shards!r}; this version splits "
+            f"tables in {TABLE_SHARDS} shards, 0 to {TABLE_SHARDS - 1}"
+        )
+    entries = [TableEntry.from_json(t) for t in data["tunnels"]]
+    for entry in entries:
+        if shard_of(entry.namespace, entry.name) != shard:
+            raise ValueError(
+                f"table of relay {relay!r}, shard {shard}: tunnel "
+                f"{entry.namespace}/{entry.name} belongs to shard "
+                f"{shard_of(entry.namespace, entry.name)}"
+            )
+    return TableDocument(relay, shard, entries)
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
-def table_json(relay_name: str, entries: Iterable[TableEntry]) -> str:
-    """{"relay": r, "tunnels": [...]}, sorted by namespace/name, one tunnel per line: compact
-    for relays with thousands of tunnels, and readable and diffable all the same."""
+def split_by_shard(entries: Iterable[TableEntry]) -> list[list[TableEntry]]:
+    """The entries of a relay's table, by shard (TABLE_SHARDS lists, empty ones included)."""
+    shards: list[list[TableEntry]] = [[] for _ in range(TABLE_SHARDS)]
+    for entry in entries:
+        shards[shard_of(entry.namespace, entry.name)].append(entry)
+    return shards
+
+
+def table_documents(relay_name: str, entries: Iterable[TableEntry]) -> list[str]:
+    """A whole table as its TABLE_SHARDS documents, in shard order."""
+    return [
+        table_json(relay_name, part, shard) for shard, part in enumerate(split_by_shard(entries))
+    ]
+
+
+def table_json(relay_name: str, entries: Iterable[TableEntry], shard: int) -> str:
+    """{"relay": r, "shard": k, "shards": n, "tunnels": [...]}, sorted by namespace/name, one
+    tunnel per line: compact for relays with thousands of tunnels, and readable and diffable
+    all the same. Every entry must belong to `shard`."""
     ordered = sorted(entries, key=lambda e: (e.namespace, e.name))
+    for entry in ordered:
+        if shard_of(entry.namespace, entry.name) != shard:
+            raise ValueError(f"tunnel {entry.namespace}/{entry.name} is not of shard {shard}")
     for previous, entry in itertools.pairwise(ordered):
         if (previous.namespace, previous.name) == (entry.namespace, entry.name):
             raise ValueError(f"tunnel {entry.namespace}/{entry.name} is in the table twice")
     lines = [e.line for e in ordered]
-    head = '{"relay":' + json.dumps(relay_name) + ',"tunnels":['
+    head = (
+        '{"relay":'
+        + json.dumps(relay_name)
+        + f',"shard":{shard},"shards":{TABLE_SHARDS},"tunnels":['
+    )
     if not lines:
         return head + "]}\n"
     return head + "\n" + ",\n".join(lines) + "\n]}\n"

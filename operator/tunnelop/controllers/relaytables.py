@@ -1,5 +1,5 @@
-"""The writer of each relay's allocation table Secret (what its agent enforces) and of its
-Service (whose ports follow the table): the one writer of both. Bursts are coalesced: a tunnel
+"""The writer of each relay's allocation table Secrets (what its agent enforces, one per
+shard) and of its Service (whose ports follow the table): the one writer of both. Bursts are coalesced: a tunnel
 reconcile sets its entry and awaits the write that includes it, and many tunnels share one
 write. Every write tells the allocation table what the relay may hold while it is in flight
 and once it is confirmed (decision 0006)."""
@@ -13,7 +13,7 @@ from typing import Any
 
 from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.builders.relay import build_service, build_table_secret
-from tunnelop.contract.table import TableEntry
+from tunnelop.contract.table import TABLE_SHARDS, TableEntry, shard_of
 from tunnelop.domain.scheduling import AllocationTable, TunnelKey
 from tunnelop.platform import logs
 from tunnelop.platform.kube import Kube, KubeError
@@ -43,10 +43,13 @@ class RelayModels:
         self._parsed.pop(name, None)
 
 
+Shard = tuple[str, int]  # (relay, shard index)
+
+
 class RelayTables:
-    """Writes each relay's allocation table Secret (what its agent enforces) and the ports of
-    its Service, coalescing bursts: a tunnel reconcile sets its entry and awaits the write
-    that includes it, and many tunnels share one write."""
+    """Writes each relay's allocation table Secrets (what its agent enforces), one per shard,
+    and the ports of its Service, coalescing bursts: a tunnel reconcile sets its entry and
+    awaits the write of its shard that includes it, and many tunnels share one write."""
 
     def __init__(
         self,
@@ -64,46 +67,85 @@ class RelayTables:
         self.written = written  # called with the relay after each write
         self.debounce = debounce
         self.models = RelayModels()
-        self.desired: dict[str, dict[TunnelKey, TableEntry]] = {}
-        self._written: dict[str, dict[TunnelKey, TableEntry]] = {}
+        self._desired: dict[Shard, dict[TunnelKey, TableEntry]] = {}
+        self._written: dict[Shard, dict[TunnelKey, TableEntry]] = {}
         self._applied_services: dict[str, dict[str, Any]] = {}
-        self._in_flight: dict[str, dict[TunnelKey, TableEntry]] = {}
-        self._recent: dict[str, collections.deque[dict[TunnelKey, TableEntry]]] = {}
-        # The resourceVersions of this process's recent writes of each table Secret: the
-        # watch event of one of them needs no parsing (a full table, on every write).
-        self._own_versions: dict[str, collections.deque[str]] = {}
+        self._in_flight: dict[Shard, dict[TunnelKey, TableEntry]] = {}
+        self._recent: dict[Shard, collections.deque[dict[TunnelKey, TableEntry]]] = {}
+        # The resourceVersions of this process's recent writes of each shard's Secret: the
+        # watch event of one of them needs no parsing.
+        self._own_versions: dict[Shard, collections.deque[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # The relay Services as last written, and why the API server refused one.
         self.services: dict[str, dict[str, Any]] = {}
         self.service_errors: dict[str, str] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._writers: dict[str, asyncio.Task[None]] = {}
-        self._last_write: dict[str, float] = {}  # loop time each relay's last write ended
+        self._waiters: dict[Shard, list[asyncio.Future[None]]] = {}
+        self._writers: dict[Shard, asyncio.Task[None]] = {}
+        self._last_write: dict[Shard, float] = {}  # loop time each shard's last write ended
+
+    # ---- what each relay's table should hold ---------------------------------------------
 
     def set_entry(self, relay: str, entry: TableEntry) -> None:
-        self.desired.setdefault(relay, {})[(entry.namespace, entry.name)] = entry
+        shard = (relay, shard_of(entry.namespace, entry.name))
+        self._desired.setdefault(shard, {})[(entry.namespace, entry.name)] = entry
 
     def drop_entry(self, relay: str, key: TunnelKey) -> None:
-        self.desired.get(relay, {}).pop(key, None)
+        self._desired.get((relay, shard_of(*key)), {}).pop(key, None)
+
+    def desired(self, relay: str) -> dict[TunnelKey, TableEntry]:
+        """Everything the relay's table should hold, all shards together."""
+        entries: dict[TunnelKey, TableEntry] = {}
+        for shard in range(TABLE_SHARDS):
+            entries.update(self._desired.get((relay, shard), {}))
+        return entries
+
+    def written_entries(
+        self, relay: str, instead: tuple[int, dict[TunnelKey, TableEntry]] | None = None
+    ) -> dict[TunnelKey, TableEntry]:
+        """What the relay's table Secrets hold as last written, all shards together (with
+        `instead`: one shard as it is being written)."""
+        entries: dict[TunnelKey, TableEntry] = {}
+        for shard in range(TABLE_SHARDS):
+            if instead is not None and instead[0] == shard:
+                entries.update(instead[1])
+            else:
+                entries.update(self._written.get((relay, shard), {}))
+        return entries
+
+    def _holding(self, relay: str) -> list[TableEntry]:
+        """What the relay's agent may enforce right now: every shard as written, and every
+        shard write in flight (a reply lost on the way may hide a write that landed)."""
+        entries = []
+        for shard in range(TABLE_SHARDS):
+            entries += self._written.get((relay, shard), {}).values()
+            entries += self._in_flight.get((relay, shard), {}).values()
+        return entries
 
     async def remove_everywhere(self, key: TunnelKey) -> None:
         """Return once no relay's table Secret names the key."""
-        relays = [r for r, entries in self.desired.items() if key in entries]
-        relays += [r for r, entries in self._written.items() if key in entries and r not in relays]
+        number = shard_of(*key)
+        relays = {
+            relay
+            for (relay, shard), entries in [*self._desired.items(), *self._written.items()]
+            if shard == number and key in entries
+        }
         for relay in relays:
             self.drop_entry(relay, key)
-        await asyncio.gather(*(self.sync(relay, key) for relay in relays))
+        await asyncio.gather(*(self.sync(relay, key) for relay in sorted(relays)))
 
     def in_sync(self, relay: str, key: TunnelKey) -> bool:
-        return self._written.get(relay, {}).get(key) == self.desired.get(relay, {}).get(key)
+        shard = (relay, shard_of(*key))
+        return self._written.get(shard, {}).get(key) == self._desired.get(shard, {}).get(key)
 
-    def remember_written(self, relay: str, entries: dict[TunnelKey, TableEntry]) -> None:
-        """At start-up: what the relay's Secret holds already. It holds its ports and
+    def remember_written(
+        self, relay: str, shard: int, entries: dict[TunnelKey, TableEntry]
+    ) -> None:
+        """At start-up: what a shard's Secret holds already. It holds its ports and
         subdomains until a write without them succeeds; `desired` starts from it, and
         `prune` then drops what no live allocation accounts for."""
-        self._written[relay] = dict(entries)
-        self.desired[relay] = dict(entries)
-        self.table.table_written(relay, entries.values())
+        self._written[(relay, shard)] = dict(entries)
+        self._desired[(relay, shard)] = dict(entries)
+        self.table.table_written(relay, self._holding(relay))
 
     def prune(self) -> list[str]:
         """Drop from each relay's desired table every entry that no allocation on that relay
@@ -111,8 +153,8 @@ class RelayTables:
         moved, entries of a crash between a table write and a status write that the restore
         did not adopt. Returns the relays whose table must be rewritten."""
         table = self.table
-        stale = []
-        for relay, entries in self.desired.items():
+        stale = set()
+        for (relay, shard), entries in self._desired.items():
             keep = {}
             for key, entry in entries.items():
                 alloc = table.allocation_of(key)
@@ -123,129 +165,165 @@ class RelayTables:
                 ):
                     keep[key] = entry
             if len(keep) != len(entries):
-                self.desired[relay] = keep
-                stale.append(relay)
-        return stale
+                self._desired[(relay, shard)] = keep
+                stale.add(relay)
+        return sorted(stale)
 
-    def is_own_write(self, relay: str, resource_version: str | None) -> bool:
-        """Whether the table Secret at `resource_version` is one this process wrote."""
+    # ---- what someone else wrote ----------------------------------------------------------
+
+    def is_own_write(self, relay: str, shard: int, resource_version: str | None) -> bool:
+        """Whether the shard's Secret at `resource_version` is one this process wrote."""
         return resource_version is not None and resource_version in self._own_versions.get(
-            relay, ()
+            (relay, shard), ()
         )
 
-    def observed(self, relay: str, entries: dict[TunnelKey, TableEntry] | None) -> None:
-        """The relay's table Secret as watched (None: deleted). Anything but what this
-        process wrote, or is writing, holds what it names and is overwritten at once."""
-        if relay not in self.relays or relay not in self._written:
+    def observed(self, relay: str, shard: int, entries: dict[TunnelKey, TableEntry] | None) -> None:
+        """A shard's Secret as watched (None: deleted). Anything but what this process wrote,
+        or is writing, holds what it names and is overwritten at once."""
+        at = (relay, shard)
+        if relay not in self.relays or at not in self._written:
             return  # not set up yet, or gone: the relay controller writes it first
         current = entries or {}
-        if current == self._written[relay] or current == self._in_flight.get(relay):
+        if current == self._written[at] or current == self._in_flight.get(at):
             return
-        if current in self._recent.get(relay, ()):
+        if current in self._recent.get(at, ()):
             return  # one of this process's own writes (the watch may lag a write or two)
-        log.warning("relay table changed by someone else; rewriting it", relay=relay)
+        log.warning("relay table changed by someone else; rewriting it", relay=relay, shard=shard)
         self.table.table_writing(relay, current.values())
-        self._written[relay] = current
-        task = asyncio.create_task(self._rewrite(relay))
+        self._written[at] = current
+        task = asyncio.create_task(self._rewrite(at))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _rewrite(self, relay: str) -> None:
-        """Write the relay's table until a write lands (or the relay is gone): no tunnel
-        reconcile may come to do it, and what someone else wrote must not stay."""
+    async def _rewrite(self, at: Shard) -> None:
+        """Write the shard until a write lands (or the relay is gone): no tunnel reconcile may
+        come to do it, and what someone else wrote must not stay."""
         delay = 1.0
-        while relay in self.relays:
+        while at[0] in self.relays:
             try:
-                await self.flush(relay)
+                await self._flush_shard(at)
                 return
             except Exception as exc:  # the API server away, say: try again, slower
-                log.warning("relay table rewrite failed; retrying", relay=relay, error=str(exc))
+                log.warning(
+                    "relay table rewrite failed; retrying",
+                    relay=at[0],
+                    shard=at[1],
+                    error=str(exc),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     def forget(self, relay: str) -> None:
         self.models.forget(relay)
-        self.desired.pop(relay, None)
-        self._written.pop(relay, None)
-        self._recent.pop(relay, None)
-        self._own_versions.pop(relay, None)
-        self._last_write.pop(relay, None)
+        for shard in range(TABLE_SHARDS):
+            at = (relay, shard)
+            for state in (
+                self._desired,
+                self._written,
+                self._recent,
+                self._own_versions,
+                self._last_write,
+            ):
+                state.pop(at, None)
         self._applied_services.pop(relay, None)
         self.services.pop(relay, None)
         self.service_errors.pop(relay, None)
 
+    # ---- writing ----------------------------------------------------------------------------
+
     async def sync(self, relay: str, key: TunnelKey) -> None:
-        """Return once the relay's table Secret holds the key's current entry (or its
-        absence); free when it already does."""
-        if relay in self._written and self.in_sync(relay, key):
+        """Return once the relay's table holds the key's current entry (or its absence); free
+        when it already does."""
+        at = (relay, shard_of(*key))
+        if at in self._written and self.in_sync(relay, key):
             return
-        await self.flush(relay)
+        await self._flush_shard(at)
 
     async def ensure(self, relay: str) -> None:
-        """Write the relay's table once if it never was: a new relay's agent needs a table,
-        even an empty one, to know it is not missing one."""
-        if relay not in self._written:
-            await self.flush(relay)
+        """Write every shard once if it never was: a new relay's agent needs its whole table,
+        even empty, to know it is not missing one."""
+        await asyncio.gather(
+            *(
+                self._flush_shard((relay, shard))
+                for shard in range(TABLE_SHARDS)
+                if (relay, shard) not in self._written
+            )
+        )
 
     async def flush(self, relay: str) -> None:
-        """Return once the relay's table Secret holds everything set before this call."""
+        """Return once the relay's table Secrets hold everything set before this call: each
+        shard that differs from its last write, or has one in flight, is written."""
+        await asyncio.gather(
+            *(
+                self._flush_shard((relay, shard))
+                for shard in range(TABLE_SHARDS)
+                if (relay, shard) not in self._written
+                or (relay, shard) in self._in_flight
+                or self._written[(relay, shard)] != self._desired.get((relay, shard), {})
+            )
+        )
+
+    async def _flush_shard(self, at: Shard) -> None:
+        """Return once the shard's Secret holds everything set before this call."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(relay, []).append(future)
-        if relay not in self._writers or self._writers[relay].done():
-            self._writers[relay] = asyncio.create_task(self._write_loop(relay))
+        self._waiters.setdefault(at, []).append(future)
+        if at not in self._writers or self._writers[at].done():
+            self._writers[at] = asyncio.create_task(self._write_loop(at))
         await future
 
-    async def _write_loop(self, relay: str) -> None:
+    async def _write_loop(self, at: Shard) -> None:
+        relay = at[0]
         table = self.table
         loop = asyncio.get_running_loop()
-        while self._waiters.get(relay):
+        while self._waiters.get(at):
             # At most one write per `debounce` seconds, counted from the end of the last:
             # during a burst many tunnels join each write, and a lone tunnel after a quiet
             # spell is written at once instead of waiting for company that does not come.
-            wait = self._last_write.get(relay, -self.debounce) + self.debounce - loop.time()
+            wait = self._last_write.get(at, -self.debounce) + self.debounce - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            waiters, self._waiters[relay] = self._waiters[relay], []
-            snapshot = dict(self.desired.get(relay, {}))
-            # Until the API server confirms, the old and the new table may both be in force:
-            # what either names stays held (a reply lost on the way may hide a write that
-            # landed).
+            waiters, self._waiters[at] = self._waiters[at], []
+            snapshot = dict(self._desired.get(at, {}))
+            # Until the API server confirms, the old and the new version may both be in
+            # force: what either names stays held.
             table.table_writing(relay, snapshot.values())
-            self._in_flight[relay] = snapshot
+            self._in_flight[at] = snapshot
             try:
-                await self._write(relay, snapshot)
+                await self._write(at, snapshot)
             except Exception as exc:
                 for w in waiters:
                     if not w.done():
                         w.set_exception(exc)
                 continue
             finally:
-                self._in_flight.pop(relay, None)
-                self._last_write[relay] = loop.time()  # a failed write too: no hot retry
-            table.table_written(relay, snapshot.values())
-            self._written[relay] = snapshot
-            self._recent.setdefault(relay, collections.deque(maxlen=3)).append(snapshot)
+                self._in_flight.pop(at, None)
+                self._last_write[at] = loop.time()  # a failed write too: no hot retry
+            self._written[at] = snapshot
+            table.table_written(relay, self._holding(relay))
+            self._recent.setdefault(at, collections.deque(maxlen=3)).append(snapshot)
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
 
-    async def _write(self, relay: str, entries: dict[TunnelKey, TableEntry]) -> None:
-        """The table Secret (what the agent enforces), then the Service's tunnel ports. The
+    async def _write(self, at: Shard, entries: dict[TunnelKey, TableEntry]) -> None:
+        """The shard's Secret (what the agent enforces), then the Service's tunnel ports. The
         Service may be refused (the cluster's node ports exhausted, say) without holding up
         the table: deletions and the other tunnels go on, and the relay reports it."""
+        relay, shard = at
         relay_body = self.relays.get(relay)
         if relay_body is None:
             return  # the relay is gone; its table went with it
         model = self.models.of(relay_body)
         written = await self.kube.overwrite(
-            build_table_secret(model, self.namespace, list(entries.values()))
+            build_table_secret(model, self.namespace, list(entries.values()), shard)
         )
         version = ((written or {}).get("metadata") or {}).get("resourceVersion")
         if version:
-            self._own_versions.setdefault(relay, collections.deque(maxlen=8)).append(version)
-        await self.write_service(relay, entries)
+            self._own_versions.setdefault(at, collections.deque(maxlen=8)).append(version)
+        if model.spec.exposure.type != "HostNetwork":  # else no Service: skip the gathering
+            await self.write_service(relay, self.written_entries(relay, (shard, entries)))
         self.written(relay)
-        log.debug("relay table written", relay=relay, tunnels=len(entries))
+        log.debug("relay table written", relay=relay, shard=shard, tunnels=len(entries))
 
     async def write_service(
         self, relay: str, entries: dict[TunnelKey, TableEntry] | None = None
@@ -259,7 +337,7 @@ class RelayTables:
         if model.spec.exposure.type == "HostNetwork":
             return  # the pod is its own face: no Service (and no ports to gather per write)
         if entries is None:
-            entries = self._written.get(relay, {})
+            entries = self.written_entries(relay)
         ports = sorted(
             {
                 (e.remote_port, "UDP" if e.protocol == "udp" else "TCP")

@@ -152,8 +152,8 @@ async def restore(rt: Runtime) -> None:
         found = _read_table(body)
         if found is None:
             continue
-        relay, entries = found
-        rt.tables.remember_written(relay, entries)
+        relay, shard, entries = found
+        rt.tables.remember_written(relay, shard, entries)
         for key, entry in entries.items():
             in_tables.setdefault(key, []).append((relay, entry))
     async for page, _ in rt.kube.pages("/api/v1/secrets", labels=TUNNEL_LABEL):
@@ -248,18 +248,32 @@ def _remember_credentials(rt: Runtime, body: dict[str, Any]) -> None:
     rt.credential_checksums[key] = config_checksum(frpc_toml, token)
 
 
-def _read_table(body: dict[str, Any]) -> tuple[str, dict[TunnelKey, TableEntry]] | None:
-    """A relay's table Secret -> (relay, entries), None for any other Secret of a relay."""
+def _table_shard(body: dict[str, Any]) -> tuple[str, int] | None:
+    """(relay, shard) of a relay's table Secret, None for any other Secret of a relay."""
     relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
+    shard = naming.table_shard_of_secret(relay, body["metadata"]["name"]) if relay else None
+    return None if relay is None or shard is None else (relay, shard)
+
+
+def _read_table(body: dict[str, Any]) -> tuple[str, int, dict[TunnelKey, TableEntry]] | None:
+    """A shard of a relay's table Secret -> (relay, shard, entries), None for any other
+    Secret of a relay. One that cannot be read (or holds another shard) counts as empty: it
+    is rewritten."""
+    at = _table_shard(body)
     raw = (body.get("data") or {}).get(naming.TABLE_KEY)
-    if not relay or not raw or body["metadata"]["name"] != naming.table_secret_name(relay):
+    if at is None or not raw:
         return None
+    relay, shard = at
     try:
-        _, entries = parse_table_json(base64.b64decode(raw))
-    except (ValueError, KeyError, TypeError):
-        log.warning("relay table unreadable; it is rewritten", relay=relay)
-        return relay, {}
-    return relay, {(e.namespace, e.name): e for e in entries}
+        document = parse_table_json(base64.b64decode(raw))
+        if document.shard != shard:
+            raise ValueError(f"holds shard {document.shard}")
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning(
+            "relay table unreadable; it is rewritten", relay=relay, shard=shard, error=str(exc)
+        )
+        return relay, shard, {}
+    return relay, shard, {(e.namespace, e.name): e for e in document.entries}
 
 
 # ---- watches ------------------------------------------------------------------------------
@@ -407,13 +421,13 @@ def on_relay_table(rt: Runtime, kind: str, body: dict[str, Any]) -> None:
     deleted, written by a process that lost its lease), what it names is held and it is
     rewritten."""
     assert rt.tables is not None
-    if kind == "DELETED":
-        relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
-        if relay and body["metadata"]["name"] == naming.table_secret_name(relay):
-            rt.tables.observed(relay, None)
+    at = _table_shard(body)
+    if at is None:
         return
-    relay = (body["metadata"].get("labels") or {}).get(naming.RELAY_LABEL)
-    if relay and rt.tables.is_own_write(relay, body["metadata"].get("resourceVersion")):
+    if kind == "DELETED":
+        rt.tables.observed(*at, None)
+        return
+    if rt.tables.is_own_write(*at, body["metadata"].get("resourceVersion")):
         return  # what this process wrote: nothing to compare
     found = _read_table(body)
     if found is not None:

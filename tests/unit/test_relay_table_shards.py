@@ -1,0 +1,102 @@
+"""A relay's table is written shard by shard (decision 0012). What the allocator holds for a
+relay must be every shard as written plus every shard write in flight: one shard's confirmed
+write may not free what another shard's Secret still names."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from support.objects import relay_node
+from tunnelop.api.v1alpha1 import PortSpan
+from tunnelop.contract.naming import table_secret_name
+from tunnelop.contract.table import TableEntry, shard_of
+from tunnelop.controllers.relaytables import RelayTables
+from tunnelop.domain.relayview import RelayView
+from tunnelop.domain.scheduling import Allocation, AllocationTable, TunnelRequest
+
+RELAY = "r1"
+
+
+class GatedKube:
+    """Answers table writes at once, except those of a gated Secret name, which wait."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.gates: dict[str, asyncio.Event] = {}
+        self.names: list[str] = []
+
+    async def overwrite(self, obj: dict[str, Any]) -> dict[str, Any]:
+        name = obj["metadata"]["name"]
+        if name in self.gates:
+            await self.gates[name].wait()
+        self.version += 1
+        self.names.append(name)
+        return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.version)}}
+
+
+def two_keys_of_two_shards() -> tuple[tuple[str, str], tuple[str, str]]:
+    first = ("ns", "a")
+    other = next(("ns", f"b{i}") for i in range(100) if shard_of("ns", f"b{i}") != shard_of(*first))
+    return first, other
+
+
+def setup() -> tuple[AllocationTable, RelayTables, GatedKube]:
+    table = AllocationTable()
+    table.upsert_relay(
+        RelayView(name=RELAY, protocols=("tcp",), port_range=PortSpan(100, 102), http_domain=None)
+    )
+    body = relay_node(RELAY)
+    body["metadata"]["uid"] = "u-1"
+    kube = GatedKube()
+    tables = RelayTables(kube, "relays", table, {RELAY: body}, lambda _: None, 0)  # type: ignore[arg-type]
+    return table, tables, kube
+
+
+async def place(table: AllocationTable, tables: RelayTables, key: tuple[str, str]) -> Allocation:
+    alloc = table.schedule(TunnelRequest(key=key, protocol="tcp"))
+    assert isinstance(alloc, Allocation)
+    tables.set_entry(RELAY, TableEntry(*key, "0" * 64, "tcp", remote_port=alloc.port))
+    await tables.sync(RELAY, key)
+    return alloc
+
+
+async def test_a_confirmed_shard_does_not_free_what_another_shard_still_names():
+    table, tables, kube = setup()
+    await tables.ensure(RELAY)
+    first, other = two_keys_of_two_shards()
+    held = await place(table, tables, first)
+
+    # The first tunnel is deleted: its shard's rewrite is stuck on the way.
+    gate = kube.gates[table_secret_name(RELAY, shard_of(*first))] = asyncio.Event()
+    table.release(first)
+    removal = asyncio.create_task(tables.remove_everywhere(first))
+    await asyncio.sleep(0.01)
+    assert not removal.done()
+
+    # Another shard's write lands meanwhile: the first shard's Secret still names the port.
+    await place(table, tables, other)
+    assert first in table.table_holders(RELAY)
+    third = table.schedule(TunnelRequest(key=("ns", "c"), protocol="tcp"))
+    assert isinstance(third, Allocation) and third.port != held.port
+    fourth = table.schedule(TunnelRequest(key=("ns", "d"), protocol="tcp"))
+    assert not isinstance(fourth, Allocation)  # the only port left is still named
+
+    gate.set()
+    await removal
+    assert first not in table.table_holders(RELAY)
+    again = table.schedule(TunnelRequest(key=("ns", "d"), protocol="tcp"))
+    assert isinstance(again, Allocation) and again.port == held.port
+
+
+async def test_a_tunnel_change_rewrites_only_its_shard():
+    table, tables, kube = setup()
+    await tables.ensure(RELAY)
+    assert len(kube.names) == len(set(kube.names)) == 8  # every shard once, even empty
+    first, _ = two_keys_of_two_shards()
+    kube.names.clear()
+    await place(table, tables, first)
+    assert kube.names == [table_secret_name(RELAY, shard_of(*first))]
+    kube.names.clear()
+    await tables.flush(RELAY)  # nothing changed
+    assert kube.names == []
