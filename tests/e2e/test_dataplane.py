@@ -421,14 +421,17 @@ async def test_relay_agent_is_least_privileged(relay, relay_namespace):
 
     assert can("get", f"secret/relay-{relay_name}-table", "-n", relay_namespace)
     assert can("watch", f"secret/relay-{relay_name}-table", "-n", relay_namespace)
+    assert can("watch", f"secret/relay-{relay_name}-table-7", "-n", relay_namespace)
+    assert not can("get", f"secret/relay-{relay_name}-table-8", "-n", relay_namespace)
     assert not can("get", f"secret/relay-{relay_name}-config", "-n", relay_namespace)
     assert not can("list", "secrets", "-n", relay_namespace)
     assert not can("get", "secrets", "-A")
     assert not can("update", f"secret/relay-{relay_name}-table", "-n", relay_namespace)
     assert not can("get", "tunnels", "-A")
     # The table it reads has token digests only.
-    table = objects.secret_data(f"relay-{relay_name}-table", relay_namespace)["table.json"]
-    for entry in json.loads(table)["tunnels"]:
+    table = objects.relay_table(relay_name, relay_namespace)
+    assert table
+    for entry in table:
         assert set(entry) & {"token", "tokenSha256"} == {"tokenSha256"}
 
 
@@ -483,7 +486,7 @@ async def test_operator_restart_with_a_connected_client_writes_nothing(
                 [
                     objects.get("tunnel", "calm", namespace),
                     objects.get("secret", "calm-frpc", namespace),
-                    objects.get("secret", f"relay-{relay_name}-table", relay_namespace),
+                    *objects.relay_table_secrets(relay_name, relay_namespace),
                     objects.get("relaynode", relay_name),
                 ]
             )

@@ -30,8 +30,7 @@ def refusal(manifest: dict, namespace: str) -> str:
 
 
 def table(relay: str, relay_namespace: str) -> dict[tuple[str, str], dict]:
-    data = objects.secret_data(f"relay-{relay}-table", relay_namespace) or {}
-    entries = json.loads(data.get("table.json") or '{"tunnels": []}')["tunnels"]
+    entries = objects.relay_table(relay, relay_namespace)
     return {(e["namespace"], e["name"]): e for e in entries}
 
 
@@ -264,7 +263,7 @@ async def test_a_restart_with_waiting_tunnels_moves_nothing(
 
     def snapshot() -> dict[str, dict]:
         watched = objects.list_objects("tunnel", namespace)
-        watched.append(objects.get("secret", f"relay-{relay}-table", relay_namespace))
+        watched += objects.relay_table_secrets(relay, relay_namespace)
         return objects.snapshot_of(watched)
 
     before = snapshot()

@@ -17,6 +17,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from support import objects, tools
 from support.objects import relay_node, tunnel, wait_condition
 from support.operator import restart_settled
+from tunnelop.contract.table import TABLE_SHARDS
 
 RUN = uuid.uuid4().hex[:6]
 
@@ -49,7 +50,10 @@ async def test_relay_gets_its_workload_and_becomes_ready(
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": [f"relay-{name}-table"],
+            "resourceNames": [
+                f"relay-{name}-table",
+                *(f"relay-{name}-table-{shard}" for shard in range(1, TABLE_SHARDS)),
+            ],
             "verbs": ["get", "list", "watch"],
         }
     ]
@@ -156,8 +160,7 @@ async def test_deleting_a_tunnel_releases_its_port(
     tools.kubectl("delete", "tunnel", "a", "-n", namespace, "--timeout=30s")
     b = await wait_condition("tunnel", "b", namespace, "Ready")
     assert b["status"]["remotePort"] == 23003
-    table = objects.secret_data(f"relay-{name}-table", relay_namespace)
-    [entry] = json.loads(table["table.json"])["tunnels"]
+    [entry] = objects.relay_table(name, relay_namespace)
     token = objects.secret_data("b-frpc", namespace)["token"]
     assert (entry["name"], entry["remotePort"]) == ("b", 23003)
     assert entry["tokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
@@ -218,7 +221,7 @@ async def test_restart_with_everything_in_place_writes_nothing(
         watched = objects.list_objects("tunnel", namespace) + objects.list_objects(
             "secret", namespace, "tunnelop.dev/tunnel"
         )
-        watched.append(objects.get("secret", f"relay-{name}-table", relay_namespace))
+        watched += objects.relay_table_secrets(name, relay_namespace)
         watched.append(objects.get("relaynode", name))
         return objects.snapshot_of(watched)
 
@@ -234,7 +237,8 @@ async def test_a_table_changed_by_anyone_else_is_rewritten(
     name, placement = await ready_relay(f"rt-{RUN}", "26000-26009")
     objects.apply(tunnel("kept", **placement), namespace)
     await wait_condition("tunnel", "kept", namespace, "Ready")
-    secret = f"relay-{name}-table"
+    # The rogue entry goes into the Secret of its own shard: the operator reads it as a table.
+    secret = objects.table_secret_of(name, "elsewhere", "rogue")
     table = json.loads(objects.secret_data(secret, relay_namespace)["table.json"])
     rogue = {
         "namespace": "elsewhere",
@@ -249,8 +253,7 @@ async def test_a_table_changed_by_anyone_else_is_rewritten(
     tools.kubectl("patch", "secret", secret, "-n", relay_namespace, "-p", patch)
 
     def names() -> list[str]:
-        current = json.loads(objects.secret_data(secret, relay_namespace)["table.json"])
-        return [t["name"] for t in current["tunnels"]]
+        return [t["name"] for t in objects.relay_table(name, relay_namespace)]
 
     await objects.wait_for(lambda: names() == ["kept"], timeout=30, what="the rogue entry gone")
 
@@ -300,10 +303,8 @@ async def test_concurrent_tunnels_asking_for_one_custom_domain_get_it_one_at_a_t
         return found
 
     def holders_in_table() -> list[str]:
-        table = json.loads(
-            objects.secret_data(f"relay-{name}-table", relay_namespace)["table.json"]
-        )
-        return [t["namespace"] for t in table["tunnels"] if domain in t.get("customDomains", [])]
+        table = objects.relay_table(name, relay_namespace)
+        return [t["namespace"] for t in table if domain in t.get("customDomains", [])]
 
     try:
         refusals = await asyncio.gather(*(create(ns) for ns in namespaces))

@@ -10,6 +10,8 @@ import tomllib
 from typing import Any
 
 from support import tools
+from tunnelop.contract.naming import RELAY_LABEL, table_secret_name
+from tunnelop.contract.table import TABLE_SHARDS, shard_of
 
 GROUP_VERSION = "tunnelop.dev/v1alpha1"
 
@@ -158,6 +160,28 @@ def set_suspended(tunnel_name: str, namespace: str, suspended: bool) -> None:
 def secret_data(name: str, namespace: str) -> dict[str, str]:
     secret = get("secret", name, namespace) or {}
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def relay_table_secrets(relay: str, namespace: str) -> list[dict[str, Any]]:
+    """The Secrets of a relay's table, one per shard that exists, in shard order."""
+    secrets = list_objects("secret", namespace, f"{RELAY_LABEL}={relay}")
+    found = {s["metadata"]["name"]: s for s in secrets}
+    names = [table_secret_name(relay, shard) for shard in range(TABLE_SHARDS)]
+    return [found[name] for name in names if name in found]
+
+
+def relay_table(relay: str, namespace: str) -> list[dict[str, Any]]:
+    """Every entry of a relay's table (all its shards), as JSON, sorted by namespace/name."""
+    entries = []
+    for secret in relay_table_secrets(relay, namespace):
+        text = base64.b64decode((secret.get("data") or {}).get("table.json") or "").decode()
+        entries += json.loads(text)["tunnels"] if text else []
+    return sorted(entries, key=lambda e: (e["namespace"], e["name"]))
+
+
+def table_secret_of(relay: str, tunnel_namespace: str, tunnel: str) -> str:
+    """The Secret of the relay's table shard that holds a tunnel."""
+    return table_secret_name(relay, shard_of(tunnel_namespace, tunnel))
 
 
 def with_local_lines(text: str, local_ip_line: str, local_port_line: str) -> str:

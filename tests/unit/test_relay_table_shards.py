@@ -5,12 +5,15 @@ write may not free what another shard's Secret still names."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+
+import pytest
 
 from support.objects import relay_node
 from tunnelop.api.v1alpha1 import PortSpan
 from tunnelop.contract.naming import table_secret_name
-from tunnelop.contract.table import TableEntry, shard_of
+from tunnelop.contract.table import TABLE_SHARDS, TableEntry, parse_table_json, shard_of
 from tunnelop.controllers.relaytables import RelayTables
 from tunnelop.domain.relayview import RelayView
 from tunnelop.domain.scheduling import Allocation, AllocationTable, TunnelRequest
@@ -100,3 +103,28 @@ async def test_a_tunnel_change_rewrites_only_its_shard():
     kube.names.clear()
     await tables.flush(RELAY)  # nothing changed
     assert kube.names == []
+
+
+async def test_a_whole_table_of_an_earlier_version_is_held_then_rewritten_in_shards():
+    """Before shards, a relay's table was one document in relay-<r>-table. A restore holds
+    everything it names, and writes it again shard by shard."""
+    table, tables, kube = setup()
+    keys = [("ns", f"t{i}") for i in range(3)]
+    entries = {k: TableEntry(*k, "0" * 64, "tcp", remote_port=100 + i) for i, k in enumerate(keys)}
+    whole = json.dumps(
+        {"relay": RELAY, "tunnels": [e.to_json() for e in entries.values()]}
+    )  # as earlier versions wrote it
+    with pytest.raises(KeyError):
+        parse_table_json(whole)  # the agent never takes it for a shard
+    document = parse_table_json(whole, whole_ok=True)
+    assert (document.relay, document.shard) == (RELAY, 0)
+
+    tables.remember_written(RELAY, 0, {(e.namespace, e.name): e for e in document.entries})
+    assert table.table_holders(RELAY) == set(keys)  # held, though no status names them
+    assert tables.incomplete() == [RELAY]
+    await tables.flush(RELAY)
+    assert sorted(kube.names) == sorted(table_secret_name(RELAY, s) for s in range(TABLE_SHARDS))
+    assert tables.incomplete() == []
+    assert tables.written_entries(RELAY) == entries
+    for shard in range(TABLE_SHARDS):
+        assert all(shard_of(*k) == shard for k in tables._written[(RELAY, shard)])

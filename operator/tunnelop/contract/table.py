@@ -121,11 +121,17 @@ class TableDocument:
     entries: list[TableEntry]
 
 
-def parse_table_json(text: str | bytes) -> TableDocument:
+def parse_table_json(text: str | bytes, *, whole_ok: bool = False) -> TableDocument:
     """table.json -> its relay, shard and entries; the inverse of table_json. Refuses
     (ValueError) a document of another shard count, or naming a tunnel of another shard: an
-    entry must be in exactly one place."""
+    entry must be in exactly one place.
+
+    With `whole_ok`, a whole table as versions before shards wrote it (no "shard") is read
+    as shard 0 holding every entry: the operator's restore must hold what an older table
+    names until it is rewritten in shards."""
     data = json.loads(text)
+    if whole_ok and "shard" not in data and "shards" not in data:
+        return TableDocument(data["relay"], 0, [TableEntry.from_json(t) for t in data["tunnels"]])
     relay, shard, shards = data["relay"], data["shard"], data["shards"]
     if shards != TABLE_SHARDS or not isinstance(shard, int) or not 0 <= shard < shards:
         raise ValueError(

@@ -141,11 +141,26 @@ class RelayTables:
         self, relay: str, shard: int, entries: dict[TunnelKey, TableEntry]
     ) -> None:
         """At start-up: what a shard's Secret holds already. It holds its ports and
-        subdomains until a write without them succeeds; `desired` starts from it, and
-        `prune` then drops what no live allocation accounts for."""
+        subdomains until a write without them succeeds; `desired` starts from it (each entry
+        in its own shard: a whole table of an earlier version is all in shard 0's Secret),
+        and `prune` then drops what no live allocation accounts for."""
         self._written[(relay, shard)] = dict(entries)
-        self._desired[(relay, shard)] = dict(entries)
+        self._desired.setdefault((relay, shard), {})
+        for entry in entries.values():
+            self.set_entry(relay, entry)
         self.table.table_written(relay, self._holding(relay))
+
+    def incomplete(self) -> list[str]:
+        """Relays with a shard never written, or whose Secret holds entries of other shards."""
+        return sorted(
+            {
+                relay
+                for relay in self.relays
+                for shard in range(TABLE_SHARDS)
+                if (relay, shard) not in self._written
+                or self._written[(relay, shard)] != self._desired.get((relay, shard), {})
+            }
+        )
 
     def prune(self) -> list[str]:
         """Drop from each relay's desired table every entry that no allocation on that relay

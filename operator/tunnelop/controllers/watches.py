@@ -178,6 +178,9 @@ async def restore(rt: Runtime) -> None:
             else:
                 conflicts += 1  # rescheduled by its reconcile, with an Event
     stale = rt.tables.prune()
+    # Shards never written (a relay created just before a crash, or a table of an earlier
+    # version, whole in one Secret) are written now: the agent needs every shard.
+    stale = sorted({*stale, *rt.tables.incomplete()})
     log.info(
         "allocation table restored",
         relays=len(rt.cache.relays),
@@ -265,7 +268,7 @@ def _read_table(body: dict[str, Any]) -> tuple[str, int, dict[TunnelKey, TableEn
         return None
     relay, shard = at
     try:
-        document = parse_table_json(base64.b64decode(raw))
+        document = parse_table_json(base64.b64decode(raw), whole_ok=shard == 0)
         if document.shard != shard:
             raise ValueError(f"holds shard {document.shard}")
     except (ValueError, KeyError, TypeError) as exc:
