@@ -5,6 +5,7 @@ write may not free what another shard's Secret still names."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -28,6 +29,7 @@ class GatedKube:
         self.version = 0
         self.gates: dict[str, asyncio.Event] = {}
         self.names: list[str] = []
+        self.contents: dict[str, list[list[str]]] = {}  # each write's tunnels, by Secret
 
     async def overwrite(self, obj: dict[str, Any]) -> dict[str, Any]:
         name = obj["metadata"]["name"]
@@ -35,6 +37,8 @@ class GatedKube:
             await self.gates[name].wait()
         self.version += 1
         self.names.append(name)
+        document = json.loads(base64.b64decode(obj["data"]["table.json"]))
+        self.contents.setdefault(name, []).append([t["name"] for t in document["tunnels"]])
         return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.version)}}
 
 
@@ -128,3 +132,24 @@ async def test_a_whole_table_of_an_earlier_version_is_held_then_rewritten_in_sha
     assert tables.written_entries(RELAY) == entries
     for shard in range(TABLE_SHARDS):
         assert all(shard_of(*k) == shard for k in tables._written[(RELAY, shard)])
+
+
+async def test_a_removal_waits_for_a_write_in_flight_that_still_names_the_tunnel():
+    """A tunnel set, its shard's write under way, then dropped: the removal returns only once
+    a write without it has landed, not while the write naming it is still on the way."""
+    table, tables, kube = setup()
+    await tables.ensure(RELAY)
+    key = ("ns", "a")
+    secret = table_secret_name(RELAY, shard_of(*key))
+    gate = kube.gates[secret] = asyncio.Event()
+    tables.set_entry(RELAY, TableEntry(*key, "0" * 64, "tcp", remote_port=100))
+    adding = asyncio.create_task(tables.sync(RELAY, key))
+    await asyncio.sleep(0.01)  # the write naming it is in flight
+    tables.drop_entry(RELAY, key)
+    removing = asyncio.create_task(tables.remove_everywhere(key))
+    await asyncio.sleep(0.01)
+    assert not removing.done()
+    gate.set()
+    await asyncio.gather(adding, removing)
+    assert key not in tables._written[(RELAY, shard_of(*key))]
+    assert kube.contents[secret][-1] == []  # the last write of its shard names nobody

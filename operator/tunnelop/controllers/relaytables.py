@@ -122,11 +122,12 @@ class RelayTables:
         return entries
 
     async def remove_everywhere(self, key: TunnelKey) -> None:
-        """Return once no relay's table Secret names the key."""
+        """Return once no relay's table Secret names the key (nor a write of it under way)."""
         number = shard_of(*key)
         relays = {
             relay
-            for (relay, shard), entries in [*self._desired.items(), *self._written.items()]
+            for state in (self._desired, self._written, self._in_flight)
+            for (relay, shard), entries in state.items()
             if shard == number and key in entries
         }
         for relay in relays:
@@ -134,8 +135,13 @@ class RelayTables:
         await asyncio.gather(*(self.sync(relay, key) for relay in sorted(relays)))
 
     def in_sync(self, relay: str, key: TunnelKey) -> bool:
-        shard = (relay, shard_of(*key))
-        return self._written.get(shard, {}).get(key) == self._desired.get(shard, {}).get(key)
+        """Whether the key's shard holds its desired entry (or its absence), with no write
+        under way that says otherwise."""
+        at = (relay, shard_of(*key))
+        want = self._desired.get(at, {}).get(key)
+        if at in self._in_flight and self._in_flight[at].get(key) != want:
+            return False
+        return self._written.get(at, {}).get(key) == want
 
     def remember_written(
         self, relay: str, shard: int, entries: dict[TunnelKey, TableEntry]
