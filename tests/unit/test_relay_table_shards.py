@@ -137,7 +137,7 @@ async def test_a_whole_table_of_an_earlier_version_is_held_then_rewritten_in_sha
 async def test_a_removal_waits_for_a_write_in_flight_that_still_names_the_tunnel():
     """A tunnel set, its shard's write under way, then dropped: the removal returns only once
     a write without it has landed, not while the write naming it is still on the way."""
-    table, tables, kube = setup()
+    _, tables, kube = setup()
     await tables.ensure(RELAY)
     key = ("ns", "a")
     secret = table_secret_name(RELAY, shard_of(*key))
