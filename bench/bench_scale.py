@@ -584,6 +584,10 @@ async def burst(
         "tunnels_per_second": round(count / (end - start), 1),
         "time_to_ready_seconds": summary(latencies),
         "webhooks": webhook_latency(api_after, api_before),
+        # The same reviews as the operator timed them: the rest is the way there and back.
+        "operator_review_seconds": quantiles_of(
+            op_after, op_before, "tunnelop_admission_review_duration_seconds"
+        ),
         "cores_used": cores,
         "operator_requests": requests,
         "operator_requests_per_tunnel": per_tunnel(requests, count),
@@ -632,6 +636,9 @@ async def steady(
         "time_to_ready_seconds": summary(latencies),
         "cores_used": cores,
         "webhooks": webhook_latency(api_after, api_before),
+        "operator_review_seconds": quantiles_of(
+            op_after, op_before, "tunnelop_admission_review_duration_seconds"
+        ),
         # Where a tunnel's time goes: its reconcile, and each request of the operator.
         "tunnel_reconcile_seconds": quantiles_of(
             op_after, op_before, "tunnelop_reconcile_duration_seconds", controller="tunnels"

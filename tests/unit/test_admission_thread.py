@@ -21,7 +21,7 @@ from tunnelop.api.v1alpha1 import RelayNode
 from tunnelop.controllers.state import Runtime
 from tunnelop.controllers.webhook import VALIDATE_TUNNEL, AdmissionServer, tunnel_denials
 from tunnelop.domain.relayview import RelayView
-from tunnelop.platform import certs
+from tunnelop.platform import certs, metrics
 
 
 def runtime() -> Runtime:
@@ -80,6 +80,7 @@ async def test_a_tunnel_review_is_answered_while_the_operator_loop_is_blocked(tm
 
     server, url, context = await serve(tmp_path, runtime(), kopf_fn)
     answers: list[dict[str, Any]] = []
+    denied_before = reviews_counted("denied")
 
     def client() -> None:
         obj = tunnel("t", {"protocol": "udp"})
@@ -97,6 +98,14 @@ async def test_a_tunnel_review_is_answered_while_the_operator_loop_is_blocked(tm
     response = answers[0]["response"]
     assert response["uid"] == "u-7" and response["allowed"] is False
     assert "udp" in response["status"]["message"]
+    assert reviews_counted("denied") == denied_before + 1  # timed, by its result
+
+
+def reviews_counted(result: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "tunnelop_admission_review_duration_seconds_count", {"result": result}
+    )
+    return value or 0.0
 
 
 async def test_other_webhooks_reach_kopf_on_the_operator_loop(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from tunnelop.controllers.state import FINALIZER, Runtime
 from tunnelop.domain import admission
 from tunnelop.domain.quota import quota_denials
 from tunnelop.domain.relayview import RelayView
-from tunnelop.platform import logs
+from tunnelop.platform import logs, metrics
 
 log = logs.get(__name__)
 VALIDATE_TUNNEL = "validate-tunnel"
@@ -202,12 +203,17 @@ class AdmissionServer(kopf.WebhookServer):
     ) -> aiohttp.web.Response:
         if request.match_info.get("id") != VALIDATE_TUNNEL:
             return await kopf.WebhookServer._serve(fn, request)
+        started = time.perf_counter()
         try:
             review = json.loads(await request.read())
         except ValueError as error:
             raise aiohttp.web.HTTPBadRequest(reason=str(error)) from None
         rt = getattr(self.memo, "runtime", None)
-        return aiohttp.web.json_response(review_answer(rt, review))
+        answer = review_answer(rt, review)
+        response = aiohttp.web.json_response(answer)
+        result = "allowed" if answer["response"]["allowed"] else "denied"
+        metrics.ADMISSION_REVIEW_DURATION.labels(result).observe(time.perf_counter() - started)
+        return response
 
 
 def _on_loop(fn: WebhookFn, loop: asyncio.AbstractEventLoop) -> WebhookFn:

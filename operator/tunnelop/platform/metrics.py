@@ -103,6 +103,18 @@ API_REQUEST_DURATION = Histogram(
 )
 
 
+ADMISSION_REVIEW_DURATION = Histogram(
+    "tunnelop_admission_review_duration_seconds",
+    "Time the operator took to answer a Tunnel admission review, from reading its body to its "
+    "answer, by result (allowed or denied): set beside the API server's own webhook latency "
+    "(apiserver_admission_webhook_admission_duration_seconds), it tells time spent in the "
+    "operator from time spent getting there and back.",
+    ["result"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+
+
 class SchedulingLatency:
     """Remembers when each unbound tunnel was first enqueued, until it is bound."""
 
