@@ -30,6 +30,7 @@ class GatedKube:
         self.gates: dict[str, asyncio.Event] = {}
         self.names: list[str] = []
         self.contents: dict[str, list[list[str]]] = {}  # each write's tunnels, by Secret
+        self.lose_replies: set[str] = set()  # Secrets whose writes land, then fail
 
     async def overwrite(self, obj: dict[str, Any]) -> dict[str, Any]:
         name = obj["metadata"]["name"]
@@ -39,6 +40,8 @@ class GatedKube:
         self.names.append(name)
         document = json.loads(base64.b64decode(obj["data"]["table.json"]))
         self.contents.setdefault(name, []).append([t["name"] for t in document["tunnels"]])
+        if name in self.lose_replies:
+            raise ConnectionError("the reply was lost")
         return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.version)}}
 
 
@@ -153,3 +156,29 @@ async def test_a_removal_waits_for_a_write_in_flight_that_still_names_the_tunnel
     await asyncio.gather(adding, removing)
     assert key not in tables._written[(RELAY, shard_of(*key))]
     assert kube.contents[secret][-1] == []  # the last write of its shard names nobody
+
+
+async def test_a_write_whose_reply_was_lost_keeps_holding_what_it_names():
+    """A shard's write lands but its reply is lost: what it names stays held, even through
+    another shard's confirmed write, until a write of that shard is confirmed."""
+    table, tables, kube = setup()
+    await tables.ensure(RELAY)
+    first, other = two_keys_of_two_shards()
+    secret = table_secret_name(RELAY, shard_of(*first))
+    kube.lose_replies.add(secret)
+    alloc = table.schedule(TunnelRequest(key=first, protocol="tcp"))
+    assert isinstance(alloc, Allocation)
+    tables.set_entry(RELAY, TableEntry(*first, "0" * 64, "tcp", remote_port=alloc.port))
+    with pytest.raises(ConnectionError):
+        await tables.sync(RELAY, first)
+    assert kube.contents[secret][-1] == ["a"]  # it landed all the same
+
+    table.release(first)  # deleted meanwhile
+    tables.drop_entry(RELAY, first)
+    await place(table, tables, other)  # another shard's write is confirmed
+    assert first in table.table_holders(RELAY)  # shard 0's Secret may still name it
+
+    kube.lose_replies.clear()
+    await tables.remove_everywhere(first)
+    assert kube.contents[secret][-1] == []
+    assert first not in table.table_holders(RELAY)

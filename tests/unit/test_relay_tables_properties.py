@@ -79,6 +79,10 @@ class OperatorAndRelays(RuleBasedStateMachine):
         # The httpDomains each relay's tables may be served under: the current one, and those
         # it had since its last confirmed write (its frps may run either config).
         self.serving: dict[str, set[str]] = {r: {DOMAINS[0]} for r in RELAYS}
+        # What the operator knows of each shard: its last confirmed write, and the writes that
+        # failed since (any may have landed: a reply lost on the way).
+        self.confirmed: dict[Shard, dict[TunnelKey, TableEntry]] = dict(self.secrets)
+        self.doubted: dict[Shard, list[dict[TunnelKey, TableEntry]]] = {}
         # Shards whose confirmed table is exactly their Secret (no write in doubt since).
         self.exact: set[Shard] = set(self.secrets)
         # Host names two keys hold because a relay's httpDomain moved onto them.
@@ -101,8 +105,19 @@ class OperatorAndRelays(RuleBasedStateMachine):
         ]
 
     def holding(self, relay: str) -> list[TableEntry]:
-        """What RelayTables tells the allocator once a shard's write is confirmed."""
-        return [e for table in self.tables_of(relay) for e in table.values()]
+        """What RelayTables tells the allocator once a shard's write is confirmed: from what
+        it knows (not what the Secrets hold): every shard as confirmed, its failed writes
+        since, and its write under way."""
+        entries = []
+        for shard in range(TABLE_SHARDS):
+            at = (relay, shard)
+            for version in (
+                self.confirmed[at],
+                *self.doubted.get(at, ()),
+                self.in_flight.get(at, {}),
+            ):
+                entries += version.values()
+        return entries
 
     @rule(
         key=st.sampled_from(KEYS),
@@ -154,7 +169,11 @@ class OperatorAndRelays(RuleBasedStateMachine):
         snapshot = self.in_flight.pop(at)
         if outcome in ("ok", "lost-reply"):
             self.secrets[at] = snapshot  # the API server took it
+        if outcome != "ok":
+            self.doubted.setdefault(at, []).append(snapshot)  # the operator saw an error
         if outcome == "ok":
+            self.confirmed[at] = snapshot
+            self.doubted.pop(at, None)
             self.table.table_written(relay, self.holding(relay))
             self.serving[relay] = {self.domain[relay]}
             self.exact.add(at)
@@ -170,6 +189,8 @@ class OperatorAndRelays(RuleBasedStateMachine):
             for at, snapshot in self.in_flight.items():
                 self.secrets[at] = snapshot
         self.in_flight.clear()
+        self.confirmed = dict(self.secrets)  # read back from the API
+        self.doubted = {}
         self.table = AllocationTable()
         for name in RELAYS:
             self.table.upsert_relay(view(name, self.domain[name]))

@@ -71,6 +71,10 @@ class RelayTables:
         self._written: dict[Shard, dict[TunnelKey, TableEntry]] = {}
         self._applied_services: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[Shard, dict[TunnelKey, TableEntry]] = {}
+        # Writes that failed since the shard's last confirmed one: any of them may have
+        # landed (a reply lost on the way), so what they name stays held until a write of the
+        # shard is confirmed.
+        self._doubted: dict[Shard, list[dict[TunnelKey, TableEntry]]] = {}
         self._recent: dict[Shard, collections.deque[dict[TunnelKey, TableEntry]]] = {}
         # The resourceVersions of this process's recent writes of each shard's Secret: the
         # watch event of one of them needs no parsing.
@@ -112,23 +116,32 @@ class RelayTables:
                 entries.update(self._written.get((relay, shard), {}))
         return entries
 
+    def _versions(self, at: Shard) -> list[dict[TunnelKey, TableEntry]]:
+        """Every version of a shard that may be in force: as last written, under way, and
+        written since without a confirmation."""
+        versions = [self._written.get(at, {}), *self._doubted.get(at, ())]
+        if at in self._in_flight:
+            versions.append(self._in_flight[at])
+        return versions
+
     def _holding(self, relay: str) -> list[TableEntry]:
-        """What the relay's agent may enforce right now: every shard as written, and every
-        shard write in flight (a reply lost on the way may hide a write that landed)."""
-        entries = []
-        for shard in range(TABLE_SHARDS):
-            entries += self._written.get((relay, shard), {}).values()
-            entries += self._in_flight.get((relay, shard), {}).values()
-        return entries
+        """What the relay's agent may enforce right now: every version of every shard that
+        may be in force. One shard's confirmed write frees nothing another shard names."""
+        return [
+            entry
+            for shard in range(TABLE_SHARDS)
+            for version in self._versions((relay, shard))
+            for entry in version.values()
+        ]
 
     async def remove_everywhere(self, key: TunnelKey) -> None:
         """Return once no relay's table Secret names the key (nor a write of it under way)."""
         number = shard_of(*key)
-        relays = {
+        relays = {relay for (relay, shard), entries in self._desired.items() if key in entries}
+        relays |= {
             relay
-            for state in (self._desired, self._written, self._in_flight)
-            for (relay, shard), entries in state.items()
-            if shard == number and key in entries
+            for (relay, shard) in {*self._written, *self._in_flight, *self._doubted}
+            if shard == number and any(key in v for v in self._versions((relay, shard)))
         }
         for relay in relays:
             self.drop_entry(relay, key)
@@ -139,9 +152,7 @@ class RelayTables:
         under way that says otherwise."""
         at = (relay, shard_of(*key))
         want = self._desired.get(at, {}).get(key)
-        if at in self._in_flight and self._in_flight[at].get(key) != want:
-            return False
-        return self._written.get(at, {}).get(key) == want
+        return at in self._written and all(v.get(key) == want for v in self._versions(at))
 
     def remember_written(
         self, relay: str, shard: int, entries: dict[TunnelKey, TableEntry]
@@ -207,6 +218,8 @@ class RelayTables:
         current = entries or {}
         if current == self._written[at] or current == self._in_flight.get(at):
             return
+        if current in self._doubted.get(at, ()):
+            return  # a write of this process whose reply was lost
         if current in self._recent.get(at, ()):
             return  # one of this process's own writes (the watch may lag a write or two)
         log.warning("relay table changed by someone else; rewriting it", relay=relay, shard=shard)
@@ -241,6 +254,7 @@ class RelayTables:
             for state in (
                 self._desired,
                 self._written,
+                self._doubted,
                 self._recent,
                 self._own_versions,
                 self._last_write,
@@ -255,10 +269,9 @@ class RelayTables:
     async def sync(self, relay: str, key: TunnelKey) -> None:
         """Return once the relay's table holds the key's current entry (or its absence); free
         when it already does."""
-        at = (relay, shard_of(*key))
-        if at in self._written and self.in_sync(relay, key):
+        if self.in_sync(relay, key):
             return
-        await self._flush_shard(at)
+        await self._flush_shard((relay, shard_of(*key)))
 
     async def ensure(self, relay: str) -> None:
         """Write every shard once if it never was: a new relay's agent needs its whole table,
@@ -280,6 +293,7 @@ class RelayTables:
                 for shard in range(TABLE_SHARDS)
                 if (relay, shard) not in self._written
                 or (relay, shard) in self._in_flight
+                or (relay, shard) in self._doubted
                 or self._written[(relay, shard)] != self._desired.get((relay, shard), {})
             )
         )
@@ -312,6 +326,7 @@ class RelayTables:
             try:
                 await self._write(at, snapshot)
             except Exception as exc:
+                self._doubted.setdefault(at, []).append(snapshot)
                 for w in waiters:
                     if not w.done():
                         w.set_exception(exc)
@@ -320,6 +335,7 @@ class RelayTables:
                 self._in_flight.pop(at, None)
                 self._last_write[at] = loop.time()  # a failed write too: no hot retry
             self._written[at] = snapshot
+            self._doubted.pop(at, None)
             table.table_written(relay, self._holding(relay))
             self._recent.setdefault(at, collections.deque(maxlen=3)).append(snapshot)
             for w in waiters:
