@@ -139,7 +139,9 @@ def _register_handlers(options: Options, finalizer_webhook: bool) -> kopf.Operat
     from tunnelop.controllers.traffic import TrafficOptions
 
     registry = kopf.get_default_registry()
-    if finalizer_webhook:
+    if options.webhook:
+        webhook.register_validate_tunnel(registry)
+    if options.webhook and finalizer_webhook:
         webhook.register_add_finalizer(registry)
 
     @kopf.on.login(errors=kopf.ErrorsMode.IGNORED)

@@ -374,13 +374,13 @@ def test_uninstall_hook_takes_the_pods_values_and_can_be_turned_off():
 
 def _handlers() -> dict[str, Any]:
     """The operator's admission handlers, as kopf registers them (by id) where no policy sets
-    the finalizer (add-finalizer is registered only then, in a registry of its own here)."""
-    from tunnelop.controllers import webhook  # registers validate-tunnel
+    the finalizer (add-finalizer is registered only then)."""
+    from tunnelop.controllers import webhook
 
-    mutating = kopf.OperatorRegistry()
-    webhook.register_add_finalizer(mutating)
-    registries = (kopf.get_default_registry(), mutating)
-    return {h.id: h for r in registries for h in r._webhooks.get_all_handlers()}
+    registry = kopf.OperatorRegistry()
+    webhook.register_validate_tunnel(registry)
+    webhook.register_add_finalizer(registry)
+    return {h.id: h for h in registry._webhooks.get_all_handlers()}
 
 
 def test_webhook_configurations_mirror_the_operators_handlers():

@@ -183,3 +183,25 @@ async def test_a_clean_stop_deletes_the_policy_and_webhook_mode_brings_the_webho
         finally:
             await webhook.stop()
             release(namespace)
+
+
+async def test_no_webhook_registers_none_and_the_controller_sets_the_finalizer(
+    request: pytest.FixtureRequest, crds: Any, namespace: str, tmp_path
+) -> None:
+    async with session_operator_aside(request):
+        bare = OperatorProcess(tools.KUBECONFIG, tmp_path / "bare.log", "--no-webhook")
+        await bare.start(wait_for="leading")
+        try:
+            assert objects.get("validatingwebhookconfiguration", "tunnelop.dev") is None
+            assert mutating_webhooks() == []
+            tunnel = created(namespace, "no-webhook")
+            assert FINALIZER not in (tunnel["metadata"].get("finalizers") or [])
+
+            def finalized() -> bool:
+                found = objects.get("tunnel", "no-webhook", namespace) or {}
+                return FINALIZER in (found.get("metadata", {}).get("finalizers") or [])
+
+            await objects.wait_for(finalized, timeout=60, what="the controller's finalizer")
+        finally:
+            await bare.stop()
+            release(namespace)

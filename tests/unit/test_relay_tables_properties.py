@@ -104,19 +104,13 @@ class OperatorAndRelays(RuleBasedStateMachine):
             for table in (self.secrets[(relay, shard)], self.in_flight.get((relay, shard), {}))
         ]
 
-    def holding(self, relay: str) -> list[TableEntry]:
-        """What RelayTables tells the allocator once a shard's write is confirmed: from what
-        it knows (not what the Secrets hold): every shard as confirmed, its failed writes
-        since, and its write under way."""
+    def holding(self, at: Shard) -> list[TableEntry]:
+        """What RelayTables tells the allocator of a shard once its write is confirmed: from
+        what it knows (not what the Secret holds): the shard as confirmed, its failed writes
+        since, and its write under way. The allocator keeps each shard's holds apart."""
         entries = []
-        for shard in range(TABLE_SHARDS):
-            at = (relay, shard)
-            for version in (
-                self.confirmed[at],
-                *self.doubted.get(at, ()),
-                self.in_flight.get(at, {}),
-            ):
-                entries += version.values()
+        for version in (self.confirmed[at], *self.doubted.get(at, ()), self.in_flight.get(at, {})):
+            entries += version.values()
         return entries
 
     @rule(
@@ -159,7 +153,7 @@ class OperatorAndRelays(RuleBasedStateMachine):
         snapshot = self.desired(relay, shard)
         self.in_flight[(relay, shard)] = snapshot
         self.exact.discard((relay, shard))
-        self.table.table_writing(relay, snapshot.values())
+        self.table.table_writing(relay, snapshot.values(), part=shard)
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "refused", "lost-reply"]))
@@ -174,7 +168,7 @@ class OperatorAndRelays(RuleBasedStateMachine):
         if outcome == "ok":
             self.confirmed[at] = snapshot
             self.doubted.pop(at, None)
-            self.table.table_written(relay, self.holding(relay))
+            self.table.table_written(relay, self.holding(at), part=at[1])
             self.serving[relay] = {self.domain[relay]}
             self.exact.add(at)
             for key in snapshot:
@@ -194,7 +188,8 @@ class OperatorAndRelays(RuleBasedStateMachine):
         self.table = AllocationTable()
         for name in RELAYS:
             self.table.upsert_relay(view(name, self.domain[name]))
-            self.table.table_written(name, self.holding(name))
+            for shard in range(TABLE_SHARDS):
+                self.table.table_written(name, self.holding((name, shard)), part=shard)
             self.serving[name] = {self.domain[name]}
         self.exact = set(self.secrets)
         for alloc in self.statuses.values():

@@ -567,6 +567,39 @@ def test_a_table_being_written_holds_both_versions() -> None:
     assert allocated(table.schedule(request("third"))).port == old.port
 
 
+def test_one_parts_write_frees_nothing_another_part_names() -> None:
+    table = table_with(relay(first=20000, last=20001))
+    a, b = ("tenant", "a"), ("tenant", "b")
+    table.table_written("relay-1", [entry(a, port=20000)], part=0)
+    table.table_written("relay-1", [entry(b, port=20001)], part=3)
+    table.table_written("relay-1", [], part=0)  # shard 0 confirmed without a
+    assert table.table_holders("relay-1") == {b}
+    refused = table.schedule(request("thief", remote_port=20001))
+    assert isinstance(refused, Unschedulable) and refused.reason == PORT_TAKEN
+    assert allocated(table.schedule(request("other"))).port == 20000
+
+
+def test_a_hold_two_parts_name_lasts_until_neither_does() -> None:
+    # A whole table of an earlier version, read as shard 0, names what shard 3 names too.
+    table = table_with(relay(first=20000, last=20000))
+    game = entry(("tenant", "game"), port=20000)
+    table.table_written("relay-1", [game], part=0)
+    table.table_written("relay-1", [game], part=3)
+    table.table_written("relay-1", [], part=0)
+    refused = table.schedule(request("thief", remote_port=20000))
+    assert isinstance(refused, Unschedulable) and refused.reason == PORT_TAKEN
+    table.table_writing("relay-1", [], part=3)  # a version under way holds as well
+    table.table_written("relay-1", [], part=3)
+    assert allocated(table.schedule(request("thief", remote_port=20000))).port == 20000
+
+
+def test_the_whole_table_written_replaces_every_part() -> None:
+    table = table_with(relay(first=20000, last=20001))
+    table.table_written("relay-1", [entry(("tenant", "a"), port=20000)], part=2)
+    table.table_written("relay-1", [entry(("tenant", "b"), port=20001)])
+    assert table.table_holders("relay-1") == {("tenant", "b")}
+
+
 def test_a_tunnel_named_by_the_table_may_take_its_port_back() -> None:
     table = table_with(relay(first=20000, last=20009))
     table.table_written("relay-1", [entry(("tenant", "game"), port=20005)])

@@ -124,15 +124,11 @@ class RelayTables:
             versions.append(self._in_flight[at])
         return versions
 
-    def _holding(self, relay: str) -> list[TableEntry]:
-        """What the relay's agent may enforce right now: every version of every shard that
-        may be in force. One shard's confirmed write frees nothing another shard names."""
-        return [
-            entry
-            for shard in range(TABLE_SHARDS)
-            for version in self._versions((relay, shard))
-            for entry in version.values()
-        ]
+    def _holding(self, at: Shard) -> list[TableEntry]:
+        """What the relay's agent may enforce of one shard right now: every version of it
+        that may be in force. The allocation table keeps each shard's holds apart, so one
+        shard's confirmed write frees nothing another shard names."""
+        return [entry for version in self._versions(at) for entry in version.values()]
 
     async def remove_everywhere(self, key: TunnelKey) -> None:
         """Return once no relay's table Secret names the key (nor a write of it under way)."""
@@ -165,7 +161,7 @@ class RelayTables:
         self._desired.setdefault((relay, shard), {})
         for entry in entries.values():
             self.set_entry(relay, entry)
-        self.table.table_written(relay, self._holding(relay))
+        self.table.table_written(relay, self._holding((relay, shard)), part=shard)
 
     def incomplete(self) -> list[str]:
         """Relays with a shard never written, or whose Secret holds entries of other shards."""
@@ -223,7 +219,7 @@ class RelayTables:
         if current in self._recent.get(at, ()):
             return  # one of this process's own writes (the watch may lag a write or two)
         log.warning("relay table changed by someone else; rewriting it", relay=relay, shard=shard)
-        self.table.table_writing(relay, current.values())
+        self.table.table_writing(relay, current.values(), part=shard)
         self._written[at] = current
         task = asyncio.create_task(self._rewrite(at))
         self._background.add(task)
@@ -321,7 +317,7 @@ class RelayTables:
             snapshot = dict(self._desired.get(at, {}))
             # Until the API server confirms, the old and the new version may both be in
             # force: what either names stays held.
-            table.table_writing(relay, snapshot.values())
+            table.table_writing(relay, snapshot.values(), part=at[1])
             self._in_flight[at] = snapshot
             try:
                 await self._write(at, snapshot)
@@ -336,7 +332,7 @@ class RelayTables:
                 self._last_write[at] = loop.time()  # a failed write too: no hot retry
             self._written[at] = snapshot
             self._doubted.pop(at, None)
-            table.table_written(relay, self._holding(relay))
+            table.table_written(relay, self._holding(at), part=at[1])
             self._recent.setdefault(at, collections.deque(maxlen=3)).append(snapshot)
             for w in waiters:
                 if not w.done():

@@ -89,16 +89,6 @@ def _quota_denials(
     return quota_denials(tunnel, previous, limits, quotas.namespace_uses(rt, namespace, limits))
 
 
-@kopf.on.validate(
-    GROUP,
-    VERSION,
-    "tunnels",
-    id=VALIDATE_TUNNEL,
-    operations=["CREATE", "UPDATE"],
-    # The scheduler enforces the same rules when it binds: while the operator is down,
-    # tenants' GitOps syncs go on and get their answer in status instead.
-    ignore_failures=True,
-)
 async def validate_tunnel(
     body: kopf.Body,
     old: Any,
@@ -112,6 +102,22 @@ async def validate_tunnel(
     )
     if denials:
         raise kopf.AdmissionError("; ".join(denials), code=422)
+
+
+def register_validate_tunnel(registry: kopf.OperatorRegistry) -> None:
+    """The validating webhook validate-tunnel, registered only when the operator serves
+    webhooks (not with --no-webhook: kopf refuses to start with handlers and no server)."""
+    kopf.on.validate(
+        GROUP,
+        VERSION,
+        "tunnels",
+        id=VALIDATE_TUNNEL,
+        operations=["CREATE", "UPDATE"],
+        # The scheduler enforces the same rules when it binds: while the operator is down,
+        # tenants' GitOps syncs go on and get their answer in status instead.
+        ignore_failures=True,
+        registry=registry,
+    )(validate_tunnel)
 
 
 def tunnel_denials(

@@ -48,6 +48,11 @@ from tunnelop.domain.scheduling.subdomains import subdomain_candidates
 TableHold = tuple[str, int | str, TunnelKey]
 HOST = "host"
 SUBDOMAIN = "subdomain"
+# The part of a relay's table holds that its subdomains make under each httpDomain the relay
+# may serve: derived from the subdomain holds of all parts, kept apart so that a change of
+# the domains costs the subdomains, and a part's write costs the part.
+SUBDOMAIN_HOSTS = "subdomain-hosts"
+TablePart = int | str | None
 DeferredRefusal = Callable[[], explain.Refusal]
 
 
@@ -62,8 +67,11 @@ class _RelayState:
         # holds. A held port may lie outside the allowed ones after the relay changed.
         self.holders: dict[str, dict[int, TunnelKey]] = {f: {} for f in PORT_PROTOCOLS}
         # What the relay's table may hold right now (the last written version, and one being
-        # written): per family, port -> the tunnels named there.
-        self.table_holds: set[TableHold] = set()
+        # written), by part of the table (a shard Secret; None: the table as a whole), each
+        # hold counted once per part that names it: a part's write then costs the part's
+        # size, not the relay's. Per family, port -> the tunnels named there.
+        self.table_parts: dict[TablePart, set[TableHold]] = {}
+        self.hold_counts: dict[TableHold, int] = {}
         self.table_ports: dict[str, dict[int, set[TunnelKey]]] = {f: {} for f in PORT_PROTOCOLS}
         # The httpDomains the relay may serve its table's subdomains under: the current one,
         # and those it had since its last confirmed table write (its frps config and its table
@@ -166,8 +174,7 @@ class AllocationTable:
             # The relay serves its table's subdomains under the new domain as soon as its
             # frps runs the new config: they are held there too until the next table write.
             if view.http_domain:
-                state.serving_domains.add(view.http_domain)
-            self._set_table_holds(state, state.table_holds | self._subdomain_hosts(state))
+                self._serve_domains(state, state.serving_domains | {view.http_domain})
         return True
 
     def remove_relay(self, name: str) -> list[Allocation]:
@@ -177,7 +184,8 @@ class AllocationTable:
             return []
         self._names.remove(name)
         self._count_http_domain(state.view.http_domain, -1)
-        self._set_table_holds(state, set())
+        for part in list(state.table_parts):
+            self._set_part_holds(state, part, set())
         released = sorted(state.tunnels.values(), key=lambda a: a.key)
         for allocation in released:
             self._allocations.pop(allocation.key, None)
@@ -290,26 +298,36 @@ class AllocationTable:
         self._free_hosts(allocation)
         return allocation
 
-    def table_writing(self, relay: str, entries: Iterable[TableEntry]) -> None:
-        """A version of the relay's table is being written: until `table_written` confirms
-        it, both it and the previous version may be in force, so both hold their ports."""
+    def table_writing(
+        self, relay: str, entries: Iterable[TableEntry], part: int | None = None
+    ) -> None:
+        """A version of the relay's table (or of one `part` of it, a shard) is being written:
+        until `table_written` confirms it, both it and the previous version may be in force,
+        so both hold their ports."""
         state = self._relays.get(relay)
         if state is not None:
-            self._set_table_holds(state, state.table_holds | self._holds(state, entries))
+            held = state.table_parts.get(part, set())
+            self._set_part_holds(state, part, held | self._holds(entries))
 
-    def table_written(self, relay: str, entries: Iterable[TableEntry]) -> None:
-        """The relay's table now holds exactly `entries` (written, or read back at start-up):
-        what it no longer names is free for others."""
+    def table_written(
+        self, relay: str, entries: Iterable[TableEntry], part: int | None = None
+    ) -> None:
+        """The relay's table (or its `part`) now holds exactly `entries` (written, or read
+        back at start-up): what it no longer names is free for others, unless another part
+        names it. Without `part`, the whole table: every part is replaced."""
         state = self._relays.get(relay)
         if state is not None:
             domain = state.view.http_domain
-            state.serving_domains = {domain} if domain else set()
-            self._set_table_holds(state, self._holds(state, entries))
+            self._serve_domains(state, {domain} if domain else set())
+            if part is None:
+                for other in [p for p in state.table_parts if p not in (None, SUBDOMAIN_HOSTS)]:
+                    self._set_part_holds(state, other, set())
+            self._set_part_holds(state, part, self._holds(entries))
 
     def table_holders(self, relay: str) -> set[TunnelKey]:
         """The tunnels the relay's table may name right now."""
         state = self._relays.get(relay)
-        return {key for _, _, key in state.table_holds} if state else set()
+        return {key for _, _, key in state.hold_counts} if state else set()
 
     def schedule(
         self, request: TunnelRequest, prefer: Allocation | None = None
@@ -368,9 +386,9 @@ class AllocationTable:
                 del self._by_namespace[key[0]]
 
     @staticmethod
-    def _holds(state: _RelayState, entries: Iterable[TableEntry]) -> set[TableHold]:
-        """What table entries hold on this relay: ports, and whole host names (built with the
-        httpDomains the relay may serve now, so that releasing them later needs none)."""
+    def _holds(entries: Iterable[TableEntry]) -> set[TableHold]:
+        """What table entries hold on their relay: ports, subdomains and custom domains (the
+        subdomains' host names follow from them, `_set_part_holds`)."""
         holds: set[TableHold] = set()
         for entry in entries:
             key = (entry.namespace, entry.name)
@@ -381,18 +399,24 @@ class AllocationTable:
                     holds.add((SUBDOMAIN, entry.subdomain, key))
                 for host in normal_hosts(entry.custom_domains):
                     holds.add((HOST, host, key))
-        return holds | AllocationTable._subdomain_hosts(state, holds)
+        return holds
 
     @staticmethod
-    def _subdomain_hosts(state: _RelayState, holds: set[TableHold] | None = None) -> set[TableHold]:
-        """The subdomains table holds name (the relay's own by default), as host names under
-        every httpDomain the relay may serve."""
+    def _subdomain_hosts(holds: Iterable[TableHold], domains: set[str]) -> set[TableHold]:
+        """The subdomains among `holds` as host names under each of `domains`."""
         return {
             (HOST, f"{sub}.{domain}", key)
-            for family, sub, key in (state.table_holds if holds is None else holds)
+            for family, sub, key in holds
             if family == SUBDOMAIN
-            for domain in state.serving_domains
+            for domain in domains
         }
+
+    def _serve_domains(self, state: _RelayState, domains: set[str]) -> None:
+        """The httpDomains the relay may serve its table's subdomains under are now these."""
+        if domains != state.serving_domains:
+            state.serving_domains = domains
+            hosts = self._subdomain_hosts(state.hold_counts, domains)
+            self._set_part_holds(state, SUBDOMAIN_HOSTS, hosts)
 
     def _count_http_domain(self, domain: str | None, change: int) -> None:
         if not domain:
@@ -403,9 +427,43 @@ class AllocationTable:
         else:
             self._http_domains.pop(domain, None)
 
-    def _set_table_holds(self, state: _RelayState, holds: set[TableHold]) -> None:
+    def _set_part_holds(self, state: _RelayState, part: TablePart, holds: set[TableHold]) -> None:
+        """Replace what one part of the relay's table holds; a hold is taken when the first
+        part names it and released when the last one stops, and so are the host names of a
+        subdomain."""
+        old = state.table_parts.get(part, set())
+        counts = state.hold_counts
+        released = []
+        for hold in old - holds:
+            if counts[hold] > 1:
+                counts[hold] -= 1
+            else:
+                del counts[hold]
+                released.append(hold)
+        taken = []
+        for hold in holds - old:
+            if hold in counts:
+                counts[hold] += 1
+            else:
+                counts[hold] = 1
+                taken.append(hold)
+        if holds:
+            state.table_parts[part] = holds
+        else:
+            state.table_parts.pop(part, None)
+        self._change_holds(state, released, taken)
+        if part != SUBDOMAIN_HOSTS:
+            gone = self._subdomain_hosts(released, state.serving_domains)
+            new = self._subdomain_hosts(taken, state.serving_domains)
+            if gone or new:
+                hosts = state.table_parts.get(SUBDOMAIN_HOSTS, set())
+                self._set_part_holds(state, SUBDOMAIN_HOSTS, (hosts - gone) | new)
+
+    def _change_holds(
+        self, state: _RelayState, released: list[TableHold], taken: list[TableHold]
+    ) -> None:
         relay = state.view.name
-        for family, target, key in state.table_holds - holds:
+        for family, target, key in released:
             if family == SUBDOMAIN:
                 continue
             if family == HOST:
@@ -420,7 +478,7 @@ class AllocationTable:
                 if not keys:
                     state.table_ports[family].pop(port, None)
                 state.refresh_port(family, port)
-        for family, target, key in holds - state.table_holds:
+        for family, target, key in taken:
             if family == SUBDOMAIN:
                 continue
             if family == HOST:
@@ -428,7 +486,6 @@ class AllocationTable:
             else:
                 state.table_ports[family].setdefault(int(target), set()).add(key)
                 state.free[family].discard(int(target))
-        state.table_holds = holds
 
     def _host_available(self, host: str, key: TunnelKey) -> bool:
         """Whether `key` may have the host name: nobody else holds it, neither in memory (as
