@@ -10,7 +10,7 @@ from typing import Any
 
 from tunnelop.platform import informer as informer_module
 from tunnelop.platform import metrics
-from tunnelop.platform.informer import Informer, backoff
+from tunnelop.platform.informer import Informer, Listed, backoff
 from tunnelop.platform.kube import Kube, KubeError
 
 
@@ -154,3 +154,58 @@ async def test_a_list_in_pages_hands_over_every_object_and_what_vanished():
     seen.clear()
     await inf.list()
     assert sorted(k for k in seen if k[0] == "DELETED") == [("DELETED", "b"), ("DELETED", "d")]
+
+
+async def test_started_from_a_list_made_elsewhere_it_watches_at_once_and_hands_over_the_replay():
+    kube = FakeKube(
+        items=[secret("a", "5")],  # what a later list finds: "b" vanished
+        events=[
+            {"type": "MODIFIED", "object": secret("a", "4")},
+            {"type": "ERROR", "object": {"code": 410}},  # too old: list again
+        ],
+    )
+    lists = 0
+    kube_request = kube.request
+
+    async def request(*args, **kwargs):
+        nonlocal lists
+        lists += 1
+        return await kube_request(*args, **kwargs)
+
+    kube.request = request  # type: ignore[method-assign]
+    watched_from: list[str] = []
+    first_events, kube.events = kube.events, []  # sent by the first watch only
+    kube_watch = kube.watch
+
+    async def watch(path, **kwargs):
+        watched_from.append(kwargs["resource_version"])
+        if len(watched_from) == 1:
+            for event in first_events:
+                yield event
+        async for event in kube_watch(path, **kwargs):
+            yield event
+
+    kube.watch = watch  # type: ignore[method-assign]
+    seen: list[tuple[str, str, str]] = []
+    inf = Informer(
+        kube,  # type: ignore[arg-type]
+        "/x",
+        lambda kind, obj: seen.append(
+            (kind, obj["metadata"]["name"], obj["metadata"].get("resourceVersion", ""))
+        ),
+    )
+    cache = {"a": secret("a", "3")}
+    listed = Listed("3", replay=(cache[name] for name in ["a"]))
+    listed.add(secret("a", "3"))
+    listed.add(secret("b", "2"))
+    cache["a"] = secret("a", "3b")  # written after the list: the replay hands over this one
+    inf.start(listed)
+    await asyncio.wait_for(inf.synced.wait(), 5)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await inf.stop()
+    assert watched_from[0] == "3"
+    assert seen[:2] == [("ADDED", "a", "3b"), ("MODIFIED", "a", "4")]
+    # Only the list after the ERROR: and it tells what vanished since the list made elsewhere.
+    assert lists == 1
+    assert [(k, n) for k, n, _ in seen[2:]] == [("ADDED", "a"), ("DELETED", "b")]

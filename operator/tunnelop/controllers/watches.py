@@ -8,6 +8,7 @@ tunnel's endpoint never changes on restart and nothing is allocated twice.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -30,7 +31,7 @@ from tunnelop.domain.relayview import DEFAULT_NODE_PORT_RANGE, POOL_LABEL, Relay
 from tunnelop.domain.scheduling import Allocation, TunnelKey, normal_hosts
 from tunnelop.platform import logs, metrics
 from tunnelop.platform.events import GLOBAL_BURST, GLOBAL_REFILL
-from tunnelop.platform.informer import Informer
+from tunnelop.platform.informer import Informer, Listed
 from tunnelop.platform.kube import GROUP_VERSION, Kube
 from tunnelop.platform.workqueue import WorkQueue
 
@@ -68,7 +69,7 @@ async def start(
     # After each table write the relay's status reports the new allocation.
     rt.tables = RelayTables(kube, relay_namespace, rt.table, rt.cache.relays, rt.relay_queue.add)
     await _ensure_namespace(kube, relay_namespace)
-    await restore(rt)
+    listed = await restore(rt)
     tunnel_informer = Informer(
         kube, "/apis/tunnelop.dev/v1alpha1/tunnels", lambda k, o: on_tunnel(rt, k, o)
     )
@@ -77,13 +78,16 @@ async def start(
     # tunnelop.dev/relay (slimmed), and of every Service only its ports (InCluster targets).
     service_informer = Informer(kube, "/api/v1/services", lambda k, o: on_service(rt, k, o))
     rt.load_balancer_watches = [tunnel_informer.synced, service_informer.synced]
+    credentials_informer = Informer(
+        kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
+    )
+    # The restore's lists are where these two start watching: not listed a second time.
+    from_restore = {tunnel_informer: listed.tunnels, credentials_informer: listed.credentials}
     informers = [
         tunnel_informer,
         service_informer,
         Informer(kube, "/apis/tunnelop.dev/v1alpha1/tunnelquotas", lambda k, o: on_quota(rt, k, o)),
-        Informer(
-            kube, "/api/v1/secrets", lambda k, o: on_credentials(rt, k, o), labels=TUNNEL_LABEL
-        ),
+        credentials_informer,
         # The relays' tables, so that a table changed by anyone else is noticed and rewritten.
         Informer(
             kube,
@@ -103,7 +107,7 @@ async def start(
     rt.client_watches_synced = [client_informer.synced, service_informer.synced]
     informers.append(client_informer)
     for informer in informers:
-        informer.start()
+        informer.start(from_restore.get(informer))
         if health is not None:
             health.add_check(f"informer {informer.path}", informer.healthy)
     rt.relay_queue.start()
@@ -126,7 +130,17 @@ async def _ensure_namespace(kube: Kube, name: str) -> None:
         await kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
 
-async def restore(rt: Runtime) -> None:
+@dataclass
+class RestoredLists:
+    """The restore's lists of Tunnels and of their Secrets, for their informers to watch
+    from: every Tunnel is handed over to its handler once more (from the cache), so that each
+    is reconciled."""
+
+    tunnels: Listed
+    credentials: Listed
+
+
+async def restore(rt: Runtime) -> RestoredLists:
     """Rebuild caches and the allocation table from the API (one list per kind).
 
     The relays' tables come first: what a relay enforces holds its ports and subdomains
@@ -156,18 +170,26 @@ async def restore(rt: Runtime) -> None:
         rt.tables.remember_written(relay, shard, entries)
         for key, entry in entries.items():
             in_tables.setdefault(key, []).append((relay, entry))
-    async for page, _ in rt.kube.pages("/api/v1/secrets", labels=TUNNEL_LABEL):
+    listed_credentials = Listed("")
+    async for page, version in rt.kube.pages("/api/v1/secrets", labels=TUNNEL_LABEL):
+        listed_credentials.version = version
         for body in page:
             _remember_credentials(rt, body)
+            listed_credentials.add(body)
     # The quotas before the tunnels: a restored allocation carries its effective bandwidth
     # (hard.bandwidthPerTunnel for a tunnel that sets none), as the gate counts it.
     for body in await rt.kube.list(GROUP_VERSION, "TunnelQuota"):
         rt.cache.remember_quota(body)
     restored = conflicts = 0
-    async for page, _ in rt.kube.pages(f"/apis/{GROUP_VERSION}/tunnels"):
+    listed_tunnels = Listed("")
+    listed_keys: list[TunnelKey] = []
+    async for page, version in rt.kube.pages(f"/apis/{GROUP_VERSION}/tunnels"):
+        listed_tunnels.version = version
         for body in page:
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
             rt.cache.remember_tunnel(key, body)
+            listed_tunnels.add(body)
+            listed_keys.append(key)
             if body["metadata"].get("deletionTimestamp"):
                 continue  # released by its reconcile
             alloc = _recorded_allocation(rt, body, in_tables.get(key, []))
@@ -198,6 +220,9 @@ async def restore(rt: Runtime) -> None:
     for namespace in list(rt.cache.quotas):
         quotas.refresh_traffic(rt, namespace, now)
         quotas.requeue_quotas(rt, namespace)
+    cached = rt.cache.tunnels
+    listed_tunnels.replay = (cached[key] for key in listed_keys if key in cached)
+    return RestoredLists(listed_tunnels, listed_credentials)
 
 
 def _recorded_allocation(

@@ -7,6 +7,10 @@ docs/decisions/0004-own-informer-for-tunnels.md). This informer keeps no per-obj
 it lists once, then follows the watch, and hands each object to a callback that only updates
 a cache and enqueues a key.
 
+An informer may start from a list made elsewhere (`Listed`: the operator's start-up restore
+lists Tunnels and their Secrets anyway) and watch from its resourceVersion: at 50,000 tunnels
+listing them twice was most of a restart (docs/benchmarks.md).
+
 Failures are logged with their HTTP status, counted (tunnelop_informer_failures_total) and
 retried with exponential back-off (1 s doubling to 30 s, reset by a working watch); `healthy()`
 tells readiness whether the informer has synced and is not failing. A handler that raises
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunnelop.platform import logs, metrics
@@ -29,6 +34,21 @@ Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, 
 YIELD_EVERY = 20
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Listed:
+    """A list made elsewhere, for an informer to start from instead of listing again: its
+    resourceVersion and the identities it held (namespace, name, labels); with `replay`,
+    objects to hand over as ADDED before the watch, each read when it is handed over (a
+    generator over a cache: a write since the list must not be handed over as older)."""
+
+    version: str
+    identities: list[dict[str, Any]] = field(default_factory=list)
+    replay: Iterable[dict[str, Any]] = ()
+
+    def add(self, obj: dict[str, Any]) -> None:
+        self.identities.append(_identity_metadata(obj))
 
 
 def backoff(failures: int, first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF) -> float:
@@ -66,8 +86,9 @@ class Informer:
         # Objects whose handler raised, to hand over again: identity -> (timer, attempts)
         self._redeliveries: dict[tuple[str, str], tuple[asyncio.TimerHandle, int]] = {}
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"informer {self.path}")
+    def start(self, listed: Listed | None = None) -> None:
+        """Start listing and watching; from `listed`, watching at once."""
+        self._task = asyncio.create_task(self._run(listed), name=f"informer {self.path}")
 
     def healthy(self) -> tuple[bool, str]:
         """For readiness: (ok, what to say)."""
@@ -104,8 +125,22 @@ class Informer:
             self._dispatch("DELETED", self._known[key])
         return version
 
-    async def _run(self) -> None:
-        version = ""
+    async def _resume(self, listed: Listed) -> str:
+        """Take over a list made elsewhere: remember what it held, hand over its replay."""
+        for identity in listed.identities:
+            self._known[_identity(identity)] = identity
+        for handed, obj in enumerate(listed.replay, 1):
+            self._dispatch("ADDED", obj)
+            if handed % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        listed.identities, listed.replay = [], ()  # no longer needed: let them go
+        self.contacted_at = time.monotonic()
+        return listed.version
+
+    async def _run(self, listed: Listed | None = None) -> None:
+        version = await self._resume(listed) if listed is not None else ""
+        if version:
+            self.synced.set()
         while True:
             try:
                 if not version:
@@ -169,14 +204,7 @@ class Informer:
         if kind == "DELETED":
             self._known.pop(key, None)
         else:
-            meta = obj.get("metadata", {})
-            self._known[key] = {
-                "metadata": {
-                    "namespace": meta.get("namespace"),
-                    "name": meta.get("name"),
-                    "labels": meta.get("labels"),
-                }
-            }
+            self._known[key] = _identity_metadata(obj)
         self._deliver(key, kind, obj)
 
     def _deliver(self, key: tuple[str, str], kind: str, obj: dict[str, Any]) -> None:
@@ -199,6 +227,18 @@ class Informer:
             # The count stays in the entry, so that the back-off grows at the next failure.
             timer = asyncio.get_running_loop().call_later(delay, self._deliver, key, kind, obj)
             self._redeliveries[key] = (timer, attempts)
+
+
+def _identity_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of an object to hand over its deletion later (the handlers read labels)."""
+    meta = obj.get("metadata", {})
+    return {
+        "metadata": {
+            "namespace": meta.get("namespace"),
+            "name": meta.get("name"),
+            "labels": meta.get("labels"),
+        }
+    }
 
 
 def _identity(obj: dict[str, Any]) -> tuple[str, str]:
