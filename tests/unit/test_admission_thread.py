@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -142,33 +143,41 @@ def test_reviews_read_the_caches_whole_while_the_loop_rewrites_them():
     holder = tunnel("holder", {"protocol": "http", "subdomain": "shop"})
     rt.cache.remember_tunnel(("shop", "holder"), holder)
     rt.cache.remember_quota(
-        {"metadata": {"namespace": "shop", "name": "q"}, "spec": {"maxTunnels": 100000}}
+        {"metadata": {"namespace": "shop", "name": "q"}, "spec": {"hard": {"tunnels": 100000}}}
     )
     edge = rt.cache.relay_views["edge"]
-    stop = threading.Event()
+    writer_done = threading.Event()
     answers: list[list[str]] = []
 
     def reviewer() -> None:
         claim = tunnel("claimer", {"protocol": "http", "subdomain": "shop"})
-        while not stop.is_set():
+        while not writer_done.is_set() or len(answers) < 50:
             answers.append(tunnel_denials(rt, claim, None, "shop", "claimer"))
+            # Real reviews arrive over the network, the GIL free in between: without this
+            # pause a tight loop re-takes the lock before the writer wakes and starves it.
+            time.sleep(0)
 
     thread = threading.Thread(target=reviewer)
-    thread.start()
-    deadline = time.monotonic() + 2
-    i = 0
-    while time.monotonic() < deadline:
-        # Other tunnels come and go on the same subdomain, relays too, as a burst would.
-        key = ("shop", f"t{i % 50}")
-        rt.cache.remember_tunnel(key, tunnel(key[1], {"protocol": "http", "subdomain": "shop"}))
-        rt.cache.forget_tunnel(("shop", f"t{(i + 25) % 50}"))
-        rt.cache.remember_relay_view(replace(edge, name=f"edge-{i % 10}"))
-        rt.cache.forget_relay_view(f"edge-{(i + 5) % 10}")
-        rt.cache.remember_quota(
-            {"metadata": {"namespace": "shop", "name": f"q{i % 3}"}, "spec": {"maxTunnels": 1000}}
-        )
-        i += 1
-    stop.set()
-    thread.join()
-    assert len(answers) > 10 and i > 100
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    try:
+        thread.start()
+        for i in range(300):
+            # Other tunnels come and go on the same subdomain, relays too, as a burst would.
+            key = ("shop", f"t{i % 50}")
+            rt.cache.remember_tunnel(key, tunnel(key[1], {"protocol": "http", "subdomain": "shop"}))
+            rt.cache.forget_tunnel(("shop", f"t{(i + 25) % 50}"))
+            rt.cache.remember_relay_view(replace(edge, name=f"edge-{i % 10}"))
+            rt.cache.forget_relay_view(f"edge-{(i + 5) % 10}")
+            rt.cache.remember_quota(
+                {
+                    "metadata": {"namespace": "shop", "name": f"q{i % 3}"},
+                    "spec": {"hard": {"tunnels": 1000}},
+                }
+            )
+        writer_done.set()
+        thread.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert len(answers) >= 50
     assert all(any("'shop'" in d for d in denials) for denials in answers)
