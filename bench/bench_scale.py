@@ -702,15 +702,24 @@ async def restart(
     }
 
 
-async def object_counts() -> dict[str, float]:
-    found = await apiserver_metrics()
-    counts = {}
-    for (name, labels), value in found.items():
-        if name in ("apiserver_storage_objects", "apiserver_resource_objects"):
-            resource = dict(labels).get("resource", "")
-            if resource in ("tunnels.tunnelop.dev", "secrets", "events", "relaynodes.tunnelop.dev"):
-                counts[resource] = value
-    return counts
+COUNTED_RESOURCES = ("tunnels.tunnelop.dev", "secrets", "events", "relaynodes.tunnelop.dev")
+
+
+async def object_counts(tunnels: int, wait_seconds: float = 120) -> dict[str, float]:
+    """The API server's own object counts. It refreshes them about once a minute
+    (apiserver_storage_objects), so wait until they show the tunnels created."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        found = await apiserver_metrics()
+        counts = {}
+        for (name, labels), value in found.items():
+            if name in ("apiserver_storage_objects", "apiserver_resource_objects"):
+                resource = dict(labels).get("resource", "")
+                if resource in COUNTED_RESOURCES:
+                    counts[resource] = value
+        if counts.get("tunnels.tunnelop.dev", 0) >= tunnels or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(5)
 
 
 def ensure_fake_nodes(count: int) -> None:
@@ -890,7 +899,7 @@ async def main() -> int:
             "operator_rss_after_restart_mib": rss_restarted,
             "growth_per_1000_tunnels_mib": round((rss_restarted - rss_idle) / n * 1000, 1),
         }
-        result["object_counts"] = await object_counts()
+        result["object_counts"] = await object_counts(n)
         if args.steady_seconds > 0:
             print(
                 f">> steady: {args.steady_rate}/s for {args.steady_seconds:.0f} s", file=sys.stderr
