@@ -93,6 +93,7 @@ bench: venv tools ## benchmarks on the local cluster (SIMULATE_50K=1 adds 50,000
 	$(BIN)/python bench/bench_pools.py
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_table.py
+	$(BIN)/python bench/bench_client.py
 
 .PHONY: bench-scale
 bench-scale: venv tools ## 10,000 tunnels: burst, restart, steady 20/s, memory (SIMULATE_50K=1 adds 50,000)
@@ -100,6 +101,11 @@ bench-scale: venv tools ## 10,000 tunnels: burst, restart, steady 20/s, memory (
 	$(BIN)/python bench/bench_scale.py --tunnels $(or $(TUNNELS),10000) --relays $(or $(RELAYS),10) $(SCALE_ARGS)
 	if [ -n "$(SIMULATE_50K)" ]; then \
 	  $(BIN)/python bench/bench_scale.py --tunnels 50000 --relays 20 --steady-seconds 0; fi
+
+.PHONY: bench-client
+bench-client: venv tools ## the operator's CPU per API request, by event loop and request path (decision 0013)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_client.py $(CLIENT_ARGS)
 
 .PHONY: bench-suspension
 bench-suspension: venv tools ## suspension of tcp, udp and http tunnels, heartbeats on and off
