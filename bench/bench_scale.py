@@ -809,12 +809,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
             per_second[int(t)] = per_second.get(int(t), 0) + 1
         xs = list(range(0, int(max(offsets)) + 1))
         rate.plot(xs, [per_second.get(x, 0) for x in xs], label=f"{label} per second")
-    rate.axhline(
-        result["limit"]["minimal_write_set_per_second"],
-        ls="--",
-        c="grey",
-        label="minimal write set rate",
-    )
+    for when, style in (("before", "--"), ("after", ":")):
+        if f"minimal_write_set_{when}" in result["limit"]:
+            rate.axhline(
+                result["limit"][f"minimal_write_set_{when}"]["per_second"],
+                ls=style,
+                c="grey",
+                label=f"minimal write set rate, {when} the operator's run",
+            )
     rate.set_xlabel("seconds since the burst's first create")
     rate.set_ylabel("tunnels per second")
     rate.set_title(f"burst of {result['tunnels']}: {b['tunnels_per_second']}/s")
