@@ -216,6 +216,16 @@ async def test_restart_with_everything_in_place_writes_nothing(
     objects.apply([tunnel(f"t{i}", **placement) for i in range(5)], namespace)
     for i in range(5):
         await wait_condition("tunnel", f"t{i}", namespace, "Ready")
+    # Everything in place includes the relay's status: its counts follow the table writes
+    # at most once a second, and a restart rightly writes counts that are behind.
+    await objects.wait_for(
+        lambda: (
+            (objects.get("relaynode", name).get("status") or {}).get("allocated", {}).get("tunnels")
+            == 5
+        ),
+        timeout=30,
+        what="the relay's status counting the 5 tunnels",
+    )
 
     def snapshot() -> dict[str, dict]:
         watched = objects.list_objects("tunnel", namespace) + objects.list_objects(
